@@ -1,0 +1,26 @@
+# `make test` and `make demo` each do all set-up on a fresh machine: venv, install, then run.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+DATA   ?= $(if $(wildcard ../shared/data/cifar10-jpeg/train),../shared/data/cifar10-jpeg,cifar10)
+DEMO   ?= runs/demo
+
+.PHONY: test demo lint clean
+
+$(BIN)/distill: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -c "import torch, torchvision, torch_pruning, onnxruntime; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
+	touch $@
+
+test: $(BIN)/distill
+	$(BIN)/python -m pytest -q
+
+demo: $(BIN)/distill
+	$(BIN)/distill pipeline --data $(DATA) --preset quick --out $(DEMO)
+
+lint: $(BIN)/distill
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
