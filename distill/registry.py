@@ -1,0 +1,72 @@
+"""One registry for every architecture, teacher or student.
+
+Factories live in `teachers/zoo.py` and `students/zoo.py`; both are imported explicitly by
+`_ensure_loaded` so registration never depends on which module a caller imported first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from students.resnet import CifarResNet, ResNetConfig
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    role: str  # "teacher" or "student"
+    plan: Callable[[int], ResNetConfig]  # num_classes -> channel plan
+    notes: str = ""
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register_model(name: str, role: str, notes: str = ""):
+    """Decorator: `@register_model("resnet18-5m", "student")` over `def f(num_classes) -> plan`."""
+    if role not in ("teacher", "student"):
+        raise ValueError(f"role must be teacher or student, got {role!r}")
+
+    def wrap(fn: Callable[[int], ResNetConfig]) -> Callable[[int], ResNetConfig]:
+        if name in _REGISTRY:
+            raise ValueError(f"architecture {name!r} is registered twice")
+        _REGISTRY[name] = ModelEntry(name, role, fn, notes)
+        return fn
+
+    return wrap
+
+
+def _ensure_loaded() -> None:
+    import students.zoo  # noqa: F401
+    import teachers.zoo  # noqa: F401
+
+
+def list_models(role: str | None = None) -> list[str]:
+    _ensure_loaded()
+    return [n for n, e in _REGISTRY.items() if role is None or e.role == role]
+
+
+def get_entry(name: str) -> ModelEntry:
+    _ensure_loaded()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(
+            f"unknown architecture {name!r}; choose one of: {', '.join(_REGISTRY)}"
+        ) from None
+
+
+def model_config(name: str, num_classes: int = 10) -> ResNetConfig:
+    return get_entry(name).plan(num_classes)
+
+
+def create_model(name: str, num_classes: int = 10) -> CifarResNet:
+    return CifarResNet(model_config(name, num_classes))
+
+
+def build_model(config: ResNetConfig | dict) -> CifarResNet:
+    """Rebuild a model from a channel plan (a checkpoint's `model_config`)."""
+    if isinstance(config, dict):
+        config = ResNetConfig.from_dict(config)
+    return CifarResNet(config)

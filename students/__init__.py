@@ -1,0 +1,1 @@
+"""Student architectures (sub-budget CIFAR ResNets) and the one parametrized ResNet class."""

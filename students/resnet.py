@@ -1,0 +1,272 @@
+"""The one parametrized CIFAR ResNet every registered architecture is built from.
+
+A model is fully described by a `ResNetConfig` channel plan: stem width, each stage's residual
+width and each block's inner widths. Registered names are thin factories over `plan()`; a pruned
+model is just another plan read back from its modules with `channel_plan()`, so every model is
+rebuilt from plain config values and a state dict (no pickled modules).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+BLOCK_TYPES = ("basic", "bottleneck", "preact", "se")
+BOTTLENECK_EXPANSION = 4
+SE_REDUCTION = 16
+
+
+@dataclass(frozen=True)
+class ResNetConfig:
+    """Channel plan of a CIFAR ResNet.
+
+    `widths[i]` is stage i's residual width (a bottleneck's output, i.e. planes x 4).
+    `inner[i][j]` holds block j of stage i's inner widths: (mid,) for basic and preact blocks,
+    (mid1, mid2) for bottlenecks, (mid, se_hidden) for squeeze-excitation blocks.
+    """
+
+    block: str
+    stem_width: int
+    widths: tuple[int, ...]
+    inner: tuple[tuple[tuple[int, ...], ...], ...]
+    num_classes: int = 10
+    downsample: str = "conv"  # "conv": strided 1x1 conv; "maxpool": MaxPool(2) then 1x1 conv
+    dropout: float = 0.0
+    in_channels: int = 3
+
+    def __post_init__(self) -> None:
+        if self.block not in BLOCK_TYPES:
+            raise ValueError(f"unknown block type {self.block!r}; expected one of {BLOCK_TYPES}")
+        if self.downsample not in ("conv", "maxpool"):
+            raise ValueError(f"unknown downsample {self.downsample!r}; expected conv or maxpool")
+        if len(self.widths) != len(self.inner):
+            raise ValueError("widths and inner must have one entry per stage")
+
+    @property
+    def blocks(self) -> tuple[int, ...]:
+        return tuple(len(stage) for stage in self.inner)
+
+    def to_dict(self) -> dict:
+        """Plain lists and scalars only, so it round-trips through `torch.load(weights_only=True)`."""
+        d = asdict(self)
+        d["widths"] = list(self.widths)
+        d["inner"] = [[list(b) for b in stage] for stage in self.inner]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ResNetConfig:
+        d = dict(d)
+        d["widths"] = tuple(int(w) for w in d["widths"])
+        d["inner"] = tuple(tuple(tuple(int(c) for c in b) for b in stage) for stage in d["inner"])
+        return cls(**d)
+
+
+def plan(
+    block: str,
+    blocks: tuple[int, ...],
+    planes: tuple[int, ...],
+    *,
+    stem_width: int = 64,
+    num_classes: int = 10,
+    downsample: str = "conv",
+    dropout: float = 0.0,
+) -> ResNetConfig:
+    """Default channel plan from the published description: block counts and stage planes."""
+    widths, inner = [], []
+    for n, p in zip(blocks, planes, strict=True):
+        if block == "bottleneck":
+            widths.append(p * BOTTLENECK_EXPANSION)
+            inner.append(tuple((p, p) for _ in range(n)))
+        elif block == "se":
+            widths.append(p)
+            inner.append(tuple((p, max(p // SE_REDUCTION, 1)) for _ in range(n)))
+        else:
+            widths.append(p)
+            inner.append(tuple((p,) for _ in range(n)))
+    return ResNetConfig(
+        block=block,
+        stem_width=stem_width,
+        widths=tuple(widths),
+        inner=tuple(inner),
+        num_classes=num_classes,
+        downsample=downsample,
+        dropout=dropout,
+    )
+
+
+def conv_bn(c_in: int, c_out: int, kernel: int, stride: int = 1) -> nn.Sequential:
+    conv = nn.Conv2d(c_in, c_out, kernel, stride, padding=kernel // 2, bias=False)
+    return nn.Sequential(conv, nn.BatchNorm2d(c_out))
+
+
+def shortcut(c_in: int, c_out: int, stride: int, downsample: str, norm: bool = True) -> nn.Module:
+    """Identity when the shape holds, else a 1x1 projection (+ BN unless the block is pre-activated)."""
+    if stride == 1 and c_in == c_out:
+        return nn.Identity()
+    layers: list[nn.Module] = []
+    if stride != 1 and downsample == "maxpool":
+        # Pool first so every pixel contributes, instead of the strided conv dropping 3 of 4.
+        layers.append(nn.MaxPool2d(stride))
+        stride = 1
+    layers.append(nn.Conv2d(c_in, c_out, 1, stride, bias=False))
+    if norm:
+        layers.append(nn.BatchNorm2d(c_out))
+    return nn.Sequential(*layers)
+
+
+class SqueezeExcite(nn.Module):
+    def __init__(self, channels: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Conv2d(channels, hidden, 1)
+        self.fc2 = nn.Conv2d(hidden, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = x.mean((2, 3), keepdim=True)
+        return x * torch.sigmoid(self.fc2(torch.relu(self.fc1(s))))
+
+
+class BasicBlock(nn.Module):
+    """conv3x3-BN-ReLU-(dropout)-conv3x3-BN-(SE) + shortcut, ReLU."""
+
+    def __init__(
+        self,
+        c_in: int,
+        inner: tuple[int, ...],
+        c_out: int,
+        stride: int,
+        downsample: str,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        mid = inner[0]
+        self.conv1 = conv_bn(c_in, mid, 3, stride)
+        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.conv2 = conv_bn(mid, c_out, 3)
+        self.se = SqueezeExcite(c_out, inner[1]) if len(inner) > 1 else nn.Identity()
+        self.shortcut = shortcut(c_in, c_out, stride, downsample)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.drop(torch.relu(self.conv1(x)))
+        out = self.se(self.conv2(out))
+        return torch.relu(out + self.shortcut(x))
+
+
+class Bottleneck(nn.Module):
+    """1x1 reduce, 3x3 (carries the stride), 1x1 expand; BN after each; + shortcut, ReLU."""
+
+    def __init__(
+        self, c_in: int, inner: tuple[int, ...], c_out: int, stride: int, downsample: str
+    ) -> None:
+        super().__init__()
+        mid1, mid2 = inner
+        self.conv1 = conv_bn(c_in, mid1, 1)
+        self.conv2 = conv_bn(mid1, mid2, 3, stride)
+        self.conv3 = conv_bn(mid2, c_out, 1)
+        self.shortcut = shortcut(c_in, c_out, stride, downsample)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.conv1(x))
+        out = torch.relu(self.conv2(out))
+        return torch.relu(self.conv3(out) + self.shortcut(x))
+
+
+class PreActBlock(nn.Module):
+    """BN-ReLU-conv3x3-BN-ReLU-conv3x3 + shortcut taken from the pre-activated input."""
+
+    def __init__(
+        self, c_in: int, inner: tuple[int, ...], c_out: int, stride: int, downsample: str
+    ) -> None:
+        super().__init__()
+        mid = inner[0]
+        self.bn1 = nn.BatchNorm2d(c_in)
+        self.conv1 = nn.Conv2d(c_in, mid, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(mid)
+        self.conv2 = nn.Conv2d(mid, c_out, 3, 1, 1, bias=False)
+        self.shortcut = shortcut(c_in, c_out, stride, downsample, norm=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(x))
+        skip = x if isinstance(self.shortcut, nn.Identity) else self.shortcut(out)
+        out = self.conv1(out)
+        out = self.conv2(torch.relu(self.bn2(out)))
+        return out + skip
+
+
+class CifarResNet(nn.Module):
+    """3x3 stride-1 stem (no max-pool), residual stages, global average pool, linear head."""
+
+    def __init__(self, config: ResNetConfig) -> None:
+        super().__init__()
+        self.config = config
+        preact = config.block == "preact"
+        if preact:
+            self.stem = nn.Sequential(
+                nn.Conv2d(config.in_channels, config.stem_width, 3, 1, 1, bias=False)
+            )
+        else:
+            self.stem = nn.Sequential(
+                *conv_bn(config.in_channels, config.stem_width, 3), nn.ReLU(inplace=True)
+            )
+        c_in = config.stem_width
+        stages = []
+        for i, (c_out, stage_inner) in enumerate(zip(config.widths, config.inner, strict=True)):
+            blocks = []
+            for j, inner in enumerate(stage_inner):
+                stride = 2 if (i > 0 and j == 0) else 1
+                blocks.append(self._block(c_in, inner, c_out, stride))
+                c_in = c_out
+            stages.append(nn.Sequential(*blocks))
+        self.stages = nn.Sequential(*stages)
+        # Pre-activation nets end with the BN-ReLU their last block did not apply.
+        self.final = (
+            nn.Sequential(nn.BatchNorm2d(c_in), nn.ReLU(inplace=True)) if preact else nn.Identity()
+        )
+        self.fc = nn.Linear(c_in, config.num_classes)
+
+    def _block(self, c_in: int, inner: tuple[int, ...], c_out: int, stride: int) -> nn.Module:
+        cfg = self.config
+        if cfg.block == "bottleneck":
+            return Bottleneck(c_in, inner, c_out, stride, cfg.downsample)
+        if cfg.block == "preact":
+            return PreActBlock(c_in, inner, c_out, stride, cfg.downsample)
+        return BasicBlock(c_in, inner, c_out, stride, cfg.downsample, cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.final(self.stages(self.stem(x)))
+        return self.fc(torch.flatten(x.mean((2, 3), keepdim=True), 1))
+
+    def channel_plan(self) -> ResNetConfig:
+        """Read the plan back from the modules' actual shapes (after structured pruning)."""
+        cfg = self.config
+        widths, inner = [], []
+        for stage in self.stages:
+            stage_inner = []
+            for block in stage:
+                if isinstance(block, Bottleneck):
+                    stage_inner.append(
+                        (block.conv1[0].out_channels, block.conv2[0].out_channels)
+                    )
+                    out = block.conv3[0].out_channels
+                elif isinstance(block, PreActBlock):
+                    stage_inner.append((block.conv1.out_channels,))
+                    out = block.conv2.out_channels
+                else:
+                    mids = (block.conv1[0].out_channels,)
+                    if isinstance(block.se, SqueezeExcite):
+                        mids += (block.se.fc1.out_channels,)
+                    stage_inner.append(mids)
+                    out = block.conv2[0].out_channels
+            widths.append(out)
+            inner.append(tuple(stage_inner))
+        return ResNetConfig(
+            block=cfg.block,
+            stem_width=self.stem[0].out_channels,
+            widths=tuple(widths),
+            inner=tuple(inner),
+            num_classes=self.fc.out_features,
+            downsample=cfg.downsample,
+            dropout=cfg.dropout,
+            in_channels=cfg.in_channels,
+        )

@@ -1,0 +1,1 @@
+"""Teacher architectures: large CIFAR ResNets, registered in `teachers.zoo`."""

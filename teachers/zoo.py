@@ -1,0 +1,21 @@
+"""Teacher factories: published CIFAR ResNets, far over the student budget."""
+
+from distill.registry import register_model
+from students.resnet import ResNetConfig, plan
+
+
+@register_model("resnet18", "teacher")
+def resnet18(num_classes: int = 10) -> ResNetConfig:
+    return plan("basic", (2, 2, 2, 2), (64, 128, 256, 512), num_classes=num_classes)
+
+
+@register_model("resnet34", "teacher")
+def resnet34(num_classes: int = 10) -> ResNetConfig:
+    return plan("basic", (3, 4, 6, 3), (64, 128, 256, 512), num_classes=num_classes)
+
+
+@register_model("resnet18x2", "teacher", notes="doubled filters")
+def resnet18x2(num_classes: int = 10) -> ResNetConfig:
+    return plan(
+        "basic", (2, 2, 2, 2), (128, 256, 512, 1024), stem_width=128, num_classes=num_classes
+    )
