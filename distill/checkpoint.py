@@ -6,6 +6,7 @@ rebuilt from the checkpoint's `model_config` channel plan plus its state dict.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import os
@@ -29,10 +30,8 @@ KINDS = ("teacher", "student", "pruned")
 def library_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for dist in ("torch", "torchvision", "torch-pruning", "onnx", "onnxruntime", "distill"):
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             versions[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            pass
     return versions
 
 
@@ -95,7 +94,7 @@ def new_checkpoint(
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """Write to a temp file in the same folder, fsync, then rename: readers never see half a file."""
+    """Temp file in the same folder, fsync, rename: readers never see half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -118,7 +117,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load and validate a distill checkpoint; anything else is a UserError naming the file."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist; pass the .pt file a distill command wrote")
+        raise UserError(
+            f"checkpoint {path} does not exist; pass the .pt file a distill command wrote"
+        )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # zip/pickle errors: not a torch file, truncated, or holds code
@@ -152,7 +153,9 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def check_output(path: str | os.PathLike, force: bool, suffixes: tuple[str, ...] = (".pt",)) -> Path:
+def check_output(
+    path: str | os.PathLike, force: bool, suffixes: tuple[str, ...] = (".pt",)
+) -> Path:
     """Validate an output path before any work: never overwrite without --force."""
     path = Path(path)
     if suffixes and path.suffix not in suffixes:
@@ -160,7 +163,9 @@ def check_output(path: str | os.PathLike, force: bool, suffixes: tuple[str, ...]
     if path.is_dir():
         raise UserError(f"output {path} is a directory; pass a file path")
     if path.exists() and not force:
-        raise UserError(f"{path} already exists; pass --force to overwrite it or choose another --out")
+        raise UserError(
+            f"{path} already exists; pass --force to overwrite it or choose another --out"
+        )
     parent = path.parent if str(path.parent) else Path(".")
     if parent.exists() and not os.access(parent, os.W_OK):
         raise UserError(f"cannot write to {parent}; choose a writable --out")

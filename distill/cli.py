@@ -7,14 +7,13 @@ printed as one line on stderr with exit code 2, never a traceback.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from distill.budget import DEFAULT_BUDGET, format_count, parse_budget
-from distill.errors import UserError, exits_on_user_error
+from distill.errors import exits_on_user_error
 
 app = typer.Typer(
     help="Distil and compress small-image classifiers under a hard parameter budget.",

@@ -1,4 +1,4 @@
-"""What `distill models` and `distill budget` report: registry rows and any model by name or file."""
+"""What `distill models` and `distill budget` report: registry rows, any model by name or file."""
 
 from __future__ import annotations
 

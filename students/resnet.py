@@ -49,7 +49,7 @@ class ResNetConfig:
         return tuple(len(stage) for stage in self.inner)
 
     def to_dict(self) -> dict:
-        """Plain lists and scalars only, so it round-trips through `torch.load(weights_only=True)`."""
+        """Plain lists and scalars: it round-trips through `torch.load(weights_only=True)`."""
         d = asdict(self)
         d["widths"] = list(self.widths)
         d["inner"] = [[list(b) for b in stage] for stage in self.inner]
@@ -102,7 +102,7 @@ def conv_bn(c_in: int, c_out: int, kernel: int, stride: int = 1) -> nn.Sequentia
 
 
 def shortcut(c_in: int, c_out: int, stride: int, downsample: str, norm: bool = True) -> nn.Module:
-    """Identity when the shape holds, else a 1x1 projection (+ BN unless the block is pre-activated)."""
+    """Identity when the shape holds, else a 1x1 projection (+ BN unless pre-activated)."""
     if stride == 1 and c_in == c_out:
         return nn.Identity()
     layers: list[nn.Module] = []

@@ -1,0 +1,129 @@
+"""Optimizers, learning-rate schedules, Lookahead and EMA of weights, built from a Recipe."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+
+from distill.recipes import Recipe
+
+
+def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+    # No weight decay on BN affine parameters and biases: decaying them only hurts accuracy.
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    groups = [
+        {"params": decay, "weight_decay": recipe.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    if recipe.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=recipe.lr)
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(
+            groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov
+        )
+    raise ValueError(f"unknown optimizer {recipe.optimizer!r}")
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, recipe: Recipe, steps_per_epoch: int
+) -> tuple[torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau, bool]:
+    """The recipe's schedule and whether it steps per batch (True) or per epoch on val loss."""
+    total = max(recipe.epochs * steps_per_epoch, 1)
+    if recipe.schedule == "onecycle":
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=recipe.lr, total_steps=total, pct_start=0.25
+        )
+        return sched, True
+    if recipe.schedule == "plateau":
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer,
+            factor=recipe.plateau_factor,
+            patience=recipe.plateau_patience,
+            min_lr=recipe.min_lr,
+        )
+        return sched, False
+    warmup = recipe.warmup_epochs * steps_per_epoch
+    floor = recipe.min_lr / recipe.lr
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if recipe.schedule == "cosine":
+            t = (step - warmup) / max(total - warmup, 1)
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+        if recipe.schedule == "step":
+            return recipe.step_gamma ** ((step // steps_per_epoch) // recipe.step_every)
+        if recipe.schedule == "constant":
+            return 1.0
+        raise ValueError(f"unknown schedule {recipe.schedule!r}")
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor), True
+
+
+class Lookahead:
+    """Lookahead (Zhang et al. 2019) as a companion to a plain optimizer.
+
+    Every k steps the slow weights move alpha of the way to the fast weights and the fast weights
+    restart from there. Kept outside the optimizer so LR schedulers still see a stock optimizer.
+    """
+
+    def __init__(self, params: list[torch.Tensor], k: int, alpha: float) -> None:
+        self.params = [p for p in params if p.requires_grad]
+        self.k, self.alpha = k, alpha
+        self.steps = 0
+        self.slow = [p.detach().clone() for p in self.params]
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        self.steps += 1
+        if self.steps % self.k:
+            return
+        for slow, fast in zip(self.slow, self.params, strict=True):
+            slow.lerp_(fast, self.alpha)
+            fast.copy_(slow)
+
+    def state_dict(self) -> dict:
+        return {"steps": self.steps, "slow": [s.cpu() for s in self.slow]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps = state["steps"]
+        for s, saved in zip(self.slow, state["slow"], strict=True):
+            s.copy_(saved)
+
+
+class EMA:
+    """Exponential moving average of weights and BN buffers, evaluated instead of the raw model.
+
+    The decay ramps up as (1 + n) / (10 + n) so early averages are not dominated by the random
+    initialisation on short runs.
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.module = copy.deepcopy(model).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        self.decay = decay
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        ema_state = self.module.state_dict()
+        for name, value in model.state_dict().items():
+            target = ema_state[name]
+            if target.dtype.is_floating_point:
+                target.lerp_(value.detach(), 1 - d)
+            else:
+                target.copy_(value)
+
+    def state_dict(self) -> dict:
+        return {"updates": self.updates, "module": self.module.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.updates = state["updates"]
+        self.module.load_state_dict(state["module"])
