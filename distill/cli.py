@@ -7,6 +7,7 @@ printed as one line on stderr with exit code 2, never a traceback.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -93,6 +94,167 @@ def budget_cmd(
         console.print(f"[red]over budget[/]: {params:,} > {limit:,} parameters")
         raise typer.Exit(1)
     console.print(f"[green]within budget[/]: {params:,} <= {limit:,} parameters")
+
+
+# Options shared by every command that loads data or trains. Reusing the OptionInfo objects
+# keeps one definition (and one help text) per flag.
+DATA = typer.Option(
+    ...,
+    "--data",
+    help="cifar10, cifar100, a folder holding cifar-10-batches-py / cifar-100-python, "
+    "or an image-folder root (train/<class>/*, optional test/<class>/*).",
+)
+DATA_ROOT = typer.Option(
+    Path("~/.cache/distill").expanduser(), help="Where cifar10/cifar100 are downloaded."
+)
+CACHE_DIR = typer.Option(
+    Path("~/.cache/distill").expanduser(), help="Decoded uint8 cache (never beside the data)."
+)
+VAL_SIZE = typer.Option(5000, help="Images held out for validation (seeded, stratified).")
+TRAIN_SIZE = typer.Option(None, help="Stratified training subsample, for quick runs.")
+SPLIT_SEED = typer.Option(0, help="Seed of the validation split; keep it fixed across stages.")
+RECIPE = typer.Option("standard", help="Training recipe; see README for the list.")
+EPOCHS = typer.Option(None, help="Override the recipe's epochs.")
+BATCH_SIZE = typer.Option(None, help="Override the batch size (lr rescales unless --lr).")
+LR = typer.Option(None, help="Override the peak learning rate.")
+SEED = typer.Option(0, help="Seed of initialisation, order and augmentation.")
+DEVICE = typer.Option("auto", help="auto, cpu or cuda.")
+RESUME = typer.Option(False, help="Continue the interrupted run saved beside --out.")
+FORCE = typer.Option(False, help="Overwrite an existing --out.")
+QUIET = typer.Option(False, help="No progress display.")
+
+
+def data_config(
+    data: str,
+    data_root: Path,
+    cache_dir: Path,
+    val_size: int,
+    train_size: int | None,
+    split_seed: int,
+):
+    from distill.data import DataConfig
+
+    return DataConfig(
+        source=data,
+        data_root=data_root,
+        cache_dir=cache_dir,
+        val_size=val_size,
+        train_size=train_size,
+        seed=split_seed,
+    )
+
+
+def run_training(train: callable, out: Path, resume_hint: str) -> dict:
+    """Run a training function; turn an interruption into a resume hint and exit code 130."""
+    from distill.train import TrainingInterrupted
+
+    try:
+        ckpt = train()
+    except TrainingInterrupted as e:
+        typer.echo(
+            f"interrupted: state saved to {e.path}; continue with: {resume_hint} --resume", err=True
+        )
+        raise typer.Exit(130) from None
+    m = ckpt["metrics"]
+    test = f", test top-1 {m['test_accuracy']:.2%}" if "test_accuracy" in m else ""
+    console.print(
+        f"[green]saved[/] {out}: {ckpt['arch']}, {m['params']:,} params, "
+        f"val top-1 {m['val_accuracy']:.2%}{test}"
+    )
+    return ckpt
+
+
+@command(
+    teacher_app,
+    name="train",
+    epilog="Examples:\n\n  distill teacher train --arch resnet34 --data cifar10 --out t.pt\n\n"
+    "  distill teacher train --arch resnet18-quarter --data ../shared/data/cifar10-jpeg "
+    "--recipe quick --out runs/t.pt",
+)
+def teacher_train_cmd(
+    arch: str = typer.Option("resnet34", help="Registered architecture (distill models)."),
+    data: str = DATA,
+    out: Path = typer.Option(..., help="Checkpoint to write (.pt)."),
+    recipe: str = RECIPE,
+    epochs: int = EPOCHS,
+    batch_size: int = BATCH_SIZE,
+    lr: float = LR,
+    seed: int = SEED,
+    val_size: int = VAL_SIZE,
+    train_size: int = TRAIN_SIZE,
+    split_seed: int = SPLIT_SEED,
+    data_root: Path = DATA_ROOT,
+    cache_dir: Path = CACHE_DIR,
+    device: str = DEVICE,
+    resume: bool = RESUME,
+    force: bool = FORCE,
+    quiet: bool = QUIET,
+) -> None:
+    """Train a teacher (any registered architecture) from labels."""
+    from distill.recipes import resolve_recipe
+    from distill.teacher import check_run_inputs, train_teacher
+    from distill.train import RunConfig
+
+    resolved = resolve_recipe(recipe, epochs=epochs, batch_size=batch_size, lr=lr)
+    run = RunConfig("teacher", arch, out, device, seed, resume, force, not quiet)
+    check_run_inputs(arch, run)
+    cfg = data_config(data, data_root, cache_dir, val_size, train_size, split_seed)
+    run_training(
+        lambda: train_teacher(arch, cfg, resolved, run, console=console),
+        out,
+        f"distill teacher train --arch {arch} --data {data} --out {out} --recipe {recipe}",
+    )
+
+
+@command(
+    name="eval",
+    epilog="Examples:\n\n  distill eval runs/s.pt --data cifar10\n\n"
+    "  distill eval runs/s.onnx --data ../shared/data/cifar10-jpeg --split val",
+)
+def eval_cmd(
+    model: Path = typer.Argument(..., help="A checkpoint .pt or an exported .onnx."),
+    data: str = typer.Option(
+        None, "--data", help="Data to evaluate on; default: the source the model was trained on."
+    ),
+    split: str = typer.Option("val", help="val or test."),
+    val_size: int = typer.Option(None, help="Default: the model's own validation size."),
+    split_seed: int = typer.Option(None, help="Default: the model's own split seed."),
+    data_root: Path = DATA_ROOT,
+    cache_dir: Path = CACHE_DIR,
+    device: str = DEVICE,
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Top-1, per-class accuracy and confusion matrix of a model on a data split."""
+    from distill.evaluation import evaluate_file
+
+    result = evaluate_file(
+        model,
+        data=data,
+        split=split,
+        val_size=val_size,
+        split_seed=split_seed,
+        data_root=data_root,
+        cache_dir=cache_dir,
+        device=device,
+    )
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    table = Table(title=f"{model} on {result['source']} ({split}, {result['count']:,} images)")
+    table.add_column("class")
+    table.add_column("accuracy", justify="right")
+    for name, acc in zip(result["classes"], result["per_class"], strict=True):
+        table.add_row(name, f"{acc:.2%}")
+    console.print(table)
+    conf = Table(title="confusion (rows: true, columns: predicted)")
+    conf.add_column("")
+    for i in range(len(result["classes"])):
+        conf.add_column(str(i), justify="right")
+    for i, (name, row) in enumerate(zip(result["classes"], result["confusion"], strict=True)):
+        conf.add_row(f"{i} {name}", *(str(v) for v in row))
+    if len(result["classes"]) <= 20:
+        console.print(conf)
+    console.print(f"[bold]top-1 {result['accuracy']:.2%}[/]  loss {result['loss']:.4f}")
 
 
 def main() -> None:
