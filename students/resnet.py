@@ -35,6 +35,10 @@ class ResNetConfig:
     downsample: str = "conv"  # "conv": strided 1x1 conv; "maxpool": MaxPool(2) then 1x1 conv
     dropout: float = 0.0
     in_channels: int = 3
+    # (stage, block) of stride-1 blocks whose in and out widths are equal yet which keep a 1x1
+    # projection shortcut: pruning can shrink both sides of a projection to the same width, and
+    # the shapes alone would then rebuild an identity.
+    projections: tuple[tuple[int, int], ...] = ()
 
     def __post_init__(self) -> None:
         if self.block not in BLOCK_TYPES:
@@ -53,6 +57,7 @@ class ResNetConfig:
         d = asdict(self)
         d["widths"] = list(self.widths)
         d["inner"] = [[list(b) for b in stage] for stage in self.inner]
+        d["projections"] = [list(p) for p in self.projections]
         return d
 
     @classmethod
@@ -60,6 +65,7 @@ class ResNetConfig:
         d = dict(d)
         d["widths"] = tuple(int(w) for w in d["widths"])
         d["inner"] = tuple(tuple(tuple(int(c) for c in b) for b in stage) for stage in d["inner"])
+        d["projections"] = tuple((int(i), int(j)) for i, j in d.get("projections", ()))
         return cls(**d)
 
 
@@ -101,9 +107,12 @@ def conv_bn(c_in: int, c_out: int, kernel: int, stride: int = 1) -> nn.Sequentia
     return nn.Sequential(conv, nn.BatchNorm2d(c_out))
 
 
-def shortcut(c_in: int, c_out: int, stride: int, downsample: str, norm: bool = True) -> nn.Module:
-    """Identity when the shape holds, else a 1x1 projection (+ BN unless pre-activated)."""
-    if stride == 1 and c_in == c_out:
+def shortcut(
+    c_in: int, c_out: int, stride: int, downsample: str, norm: bool = True, project: bool = False
+) -> nn.Module:
+    """Identity when the shape holds (unless `project`), else a 1x1 projection (+ BN unless
+    pre-activated)."""
+    if stride == 1 and c_in == c_out and not project:
         return nn.Identity()
     layers: list[nn.Module] = []
     if stride != 1 and downsample == "maxpool":
@@ -138,6 +147,7 @@ class BasicBlock(nn.Module):
         stride: int,
         downsample: str,
         dropout: float = 0.0,
+        project: bool = False,
     ) -> None:
         super().__init__()
         mid = inner[0]
@@ -145,7 +155,7 @@ class BasicBlock(nn.Module):
         self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.conv2 = conv_bn(mid, c_out, 3)
         self.se = SqueezeExcite(c_out, inner[1]) if len(inner) > 1 else nn.Identity()
-        self.shortcut = shortcut(c_in, c_out, stride, downsample)
+        self.shortcut = shortcut(c_in, c_out, stride, downsample, project=project)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.drop(torch.relu(self.conv1(x)))
@@ -157,14 +167,20 @@ class Bottleneck(nn.Module):
     """1x1 reduce, 3x3 (carries the stride), 1x1 expand; BN after each; + shortcut, ReLU."""
 
     def __init__(
-        self, c_in: int, inner: tuple[int, ...], c_out: int, stride: int, downsample: str
+        self,
+        c_in: int,
+        inner: tuple[int, ...],
+        c_out: int,
+        stride: int,
+        downsample: str,
+        project: bool = False,
     ) -> None:
         super().__init__()
         mid1, mid2 = inner
         self.conv1 = conv_bn(c_in, mid1, 1)
         self.conv2 = conv_bn(mid1, mid2, 3, stride)
         self.conv3 = conv_bn(mid2, c_out, 1)
-        self.shortcut = shortcut(c_in, c_out, stride, downsample)
+        self.shortcut = shortcut(c_in, c_out, stride, downsample, project=project)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.relu(self.conv1(x))
@@ -176,7 +192,13 @@ class PreActBlock(nn.Module):
     """BN-ReLU-conv3x3-BN-ReLU-conv3x3 + shortcut taken from the pre-activated input."""
 
     def __init__(
-        self, c_in: int, inner: tuple[int, ...], c_out: int, stride: int, downsample: str
+        self,
+        c_in: int,
+        inner: tuple[int, ...],
+        c_out: int,
+        stride: int,
+        downsample: str,
+        project: bool = False,
     ) -> None:
         super().__init__()
         mid = inner[0]
@@ -184,7 +206,7 @@ class PreActBlock(nn.Module):
         self.conv1 = nn.Conv2d(c_in, mid, 3, stride, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(mid)
         self.conv2 = nn.Conv2d(mid, c_out, 3, 1, 1, bias=False)
-        self.shortcut = shortcut(c_in, c_out, stride, downsample, norm=False)
+        self.shortcut = shortcut(c_in, c_out, stride, downsample, norm=False, project=project)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.relu(self.bn1(x))
@@ -215,7 +237,8 @@ class CifarResNet(nn.Module):
             blocks = []
             for j, inner in enumerate(stage_inner):
                 stride = 2 if (i > 0 and j == 0) else 1
-                blocks.append(self._block(c_in, inner, c_out, stride))
+                project = (i, j) in config.projections
+                blocks.append(self._block(c_in, inner, c_out, stride, project))
                 c_in = c_out
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
@@ -225,13 +248,15 @@ class CifarResNet(nn.Module):
         )
         self.fc = nn.Linear(c_in, config.num_classes)
 
-    def _block(self, c_in: int, inner: tuple[int, ...], c_out: int, stride: int) -> nn.Module:
+    def _block(
+        self, c_in: int, inner: tuple[int, ...], c_out: int, stride: int, project: bool
+    ) -> nn.Module:
         cfg = self.config
         if cfg.block == "bottleneck":
-            return Bottleneck(c_in, inner, c_out, stride, cfg.downsample)
+            return Bottleneck(c_in, inner, c_out, stride, cfg.downsample, project)
         if cfg.block == "preact":
-            return PreActBlock(c_in, inner, c_out, stride, cfg.downsample)
-        return BasicBlock(c_in, inner, c_out, stride, cfg.downsample, cfg.dropout)
+            return PreActBlock(c_in, inner, c_out, stride, cfg.downsample, project)
+        return BasicBlock(c_in, inner, c_out, stride, cfg.downsample, cfg.dropout, project)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.final(self.stages(self.stem(x)))
@@ -240,14 +265,13 @@ class CifarResNet(nn.Module):
     def channel_plan(self) -> ResNetConfig:
         """Read the plan back from the modules' actual shapes (after structured pruning)."""
         cfg = self.config
-        widths, inner = [], []
-        for stage in self.stages:
+        widths, inner, projections = [], [], []
+        c_in = self.stem[0].out_channels
+        for i, stage in enumerate(self.stages):
             stage_inner = []
-            for block in stage:
+            for j, block in enumerate(stage):
                 if isinstance(block, Bottleneck):
-                    stage_inner.append(
-                        (block.conv1[0].out_channels, block.conv2[0].out_channels)
-                    )
+                    stage_inner.append((block.conv1[0].out_channels, block.conv2[0].out_channels))
                     out = block.conv3[0].out_channels
                 elif isinstance(block, PreActBlock):
                     stage_inner.append((block.conv1.out_channels,))
@@ -258,6 +282,10 @@ class CifarResNet(nn.Module):
                         mids += (block.se.fc1.out_channels,)
                     stage_inner.append(mids)
                     out = block.conv2[0].out_channels
+                stride = 2 if (i > 0 and j == 0) else 1
+                if stride == 1 and c_in == out and not isinstance(block.shortcut, nn.Identity):
+                    projections.append((i, j))
+                c_in = out
             widths.append(out)
             inner.append(tuple(stage_inner))
         return ResNetConfig(
@@ -269,4 +297,5 @@ class CifarResNet(nn.Module):
             downsample=cfg.downsample,
             dropout=cfg.dropout,
             in_channels=cfg.in_channels,
+            projections=tuple(projections),
         )
