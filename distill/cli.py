@@ -257,6 +257,21 @@ def eval_cmd(
     console.print(f"[bold]top-1 {result['accuracy']:.2%}[/]  loss {result['loss']:.4f}")
 
 
+@command(
+    name="report",
+    epilog="Examples:\n\n  distill report runs/demo\n\n"
+    "  distill report my-models/   (any folder of distill .pt / .onnx files)",
+)
+def report_cmd(
+    run_dir: Path = typer.Argument(..., help="A pipeline run folder, or any folder of models."),
+) -> None:
+    """Markdown report with PNG plots: table, KD gain, curves, accuracy vs params and latency."""
+    from distill.report import write_report
+
+    path = write_report(run_dir)
+    console.print(f"[green]wrote[/] {path} (plots in {path.parent / 'plots'})")
+
+
 def main() -> None:
     app()
 
