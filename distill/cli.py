@@ -207,6 +207,94 @@ def teacher_train_cmd(
 
 
 @command(
+    name="student",
+    epilog="Examples:\n\n"
+    "  distill student --teacher t.pt --arch resnet18-5m --data cifar10 --out s.pt\n\n"
+    "  distill student --teacher t1.pt --teacher t2.pt --kd dkd --data cifar10 --out s.pt\n\n"
+    "  distill student --teacher runs/t.pt --arch resnet18-quarter "
+    "--data ../shared/data/cifar10-jpeg --recipe quick --temperature 2 --out runs/s.pt",
+)
+def student_cmd(
+    teacher: list[Path] = typer.Option(
+        ..., "--teacher", help="Teacher checkpoint; repeat for an ensemble (mean of logits)."
+    ),
+    arch: str = typer.Option("resnet18-5m", help="Student architecture (distill models)."),
+    data: str = DATA,
+    out: Path = typer.Option(..., help="Checkpoint to write (.pt)."),
+    budget: str = typer.Option("5M", help="Parameter budget, checked before the first step."),
+    kd: str = typer.Option("hinton", "--kd", help="hinton or dkd (decoupled KD)."),
+    alpha: float = typer.Option(
+        None, help="hinton: soft-target weight (default 0.9); dkd: TCKD weight (default 1)."
+    ),
+    temperature: float = typer.Option(None, help="Softmax temperature T (default 4)."),
+    beta: float = typer.Option(None, help="dkd: NCKD weight (default 8)."),
+    warmup: float = typer.Option(
+        None, help="Epochs over which the KD term ramps up (dkd default: 1/12 of the run)."
+    ),
+    recipe: str = RECIPE,
+    epochs: int = EPOCHS,
+    batch_size: int = BATCH_SIZE,
+    lr: float = LR,
+    seed: int = SEED,
+    val_size: int = typer.Option(None, help="Default: the teacher's (explicit values must match)."),
+    train_size: int = TRAIN_SIZE,
+    split_seed: int = typer.Option(None, help="Default: the teacher's (explicit must match)."),
+    data_root: Path = DATA_ROOT,
+    cache_dir: Path = CACHE_DIR,
+    device: str = DEVICE,
+    resume: bool = RESUME,
+    force: bool = FORCE,
+    quiet: bool = QUIET,
+) -> None:
+    """Train a student on its teacher's soft targets, within a parameter budget."""
+    from distill.losses import KDConfig
+    from distill.recipes import resolve_recipe
+    from distill.student import read_teachers, resolve_split, train_student
+    from distill.teacher import check_run_inputs
+    from distill.train import RunConfig
+
+    resolved = resolve_recipe(recipe, epochs=epochs, batch_size=batch_size, lr=lr)
+    run = RunConfig("student", arch, out, device, seed, resume, force, not quiet)
+    check_run_inputs(arch, run)
+    limit = parse_budget(budget)
+    kd_config = KDConfig.create(
+        kd,
+        alpha=alpha,
+        temperature=temperature,
+        beta=beta,
+        warmup_epochs=warmup,
+        epochs=resolved.epochs,
+    )
+    val_size, split_seed = resolve_split(read_teachers(teacher), val_size, split_seed)
+    cfg = data_config(data, data_root, cache_dir, val_size, train_size, split_seed)
+    # The resume hint repeats every setting that changes the run, or the resume is refused.
+    given = {
+        "teacher": teacher,
+        "arch": [arch],
+        "data": [data],
+        "out": [out],
+        "recipe": [recipe],
+        "kd": [kd],
+        "alpha": [alpha],
+        "temperature": [temperature],
+        "beta": [beta],
+        "warmup": [warmup],
+        "epochs": [epochs],
+        "batch-size": [batch_size],
+        "lr": [lr],
+        "train-size": [train_size],
+        "seed": [seed],
+        "budget": [budget],
+    }
+    hint = " ".join(f"--{k} {v}" for k, vs in given.items() for v in vs if v is not None)
+    run_training(
+        lambda: train_student(arch, teacher, cfg, resolved, run, kd_config, limit, console=console),
+        out,
+        f"distill student {hint}",
+    )
+
+
+@command(
     name="eval",
     epilog="Examples:\n\n  distill eval runs/s.pt --data cifar10\n\n"
     "  distill eval runs/s.onnx --data ../shared/data/cifar10-jpeg --split val",
