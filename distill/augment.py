@@ -118,8 +118,10 @@ def batch_cutout(images: torch.Tensor, size: int, generator: torch.Generator) ->
 def batch_grayscale(images: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
     """Replace each float RGB image by its luma in all three channels with probability p."""
     b = images.shape[0]
-    weights = torch.tensor(LUMA, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
-    gray = (images * weights).sum(1, keepdim=True).expand_as(images)
+    # Python-scalar weights: a weight tensor built from a list would be a blocking host-to-device
+    # copy, i.e. a sync point, on every batch.
+    red, green, blue = images.unbind(1)
+    gray = (red * LUMA[0] + green * LUMA[1] + blue * LUMA[2]).unsqueeze(1).expand_as(images)
     chosen = torch.rand(b, generator=generator, device=images.device) < p
     return torch.where(chosen.view(b, 1, 1, 1), gray, images)
 

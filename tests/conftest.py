@@ -1,0 +1,168 @@
+"""Shared fixtures: small data sets in every format `load_data` reads.
+
+- `make_cifar_python(root, ...)`: writes the official CIFAR-10/100 python layout (import it:
+  `from conftest import make_cifar_python`).
+- `tiny_image_folder` (session): `train/<class>/*.png` and `test/<class>/*.png`, 4 classes of
+  coloured, striped 32x32 images that a tiny CNN separates within a few steps.
+- `tiny_dataset` (session): `load_data` of it, val_size 20 (5 per class), cache in a temp dir.
+- `real_cifar_jpegs` (session): 20 real CIFAR-10 JPEGs per class copied from the shared data
+  folder into a temp image folder; skips where that folder is absent.
+"""
+
+from __future__ import annotations
+
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+CIFAR10_NAMES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
+REAL_JPEGS = Path("/work/shared/data/cifar10-jpeg/train")
+
+# The tiny folder's classes, each drawn in its own colour with its own stripe direction.
+TINY_CLASSES = ("blue", "green", "red", "yellow")
+TINY_COLOURS = ((40, 70, 220), (40, 170, 60), (215, 45, 40), (225, 205, 40))
+TINY_TRAIN_PER_CLASS = 40
+TINY_TEST_PER_CLASS = 10
+TINY_VAL_SIZE = 20
+
+
+def pattern_images(
+    labels: np.ndarray,
+    rng: np.random.Generator,
+    size: int = 32,
+    colours: tuple[tuple[int, int, int], ...] | None = None,
+) -> np.ndarray:
+    """uint8 [N, size, size, 3]: class k is a colour with stripes (direction and period set by k,
+    phase random) plus noise, so every image differs but classes are easy to tell apart."""
+    labels = np.asarray(labels)
+    if colours is None:  # evenly spread hues for any number of classes
+        import colorsys
+
+        n = int(labels.max()) + 1 if labels.size else 1
+        colours = tuple(
+            tuple(int(255 * v) for v in colorsys.hsv_to_rgb((k * 0.618) % 1, 0.8, 0.9))
+            for k in range(n)
+        )
+    palette = np.asarray(colours, dtype=np.float32)[labels]  # [N, 3]
+    yy, xx = np.mgrid[:size, :size].astype(np.float32)
+    direction = labels % 4  # horizontal, vertical, two diagonals
+    coord = np.stack([yy, xx, yy + xx, yy - xx])[direction]  # [N, size, size]
+    period = (4 + 2 * ((labels // 4) % 3)).astype(np.float32)[:, None, None]
+    phase = rng.uniform(0, 8, size=(len(labels), 1, 1)).astype(np.float32)
+    stripes = ((coord + phase) // (period / 2)) % 2  # 0/1 bands
+    shade = 0.55 + 0.45 * stripes
+    images = palette[:, None, None, :] * shade[..., None]
+    images += rng.normal(0, 10, size=images.shape)
+    return np.clip(images, 0, 255).round().astype(np.uint8)
+
+
+def make_cifar_python(
+    root: str | Path,
+    num_classes: int = 10,
+    per_class: int = 10,
+    test_per_class: int = 2,
+    label_names: list[str] | None = None,
+    seed: int = 0,
+) -> Path:
+    """Write a small data set in the official CIFAR python layout under `root`; return its folder.
+
+    num_classes 10: `cifar-10-batches-py/` with data_batch_1..5, test_batch and batches.meta
+    (label_names); num_classes 100: `cifar-100-python/` with train, test and meta
+    (fine_label_names). Rows are 3072 bytes, channel-major (R plane, G plane, B plane) like the
+    real files; pickled at protocol 2 with str keys, as the Python 2 originals read with
+    encoding="latin1". test_per_class 0 writes no test file.
+    """
+    if num_classes not in (10, 100):
+        raise ValueError("the official layouts hold 10 or 100 classes")
+    rng = np.random.default_rng(seed)
+    cifar10 = num_classes == 10
+    names = list(
+        label_names or (CIFAR10_NAMES if cifar10 else [f"class_{i:03d}" for i in range(100)])
+    )
+    folder = Path(root) / ("cifar-10-batches-py" if cifar10 else "cifar-100-python")
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def batch(count: int) -> tuple[np.ndarray, list[int]]:
+        labels = rng.permutation(np.repeat(np.arange(num_classes), count))
+        hwc = pattern_images(labels, rng)
+        return hwc.transpose(0, 3, 1, 2).reshape(len(labels), -1), [int(y) for y in labels]
+
+    def dump(name: str, obj: dict) -> None:
+        with open(folder / name, "wb") as f:
+            pickle.dump(obj, f, protocol=2)
+
+    labels_key = "labels" if cifar10 else "fine_labels"
+    data, labels = batch(per_class)
+    if cifar10:
+        for i, rows in enumerate(np.array_split(np.arange(len(labels)), 5), start=1):
+            entry = {"batch_label": f"training batch {i} of 5", "data": data[rows]}
+            dump(f"data_batch_{i}", entry | {labels_key: [labels[r] for r in rows]})
+        dump("batches.meta", {"label_names": names, "num_cases_per_batch": len(labels) // 5})
+    else:
+        coarse = [y // 5 for y in labels]
+        dump("train", {"data": data, labels_key: labels, "coarse_labels": coarse})
+        dump("meta", {"fine_label_names": names, "coarse_label_names": [str(i) for i in range(20)]})
+    if test_per_class:
+        data, labels = batch(test_per_class)
+        dump("test_batch" if cifar10 else "test", {"data": data, labels_key: labels})
+    return folder
+
+
+def write_image_folder(
+    root: Path, classes: tuple[str, ...], per_class: dict[str, int], seed: int = 0
+) -> Path:
+    """PNG files `root/<split>/<class>/NNN.png` with pattern images (colours from TINY_COLOURS
+    when the classes are TINY_CLASSES)."""
+    rng = np.random.default_rng(seed)
+    colours = TINY_COLOURS if classes == TINY_CLASSES else None
+    for split, count in per_class.items():
+        labels = np.repeat(np.arange(len(classes)), count)
+        images = pattern_images(labels, rng, colours=colours)
+        for i, (label, image) in enumerate(zip(labels, images, strict=True)):
+            folder = root / split / classes[label]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(folder / f"{i % count:03d}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("tiny-images")
+    return write_image_folder(
+        root, TINY_CLASSES, {"train": TINY_TRAIN_PER_CLASS, "test": TINY_TEST_PER_CLASS}
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tiny_image_folder: Path, tmp_path_factory: pytest.TempPathFactory):
+    from distill.data import DataConfig, load_data
+
+    cache = tmp_path_factory.mktemp("tiny-cache")
+    return load_data(DataConfig(str(tiny_image_folder), cache_dir=cache, val_size=TINY_VAL_SIZE))
+
+
+@pytest.fixture(scope="session")
+def real_cifar_jpegs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if not REAL_JPEGS.is_dir():
+        pytest.skip(f"{REAL_JPEGS} is not present")
+    root = tmp_path_factory.mktemp("real-jpegs")
+    for name in CIFAR10_NAMES:
+        (root / "train" / name).mkdir(parents=True)
+        for src in sorted((REAL_JPEGS / name).iterdir())[:20]:
+            shutil.copy(src, root / "train" / name / src.name)
+    return root
