@@ -76,6 +76,9 @@ def measure(
     images = torch.randn(batch_size, 3, 32, 32, device=dev).to(memory_format=memory_format)
     labels = torch.randint(0, 10, (batch_size,), device=dev)
     optimizer = torch.optim.SGD(student.parameters(), lr=1e-3, momentum=0.9)
+    # Counted before the objective freezes the teacher (count_params counts trainable ones).
+    sizes = {"student_params": count_params(student), "teacher_params": count_params(teacher)}
+    s_macs, t_macs = count_macs(student), count_macs(teacher)
     objectives = {
         "labels": CrossEntropy(),
         "kd": DistillationObjective((teacher,), KDConfig.create(kd), amp=amp),
@@ -88,12 +91,10 @@ def measure(
             seconds = time_steps(student, objective, images, labels, optimizer, steps, amp)
             times[name].append(seconds)
     plain, with_kd = statistics.median(times["labels"]), statistics.median(times["kd"])
-    s_macs, t_macs = count_macs(student), count_macs(teacher)
     return {
         "student": student_arch,
         "teacher": teacher_arch,
-        "student_params": count_params(student),
-        "teacher_params": count_params(teacher),
+        **sizes,
         "kd": kd,
         "device": str(dev),
         "threads": torch.get_num_threads(),
