@@ -15,6 +15,7 @@ from rich.table import Table
 
 from distill.budget import DEFAULT_BUDGET, format_count, parse_budget
 from distill.errors import exits_on_user_error
+from export.cli import app as export_app
 
 app = typer.Typer(
     help="Distil and compress small-image classifiers under a hard parameter budget.",
@@ -24,6 +25,8 @@ app = typer.Typer(
 )
 teacher_app = typer.Typer(help="Train teacher models.", no_args_is_help=True)
 app.add_typer(teacher_app, name="teacher")
+# `distill export onnx`; the same sub-app runs as `python -m export` (export/__main__.py).
+app.add_typer(export_app, name="export")
 console = Console()
 
 
@@ -358,6 +361,67 @@ def report_cmd(
 
     path = write_report(run_dir)
     console.print(f"[green]wrote[/] {path} (plots in {path.parent / 'plots'})")
+
+
+@command(
+    name="predict",
+    epilog="Examples:\n\n  distill predict runs/s.onnx cat.jpg dog.png\n\n"
+    "  distill predict runs/s.int8.onnx photos/ --top-k 5 --json > predictions.json",
+)
+def predict_cmd(
+    model: Path = typer.Argument(..., help="An .onnx file written by distill export."),
+    images: list[Path] = typer.Argument(..., help="Image files or folders (searched recursively)."),
+    top_k: int = typer.Option(3, "--top-k", help="Classes to show per image."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON list instead of a table."),
+) -> None:
+    """Classify images of any size and mode with onnxruntime; class names come from the file."""
+    from export.cli import show_predictions
+    from export.predict import predict
+
+    show_predictions(predict(model, images, top_k), as_json)
+
+
+@command(
+    name="bench",
+    epilog="Examples:\n\n  distill bench runs/s.onnx\n\n"
+    "  distill bench runs/s.pt --batch-sizes 1,32,256 --threads 4 --json bench.json\n\n"
+    "  distill bench runs/s.onnx --device cuda",
+)
+def bench_cmd(
+    model: Path = typer.Argument(..., help="An exported .onnx or a checkpoint .pt."),
+    batch_sizes: str = typer.Option("1,32,256", help="Comma-separated batch sizes."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    threads: int = typer.Option(None, help="Threads for both engines (default: physical cores)."),
+    checkpoint: Path = typer.Option(
+        None, help="PyTorch baseline for an .onnx whose checkpoint is not beside it."
+    ),
+    seconds: float = typer.Option(
+        2.0, help="Timed seconds per engine and batch size, at least (more: steadier p99)."
+    ),
+    json_out: Path = typer.Option(None, "--json", help="Also write the full record here."),
+) -> None:
+    """Latency p50/p90/p99 and images/s: onnxruntime vs PyTorch eager, measured in one run."""
+    from distill.errors import UserError
+    from export.bench import Timing, benchmark, parse_batch_sizes
+    from export.cli import show_bench
+
+    sizes = parse_batch_sizes(batch_sizes)
+    if json_out is not None and json_out.is_dir():
+        raise UserError(f"--json {json_out} is a directory; pass a file path")
+    with console.status("benchmarking") as status:
+        record = benchmark(
+            model,
+            sizes,
+            device,
+            threads,
+            checkpoint=checkpoint,
+            timing=Timing(min_seconds=seconds),
+            progress=lambda msg: status.update(f"benchmarking: {msg}"),
+        )
+    show_bench(record)
+    if json_out is not None:
+        json_out.write_text(json.dumps(record, indent=2) + "\n")
+        console.print(f"[green]wrote[/] {json_out}")
 
 
 def main() -> None:

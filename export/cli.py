@@ -1,0 +1,173 @@
+"""`distill export onnx` (also `python -m export onnx`), plus the printing behind `distill predict`
+and `distill bench` (their thin commands live in distill/cli.py).
+
+A user's mistake exits 2 with one line; a graph that disagrees with PyTorch exits 1 with one line
+and leaves no file behind.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from distill.errors import exits_on_user_error
+
+app = typer.Typer(
+    help="Export checkpoints for deployment.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(soft_wrap=True)  # long result lines stay whole for copy-paste
+err_console = Console(stderr=True)
+
+
+@app.callback()
+def group() -> None:
+    """Export checkpoints for deployment."""
+    # A callback keeps `onnx` a subcommand: typer would otherwise collapse a one-command app,
+    # and `python -m export onnx MODEL.pt` would stop working.
+
+
+def exits_on_parity_error(fn):
+    """A graph that failed its check is not the user's mistake: one line, exit 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from export.onnx import ParityError
+
+        try:
+            return fn(*args, **kwargs)
+        except ParityError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+@app.command(
+    "onnx",
+    epilog="Examples:\n\n  distill export onnx runs/s.pt\n\n"
+    "  distill export onnx runs/s.pt -o deploy/s.onnx --force\n\n"
+    "  distill export onnx runs/s.pt --int8            (writes runs/s.int8.onnx)\n\n"
+    "  distill export onnx runs/s.pt --int8 --data ~/data/cifar10-jpeg\n\n"
+    "  python -m export onnx runs/s.pt                 (the same command)",
+)
+@exits_on_user_error
+@exits_on_parity_error
+def onnx_cmd(
+    checkpoint: Path = typer.Argument(..., help="A checkpoint .pt written by distill."),
+    out: Path = typer.Option(
+        None,
+        "-o",
+        "--out",
+        help="Output .onnx; default beside the checkpoint: s.onnx, s.int8.onnx or s.fp16.onnx.",
+    ),
+    int8: bool = typer.Option(
+        False, "--int8", help="Static int8 (QDQ, per-channel), calibrated on training images."
+    ),
+    fp16: bool = typer.Option(
+        False, "--fp16", help="Half-precision weights for GPUs; input and output stay float32."
+    ),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing output."),
+    data: str = typer.Option(
+        None,
+        "--data",
+        help="Where the model's data is, when not where its checkpoint recorded it "
+        "(parity and calibration images come from it).",
+    ),
+    data_root: Path = typer.Option(None, help="Where cifar10/cifar100 were downloaded."),
+    cache_dir: Path = typer.Option(None, help="Decoded-data cache directory."),
+) -> None:
+    """Export a checkpoint to one checked, self-contained ONNX file.
+
+    The graph takes float32 NCHW RGB in [0,1] (normalisation is inside) with a dynamic batch
+    axis and returns logits; class names, mean/std and provenance are in its metadata. The file
+    is written only after onnx.checker and a comparison with PyTorch on validation images pass.
+    """
+    from export.onnx import export_onnx
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("export", total=None)
+        report = export_onnx(
+            checkpoint,
+            out,
+            int8=int8,
+            fp16=fp16,
+            force=force,
+            data=data,
+            data_root=data_root,
+            cache_dir=cache_dir,
+            stage=lambda s: bar.update(task, description=s, completed=0, total=None),
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+    meta = report.metadata
+    console.print(
+        f"[green]wrote[/] {report.path}: {meta['arch']} {report.precision}, "
+        f"{mb(report.size_bytes)}, opset {meta['opset']}, {report.seconds:.1f} s"
+    )
+    style = "" if report.real_images else "[yellow]"
+    console.print(f"{style}{report.parity.line()}")
+    if report.accuracy is not None:
+        console.print(
+            f"val top-1 on {report.eval_images:,} images: int8 {report.accuracy:.2%} vs fp32 "
+            f"{report.fp32_accuracy:.2%}; size {mb(report.size_bytes)} vs "
+            f"{mb(report.fp32_size_bytes)} ({report.fp32_size_bytes / report.size_bytes:.1f}x "
+            "smaller)"
+        )
+
+
+def show_predictions(predictions: list, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps([p.to_dict() for p in predictions], indent=2))
+        return
+    table = Table()
+    table.add_column("image")
+    k = max((len(p.top) for p in predictions), default=0)
+    for i in range(k):
+        table.add_column(f"#{i + 1}")
+    for p in predictions:
+        table.add_row(str(p.path), *(f"{c.name} {c.probability:.1%}" for c in p.top))
+    console.print(table)
+
+
+def show_bench(record: dict) -> None:
+    env = record["environment"]
+    table = Table(
+        title=f"{record['model']['path']} ({record['model']['precision']}) on "
+        f"{env['device']}, {env['threads']} threads, {env['cpu']}"
+    )
+    for col in ("batch", "engine", "p50 ms", "p90 ms", "p99 ms", "images/s", "runs"):
+        table.add_column(col, justify="left" if col == "engine" else "right")
+    for r in record["results"]:
+        table.add_row(
+            str(r["batch_size"]),
+            r["engine"],
+            f"{r['p50_ms']:.2f}",
+            f"{r['p90_ms']:.2f}",
+            f"{r['p99_ms']:.2f}",
+            f"{r['images_per_s']:,.0f}",
+            str(r["runs"]),
+        )
+    console.print(table)
+    for bs, ratio in record["speedup"].items():
+        console.print(f"batch {bs}: onnxruntime {ratio:.2f}x PyTorch eager (p50 latency)")
+    if record.get("note"):
+        console.print(f"[yellow]{record['note']}")

@@ -1,0 +1,255 @@
+"""ONNX export: round trip, metadata, parity at odd batch sizes, int8, fp16, refusals, CLI."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from distill.checkpoint import file_sha256, load_checkpoint, new_checkpoint, save_checkpoint
+from distill.cli import app
+from distill.errors import UserError
+from distill.registry import create_model
+from export.onnx import (
+    OPSET,
+    Normalized,
+    ParityError,
+    check_parity,
+    export_onnx,
+    load_check_images,
+    quantize_int8,
+    read_metadata,
+)
+from export.runtime import make_session, run_logits
+
+runner = CliRunner()
+COLORS = {"red": (200, 40, 40), "green": (40, 190, 60), "blue": (40, 60, 210), "grey": (128,) * 3}
+SIZE = 16  # small images keep export, training and parity fast; the graph is size-agnostic
+
+
+def write_image_folder(root: Path, per_class: int = 24, seed: int = 0) -> Path:
+    """Class = dominant colour + noise: a tiny ResNet learns it in a few dozen steps."""
+    rng = np.random.default_rng(seed)
+    for name, rgb in COLORS.items():
+        (root / "train" / name).mkdir(parents=True)
+        for i in range(per_class):
+            noise = rng.normal(0, 30, (SIZE, SIZE, 3))
+            pixels = np.clip(np.array(rgb) + noise, 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / "train" / name / f"{i:03d}.png")
+    return root
+
+
+def make_checkpoint(path: Path, *, data: dict, classes, model=None, mean=None, std=None) -> Path:
+    torch.manual_seed(0)
+    model = model or create_model("resnet18-quarter", len(classes))
+    ckpt = new_checkpoint(
+        kind="student",
+        arch="resnet18-quarter",
+        model=model,
+        classes=list(classes),
+        mean=mean or [0.5, 0.45, 0.4],
+        std=std or [0.25, 0.25, 0.25],
+        input_size=[3, SIZE, SIZE],
+        recipe={},
+        data=data,
+        metrics={"val_accuracy": 0.75},
+    )
+    save_checkpoint(ckpt, path)
+    return path
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Correctness tests on one thread: on a shared, busy machine two spinning OpenMP threads per
+    process make a training step ~50x slower than one thread."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A resnet18-quarter trained for a few steps on a colour image folder, saved with the data
+    record training writes, so export finds its validation and calibration images."""
+    from distill.data import DataConfig, load_data
+
+    root = tmp_path_factory.mktemp("export")
+    cache = root / "cache"
+    folder = write_image_folder(root / "images")
+    ds = load_data(DataConfig(str(folder), cache_dir=cache, val_size=32, image_size=SIZE))
+    torch.manual_seed(0)
+    model = create_model("resnet18-quarter", len(ds.classes))
+    opt = torch.optim.Adam(model.parameters(), 3e-3)
+    mean = torch.tensor(ds.mean).view(1, 3, 1, 1)
+    std = torch.tensor(ds.std).view(1, 3, 1, 1)
+    x = (ds.train.images.float() / 255 - mean) / std
+    model.train()
+    for step in range(12):
+        idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(step))[:48]
+        loss = torch.nn.functional.cross_entropy(model(x[idx]), ds.train.labels[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    ckpt = make_checkpoint(
+        root / "m.pt",
+        data=ds.info,
+        classes=ds.classes,
+        model=model,
+        mean=list(ds.mean),
+        std=list(ds.std),
+    )
+    return {"ckpt": ckpt, "cache": cache, "dataset": ds, "root": root}
+
+
+@pytest.fixture(scope="module")
+def exported(trained):
+    """The CLI's export, which the library tests below read back."""
+    out = trained["root"] / "out" / "m.onnx"
+    args = ["export", "onnx", str(trained["ckpt"]), "-o", str(out)]
+    result = runner.invoke(app, [*args, "--cache-dir", str(trained["cache"])])
+    assert result.exit_code == 0, result.output
+    return {"path": out, "output": result.output, "args": args}
+
+
+def test_round_trip_checker_metadata_and_parity(trained, exported):
+    path = exported["path"]
+    assert sorted(os.listdir(path.parent)) == ["m.onnx"]  # one self-contained file, no temp left
+    onnx.checker.check_model(str(path), full_check=True)
+    model = onnx.load(str(path))
+    assert {o.domain: o.version for o in model.opset_import}[""] == OPSET
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [3, SIZE, SIZE]
+    raw = {p.key: p.value for p in model.metadata_props}
+    assert raw["input_range"] == "[0,1]" and raw["input_layout"] == "NCHW"
+    assert json.loads(raw["classes"]) == list(trained["dataset"].classes)
+
+    meta = read_metadata(path)
+    ds = trained["dataset"]
+    assert meta["classes"] == list(ds.classes)
+    assert meta["mean"] == pytest.approx(list(ds.mean)) and meta["std"] == pytest.approx(ds.std)
+    assert meta["input_size"] == [3, SIZE, SIZE] and meta["precision"] == "fp32"
+    assert meta["arch"] == "resnet18-quarter" and meta["params"] > 100_000
+    assert meta["source_sha256"] == file_sha256(trained["ckpt"])
+    assert meta["val_accuracy"] == pytest.approx(0.75)
+
+    out = exported["output"]
+    assert "parity vs PyTorch on 32 validation images" in out and "agreement 100.00%" in out
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_dynamic_batch_matches_pytorch(trained, exported, batch):
+    from distill.checkpoint import load_checkpoint, model_from_checkpoint
+
+    ckpt = load_checkpoint(trained["ckpt"])
+    reference = Normalized(model_from_checkpoint(ckpt), ckpt["mean"], ckpt["std"])
+    images = trained["dataset"].val.images[: 2 * batch + 1]  # odd count: a short last batch
+    parity = check_parity(exported["path"], reference, images, batch_size=batch)
+    assert parity.images == len(images)
+    assert parity.max_abs_diff < 1e-4 * max(1, parity.logit_scale)
+    assert parity.top1_agreement == 1.0
+
+
+def test_int8_stays_close_and_is_smaller(trained, exported):
+    out = trained["root"] / "out8" / "m.int8.onnx"
+    report = export_onnx(trained["ckpt"], out, int8=True, cache_dir=trained["cache"])
+    assert report.precision == "int8" and out.is_file()
+    assert report.size_bytes < 0.5 * report.fp32_size_bytes
+    assert report.fp32_accuracy > 0.9  # the colours were learnt
+    assert report.accuracy >= report.fp32_accuracy - 0.05
+    assert report.parity.top1_agreement >= 0.9
+    meta = read_metadata(out)
+    assert meta["precision"] == "int8" and meta["val_accuracy"] == pytest.approx(report.accuracy)
+    ops = {n.op_type for n in onnx.load(str(out)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+
+
+def test_quantize_int8_on_plain_tensors(trained, exported, tmp_path):
+    ds = trained["dataset"]
+    quantize_int8(exported["path"], tmp_path / "q.onnx", ds.train.images[:32], batch_size=16)
+    fp32 = run_logits(make_session(exported["path"]), ds.val.images)
+    int8 = run_logits(make_session(tmp_path / "q.onnx"), ds.val.images)
+    assert (fp32.argmax(1) == int8.argmax(1)).mean() >= 0.9
+
+
+def test_fp16_keeps_float32_io(trained, exported, tmp_path):
+    report = export_onnx(
+        trained["ckpt"], tmp_path / "h.onnx", fp16=True, cache_dir=trained["cache"]
+    )
+    model = onnx.load(str(report.path))
+    float32 = onnx.TensorProto.FLOAT
+    assert model.graph.input[0].type.tensor_type.elem_type == float32
+    assert model.graph.output[0].type.tensor_type.elem_type == float32
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer)
+    assert report.parity.top1_agreement >= 0.99
+    assert report.metadata["precision"] == "fp16"
+    assert report.size_bytes < 0.6 * os.path.getsize(exported["path"])
+
+
+def test_without_data_random_images_stand_in_and_int8_refuses(tmp_path):
+    ckpt = make_checkpoint(tmp_path / "r.pt", data={}, classes="abc")
+    images = load_check_images(load_checkpoint(ckpt))
+    assert not images.real and "RANDOM" in images.description and images.train_images is None
+    with pytest.raises(UserError, match="int8 calibration needs"):
+        export_onnx(ckpt, int8=True)
+    with pytest.raises(UserError, match="does not exist"):  # a --data the user names must load
+        export_onnx(ckpt, data=str(tmp_path / "nowhere"))
+    assert sorted(os.listdir(tmp_path)) == ["r.pt"]
+
+
+def test_a_disagreeing_graph_is_never_written(trained, exported, tmp_path, monkeypatch):
+    import export.onnx as mod
+
+    def broken(module, input_size, path):  # the right graph with one weight off
+        model = onnx.load(str(exported["path"]))
+        weight = max(model.graph.initializer, key=lambda t: t.dims[0] if t.dims else 0)
+        values = onnx.numpy_helper.to_array(weight) * 1.5
+        weight.CopyFrom(onnx.numpy_helper.from_array(values, weight.name))
+        onnx.save(model, str(path))
+
+    monkeypatch.setattr(mod, "export_graph", broken)
+    with pytest.raises(ParityError, match="disagrees"):
+        export_onnx(trained["ckpt"], tmp_path / "bad.onnx", cache_dir=trained["cache"])
+    assert os.listdir(tmp_path) == []  # neither the output nor a temp file
+
+
+def test_cli_refuses_overwrite_and_non_checkpoints(trained, exported, tmp_path):
+    out = exported["path"]
+    before = (out.read_bytes(), out.stat().st_mtime_ns)
+    again = runner.invoke(app, exported["args"])
+    assert again.exit_code == 2
+    assert "already exists" in again.output and "--force" in again.output
+    assert (out.read_bytes(), out.stat().st_mtime_ns) == before
+
+    junk = tmp_path / "junk.pt"
+    junk.write_text("not a checkpoint")
+    bad = runner.invoke(app, ["export", "onnx", str(junk)])
+    assert bad.exit_code == 2
+    assert len(bad.output.strip().splitlines()) == 1 and "junk.pt" in bad.output
+    assert not (tmp_path / "junk.onnx").exists()
+
+    both = runner.invoke(app, ["export", "onnx", str(trained["ckpt"]), "--int8", "--fp16"])
+    assert both.exit_code == 2 and "one of them" in both.output
+
+
+def test_python_dash_m_export_is_the_same_app():
+    env = {**os.environ, "COLUMNS": "120"}
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, "-m", "export", "onnx", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        env=env,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "python -m export onnx" in result.stdout and "--int8" in result.stdout

@@ -1,0 +1,124 @@
+"""`distill predict`: any image mode and size, class names from the file, clear refusals."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from PIL import Image
+from test_export import SIZE, make_checkpoint
+from typer.testing import CliRunner
+
+from distill.checkpoint import load_checkpoint, model_from_checkpoint
+from distill.cli import app
+from distill.errors import UserError
+from export.onnx import Normalized, export_onnx
+from export.predict import predict, softmax
+
+runner = CliRunner()
+CLASSES = ["cat", "dog", "ship"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)  # see test_export.one_thread
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    """A random-init model exported without data on hand (parity on labelled random images)."""
+    root = tmp_path_factory.mktemp("predict")
+    ckpt = make_checkpoint(root / "m.pt", data={}, classes=CLASSES)
+    report = export_onnx(ckpt)
+    assert not report.real_images and "RANDOM" in report.parity.source
+    return {"onnx": report.path, "ckpt": ckpt}
+
+
+def images_of_every_kind(folder):
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+    made = {
+        "rgb.png": Image.fromarray(rgb),
+        "grey.png": Image.fromarray(rng.integers(0, 256, (40, 25), dtype=np.uint8)),
+        "rgba.png": Image.fromarray(rng.integers(0, 256, (7, 9, 4), dtype=np.uint8), "RGBA"),
+        "palette.gif": Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE),
+        "big.jpg": Image.fromarray(rng.integers(0, 256, (300, 211, 3), dtype=np.uint8)),
+        "bw.bmp": Image.fromarray(rng.integers(0, 2, (33, 33), dtype=np.uint8) * 255).convert("1"),
+    }
+    for name, im in made.items():
+        im.save(folder / name)
+    return [folder / name for name in made]
+
+
+def test_every_mode_and_size_gets_top_k_from_the_files_classes(model, tmp_path):
+    files = images_of_every_kind(tmp_path)
+    preds = predict(model["onnx"], files, top_k=2)
+    assert [p.path for p in preds] == [str(f) for f in files]
+    for p in preds:
+        probs = [c.probability for c in p.top]
+        assert len(p.top) == 2 and all(c.name == CLASSES[c.index] for c in p.top)
+        assert probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-6
+    assert len(predict(model["onnx"], files[:1], top_k=10)[0].top) == len(CLASSES)
+
+
+def test_probabilities_match_pytorch_on_the_same_pixels(model, tmp_path):
+    pixels = np.random.default_rng(1).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "x.png")
+    (pred,) = predict(model["onnx"], [tmp_path / "x.png"], top_k=3)
+    ckpt = load_checkpoint(model["ckpt"])
+    reference = Normalized(model_from_checkpoint(ckpt), ckpt["mean"], ckpt["std"])
+    x = torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255
+    with torch.inference_mode():
+        want = softmax(reference(x).numpy())[0]
+    got = {c.index: c.probability for c in pred.top}
+    assert got == pytest.approx({i: float(want[i]) for i in got}, abs=1e-5)
+
+
+def test_folders_are_searched_and_their_non_images_skipped(model, tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / ".hidden").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    Image.new("L", (50, 50)).save(tmp_path / "sub" / "b.jpg")
+    Image.new("RGB", (8, 8)).save(tmp_path / ".hidden" / "c.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    preds = predict(model["onnx"], [tmp_path])
+    assert [p.path for p in preds] == [str(tmp_path / "a.png"), str(tmp_path / "sub" / "b.jpg")]
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "readme.txt").write_text("no images here")
+    with pytest.raises(UserError, match="holds no image"):
+        predict(model["onnx"], [tmp_path / "docs"])
+
+
+def test_cli_json_and_table(model, tmp_path):
+    files = images_of_every_kind(tmp_path)
+    result = runner.invoke(app, ["predict", str(model["onnx"]), *map(str, files[:2]), "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    assert [r["path"] for r in rows] == [str(f) for f in files[:2]]
+    assert len(rows[0]["top_k"]) == 3
+    assert set(rows[0]["top_k"][0]) == {"index", "name", "probability"}
+    table = runner.invoke(app, ["predict", str(model["onnx"]), str(files[0]), "--top-k", "1"])
+    assert table.exit_code == 0 and any(c in table.output for c in CLASSES)
+
+
+def test_bad_inputs_exit_2_with_one_line_naming_them(model, tmp_path):
+    fake = tmp_path / "fake.png"
+    fake.write_text("this is text")
+    for bad in (fake, tmp_path / "missing.jpg"):
+        result = runner.invoke(app, ["predict", str(model["onnx"]), str(bad)])
+        assert result.exit_code == 2, result.output
+        assert len(result.output.strip().splitlines()) == 1 and bad.name in result.output
+
+    bare = tmp_path / "bare.onnx"
+    proto = onnx.load(str(model["onnx"]))
+    del proto.metadata_props[:]
+    onnx.save(proto, str(bare))
+    Image.new("RGB", (8, 8)).save(tmp_path / "ok.png")
+    for args in ([str(bare)], [str(model["ckpt"])], [str(model["onnx"]), "--top-k", "0"]):
+        result = runner.invoke(app, ["predict", *args[:1], str(tmp_path / "ok.png"), *args[1:]])
+        assert result.exit_code == 2, result.output
+        assert len(result.output.strip().splitlines()) == 1
