@@ -16,7 +16,7 @@ import os
 import re
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ ROLES = {
     "teacher": "teacher",
     "baseline": "baseline student (labels only)",
     "kd": "KD student",
-    "pruned": "pruned student",
+    "pruned": "pruned",
     "onnx": "ONNX export",
 }
 COLORS = {
@@ -56,6 +56,7 @@ class Model:
     precision: str = ""  # "" for checkpoints; fp32 | fp16 | int8 for ONNX files
     source: str | None = None  # file name of the checkpoint an ONNX file came from
     latency_ms: float | None = None  # onnxruntime CPU p50 at batch 1, from bench.json
+    bench: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     # The checkpoint without its weights (provenance: recipe, data, teachers, kd, pruning).
     ckpt: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -229,11 +230,11 @@ def collect_models(run_dir: Path) -> Collection:
     bench_file = bench_file if bench_file.is_file() else None
     if bench_file is not None:
         try:
-            latency = ort_latencies(json.loads(bench_file.read_text()))
+            bench = bench_rows(json.loads(bench_file.read_text()))
         except ValueError as e:
             problems.append(f"`bench.json` is not valid JSON ({e}); latency not shown")
-            latency = {}
-        models = [_with_latency(m, latency.get(m.name)) for m in models]
+            bench = {}
+        models = [_with_bench(m, bench.get(m.name)) for m in models]
     pipeline = None
     pipeline_file = run_dir / "pipeline.json"
     if pipeline_file.is_file():
@@ -244,67 +245,35 @@ def collect_models(run_dir: Path) -> Collection:
     return Collection(run_dir, tuple(models), tuple(problems), bench_file, pipeline)
 
 
-def _with_latency(m: Model, latency_ms: float | None) -> Model:
-    from dataclasses import replace
-
-    return replace(m, latency_ms=latency_ms) if latency_ms is not None else m
+def _with_bench(m: Model, row: dict[str, Any] | None) -> Model:
+    return replace(m, latency_ms=row["p50_ms"], bench=row) if row else m
 
 
 # ---------------------------------------------------------------------------------------------
 # Benchmarks
 
 
-def _walk(obj: Any) -> Iterable[dict[str, Any]]:
-    if isinstance(obj, dict):
-        yield obj
-        for v in obj.values():
-            yield from _walk(v)
-    elif isinstance(obj, list):
-        for v in obj:
-            yield from _walk(v)
-
-
-def _p50_ms(entry: dict[str, Any]) -> float | None:
-    for key in ("p50_ms", "latency_p50_ms", "p50"):
-        if key in entry:
-            return _as_float(entry[key])
-    lat = entry.get("latency_ms")
-    return _as_float(lat.get("p50")) if isinstance(lat, dict) else None
-
-
-def _is_ort_cpu_batch1(entry: dict[str, Any], record: dict[str, Any]) -> bool:
-    def get(*keys: str) -> str:
-        for key in keys:
-            for d in (entry, record):
-                if key in d and not isinstance(d[key], (dict, list)):
-                    return str(d[key]).lower()
-        return ""
-
-    batch = get("batch_size", "batch")
-    runtime = get("runtime", "engine", "backend", "framework")
-    device = get("device", "provider")
-    return (
-        batch == "1"
-        and ("onnx" in runtime or "ort" in runtime)
-        and ("cpu" in device or device == "")
-    )
-
-
-def ort_latencies(bench: Any) -> dict[str, float]:
-    """File name -> onnxruntime CPU p50 latency (ms) at batch 1, from bench.json's records."""
+def bench_rows(bench: Any) -> dict[str, dict[str, Any]]:
+    """File name -> {p50_ms, speedup, cpu, threads}: onnxruntime on CPU at batch 1, from the
+    records `distill bench --json` writes (export/bench.py `benchmark`). A `.pt` record counts
+    too: bench times a checkpoint through a temporary ONNX export of it."""
     records = bench if isinstance(bench, list) else [bench]
-    out: dict[str, float] = {}
-    for record in records:
-        if not isinstance(record, dict):
+    out: dict[str, dict[str, Any]] = {}
+    for rec in records:
+        if not isinstance(rec, dict):
             continue
-        model = record.get("model") or record.get("path") or record.get("file")
-        if not model:
-            continue
-        for entry in _walk(record):
-            p50 = _p50_ms(entry)
-            if p50 is not None and _is_ort_cpu_batch1(entry, record):
-                out[Path(str(model)).name] = p50
-                break
+        model, env = rec.get("model") or {}, rec.get("environment") or {}
+        if env.get("device") != "cpu" or not model.get("path"):
+            continue  # CUDA numbers are not comparable with the CPU column
+        for row in rec.get("results") or []:
+            p50 = _as_float(row.get("p50_ms"))
+            if row.get("engine") == "onnxruntime" and row.get("batch_size") == 1 and p50:
+                out[Path(str(model["path"])).name] = {
+                    "p50_ms": p50,
+                    "speedup": _as_float((rec.get("speedup") or {}).get("1")),
+                    "cpu": env.get("cpu"),
+                    "threads": env.get("threads"),
+                }
     return out
 
 
@@ -494,7 +463,7 @@ def plot_curves(model: Model, path: Path) -> Path | None:
     history = [h for h in model.ckpt.get("history") or [] if isinstance(h, dict)]
     if not any("val_accuracy" in h or "val_loss" in h for h in history):
         return None
-    from matplotlib.ticker import MaxNLocator, PercentFormatter
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
 
     color = COLORS[model.role]
     fig = _figure(10, 3.6)
@@ -521,15 +490,15 @@ def plot_curves(model: Model, path: Path) -> Path | None:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     loss_ax.set_ylabel("loss (nats per image)")
-    acc_ax.set_ylabel("top-1 accuracy (%)")
-    acc_ax.yaxis.set_major_formatter(PercentFormatter(decimals=0))
+    acc_ax.set_ylabel("top-1 accuracy")
+    acc_ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}%"))
     best = _as_int(model.ckpt.get("metrics", {}).get("best_epoch"))
     xs, ys = _series(history, "val_accuracy")
     if best in xs:
         y = 100 * ys[xs.index(best)]
         acc_ax.plot([best], [y], "*", color="black", markersize=12, label=f"best: {y:.1f}%")
-    loss_ax.legend(fontsize=8)
-    acc_ax.legend(fontsize=8, loc="lower right")
+    loss_ax.legend(fontsize=8, loc="best")
+    acc_ax.legend(fontsize=8, loc="best")
     fig.suptitle(f"{model.name}: {ROLES[model.role]}, {model.arch}", fontsize=12)
     return _save(fig, path)
 
@@ -553,22 +522,36 @@ def _log_ticks(axis, lo: float, hi: float, fmt: Callable[[float], str]) -> None:
 
 
 def _place_labels(ax, pts: Sequence[tuple[float, float, str]]) -> None:
-    """Label each point to its right; labels of points in the same column are pushed apart
-    vertically (in pixels, under the final axis limits) so that none overlaps another."""
-    gap, column = 15, 150  # pixels: one 8-pt line at 110 dpi; roughly one label's width
-    disp = [ax.transData.transform((x, y)) for x, y, _ in pts]
-    placed: list[tuple[float, float]] = []  # (x, label y) in pixels
+    """Label each point to its right, nudged up or down (nearest first) until its box overlaps
+    no other label and no other marker (pixel boxes under the final axis limits; text width
+    estimated)."""
+    height, char_w, marker_r, dx = 13, 5.6, 9, 9  # pixels for 8-pt text at 110 dpi
+    disp = [tuple(ax.transData.transform((x, y))) for x, y, _ in pts]
+    boxes: list[tuple[float, float, float, float]] = []  # x0, x1, y0, y1
+
+    def free(box: tuple[float, float, float, float], own: int) -> bool:
+        x0, x1, y0, y1 = box
+        if any(x0 < b[1] and b[0] < x1 and y0 < b[3] and b[2] < y1 for b in boxes):
+            return False
+        return not any(
+            j != own and x0 - marker_r < qx < x1 + marker_r and y0 - marker_r < qy < y1 + marker_r
+            for j, (qx, qy) in enumerate(disp)
+        )
+
     for i in sorted(range(len(pts)), key=lambda i: disp[i][1]):
         px, py = disp[i]
-        y = py
-        for qx, qy in sorted(placed, key=lambda p: p[1]):
-            if abs(qx - px) < column and y - qy < gap:
-                y = qy + gap
-        placed.append((px, y))
+        width = char_w * len(pts[i][2])
+        # 0, -3, +3, -6, +6, ... pixels; a crowded column still ends somewhere (±120 px)
+        for shift in (k // 2 * 3 * (1 if k % 2 else -1) for k in range(1, 82)):
+            y = py + shift
+            box = (px + dx, px + dx + width, y - height / 2, y + height / 2)
+            if free(box, i):
+                break
+        boxes.append(box)
         ax.annotate(
             pts[i][2],
             pts[i][:2],
-            xytext=(9, y - py),
+            xytext=(dx, y - py),
             textcoords="offset pixels",
             fontsize=8,
             va="center",
@@ -596,7 +579,7 @@ def _scatter(
         ax.scatter(
             [x_of(m)],
             [y],
-            s=70,
+            s=110 if m.role == "teacher" else 70,  # a teacher under a student shows as a ring
             marker="D" if m.precision == "int8" else ("s" if m.is_onnx else "o"),
             color=COLORS[m.role],
             edgecolor="black",
@@ -647,7 +630,11 @@ def plot_accuracy_vs_params(
 
 def plot_accuracy_vs_latency(models: Sequence[Model], path: Path) -> Path | None:
     """onnxruntime CPU p50 at batch 1 for every benchmarked ONNX file."""
-    pts = [m for m in models if m.latency_ms and m.val_accuracy is not None]
+    # A checkpoint benchmarked beside its own fp32 export would be the same point twice.
+    exported = {m.source for m in models if m.is_onnx and m.precision == "fp32" and m.latency_ms}
+    pts = [
+        m for m in models if m.latency_ms and m.val_accuracy is not None and m.name not in exported
+    ]
     if not pts:
         return None
     lat = [m.latency_ms for m in pts]
@@ -765,14 +752,16 @@ def provenance(col: Collection) -> list[str]:
     out = ["## Provenance", ""]
     info = next((m.ckpt.get("data") for m in ckpts if m.ckpt.get("data")), None)
     if info:
-        sizes = ", ".join(
-            f"{k.removesuffix('_size')} {int(v):,}"
-            for k, v in info.items()
-            if k.endswith("_size") and v is not None
-        )
+        sizes = [
+            f"{split} {int(info[f'{split}_size']):,}"
+            for split in ("train", "val", "test")
+            if _as_int(info.get(f"{split}_size"))
+        ]
+        if "test_size" in info and not _as_int(info["test_size"]):
+            sizes.append("no test split")
         out += [
             f"**Data**: `{info.get('source', '?')}`; split seed {info.get('split_seed', '?')}"
-            + (f"; images: {sizes}" if sizes else "")
+            + (f"; images: {', '.join(sizes)}" if sizes else "")
             + ".",
             "",
         ]
@@ -899,6 +888,22 @@ def missing_notes(col: Collection) -> list[str]:
     return notes
 
 
+def latency_note(models: Sequence[Model]) -> list[str]:
+    """Where the latency column comes from, and onnxruntime's speed-up over PyTorch eager."""
+    timed = [m for m in models if m.bench]
+    if not timed:
+        return []
+    env = timed[0].bench
+    note = (
+        f"ORT p50: onnxruntime on CPU ({env.get('cpu') or 'unknown CPU'}, "
+        f"{env.get('threads', '?')} threads), median latency of one image, from `bench.json`."
+    )
+    ratios = [f"`{m.name}` {m.bench['speedup']:.1f}x" for m in timed if m.bench.get("speedup")]
+    if ratios:
+        note += " onnxruntime vs PyTorch eager at batch 1, same run: " + ", ".join(ratios) + "."
+    return [note, ""]
+
+
 def _atomic_write_text(text: str, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -928,11 +933,7 @@ def write_report(run_dir: Path) -> Path:
     headline = kd_gain_lines(col.models) + pruning_lines(col.models)
     lines += [f"- {line}" for line in headline] + ([""] if headline else [])
     lines += [data_note(col.models), "", "## Models", "", render_table(col.models), ""]
-    if any(m.latency_ms is not None for m in col.models):
-        lines += [
-            "ORT p50: onnxruntime on CPU, median latency of one image, from `bench.json`.",
-            "",
-        ]
+    lines += latency_note(col.models)
 
     size_plot = plot_accuracy_vs_params(col.models, budgets(col), plots / "accuracy_vs_params.png")
     latency_plot = plot_accuracy_vs_latency(col.models, plots / "accuracy_vs_latency.png")

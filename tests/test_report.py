@@ -90,14 +90,18 @@ def save_onnx(path, source, val, params):
     onnx.save(model, path)
 
 
-def bench_record(model: str, p50_ms: float) -> dict:
+def bench_record(model: str, p50_ms: float, device: str = "cpu") -> dict:
+    """The shape `distill bench --json` writes (export/bench.py `benchmark`)."""
+    rows = [
+        {"engine": "onnxruntime", "batch_size": 1, "p50_ms": p50_ms, "p90_ms": 1.2 * p50_ms},
+        {"engine": "pytorch", "batch_size": 1, "p50_ms": 3 * p50_ms, "p90_ms": 4 * p50_ms},
+        {"engine": "onnxruntime", "batch_size": 32, "p50_ms": 9 * p50_ms, "p90_ms": 10 * p50_ms},
+    ]
     return {
-        "model": model,
-        "results": [
-            {"runtime": "onnxruntime", "device": "cpu", "batch_size": 1, "p50_ms": p50_ms},
-            {"runtime": "onnxruntime", "device": "cpu", "batch_size": 32, "p50_ms": 9 * p50_ms},
-            {"runtime": "pytorch", "device": "cpu", "batch_size": 1, "p50_ms": 3 * p50_ms},
-        ],
+        "model": {"path": f"/runs/x/{model}", "precision": "fp32", "arch": "resnet18-quarter"},
+        "environment": {"device": device, "threads": 2, "cpu": "Test CPU"},
+        "results": rows,
+        "speedup": {"1": 3.0, "32": 2.0},
     }
 
 
@@ -128,6 +132,7 @@ def make_run(d, *, kd_acc=0.851, base_acc=0.838, names=None, test=None, exports=
         save_onnx(d / "student.onnx", student, kd_acc, 697_546)
         save_onnx(d / "student.int8.onnx", student, 0.8475, 697_546)
         bench = [bench_record("student.onnx", 0.84), bench_record("student.int8.onnx", 0.41)]
+        bench += [bench_record("teacher.pt", 7.5), bench_record("pruned.pt", 0.05, "cuda")]
         (d / "bench.json").write_text(json.dumps(bench))
         stages = [
             {"name": "teacher", "status": "done", "seconds": 412.0, "outputs": ["teacher.pt"]},
@@ -178,7 +183,9 @@ def test_onnx_rows_link_to_their_source_and_carry_bench_latency(full_run):
     assert fp32[4] == "35.50M"  # MACs come from the source checkpoint found by sha256
     assert int8[5] == "84.75%"  # the int8 file's own measured accuracy
     assert fp32[6] == "0.84" and int8[6] == "0.41"  # ORT CPU p50 at batch 1, not batch 32
-    assert table_row(report, "student.pt")[6] == "—"  # checkpoints are not ORT-benchmarked
+    assert table_row(report, "teacher.pt")[6] == "7.50"  # bench times a .pt through ORT too
+    assert table_row(report, "pruned.pt")[6] == "—"  # CUDA numbers stay out of the CPU column
+    assert "(Test CPU, 2 threads)" in report and "`student.int8.onnx` 3.0x" in report
     # exports sort right after their checkpoint
     order = [li.split("`")[1] for li in report.splitlines() if li.startswith("| `")]
     assert order.index("student.onnx") == order.index("student.pt") + 1
