@@ -102,19 +102,6 @@ def checkpoint_role(ckpt: dict[str, Any]) -> str:
     return "kd" if ckpt.get("teachers") else "baseline"
 
 
-def _precision(path: Path, meta: dict[str, Any]) -> str:
-    for key in ("precision", "dtype", "quantization"):
-        value = str(meta.get(key, "")).lower()
-        for p in ("int8", "fp16", "fp32"):
-            if p in value:
-                return p
-    suffixes = [s.lower() for s in path.suffixes]
-    for p in ("int8", "fp16"):
-        if f".{p}" in suffixes:
-            return p
-    return "fp32"
-
-
 def _as_int(value: Any) -> int | None:
     try:
         return int(value)
@@ -173,7 +160,7 @@ def _read_onnx(path: Path, by_sha: dict[str, Model]) -> tuple[Model, str | None]
         val_accuracy=_as_float(meta.get("val_accuracy")),
         test_accuracy=None,  # measured on the checkpoint, not on the exported file
         size_bytes=path.stat().st_size,
-        precision=_precision(path, meta),
+        precision=str(meta.get("precision") or "fp32"),
         source=src.name if src else None,
     ), stale
 
@@ -413,8 +400,8 @@ def data_note(models: Sequence[Model]) -> str:
     )
     if sources and all(_is_jpeg_source(s) for s in sources):
         note += (
-            "; the images are JPEG-decoded (the bundled CIFAR-10 copy), so expect numbers a "
-            "little below those published for the official lossless files"
+            "; the images are JPEG-decoded (as in the bundled CIFAR-10 copy), not the original "
+            "lossless pixels, so expect numbers a little below published ones"
         )
     note += "." if has_test else "; the data has no test split, so no test accuracy is reported."
     if has_test:
@@ -434,18 +421,23 @@ def _figure(width: float, height: float):
     return Figure(figsize=(width, height), dpi=110, layout="constrained")
 
 
-def _save(fig, path: Path) -> Path:
+def _atomic_write(path: Path, write: Callable[[str], Any]) -> Path:
+    """`write(tmp)` into a temp file beside `path`, then rename: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the plot from other readers
-        fig.savefig(tmp, format="png")
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the file from other readers
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _save(fig, path: Path) -> Path:
+    return _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 
 def _series(history: Sequence[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
@@ -868,15 +860,18 @@ def _versions(ckpts: Sequence[Model]) -> str:
 
 def missing_notes(col: Collection) -> list[str]:
     notes = []
-    roles = {m.role for m in col.models if not m.is_onnx}
-    if not any(m.is_onnx for m in col.models):
-        notes.append(
-            "No ONNX exports here: `distill export onnx DIR/student.pt [--int8]` adds them."
-        )
+    ckpts = [m for m in col.models if not m.is_onnx]
+    roles = {m.role for m in ckpts}
+    # Hints name a real file: the KD student when there is one (the model worth deploying).
+    best = next((m for m in ckpts if m.role == "kd"), ckpts[0] if ckpts else col.models[0])
+    onnx = next((m for m in col.models if m.is_onnx), None)
+    if onnx is None:
+        notes.append(f"No ONNX exports here: `distill export onnx {best.path} [--int8]` adds them.")
     if col.bench_file is None:
+        target = onnx.path if onnx else best.path
         notes.append(
             "No `bench.json`: no latency column or accuracy-vs-latency plot; "
-            "`distill bench DIR/student.onnx --json DIR/bench.json` measures it."
+            f"`distill bench {target} --json {col.run_dir / 'bench.json'}` measures it."
         )
     elif not any(m.latency_ms for m in col.models):
         notes.append("`bench.json` holds no onnxruntime CPU batch-1 latency for the files here.")
@@ -902,20 +897,6 @@ def latency_note(models: Sequence[Model]) -> list[str]:
     if ratios:
         note += " onnxruntime vs PyTorch eager at batch 1, same run: " + ", ".join(ratios) + "."
     return [note, ""]
-
-
-def _atomic_write_text(text: str, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the report from other readers
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _slug(name: str) -> str:
@@ -944,12 +925,13 @@ def write_report(run_dir: Path) -> Path:
         if png is not None:
             lines += [f"![{title}]({PLOTS}/{png.name})", ""]
 
-    curves = []
-    for m in col.models:
-        if not m.is_onnx:
-            png = plot_curves(m, plots / f"curves_{_slug(m.path.stem)}.png")
-            if png is not None:
-                curves.append(f"![{m.name} training curves]({PLOTS}/{png.name})")
+    curve_pngs = [
+        (m, plot_curves(m, plots / f"curves_{_slug(m.path.stem)}.png"))
+        for m in col.models
+        if not m.is_onnx
+    ]
+    curves = [f"![{m.name} training curves]({PLOTS}/{png.name})" for m, png in curve_pngs if png]
+    curve_pngs = [png for _, png in curve_pngs]
     if curves:
         lines += [
             "## Training curves",
@@ -963,7 +945,12 @@ def write_report(run_dir: Path) -> Path:
     lines += provenance(col)
     notes = missing_notes(col)
     if notes:
-        lines += ["## Not in this folder", "", *[f"- {n}" for n in notes], ""]
+        lines += ["## Missing or skipped", "", *[f"- {n}" for n in notes], ""]
     report = run_dir / "report.md"
-    _atomic_write_text("\n".join(lines), report)
+    _atomic_write(report, lambda tmp: Path(tmp).write_text("\n".join(lines), encoding="utf-8"))
+    # Plots of models no longer here would linger unlinked: remove our own stale names only.
+    written = {png.name for png in (size_plot, latency_plot, *curve_pngs) if png is not None}
+    for old in [*plots.glob("curves_*.png"), *plots.glob("accuracy_vs_*.png")]:
+        if old.name not in written:
+            old.unlink(missing_ok=True)
     return report

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from distill.checkpoint import file_sha256, new_checkpoint, save_checkpoint
 from distill.cli import app
 from distill.registry import build_model
-from distill.report import write_report
+from distill.report import budgets, collect_models, write_report
 from students.resnet import plan
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -205,6 +205,11 @@ def test_kd_gain_line_and_provenance(full_run):
     assert "torch " in report  # versions
 
 
+def test_budget_lines_come_from_pipeline_config_and_pruning_record(full_run):
+    d, _ = full_run
+    assert budgets(collect_models(d)) == {"student budget": 5_000_000, "prune budget": 400_000}
+
+
 def test_every_linked_plot_is_a_png(full_run):
     d, path = full_run
     pngs = linked_pngs(path)
@@ -221,10 +226,14 @@ def test_negative_gain_test_split_and_discovery_by_content(tmp_path):
     # Names tell nothing: roles must come from kind and the teachers list. Extra files must not
     # confuse it: a resume state file, a stray non-distill .pt.
     names = {"teacher": "t", "baseline": "a", "student": "b", "pruned": "c"}
-    d = make_run(tmp_path, kd_acc=0.80, base_acc=0.807, names=names, test=(0.79, 0.795),
-                 exports=False)  # fmt: skip
+    d = make_run(tmp_path, kd_acc=0.80, base_acc=0.807, names=names, test=(0.79, 0.795))
     shutil.copy(d / "b.pt", d / "b.last.pt")
+    (d / "plots").mkdir()
+    (d / "plots" / "curves_gone.png").write_bytes(PNG_SIGNATURE)  # a model no longer here
     (d / "junk.pt").write_bytes(b"not a checkpoint")
+    # b.pt retrained after its export: the ONNX files now describe an older model.
+    save(d / "b.pt", "student", "resnet18-quarter", 0.80, 697_546, 35_500_000, test=0.795,
+         teachers=[{"path": str(d / "t.pt"), "arch": "resnet34"}])  # fmt: skip
     report = write_report(d).read_text()
     assert "**-0.7 points**, negative" in report and "(80.0% vs 80.7% val top-1)" in report
     assert "test: +0.5 points (79.5% vs 79.0%)" in report
@@ -233,9 +242,9 @@ def test_negative_gain_test_split_and_discovery_by_content(tmp_path):
     assert table_row(report, "a.pt")[6] == "79.00%"  # test column present
     assert "b.last.pt" not in report
     assert "Skipped `junk.pt`: " in report
-    # Nothing to benchmark or export: it says so, and draws no latency plot.
-    assert "No ONNX exports here" in report and "No `bench.json`" in report
-    assert not (d / "plots" / "accuracy_vs_latency.png").exists()
+    assert "`student.onnx` was exported from an earlier `b.pt`" in report
+    assert table_row(report, "student.onnx")[1] == "ONNX fp32"  # no longer tied to b.pt
+    assert not (d / "plots" / "curves_gone.png").exists()
 
 
 def test_cli_writes_report_and_rejects_bad_dirs(tmp_path):
@@ -246,7 +255,11 @@ def test_cli_writes_report_and_rejects_bad_dirs(tmp_path):
     result = runner.invoke(app, ["report", str(d)])
     assert result.exit_code == 0, result.output
     assert str(d / "report.md") in result.output.replace("\n", "")
-    assert (d / "report.md").is_file()
+    # Nothing exported, benchmarked or piped: it says so, and draws no latency plot.
+    report = (d / "report.md").read_text()
+    assert "No ONNX exports here" in report and "No `bench.json`" in report
+    assert "No `pipeline.json`" in report and "KD student" not in report
+    assert not (d / "plots" / "accuracy_vs_latency.png").exists()
 
     for bad in (tmp_path / "missing", tmp_path / "empty"):
         if bad.name == "empty":
