@@ -27,6 +27,7 @@ run reads its own disjoint shard of every epoch.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import math
 import os
@@ -164,7 +165,7 @@ class _Decoded:
 class _Source:
     kind: str  # "cifar10" | "cifar100" (python format) | "image-folder"
     name: str  # what info["source"] records: a dataset name or an absolute path
-    folder: Path | None  # the folder read; None for a download not yet fetched
+    folder: Path  # the folder read (for a download: where it is, or will be, extracted)
     download: str | None  # the dataset name when it comes from torchvision's download
     fingerprint: str  # changes whenever the source's content may have changed
     image_files: tuple[tuple[str, tuple[Path, ...]], ...] = ()  # image folders: (split, files)
@@ -178,7 +179,7 @@ class _Source:
 
 def _resolve_source(config: DataConfig) -> _Source:
     name = config.source.strip()
-    if name.lower() in DATASET_NAMES:
+    if name.lower() in DATASET_NAMES:  # a local folder of that name is passed as ./cifar10
         kind = name.lower()
         base = config.data_root.resolve() / _cifar_layout(kind)["folder"]
         # The official archive is md5-checked on download, so the name alone identifies it.
@@ -339,7 +340,7 @@ def _numpy_globals() -> dict[tuple[str, str], Any]:
         allowed[(f"{mod}.multiarray", "scalar")] = core.multiarray.scalar
         allowed[(f"{mod}.numeric", "_frombuffer")] = core.numeric._frombuffer
     # Python 3 pickles of bytes at protocol 2 go through codecs.encode(str, "latin1").
-    allowed[("_codecs", "encode")] = __import__("codecs").encode
+    allowed[("_codecs", "encode")] = codecs.encode
     return allowed
 
 
@@ -740,7 +741,8 @@ class BatchLoader:
         self.size = len(split)
 
         images, labels = split.images, split.labels
-        if self.device.type == "cuda":  # pinned host memory makes the one upload asynchronous
+        if self.device.type == "cuda" and images.device.type == "cpu":
+            # pinned host memory makes the one upload asynchronous
             images, labels = images.pin_memory(), labels.pin_memory()
         self.images = images.to(self.device, non_blocking=True)
         self.labels = labels.to(self.device, non_blocking=True)
