@@ -33,11 +33,6 @@ def make_scheduler(
 ) -> tuple[torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau, bool]:
     """The recipe's schedule and whether it steps per batch (True) or per epoch on val loss."""
     total = max(recipe.epochs * steps_per_epoch, 1)
-    if recipe.schedule == "onecycle":
-        sched = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=recipe.lr, total_steps=total, pct_start=0.25
-        )
-        return sched, True
     if recipe.schedule == "plateau":
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer,
@@ -50,6 +45,14 @@ def make_scheduler(
     floor = recipe.min_lr / recipe.lr
 
     def factor(step: int) -> float:
+        if recipe.schedule == "onecycle":
+            # Linear ramp from lr/25 over the first 25% of steps, then cosine to ~0 (the lr
+            # shape of OneCycleLR without its momentum cycling; valid for any step count).
+            rise = max(int(0.25 * total), 1)
+            if step < rise:
+                return 1 / 25 + (1 - 1 / 25) * step / rise
+            t = (step - rise) / max(total - rise, 1)
+            return 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
         if step < warmup:
             return (step + 1) / warmup
         if recipe.schedule == "cosine":

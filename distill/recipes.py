@@ -22,7 +22,8 @@ class Recipe:
     weight_decay: float = 5e-4
     lookahead_k: int = 0  # 0: no Lookahead
     lookahead_alpha: float = 0.5
-    schedule: str = "cosine"  # onecycle | cosine | plateau | step | constant
+    # onecycle (lr ramp 25% then cosine; momentum fixed) | cosine | plateau | step | constant
+    schedule: str = "cosine"
     warmup_epochs: float = 0.0  # linear warm-up before cosine
     step_every: int = 5  # schedule "step": multiply lr by step_gamma every step_every epochs
     step_gamma: float = 0.95
