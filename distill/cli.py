@@ -364,6 +364,104 @@ def report_cmd(
 
 
 @command(
+    name="prune",
+    epilog="Examples:\n\n"
+    "  distill prune s.pt --budget 2.5M --teacher t.pt --out p.pt\n\n"
+    "  distill prune t.pt --budget 5M --out p.pt   (a teacher cut to a student budget, "
+    "distilled from its unpruned self)\n\n"
+    "  distill prune runs/s.pt --budget 1.4M --recipe quick --epochs 3 --steps 2 "
+    "--importance taylor --out runs/p.pt",
+)
+def prune_cmd(
+    model: Path = typer.Argument(..., help="Checkpoint to prune (.pt)."),
+    budget: str = typer.Option(..., help="Parameter budget of the result, e.g. 2.5M or 800k."),
+    out: Path = typer.Option(..., help="Checkpoint to write (.pt)."),
+    teacher: list[Path] = typer.Option(
+        None,
+        "--teacher",
+        help="Teacher for KD while recovering; repeat for an ensemble. Without it the "
+        "unpruned MODEL itself is the teacher.",
+    ),
+    data: str = typer.Option(None, "--data", help="Default: the data MODEL was trained on."),
+    importance: str = typer.Option(
+        "magnitude", help="magnitude (group L2 norm) or taylor (|w x grad| over 8 batches)."
+    ),
+    steps: int = typer.Option(3, help="Pruning steps, geometric towards the budget."),
+    epochs_per_step: int = typer.Option(1, help="KD fine-tuning epochs between steps (0: none)."),
+    kd: str = typer.Option("hinton", "--kd", help="hinton or dkd (decoupled KD)."),
+    alpha: float = typer.Option(None, help="KD weight (hinton default 0.9, dkd 1)."),
+    temperature: float = typer.Option(None, help="Softmax temperature T (default 4)."),
+    recipe: str = RECIPE,
+    epochs: int = typer.Option(None, help="Recovery epochs after the last step (the recipe's)."),
+    batch_size: int = BATCH_SIZE,
+    lr: float = LR,
+    seed: int = SEED,
+    val_size: int = typer.Option(None, help="Default: MODEL's (explicit values must match)."),
+    train_size: int = TRAIN_SIZE,
+    split_seed: int = typer.Option(None, help="Default: MODEL's (explicit values must match)."),
+    data_root: Path = DATA_ROOT,
+    cache_dir: Path = CACHE_DIR,
+    device: str = DEVICE,
+    resume: bool = RESUME,
+    force: bool = FORCE,
+    quiet: bool = QUIET,
+) -> None:
+    """Prune MODEL to a parameter budget (torch-pruning, global, round_to=8), distilling while
+    it recovers."""
+    from distill.losses import KDConfig
+    from distill.prune import prune_checkpoint, prune_data_config
+    from distill.recipes import resolve_recipe
+    from distill.train import RunConfig, TrainingInterrupted
+
+    resolved = resolve_recipe(recipe, epochs=epochs, batch_size=batch_size, lr=lr)
+    kd_config = KDConfig.create(kd, alpha=alpha, temperature=temperature, epochs=resolved.epochs)
+    cfg = prune_data_config(
+        model,
+        data,
+        val_size=val_size,
+        split_seed=split_seed,
+        train_size=train_size,
+        data_root=data_root,
+        cache_dir=cache_dir,
+    )
+    run = RunConfig("pruned", "", out, device, seed, resume, force, not quiet)
+
+    def prune():
+        try:
+            return prune_checkpoint(
+                model,
+                budget,
+                teacher_paths=teacher or [],
+                data=cfg,
+                recipe=resolved,
+                run=run,
+                importance=importance,
+                steps=steps,
+                epochs_per_step=epochs_per_step,
+                kd=kd_config,
+                console=console,
+            )
+        except TrainingInterrupted as e:
+            if e.path is not None:  # the recovery phase: resumable
+                raise
+            typer.echo("interrupted while pruning: nothing saved; run the command again", err=True)
+            raise typer.Exit(130) from None
+
+    flags = {"budget": budget, "out": out, "data": data, "recipe": recipe, "epochs": epochs}
+    flags |= {"batch-size": batch_size, "lr": lr, "seed": seed, "train-size": train_size}
+    hint = " ".join(f"--{k} {v}" for k, v in flags.items() if v is not None)
+    hint += "".join(f" --teacher {t}" for t in teacher or [])
+    ckpt = run_training(prune, out, f"distill prune {model} {hint} --kd {kd}")
+    r = ckpt["pruning"]
+    console.print(
+        f"pruned in {r['steps']} steps: {r['params_before']:,} -> {r['params_after']:,} params, "
+        f"{format_count(r['macs_before'])} -> {format_count(r['macs_after'])} MACs; val top-1 "
+        f"{r['val_accuracy_before']:.2%} before, {r['val_accuracy_pruned']:.2%} right after "
+        f"pruning, {r['val_accuracy_after']:.2%} after recovery"
+    )
+
+
+@command(
     name="predict",
     epilog="Examples:\n\n  distill predict runs/s.onnx cat.jpg dog.png\n\n"
     "  distill predict runs/s.int8.onnx photos/ --top-k 5 --json > predictions.json",
