@@ -116,9 +116,9 @@ def check_teacher_fits_data(path: Path, ckpt: dict[str, Any], dataset: Dataset) 
             continue
         if key == "source_id":  # a digest of the source's path and content
             raise UserError(
-                f"the data ({dataset.info.get('source')}) is not the copy teacher {path} was "
-                f"trained on ({recorded.get('source')}, unchanged since); the student must "
-                "share the teacher's validation split: pass the teacher's --data"
+                f"the data ({dataset.info.get('source')}) is not what teacher {path} was "
+                f"trained on ({recorded.get('source')}; another folder, or its files changed "
+                "since); the student must share the teacher's validation split: pass its --data"
             )
         raise UserError(
             f"the data's {key} is {b!r} but teacher {path} was validated with {a!r}; the "
