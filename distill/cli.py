@@ -449,9 +449,10 @@ def prune_cmd(
 
     flags = {"budget": budget, "out": out, "data": data, "recipe": recipe, "epochs": epochs}
     flags |= {"batch-size": batch_size, "lr": lr, "seed": seed, "train-size": train_size}
+    flags |= {"kd": kd, "alpha": alpha, "temperature": temperature}
     hint = " ".join(f"--{k} {v}" for k, v in flags.items() if v is not None)
     hint += "".join(f" --teacher {t}" for t in teacher or [])
-    ckpt = run_training(prune, out, f"distill prune {model} {hint} --kd {kd}")
+    ckpt = run_training(prune, out, f"distill prune {model} {hint}")
     r = ckpt["pruning"]
     console.print(
         f"pruned in {r['steps']} steps: {r['params_before']:,} -> {r['params_after']:,} params, "

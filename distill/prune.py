@@ -298,9 +298,13 @@ def prune_to_budget(
     current = model
     # Each step lands under its target and the last scheduled target is the budget, so this
     # normally ends after `steps` steps or earlier; it goes on at the budget if it ever does not.
+    scheduled = 0
     while count_params(current) > budget:
+        scheduled += 1
+        target = scheduled_target(start, budget, scheduled, steps)
+        if count_params(current) <= target:
+            continue  # an earlier step already landed under this one's target
         k = len(history) + 1
-        target = scheduled_target(start, budget, k, steps)
         if gradient_batches is not None and importance == "taylor":
             accumulate_gradients(current, gradient_batches(k))
         pruned, ratio = prune_step(
