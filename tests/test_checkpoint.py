@@ -78,6 +78,14 @@ def test_state_dict_is_unwrapped_from_compile_and_ddp_style_wrappers():
     assert not any(k.startswith("module.") for k in ckpt["state_dict"])
 
 
+def test_saved_files_get_the_usual_permissions(tmp_path):
+    path = tmp_path / "m.pt"
+    save_checkpoint(make_ckpt(), path)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
 def test_atomic_save_leaves_old_file_when_write_fails(tmp_path, monkeypatch):
     path = tmp_path / "m.pt"
     save_checkpoint(make_ckpt(), path)
