@@ -78,16 +78,23 @@ def measure(
 
     Blocks, not single runs: both engines keep thread pools that spin for a while after a run,
     and on a small machine one engine's spinning threads would steal the cores the other needs.
-    Each block starts with one untimed run that wakes its engine's pool. A runner must return
+    A block of short runs starts with one untimed run that wakes its engine's pool (for runs
+    longer than a block, waking is noise next to the run and is skipped). A runner must return
     only when its work is done (CUDA runners synchronise inside).
     """
-    for run in runners.values():
+    wake: dict[str, bool] = {}
+    for name, run in runners.items():
+        last = 0.0
         for _ in range(timing.warmup):
+            start = time.perf_counter()
             run()
+            last = time.perf_counter() - start
+        wake[name] = last < timing.block_seconds
     times: dict[str, list[float]] = {name: [] for name in runners}
     while True:
         for name, run in runners.items():
-            run()
+            if wake[name]:
+                run()
             block_start = time.perf_counter()
             while True:
                 start = time.perf_counter()

@@ -139,7 +139,7 @@ def show_predictions(predictions: list, as_json: bool) -> None:
         typer.echo(json.dumps([p.to_dict() for p in predictions], indent=2))
         return
     table = Table()
-    table.add_column("image")
+    table.add_column("image", overflow="fold")  # whole paths: they are what the user passed
     k = max((len(p.top) for p in predictions), default=0)
     for i in range(k):
         table.add_column(f"#{i + 1}")

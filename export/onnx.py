@@ -131,12 +131,16 @@ class Normalized(nn.Module):
         super().__init__()
         self.model = model.to(dtype)
         self.dtype = dtype
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        # Not "mean"/"std": the exporter names the global-pool op's output "mean", and without its
+        # optimizer pass that clashes with an initializer of the same name.
+        self.register_buffer(
+            "input_mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        )
+        self.register_buffer("input_std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Normalise in float32 (the same arithmetic as training), then cast for a half model.
-        x = (x - self.mean) / self.std
+        x = (x - self.input_mean) / self.input_std
         return self.model(x.to(self.dtype)).float()
 
 
@@ -378,6 +382,13 @@ def evenly_spaced(n_total: int, n: int) -> torch.Tensor:
 # The whole export
 
 
+def _chmod_like_a_new_file(path: Path) -> None:
+    """mkstemp creates 0600; a deployed model should get the usual 0666 minus the umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod(0o666 & ~umask)
+
+
 def default_output(ckpt_path: str | os.PathLike, precision: str = "fp32") -> Path:
     """Beside the checkpoint, same stem: m.pt -> m.onnx, m.int8.onnx, m.fp16.onnx."""
     ckpt_path = Path(ckpt_path)
@@ -478,6 +489,7 @@ def export_onnx(
                     f"the exported graph disagrees with PyTorch ({parity.line()}); "
                     f"{out} was not written"
                 )
+        _chmod_like_a_new_file(tmp)
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)

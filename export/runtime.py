@@ -68,7 +68,7 @@ def make_session(
     else:
         raise UserError(f"unknown device {device!r}; pass cpu or cuda")
     try:
-        return ort.InferenceSession(
+        session = ort.InferenceSession(
             str(path), session_options(threads, tuned=tuned), providers=providers
         )
     except Exception as e:  # protobuf parse errors, unsupported ops: the file is the problem
@@ -76,6 +76,13 @@ def make_session(
         raise UserError(
             f"{path} is not a loadable ONNX model ({reason}); pass a file written by distill export"
         ) from None
+    if device == "cuda" and session.get_providers()[0] != CUDA:
+        # onnxruntime falls back to the CPU silently when the CUDA/cuDNN libraries do not load.
+        raise UserError(
+            "onnxruntime could not start its CUDA provider (CUDA or cuDNN libraries not found or "
+            "mismatched); install the versions onnxruntime-gpu requires, or use --device cpu"
+        )
+    return session
 
 
 def as_float_batch(images: torch.Tensor) -> np.ndarray:

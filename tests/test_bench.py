@@ -1,8 +1,10 @@
 """`distill bench`: a sane record from a checkpoint or an exported file. Numbers are not asserted
 (bench/onnx_speed.py measures them); a few short runs keep this fast."""
 
+import itertools
 import json
 import shutil
+import time
 
 import pytest
 import torch
@@ -68,12 +70,27 @@ def test_onnx_finds_its_checkpoint_beside_it_or_says_why_not(model, tmp_path):
 
 def test_measure_warms_up_then_alternates_blocks():
     calls = []
-    runners = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
-    times = measure(runners, Timing(warmup=2, min_runs=3, min_seconds=0.0, block_seconds=0.0))
-    assert calls[:4] == ["a", "a", "b", "b"]  # warm-up
-    # then blocks: one untimed wake-up run + one timed run per engine, until min_runs
-    assert calls[4:] == ["a", "a", "b", "b"] * 3
+
+    def runner(name, seconds=0.0):
+        def run():
+            calls.append(name)
+            time.sleep(seconds)
+
+        return run
+
+    # Runs longer than a block: no wake-up run, one timed run per block.
+    timing = Timing(warmup=2, min_runs=3, min_seconds=0.0, block_seconds=0.0)
+    times = measure({"a": runner("a"), "b": runner("b")}, timing)
+    assert calls == ["a", "a", "b", "b"] + ["a", "b"] * 3
     assert [len(t) for t in times.values()] == [3, 3]
+
+    # Short runs: each block opens with an untimed wake-up run, then runs for block_seconds.
+    calls.clear()
+    timing = Timing(warmup=1, min_runs=3, min_seconds=0.0, block_seconds=0.01)
+    times = measure({"a": runner("a", 0.002), "b": runner("b", 0.002)}, timing)
+    blocks = [len(list(g)) for _, g in itertools.groupby(calls)][2:]  # after the warm-ups
+    assert len(blocks) % 2 == 0 and min(blocks) >= 3
+    assert len(times["a"]) + len(times["b"]) == sum(blocks) - len(blocks)
 
 
 def test_cli_prints_table_and_writes_json(model, tmp_path):

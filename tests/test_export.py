@@ -123,6 +123,9 @@ def exported(trained):
 def test_round_trip_checker_metadata_and_parity(trained, exported):
     path = exported["path"]
     assert sorted(os.listdir(path.parent)) == ["m.onnx"]  # one self-contained file, no temp left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
     onnx.checker.check_model(str(path), full_check=True)
     model = onnx.load(str(path))
     assert {o.domain: o.version for o in model.opset_import}[""] == OPSET
