@@ -7,6 +7,7 @@ printed as one line on stderr with exit code 2, never a traceback.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import typer
@@ -521,6 +522,55 @@ def bench_cmd(
     if json_out is not None:
         json_out.write_text(json.dumps(record, indent=2) + "\n")
         console.print(f"[green]wrote[/] {json_out}")
+
+
+@command(
+    name="pipeline",
+    epilog="Examples:\n\n  distill pipeline --data ../shared/data/cifar10-jpeg --preset quick "
+    "--out runs/demo\n\n  distill pipeline --data cifar10 --preset standard --out runs/std\n\n"
+    "  distill pipeline --data cifar10 --preset standard --config my.toml --out runs/mine\n\n"
+    "Rerunning the same command skips finished stages, redoes changed ones and resumes an "
+    "interrupted one.",
+)
+def pipeline_cmd(
+    data: str = typer.Option(None, "--data", help=DATA.help),
+    preset: str = typer.Option("quick", help="quick (CPU demo) or standard (GPU)."),
+    config: Path = typer.Option(
+        None, "--config", help="TOML overriding the preset: [teacher] [student] [kd] [prune] ..."
+    ),
+    out: Path = typer.Option(..., help="Run directory (created; reused on reruns)."),
+    device: str = DEVICE,
+    data_root: Path = typer.Option(None, help=DATA_ROOT.help),
+    cache_dir: Path = typer.Option(None, help=CACHE_DIR.help),
+    dry_run: bool = typer.Option(False, help="Print the resolved stages and exit."),
+    force: bool = typer.Option(False, help="Use a non-empty --out that holds no pipeline."),
+    quiet: bool = QUIET,
+) -> None:
+    """Teacher -> baseline -> KD student -> prune -> export -> bench -> report, resumable."""
+    from distill.pipeline import describe, load_config, run_pipeline
+    from distill.train import TrainingInterrupted
+
+    cfg = load_config(
+        preset,
+        data,
+        config,
+        device=None if device == "auto" else device,
+        data_root=str(data_root) if data_root else None,
+        cache_dir=str(cache_dir) if cache_dir else None,
+    )
+    console.print(describe(cfg))
+    if dry_run:
+        return
+    started = time.perf_counter()
+    try:
+        report = run_pipeline(cfg, out, force=force, console=console, show_progress=not quiet)
+    except TrainingInterrupted:
+        typer.echo(
+            "interrupted; rerun the same command to continue from where it stopped", err=True
+        )
+        raise typer.Exit(130) from None
+    minutes = (time.perf_counter() - started) / 60
+    console.print(f"[bold green]pipeline finished[/] in {minutes:.1f} min; report: {report}")
 
 
 def main() -> None:

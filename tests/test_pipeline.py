@@ -1,0 +1,195 @@
+"""`distill pipeline` end to end on tiny data: every stage, skip, redo, resume, report."""
+
+import json
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+import distill.teacher
+from distill.checkpoint import load_checkpoint
+from distill.cli import app
+from distill.errors import UserError
+from distill.pipeline import load_config, run_pipeline
+
+runner = CliRunner()
+
+TINY_TOML = """
+val_size = 20
+bench_batch_sizes = [1]
+bench_seconds = 0.05
+cache_dir = "{cache}"
+[teacher]
+arch = "resnet18-quarter"
+epochs = {teacher_epochs}
+batch_size = 32
+[student]
+arch = "resnet18-quarter"
+epochs = {student_epochs}
+batch_size = 32
+[prune]
+budget = "0.6M"
+steps = 1
+epochs_per_step = 0
+epochs = 1
+"""
+STAGES = [
+    "teacher",
+    "baseline",
+    "student",
+    "prune",
+    "export-student",
+    "export-pruned",
+    "bench",
+    "report",
+]
+
+
+def write_toml(path, cache, teacher_epochs=1, student_epochs=1):
+    path.write_text(
+        TINY_TOML.format(cache=cache, teacher_epochs=teacher_epochs, student_epochs=student_epochs)
+    )
+    return path
+
+
+def pipeline_args(data, config, out):
+    return ["pipeline", "--data", str(data), "--config", str(config), "--out", str(out), "--quiet"]
+
+
+def stage_records(out):
+    return {s["name"]: s for s in json.loads((out / "pipeline.json").read_text())["stages"]}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_image_folder, tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    config = write_toml(root / "p.toml", root / "cache")
+    out = root / "run"
+    result = runner.invoke(app, pipeline_args(tiny_image_folder, config, out))
+    assert result.exit_code == 0, result.output
+    return root, config, out, result.output
+
+
+def test_every_stage_runs_and_is_verified(finished_run):
+    _, _, out, output = finished_run
+    records = stage_records(out)
+    assert list(records) == STAGES
+    assert all(r["status"] == "done" for r in records.values())
+    for name in ("teacher", "baseline", "student", "pruned"):
+        assert (out / f"{name}.pt").exists()
+    for name in ("student", "student.int8", "pruned", "pruned.int8"):
+        assert (out / f"{name}.onnx").exists()
+    pruned = load_checkpoint(out / "pruned.pt")
+    assert pruned["kind"] == "pruned" and pruned["metrics"]["params"] <= 600_000
+    student = load_checkpoint(out / "student.pt")
+    assert student["teachers"][0]["sha256"] and not load_checkpoint(out / "baseline.pt")["teachers"]
+    bench = json.loads((out / "bench.json").read_text())
+    assert len(bench) == 4 and all(r["results"] for r in bench)
+    assert "pipeline finished" in output and "report.md" in output
+
+
+def test_report_holds_table_and_plots(finished_run):
+    _, _, out, _ = finished_run
+    report = (out / "report.md").read_text()
+    assert "| " in report and "resnet18-quarter" in report
+    assert "over the label-only baseline" in report
+    plots = [
+        line.split("(")[1].split(")")[0] for line in report.splitlines() if line.startswith("![")
+    ]
+    assert plots, report
+    for rel in plots:
+        assert (out / rel).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_rerun_skips_every_stage(finished_run, tiny_image_folder):
+    _, config, out, _ = finished_run
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.pt")}
+    result = runner.invoke(app, pipeline_args(tiny_image_folder, config, out))
+    assert result.exit_code == 0, result.output
+    assert result.output.count("up to date, skipped") == len(STAGES)
+    assert before == {p.name: p.stat().st_mtime_ns for p in out.glob("*.pt")}
+
+
+def test_changing_student_epochs_redoes_students_and_what_follows(finished_run, tiny_image_folder):
+    root, _, out, _ = finished_run
+    copy = root / "changed"
+    shutil.copytree(out, copy)
+    config = write_toml(root / "p2.toml", root / "cache", student_epochs=2)
+    teacher_before = (copy / "teacher.pt").read_bytes()
+    result = runner.invoke(app, pipeline_args(tiny_image_folder, config, copy))
+    assert result.exit_code == 0, result.output
+    assert "teacher: up to date, skipped" in result.output
+    for stage in STAGES[1:]:
+        assert f"{stage}: redoing" in result.output, stage
+    assert (copy / "teacher.pt").read_bytes() == teacher_before
+    assert len(load_checkpoint(copy / "student.pt")["history"]) == 2
+
+
+def test_an_interrupted_stage_resumes(tiny_image_folder, tmp_path, monkeypatch):
+    config = load_config(
+        "quick",
+        str(tiny_image_folder),
+        write_toml(tmp_path / "p.toml", tmp_path / "cache", teacher_epochs=2),
+    )
+    real_fit = distill.teacher.fit
+    calls = []
+
+    def interrupted_once(*args, **kwargs):
+        calls.append(kwargs)
+        if len(calls) == 1:
+            kwargs["stop_after_steps"] = 5  # Ctrl-C in the teacher's second epoch
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(distill.teacher, "fit", interrupted_once)
+    from distill.train import TrainingInterrupted
+
+    with pytest.raises(TrainingInterrupted):
+        run_pipeline(config, tmp_path / "run", show_progress=False)
+    assert stage_records(tmp_path / "run")["teacher"]["status"] == "running"
+    assert (tmp_path / "run" / "teacher.last.pt").exists()
+
+    monkeypatch.setattr(distill.teacher, "fit", real_fit)
+    resumed = []
+    monkeypatch.setattr(
+        distill.teacher, "fit", lambda *a, **k: resumed.append(a[3].resume) or real_fit(*a, **k)
+    )
+    run_pipeline(config, tmp_path / "run", show_progress=False)
+    assert resumed[0] is True  # the teacher continued instead of starting over
+    assert len(load_checkpoint(tmp_path / "run" / "teacher.pt")["history"]) == 2
+    assert all(r["status"] == "done" for r in stage_records(tmp_path / "run").values())
+
+
+@pytest.mark.parametrize(
+    "toml,message",
+    [
+        ("[teacher]\narch = 'resnet9000'\n", "unknown architecture"),
+        ("[student]\narch = 'resnet34'\n", "over the budget"),
+        ("[prune]\nbudget = '6M'\n", "not below the student budget"),
+        ("colour = 'blue'\n", "unknown pipeline setting colour"),
+        ("[kd]\nmethod = 'magic'\n", "unknown --kd"),
+        ("teacher = [", "not valid TOML"),
+    ],
+)
+def test_bad_settings_exit_2_before_any_work(tiny_image_folder, tmp_path, toml, message):
+    (tmp_path / "bad.toml").write_text(toml)
+    result = runner.invoke(
+        app, pipeline_args(tiny_image_folder, tmp_path / "bad.toml", tmp_path / "run")
+    )
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_refuses_a_foreign_non_empty_directory(tiny_image_folder, tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("precious")
+    with pytest.raises(UserError, match="not empty"):
+        run_pipeline(load_config("quick", str(tiny_image_folder)), tmp_path / "mine")
+    assert (tmp_path / "mine" / "thesis.tex").read_text() == "precious"
+
+
+def test_unknown_preset_and_missing_data():
+    with pytest.raises(UserError, match="unknown preset"):
+        load_config("fastest", "cifar10")
+    with pytest.raises(UserError, match="--data"):
+        load_config("quick", None)
