@@ -31,7 +31,8 @@ CIFAR10_NAMES = (
     "ship",
     "truck",
 )
-REAL_JPEGS = Path("/work/shared/data/cifar10-jpeg/train")
+# shared/ sits beside the checkout, here and in CI.
+REAL_JPEGS = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg" / "train"
 
 # The tiny folder's classes, each drawn in its own colour with its own stripe direction.
 TINY_CLASSES = ("blue", "green", "red", "yellow")
