@@ -190,8 +190,8 @@ def check_reachable(
     floor = min_params(model, example_inputs, round_to)
     if floor > budget:
         raise UserError(
-            f"a budget of {budget:,} parameters is unreachable: with every channel group cut to "
-            f"round_to={round_to} channels this model keeps {floor:,}; pass --budget {floor:,} "
+            f"a budget of {budget:,} parameters is unreachable: with every channel group cut "
+            f"to round_to={round_to} channels this model keeps {floor:,}; pass --budget {floor} "
             "or more"
         )
 
