@@ -93,6 +93,8 @@ def measure(
     times: dict[str, list[float]] = {name: [] for name in runners}
     while True:
         for name, run in runners.items():
+            if len(times[name]) >= timing.max_runs:
+                continue
             if wake[name]:
                 run()
             block_start = time.perf_counter()

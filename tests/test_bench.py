@@ -92,6 +92,11 @@ def test_measure_warms_up_then_alternates_blocks():
     assert len(blocks) % 2 == 0 and min(blocks) >= 3
     assert len(times["a"]) + len(times["b"]) == sum(blocks) - len(blocks)
 
+    # max_runs caps every engine exactly, however long min_seconds asks for.
+    timing = Timing(warmup=1, min_runs=3, max_runs=5, min_seconds=60.0, block_seconds=0.001)
+    times = measure({"a": runner("a"), "b": runner("b", 0.001)}, timing)
+    assert [len(t) for t in times.values()] == [5, 5]
+
 
 def test_cli_prints_table_and_writes_json(model, tmp_path):
     out = tmp_path / "b.json"
