@@ -8,7 +8,7 @@ import time
 
 import pytest
 import torch
-from test_export import make_checkpoint
+from test_export import make_checkpoint, one_thread  # noqa: F401 (autouse fixture)
 from typer.testing import CliRunner
 
 from distill.cli import app
@@ -17,14 +17,6 @@ from export.onnx import export_onnx
 
 runner = CliRunner()
 FAST = Timing(warmup=1, min_runs=3, max_runs=20, min_seconds=0.0, block_seconds=0.0)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)  # see test_export.one_thread
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")

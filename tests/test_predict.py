@@ -7,7 +7,7 @@ import onnx
 import pytest
 import torch
 from PIL import Image
-from test_export import SIZE, make_checkpoint
+from test_export import SIZE, make_checkpoint, one_thread  # noqa: F401 (autouse fixture)
 from typer.testing import CliRunner
 
 from distill.checkpoint import load_checkpoint, model_from_checkpoint
@@ -18,14 +18,6 @@ from export.predict import predict, softmax
 
 runner = CliRunner()
 CLASSES = ["cat", "dog", "ship"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)  # see test_export.one_thread
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")
