@@ -191,7 +191,7 @@ class DistillationObjective:
     teachers: tuple[nn.Module, ...]
     config: KDConfig
     label_smoothing: float = 0.0
-    amp: bool = True  # bf16 autocast for the teachers' forward (CUDA only, as for the student)
+    amp: bool = True  # bf16 autocast for the teachers' forward, the same as the student's
 
     def __post_init__(self) -> None:
         if not self.teachers:

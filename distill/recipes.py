@@ -35,7 +35,7 @@ class Recipe:
     grad_clip: float = 0.0  # 0: no clipping; else max global grad norm
     early_stop_patience: int = 0  # 0: off; else epochs without val-loss improvement
     augment: AugmentConfig = AugmentConfig()
-    amp: bool = True  # bf16 autocast, CUDA only
+    amp: bool = True  # bf16 autocast on CUDA and on CPUs with native bf16
     channels_last: bool = True
     compile: bool = False  # torch.compile, CUDA only
 

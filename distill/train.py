@@ -137,10 +137,22 @@ def last_path(out: Path) -> Path:
     return out.with_name(out.stem + ".last.pt")
 
 
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 / AMX: oneDNN runs bf16 convolutions natively (about 1.3x fp32 on a 2-core
+    Zen 4 for resnet18-quarter training); elsewhere bf16 on CPU is emulated and slower."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA (no loss scaling needed); plain fp32 on CPU."""
+    """bf16 autocast on CUDA and on CPUs with native bf16 (no loss scaling needed: bf16 has
+    fp32's range); plain fp32 otherwise. Weights, optimizer state and losses stay fp32."""
     if enabled and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
+    if enabled and device.type == "cpu" and cpu_has_native_bf16():
+        return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
