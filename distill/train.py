@@ -270,6 +270,32 @@ def _data_key(data: Dataset) -> dict[str, Any]:
     return {k: data.info.get(k) for k in keys}
 
 
+def run_checkpoint(
+    model: nn.Module,
+    data: Dataset,
+    recipe: Recipe,
+    run: RunConfig,
+    history: list[dict[str, Any]],
+    meta: dict[str, Any] | None,
+    metrics: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The checkpoint of a training run: the model, what it learned from and how."""
+    return new_checkpoint(
+        kind=run.kind,
+        arch=run.arch,
+        model=model,
+        classes=list(data.classes),
+        mean=list(data.mean),
+        std=list(data.std),
+        input_size=list(data.input_size),
+        recipe=recipe.to_dict(),
+        data=data.info,
+        metrics=metrics,
+        history=history,
+        **(meta or {}),
+    )
+
+
 def fit(
     model: nn.Module,
     data: Dataset,
@@ -355,19 +381,7 @@ def fit(
 
     def snapshot(epoch: int, step: int, running: _Running) -> dict[str, Any]:
         """Everything needed to continue at (epoch, step) exactly."""
-        return new_checkpoint(
-            kind=run.kind,
-            arch=run.arch,
-            model=model,
-            classes=list(data.classes),
-            mean=list(data.mean),
-            std=list(data.std),
-            input_size=list(data.input_size),
-            recipe=recipe.to_dict(),
-            data=data.info,
-            history=history,
-            **(meta or {}),
-        ) | {
+        return run_checkpoint(model, data, recipe, run, history, meta) | {
             "train_state": {
                 "model": cpu_state_dict(model),
                 "optimizer": optimizer.state_dict(),
@@ -557,20 +571,7 @@ def _finish(
             amp=recipe.amp,
         )
         metrics["test_accuracy"] = test.accuracy
-    ckpt = new_checkpoint(
-        kind=run.kind,
-        arch=run.arch,
-        model=net,
-        classes=list(data.classes),
-        mean=list(data.mean),
-        std=list(data.std),
-        input_size=list(data.input_size),
-        recipe=recipe.to_dict(),
-        data=data.info,
-        metrics=metrics,
-        history=history,
-        **(meta or {}),
-    )
+    ckpt = run_checkpoint(net, data, recipe, run, history, meta, metrics)
     if run.out is not None:
         save_checkpoint(ckpt, run.out)
     return ckpt
