@@ -3,13 +3,14 @@
 SPEC 10: a pruned model's measured speed-up should be at least 0.7x its MAC reduction
 (speed-up / (MACs before / MACs after) >= 0.7). Measured in PyTorch eager and, where the export
 package is present, in onnxruntime. Every engine and batch size warms up, then the two models are
-timed in alternating rounds (so load from other processes hits both alike) and the median is kept.
+timed in alternating rounds of one call each by default (so load from other processes on a shared
+machine hits both alike) and the median is kept.
 
 Usage:
   python bench/prune_speed.py runs/p.pt                      # source from the pruning record
   python bench/prune_speed.py runs/p.pt --source runs/s.pt
   python bench/prune_speed.py --arch resnet18-half --budget 1.4M   # random weights, pruned here
-Options: --batch-sizes 1,32  --threads N  --rounds 7  --runs 5  --json out.json
+Options: --batch-sizes 1,32  --threads N  --rounds 25  --runs 1  --json out.json
 """
 
 from __future__ import annotations
@@ -102,8 +103,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-sizes", default="1,32")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--runs", type=int, default=5, help="Calls per model per round.")
+    parser.add_argument("--rounds", type=int, default=25)
+    parser.add_argument("--runs", type=int, default=1, help="Calls per model per round.")
     parser.add_argument("--json", type=Path, help="Also write the results here.")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)

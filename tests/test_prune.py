@@ -38,6 +38,17 @@ FAMILIES = ["resnet18-quarter", "resnet50-5m", "preact-resnet42", "seresnet24", 
 TINY_RECIPE = replace(resolve_recipe("quick", epochs=1, batch_size=8), channels_last=False)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from a second intra-op thread, and on a busy shared machine
+    waking the thread pool for every newly shaped layer (each probe and step makes new shapes)
+    costs more than the layers themselves."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def assert_plan_round_trips(pruned: torch.nn.Module) -> None:
     """The plain-values plan plus the state dict rebuild a model that computes the same."""
     config = ResNetConfig.from_dict(pruned.channel_plan().to_dict())
