@@ -400,8 +400,8 @@ def prune_checkpoint(
     model_path, teacher_paths = Path(model_path), [Path(p) for p in teacher_paths]
     kd = kd or KDConfig.create("hinton", epochs=recipe.epochs)
     limit = parse_budget(budget)
-    if importance not in IMPORTANCES:
-        make_importance(importance)  # raises the UserError listing the choices
+    make_importance(importance)  # an unknown name is a UserError listing the choices
+    device = resolve_device(run.device)
     if steps < 1 or epochs_per_step < 0:
         raise UserError(
             f"--steps must be >= 1 and --epochs-per-step >= 0, got {steps}, {epochs_per_step}"
@@ -443,7 +443,6 @@ def prune_checkpoint(
         )
     # The weights were learned under the source's normalisation: keep it for every phase.
     dataset = replace(dataset, mean=tuple(src["mean"]), std=tuple(src["std"]))
-    device = resolve_device(run.device)
     seed_everything(run.seed)
     source_model = source_model.to(device)
     example = example.to(device)
