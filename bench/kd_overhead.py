@@ -96,6 +96,7 @@ def measure(
         "teacher": teacher_arch,
         **sizes,
         "kd": kd,
+        "bf16_autocast": isinstance(autocast(dev, amp), torch.autocast),
         "device": str(dev),
         "threads": torch.get_num_threads(),
         "batch_size": batch_size,
@@ -122,6 +123,7 @@ def main() -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--kd", default="hinton", choices=["hinton", "dkd"])
     p.add_argument("--threads", type=int, default=1, help="CPU threads (keep it low when shared)")
+    p.add_argument("--fp32", action="store_true", help="no bf16 autocast (default: as training)")
     p.add_argument("--json", action="store_true", help="print the result dict as JSON")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -134,6 +136,7 @@ def main() -> None:
         warmup=args.warmup,
         device=args.device,
         kd=args.kd,
+        amp=not args.fp32,
     )
     if args.json:
         print(json.dumps(r, indent=2))
@@ -141,7 +144,7 @@ def main() -> None:
     print(
         f"{r['student']} ({r['student_params']:,} params) taught by {r['teacher']} "
         f"({r['teacher_params']:,}), batch {r['batch_size']}, {r['device']}, "
-        f"{r['threads']} thread(s)\n"
+        f"{r['threads']} thread(s), {'bf16 autocast' if r['bf16_autocast'] else 'fp32'}\n"
         f"  labels only : {r['ms_per_step_labels']:8.1f} ms/step  "
         f"{r['images_per_s_labels']:8.0f} img/s\n"
         f"  with teacher: {r['ms_per_step_kd']:8.1f} ms/step  {r['images_per_s_kd']:8.0f} img/s\n"
