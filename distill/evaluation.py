@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -36,17 +35,12 @@ def check_classes(model_classes: list[str], dataset: Dataset, what: str) -> None
         )
 
 
-def evaluate_onnx(onnx_path: Path, split: Split, batch_size: int = 500) -> EvalResult:
+def evaluate_onnx(onnx_path: Path, split: Split, device: str = "cpu") -> EvalResult:
     """Run an exported model (input float32 NCHW in [0,1], normalisation inside) on a split."""
-    import onnxruntime as ort
+    from export.runtime import make_session, run_logits
 
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    logits = []
-    for i in range(0, len(split.labels), batch_size):
-        x = split.images[i : i + batch_size].float().div_(255).numpy()
-        logits.append(session.run(None, {name: x})[0])
-    return summarize(torch.from_numpy(np.concatenate(logits)), split.labels)
+    session = make_session(onnx_path, device=device)
+    return summarize(torch.from_numpy(run_logits(session, split.images)), split.labels)
 
 
 def summarize(logits: torch.Tensor, labels: torch.Tensor) -> EvalResult:
@@ -103,7 +97,9 @@ def evaluate_file(
     check_classes(classes, dataset, str(path))
     chosen = pick_split(dataset, split)
     if path.suffix == ".onnx":
-        result = evaluate_onnx(path, chosen)
+        result = evaluate_onnx(
+            path, chosen, "cuda" if resolve_device(device).type == "cuda" else "cpu"
+        )
     else:
         result = evaluate(
             model_from_checkpoint(ckpt),
