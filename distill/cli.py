@@ -289,6 +289,8 @@ def student_cmd(
         "train-size": [train_size],
         "seed": [seed],
         "budget": [budget],
+        "cache-dir": [cache_dir],
+        "device": [device],
     }
     hint = " ".join(f"--{k} {v}" for k, vs in given.items() for v in vs if v is not None)
     run_training(
