@@ -4,7 +4,7 @@
   2. a torchvision DataLoader pipeline (per-image PIL transforms, worker processes): >= 1.3x;
   3. peak resident memory of a `quick` teacher run on all training images: target < 1.5 GB.
 
-Usage: python bench/train_throughput.py [--data ../shared/data/cifar10-jpeg] [--arch resnet18-quarter]
+Usage: python bench/train_throughput.py [--data DIR] [--arch resnet18-quarter]
 Each measurement warms up, then times a fixed number of steps; ratios compare numbers taken in
 this run on this machine.
 """
