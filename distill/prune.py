@@ -49,7 +49,7 @@ from distill.registry import build_model
 from distill.student import load_teachers, read_teachers, resolve_split, teacher_record
 from distill.train import (
     RunConfig,
-    evaluate,
+    evaluate_split,
     fit,
     hard_labels,
     last_path,
@@ -462,15 +462,7 @@ def prune_checkpoint(
     objective = DistillationObjective(tuple(teachers), kd, recipe.label_smoothing, recipe.amp)
 
     def val_accuracy(model: CifarResNet) -> float:
-        return evaluate(
-            model,
-            dataset.val,
-            mean=dataset.mean,
-            std=dataset.std,
-            num_classes=dataset.num_classes,
-            device=device,
-            amp=recipe.amp,
-        ).accuracy
+        return evaluate_split(model, dataset, dataset.val, device, recipe).accuracy
 
     if run.resume:
         model, record = _resume_state(run.out, model_path, records, kd)

@@ -205,6 +205,23 @@ def evaluate(
     )
 
 
+def evaluate_split(
+    model: nn.Module, data: Dataset, split: Split, device: torch.device, recipe: Recipe
+) -> EvalResult:
+    """`evaluate` on one of `data`'s splits with its normalisation, under the recipe's precision
+    and memory format (the settings the model trains with)."""
+    return evaluate(
+        model,
+        split,
+        mean=data.mean,
+        std=data.std,
+        num_classes=data.num_classes,
+        device=device,
+        amp=recipe.amp,
+        channels_last=recipe.channels_last,
+    )
+
+
 class _StopFlag:
     """Turns the first Ctrl-C / SIGTERM into a request to stop at the next step boundary."""
 
@@ -484,16 +501,7 @@ def fit(
                     raise TrainingInterrupted(state_file)
 
             seconds = time.perf_counter() - t_epoch
-            val = evaluate(
-                eval_model,
-                data.val,
-                mean=data.mean,
-                std=data.std,
-                num_classes=data.num_classes,
-                device=device,
-                amp=recipe.amp,
-                channels_last=recipe.channels_last,
-            )
+            val = evaluate_split(eval_model, data, data.val, device, recipe)
             record = {
                 "epoch": epoch + 1,
                 "lr": optimizer.param_groups[0]["lr"],
@@ -561,15 +569,7 @@ def _finish(
         "device": str(device),
     }
     if data.test is not None:
-        test = evaluate(
-            net,
-            data.test,
-            mean=data.mean,
-            std=data.std,
-            num_classes=data.num_classes,
-            device=device,
-            amp=recipe.amp,
-        )
+        test = evaluate_split(net, data, data.test, device, recipe)
         metrics["test_accuracy"] = test.accuracy
     ckpt = run_checkpoint(net, data, recipe, run, history, meta, metrics)
     if run.out is not None:
