@@ -7,6 +7,8 @@ printed as one line on stderr with exit code 2, never a traceback.
 from __future__ import annotations
 
 import json
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -206,7 +208,8 @@ def teacher_train_cmd(
     run_training(
         lambda: train_teacher(arch, cfg, resolved, run, console=console),
         out,
-        f"distill teacher train --arch {arch} --data {data} --out {out} --recipe {recipe}",
+        # The exact command as typed: every flag must match for the resume checks to pass.
+        shlex.join(["distill", *(a for a in sys.argv[1:] if a != "--resume")]),
     )
 
 

@@ -205,6 +205,7 @@ def test_sigterm_leaves_a_resumable_state(tiny_image_folder, tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "--resume" in err and last_path(out).exists() and not out.exists()
+    assert "--epochs 3" in err and "--train-size 40" in err  # the hint is the full command
     assert load_checkpoint(last_path(out))["train_state"]["epoch"] >= 1
 
     resumed = subprocess.run(
