@@ -2,6 +2,8 @@
 
 Factories live in `teachers/zoo.py` and `students/zoo.py`; both are imported explicitly by
 `_ensure_loaded` so registration never depends on which module a caller imported first.
+A `FAMILY@BUDGET` name (`distill/fit.py`) resolves here too, to its family fitted to the budget,
+so every path that takes a registered name takes a fitted one.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from distill.errors import UserError
+from distill.fit import fit_plan, is_fitted, parse_fit_name
 from students.resnet import CifarResNet, ResNetConfig
 
 
@@ -48,13 +52,36 @@ def list_models(role: str | None = None) -> list[str]:
 
 
 def get_entry(name: str) -> ModelEntry:
+    """The entry of a registered name (KeyError listing the names when unknown) or of a fitted
+    name (UserError when its family, budget or MAC ceiling is wrong)."""
     _ensure_loaded()
+    if is_fitted(name):
+        return _fitted_entry(name)
     try:
         return _REGISTRY[name]
     except KeyError:
         raise KeyError(
-            f"unknown architecture {name!r}; choose one of: {', '.join(_REGISTRY)}"
+            f"unknown architecture {name!r}; choose one of: {', '.join(_REGISTRY)} "
+            "(or fit one to a budget: FAMILY@BUDGET, like resnet18@5M)"
         ) from None
+
+
+def _fitted_entry(name: str) -> ModelEntry:
+    spec = parse_fit_name(name)
+    family = _REGISTRY.get(spec.family)
+    if family is None:
+        raise UserError(
+            f"unknown family {spec.family!r} in {name!r}; choose one of: {', '.join(_REGISTRY)}"
+        )
+    entry = ModelEntry(
+        name,
+        family.role,
+        lambda num_classes: fit_plan(spec, family.plan(num_classes)),
+        f"{spec.family} fitted to {spec.budget:,} parameters",
+    )
+    # Fit now, so a budget below the family's smallest plan fails before any work starts.
+    entry.plan(10)
+    return entry
 
 
 def model_config(name: str, num_classes: int = 10) -> ResNetConfig:

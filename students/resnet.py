@@ -69,6 +69,11 @@ class ResNetConfig:
         return cls(**d)
 
 
+def se_hidden(width: int) -> int:
+    """Squeeze-excitation hidden width of a `width`-channel block: the usual 1/16 reduction."""
+    return max(width // SE_REDUCTION, 1)
+
+
 def plan(
     block: str,
     blocks: tuple[int, ...],
@@ -87,7 +92,7 @@ def plan(
             inner.append(tuple((p, p) for _ in range(n)))
         elif block == "se":
             widths.append(p)
-            inner.append(tuple((p, max(p // SE_REDUCTION, 1)) for _ in range(n)))
+            inner.append(tuple((p, se_hidden(p)) for _ in range(n)))
         else:
             widths.append(p)
             inner.append(tuple((p,) for _ in range(n)))

@@ -14,8 +14,8 @@ def resnet34(num_classes: int = 10) -> ResNetConfig:
     return plan("basic", (3, 4, 6, 3), (64, 128, 256, 512), num_classes=num_classes)
 
 
-@register_model("resnet18x2", "teacher", notes="doubled filters")
+@register_model("resnet18x2", "teacher", notes="doubled filters, 64-channel stem")
 def resnet18x2(num_classes: int = 10) -> ResNetConfig:
-    return plan(
-        "basic", (2, 2, 2, 2), (128, 256, 512, 1024), stem_width=128, num_classes=num_classes
-    )
+    # The published 44.60M model doubles the stage widths but keeps ResNet-18's 64-channel stem,
+    # so its first block widens 64 -> 128 through a 1x1 projection: 44,595,786 parameters.
+    return plan("basic", (2, 2, 2, 2), (128, 256, 512, 1024), num_classes=num_classes)

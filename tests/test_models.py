@@ -12,7 +12,7 @@ from students.resnet import ResNetConfig
 PUBLISHED = {
     "resnet18": (11_173_962, 0),
     "resnet34": (21_282_122, 0),
-    "resnet18x2": (44.6e6, 0.005),
+    "resnet18x2": (44_595_786, 0),
     "resnet18-5m": (4.99e6, 0.005),
     "resnet18-wide": (4.90e6, 0.005),
     "resnet20-4m": (4.48e6, 0.005),
