@@ -1,0 +1,111 @@
+"""The report page: sections in reading order, written atomically with its plots."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from pathlib import Path
+
+from distill.report.collect import collect_models
+from distill.report.curves import plot_curves
+from distill.report.headline import budgets, data_note, kd_gain_lines
+from distill.report.models import Collection, Model
+from distill.report.output import PLOTS, atomic_write, slug
+from distill.report.provenance import provenance
+from distill.report.pruning import pruning_lines
+from distill.report.tables import render_table
+from distill.report.tradeoff import plot_accuracy_vs_latency, plot_accuracy_vs_params
+
+
+def missing_notes(col: Collection) -> list[str]:
+    notes = []
+    ckpts = [m for m in col.models if not m.is_onnx]
+    roles = {m.role for m in ckpts}
+    # Hints name a real file: the KD student when there is one (the model worth deploying).
+    best = next((m for m in ckpts if m.role == "kd"), ckpts[0] if ckpts else col.models[0])
+    onnx = next((m for m in col.models if m.is_onnx), None)
+    if onnx is None:
+        notes.append(f"No ONNX exports here: `distill export onnx {best.path} [--int8]` adds them.")
+    if col.bench_file is None:
+        target = onnx.path if onnx else best.path
+        notes.append(
+            "No `bench.json`: no latency column or accuracy-vs-latency plot; "
+            f"`distill bench {target} --json {col.run_dir / 'bench.json'}` measures it."
+        )
+    elif not any(m.latency_ms for m in col.models):
+        notes.append("`bench.json` holds no onnxruntime CPU batch-1 latency for the files here.")
+    if "kd" in roles and "baseline" not in roles:
+        notes.append("No label-only baseline student: the KD gain cannot be measured.")
+    if col.pipeline is None:
+        notes.append("No `pipeline.json`: stage wall times are not shown.")
+    notes += col.problems
+    return notes
+
+
+def latency_note(models: Sequence[Model]) -> list[str]:
+    """Where the latency column comes from, and onnxruntime's speed-up over PyTorch eager."""
+    timed = [m for m in models if m.bench]
+    if not timed:
+        return []
+    env = timed[0].bench
+    note = (
+        f"ORT p50: onnxruntime on CPU ({env.get('cpu') or 'unknown CPU'}, "
+        f"{env.get('threads', '?')} threads), median latency of one image, from `bench.json`."
+    )
+    ratios = [f"`{m.name}` {m.bench['speedup']:.1f}x" for m in timed if m.bench.get("speedup")]
+    if ratios:
+        note += " onnxruntime vs PyTorch eager at batch 1, same run: " + ", ".join(ratios) + "."
+    return [note, ""]
+
+
+def write_report(run_dir: Path) -> Path:
+    """Write run_dir/report.md and run_dir/plots/*.png; return the report's path."""
+    run_dir = Path(run_dir)
+    col = collect_models(run_dir)
+    plots = run_dir / PLOTS
+    lines = [f"# Distillation report: `{run_dir.resolve().name}`", ""]
+    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines += [f"_{len(col.models)} model files, written {now}._", ""]
+    headline = kd_gain_lines(col.models) + pruning_lines(col.models)
+    lines += [f"- {line}" for line in headline] + ([""] if headline else [])
+    lines += [data_note(col.models), "", "## Models", "", render_table(col.models), ""]
+    lines += latency_note(col.models)
+
+    size_plot = plot_accuracy_vs_params(col.models, budgets(col), plots / "accuracy_vs_params.png")
+    latency_plot = plot_accuracy_vs_latency(col.models, plots / "accuracy_vs_latency.png")
+    for title, png in (
+        ("Accuracy vs parameters", size_plot),
+        ("Accuracy vs latency", latency_plot),
+    ):
+        if png is not None:
+            lines += [f"![{title}]({PLOTS}/{png.name})", ""]
+
+    curve_pngs = [
+        (m, plot_curves(m, plots / f"curves_{slug(m.path.stem)}.png"))
+        for m in col.models
+        if not m.is_onnx
+    ]
+    curves = [f"![{m.name} training curves]({PLOTS}/{png.name})" for m, png in curve_pngs if png]
+    curve_pngs = [png for _, png in curve_pngs]
+    if curves:
+        lines += [
+            "## Training curves",
+            "",
+            "Dashed: training (augmented batches); solid: validation. "
+            "The star marks the epoch whose weights were kept.",
+            "",
+        ]
+        lines += [line for c in curves for line in (c, "")]
+
+    lines += provenance(col)
+    notes = missing_notes(col)
+    if notes:
+        lines += ["## Missing or skipped", "", *[f"- {n}" for n in notes], ""]
+    report = run_dir / "report.md"
+    atomic_write(report, lambda tmp: Path(tmp).write_text("\n".join(lines), encoding="utf-8"))
+    # Plots of models no longer here would linger unlinked: remove our own stale names only.
+    written = {png.name for png in (size_plot, latency_plot, *curve_pngs) if png is not None}
+    for old in [*plots.glob("curves_*.png"), *plots.glob("accuracy_vs_*.png")]:
+        if old.name not in written:
+            old.unlink(missing_ok=True)
+    return report

@@ -1,0 +1,36 @@
+"""The models table: one row per model file."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from distill.budget import format_count
+from distill.report.models import Model
+from distill.report.text import fmt, size
+
+
+def render_table(models: Sequence[Model]) -> str:
+    has_test = any(m.test_accuracy is not None for m in models)
+    has_latency = any(m.latency_ms is not None for m in models)
+    head = ["model", "kind", "arch", "params", "MACs", "val top-1"]
+    head += ["test top-1"] if has_test else []
+    head += ["ORT p50, batch 1 (ms)"] if has_latency else []
+    head += ["size on disk"]
+    rows = [
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join(["---", "---", "---"] + ["--:"] * (len(head) - 3)) + "|",
+    ]
+    for m in models:
+        cells = [
+            f"`{m.name}`",
+            m.kind_label,
+            m.arch,
+            fmt(m.params, format_count),
+            fmt(m.macs, format_count),
+            fmt(m.val_accuracy, lambda v: f"{v:.2%}"),
+        ]
+        cells += [fmt(m.test_accuracy, lambda v: f"{v:.2%}")] if has_test else []
+        cells += [fmt(m.latency_ms, lambda v: f"{v:.2f}")] if has_latency else []
+        cells += [size(m.size_bytes)]
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
