@@ -34,6 +34,7 @@ def _read_checkpoint(path: Path) -> Model:
         val_accuracy=as_float(m.get("val_accuracy")),
         test_accuracy=as_float(m.get("test_accuracy")),
         size_bytes=path.stat().st_size,
+        teacher_agreement=as_float(m.get("teacher_agreement")),
         ckpt=ckpt,
     )
 
@@ -64,6 +65,9 @@ def _read_onnx(path: Path, by_sha: dict[str, Model]) -> tuple[Model, str | None]
         size_bytes=path.stat().st_size,
         precision=str(meta.get("precision") or "fp32"),
         source=src.name if src else None,
+        accuracy_measured_on=str(meta["val_accuracy_measured_on"])
+        if meta.get("val_accuracy_measured_on")
+        else None,
     ), stale
 
 

@@ -35,11 +35,15 @@ class Model:
     arch: str
     params: int | None
     macs: int | None
-    val_accuracy: float | None  # [0, 1]; for an int8 file, its own measured accuracy
+    val_accuracy: float | None  # [0, 1]; for an ONNX file, measured on the file by the exporter
     test_accuracy: float | None
     size_bytes: int
     precision: str = ""  # "" for checkpoints; fp32 | fp16 | int8 for ONNX files
     source: str | None = None  # file name of the checkpoint an ONNX file came from
+    # What an ONNX file's val_accuracy was measured on (metadata `val_accuracy_measured_on`)
+    accuracy_measured_on: str | None = None
+    # Share of val images where the top-1 equals the teacher's (KD students, pruned models)
+    teacher_agreement: float | None = None
     latency_ms: float | None = None  # onnxruntime CPU p50 at batch 1, from bench.json
     bench: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     # The checkpoint without its weights (provenance: recipe, data, teachers, kd, pruning).

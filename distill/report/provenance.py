@@ -28,6 +28,18 @@ RECIPE_KEYS = (
 )
 
 
+# KDConfig fields that only DKD reads (losses.py): beta weighs DKD's non-target term, and Hinton
+# KD has no such term, so listing it would suggest a setting that did nothing.
+DKD_ONLY = ("beta",)
+
+
+def kd_settings(kd: dict[str, Any]) -> dict[str, Any]:
+    """The KD record without settings its method ignores."""
+    if kd.get("method") == "dkd":
+        return dict(kd)
+    return {k: v for k, v in kd.items() if k not in DKD_ONLY}
+
+
 def _recipe_summary(recipe: dict[str, Any]) -> str:
     parts = []
     for key in RECIPE_KEYS:
@@ -85,15 +97,18 @@ def _stage_table(pipeline: dict[str, Any] | None) -> list[str]:
         "| stage | status | wall time | outputs |",
         "|---|---|--:|---|",
     ]
+    total = 0.0
     for s in stages:
         outputs = s.get("outputs") or []
         outputs = outputs if isinstance(outputs, list) else [outputs]
         names = ", ".join(f"`{Path(str(o)).name}`" for o in outputs)
-        out.append(
-            f"| {s.get('name', '?')} | {s.get('status', '?')} | "
-            f"{duration(s.get('seconds'))} | {names} |"
-        )
-    total = sum(as_float(s.get("seconds")) or 0 for s in stages)
+        # The pipeline's report stage is "running" while it writes this very page: it is this
+        # report, and its time is not known yet (a seconds field would be a previous run's).
+        this = s.get("name") == "report" and s.get("status") == "running"
+        status = "this report" if this else s.get("status", "?")
+        seconds = None if this else s.get("seconds")
+        total += as_float(seconds) or 0
+        out.append(f"| {s.get('name', '?')} | {status} | {duration(seconds)} | {names} |")
     return [*out, f"| **total** | | **{duration(total)}** | |", ""]
 
 
@@ -113,7 +128,7 @@ def _recipe_line(m: Model) -> str:
     ran = [r for r in ran if r]
     line += f" ({'; '.join(ran)})" if ran else ""
     if isinstance(m.ckpt.get("kd"), dict):
-        line += f". KD: {_kv(m.ckpt['kd'])}"
+        line += f". KD: {_kv(kd_settings(m.ckpt['kd']))}"
     pruning = m.ckpt.get("pruning")
     if isinstance(pruning, dict):
         # before/after numbers are in the headline; here only how it was pruned
