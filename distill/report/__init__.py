@@ -4,11 +4,12 @@ Models are found by content, not by file name (collect.py). Anything missing (no
 bench.json, no pipeline.json, an older checkpoint without a newer metric) is said in the report,
 never a crash. Modules, in the order a reader meets their output on the page:
 
-- collect.py: discovery; models.py: the records it fills
-- headline.py: KD gain, budgets, data note; pruning.py: pruning lines
-- tables.py: the models table; text.py: number formats
-- tradeoff.py, curves.py: plots (figures.py holds their shared pieces)
-- bench.py: reading bench.json
+- collect.py: discovery (models.py: the records it fills; bench.py: reading bench.json)
+- headline.py: KD gain, budgets, data note; tables.py: the models table (text.py: number formats)
+- tradeoff.py: accuracy vs params and vs latency
+- pruning.py: pruning line
+- latency.py: latency and throughput vs batch size per device, noisy numbers flagged
+- curves.py: training curves; figures.py: pieces every plot shares
 - provenance.py: data, stages, recipes, teachers, versions
 - page.py: the page in order; output.py: the one atomic writer every file goes through
 """

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.errors import UserError
-from distill.report.bench import bench_rows
+from distill.report.bench import batch1_latency, read_bench
 from distill.report.models import ROLES, Collection, Model, as_float, as_int, checkpoint_role
 
 
@@ -121,13 +121,22 @@ def collect_models(run_dir: Path) -> Collection:
 
     bench_file = run_dir / "bench.json"
     bench_file = bench_file if bench_file.is_file() else None
+    records = ()
     if bench_file is not None:
         try:
-            bench = bench_rows(json.loads(bench_file.read_text()))
+            records = read_bench(json.loads(bench_file.read_text()))
         except ValueError as e:
             problems.append(f"`bench.json` is not valid JSON ({e}); latency not shown")
-            bench = {}
-        models = [_with_bench(m, bench.get(m.name)) for m in models]
+        # A record of a file not here (renamed, or measured elsewhere) describes no model on
+        # this page.
+        here = {m.name for m in models}
+        problems += [
+            f"`bench.json` times `{name}`, which is not in this folder: not shown."
+            for name in dict.fromkeys(r.file for r in records if r.file not in here)
+        ]
+        records = tuple(r for r in records if r.file in here)
+        column = batch1_latency(records)
+        models = [_with_bench(m, column.get(m.name)) for m in models]
     pipeline = None
     pipeline_file = run_dir / "pipeline.json"
     if pipeline_file.is_file():
@@ -135,7 +144,7 @@ def collect_models(run_dir: Path) -> Collection:
             pipeline = json.loads(pipeline_file.read_text())
         except ValueError as e:
             problems.append(f"`pipeline.json` is not valid JSON ({e})")
-    return Collection(run_dir, tuple(models), tuple(problems), bench_file, pipeline)
+    return Collection(run_dir, tuple(models), tuple(problems), bench_file, pipeline, records)
 
 
 def _with_bench(m: Model, row: dict[str, Any] | None) -> Model:

@@ -7,7 +7,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from distill.report.bench import BenchRecord
 
 # Display order and names of the roles a model can play; ONNX files sort after their source.
 ROLES = {
@@ -75,6 +78,7 @@ class Collection:
     problems: tuple[str, ...]
     bench_file: Path | None
     pipeline: dict[str, Any] | None
+    bench: tuple[BenchRecord, ...] = ()  # bench.json's records, one per (file, device)
 
 
 def checkpoint_role(ckpt: dict[str, Any]) -> str:

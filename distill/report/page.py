@@ -1,4 +1,5 @@
-"""The report page: sections in reading order, written atomically with its plots."""
+"""The report page: sections in reading order, pictures before tables, written atomically with
+its plots. Each section returns its Markdown lines and the plots it wrote."""
 
 from __future__ import annotations
 
@@ -9,12 +10,27 @@ from pathlib import Path
 from distill.report.collect import collect_models
 from distill.report.curves import plot_curves
 from distill.report.headline import budgets, data_note, kd_gain_lines
+from distill.report.latency import FLAG, latency_section, plot_latency
 from distill.report.models import Collection, Model
 from distill.report.output import PLOTS, atomic_write, slug
 from distill.report.provenance import provenance
 from distill.report.pruning import pruning_lines
 from distill.report.tables import render_table
 from distill.report.tradeoff import plot_accuracy_vs_latency, plot_accuracy_vs_params
+
+# The PNG names this module writes; any other file of these shapes in plots/ is a stale one of
+# ours (a model no longer here) and is removed. Files of other names are never touched.
+OUR_PLOTS = (
+    "accuracy_vs_*.png",
+    "latency_vs_batch_*.png",
+    "curves_*.png",
+)
+
+Section = tuple[list[str], list[Path | None]]
+
+
+def _image(title: str, png: Path | None) -> list[str]:
+    return [f"![{title}]({PLOTS}/{png.name})", ""] if png is not None else []
 
 
 def missing_notes(col: Collection) -> list[str]:
@@ -29,7 +45,7 @@ def missing_notes(col: Collection) -> list[str]:
     if col.bench_file is None:
         target = onnx.path if onnx else best.path
         notes.append(
-            "No `bench.json`: no latency column or accuracy-vs-latency plot; "
+            "No `bench.json`: no latency column, latency table or latency plots; "
             f"`distill bench {target} --json {col.run_dir / 'bench.json'}` measures it."
         )
     elif not any(m.latency_ms for m in col.models):
@@ -52,10 +68,38 @@ def latency_note(models: Sequence[Model]) -> list[str]:
         f"ORT p50: onnxruntime on CPU ({env.get('cpu') or 'unknown CPU'}, "
         f"{env.get('threads', '?')} threads), median latency of one image, from `bench.json`."
     )
-    ratios = [f"`{m.name}` {m.bench['speedup']:.1f}x" for m in timed if m.bench.get("speedup")]
+    ratios = [
+        f"`{m.name}` {m.bench['speedup']:.1f}x"
+        + (f" {FLAG} ({m.bench['speedup_noise']})" if m.bench.get("speedup_noise") else "")
+        for m in timed
+        if m.bench.get("speedup")
+    ]
     if ratios:
         note += " onnxruntime vs PyTorch eager at batch 1, same run: " + ", ".join(ratios) + "."
     return [note, ""]
+
+
+def tradeoff_section(col: Collection, plots: Path) -> Section:
+    size_plot = plot_accuracy_vs_params(col.models, budgets(col), plots / "accuracy_vs_params.png")
+    latency_plot = plot_accuracy_vs_latency(col.models, plots / "accuracy_vs_latency.png")
+    lines = _image("Accuracy vs parameters", size_plot)
+    return lines + _image("Accuracy vs latency", latency_plot), [size_plot, latency_plot]
+
+
+def curves_section(col: Collection, plots: Path) -> Section:
+    pngs = [
+        (m, plot_curves(m, plots / f"curves_{slug(m.path.stem)}.png"))
+        for m in col.models
+        if not m.is_onnx
+    ]
+    images = [line for m, png in pngs for line in _image(f"{m.name} training curves", png)]
+    if not images:
+        return [], []
+    intro = (
+        "Dashed: training (augmented batches); solid: validation. "
+        "The star marks the epoch whose weights were kept."
+    )
+    return ["## Training curves", "", intro, "", *images], [png for _, png in pngs]
 
 
 def write_report(run_dir: Path) -> Path:
@@ -71,41 +115,25 @@ def write_report(run_dir: Path) -> Path:
     lines += [data_note(col.models), "", "## Models", "", render_table(col.models), ""]
     lines += latency_note(col.models)
 
-    size_plot = plot_accuracy_vs_params(col.models, budgets(col), plots / "accuracy_vs_params.png")
-    latency_plot = plot_accuracy_vs_latency(col.models, plots / "accuracy_vs_latency.png")
-    for title, png in (
-        ("Accuracy vs parameters", size_plot),
-        ("Accuracy vs latency", latency_plot),
-    ):
-        if png is not None:
-            lines += [f"![{title}]({PLOTS}/{png.name})", ""]
-
-    curve_pngs = [
-        (m, plot_curves(m, plots / f"curves_{slug(m.path.stem)}.png"))
-        for m in col.models
-        if not m.is_onnx
-    ]
-    curves = [f"![{m.name} training curves]({PLOTS}/{png.name})" for m, png in curve_pngs if png]
-    curve_pngs = [png for _, png in curve_pngs]
-    if curves:
-        lines += [
-            "## Training curves",
-            "",
-            "Dashed: training (augmented batches); solid: validation. "
-            "The star marks the epoch whose weights were kept.",
-            "",
-        ]
-        lines += [line for c in curves for line in (c, "")]
-
-    lines += provenance(col)
     notes = missing_notes(col)
+    latency_pngs = {
+        device: plot_latency(col.bench, device, plots / f"latency_vs_batch_{device}.png")
+        for device in ("cpu", "cuda")
+    }
+    sections = [
+        tradeoff_section(col, plots),
+        (latency_section(col.bench, latency_pngs), list(latency_pngs.values())),
+        curves_section(col, plots),
+    ]
+    written = {png.name for _, pngs in sections for png in pngs if png is not None}
+    lines += [line for section, _ in sections for line in section]
+    lines += provenance(col)
     if notes:
         lines += ["## Missing or skipped", "", *[f"- {n}" for n in notes], ""]
     report = run_dir / "report.md"
     atomic_write(report, lambda tmp: Path(tmp).write_text("\n".join(lines), encoding="utf-8"))
     # Plots of models no longer here would linger unlinked: remove our own stale names only.
-    written = {png.name for png in (size_plot, latency_plot, *curve_pngs) if png is not None}
-    for old in [*plots.glob("curves_*.png"), *plots.glob("accuracy_vs_*.png")]:
+    for old in [old for pattern in OUR_PLOTS for old in plots.glob(pattern)]:
         if old.name not in written:
             old.unlink(missing_ok=True)
     return report

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from distill.budget import format_count
+from distill.report.latency import FLAG
 from distill.report.models import Model
 from distill.report.text import fmt, size
 
@@ -14,8 +15,8 @@ def _accuracy(value: float, measured_on: str | None) -> str:
 
 
 def render_table(models: Sequence[Model]) -> str:
-    """The table; optional columns only when some row has a value (no test split: no empty
-    test column)."""
+    """The table, then one line per flagged latency; optional columns only when some row has
+    a value (no test split: no empty test column)."""
     has_test = any(m.test_accuracy is not None for m in models)
     has_latency = any(m.latency_ms is not None for m in models)
     has_agreement = any(m.teacher_agreement is not None for m in models)
@@ -39,7 +40,12 @@ def render_table(models: Sequence[Model]) -> str:
         ]
         cells += [fmt(m.test_accuracy, lambda v: f"{v:.2%}")] if has_test else []
         cells += [fmt(m.teacher_agreement, lambda v: f"{v:.1%}")] if has_agreement else []
-        cells += [fmt(m.latency_ms, lambda v: f"{v:.2f}")] if has_latency else []
+        if has_latency:  # a noisy number is flagged, its reason listed under the table
+            flag = f" {FLAG}" if m.bench.get("noise") else ""
+            cells += [fmt(m.latency_ms, lambda v, flag=flag: f"{v:.2f}{flag}")]
         cells += [size(m.size_bytes)]
         rows.append("| " + " | ".join(cells) + " |")
-    return "\n".join(rows)
+    noisy = [
+        f"- {FLAG} `{m.name}` ORT p50: {m.bench['noise']}." for m in models if m.bench.get("noise")
+    ]
+    return "\n".join(rows + ([""] + noisy if noisy else []))

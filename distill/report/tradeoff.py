@@ -17,8 +17,10 @@ def _scatter(
     *,
     log_x: bool,
     xlim: tuple[float, float],
+    hollow: Callable[[Model], bool] = lambda _m: False,
 ) -> None:
-    """Val accuracy vs x_of(model): colour by role, int8 diamonds, other ONNX squares."""
+    """Val accuracy vs x_of(model): colour by role, int8 diamonds, other ONNX squares; hollow
+    where `hollow(m)` (a noisy latency: drawn, but not as a fact)."""
     ys = [100 * m.val_accuracy for m in models]
     pad = max(1.0, 0.12 * (max(ys) - min(ys)))
     if log_x:
@@ -27,18 +29,20 @@ def _scatter(
     ax.set_ylim(min(ys) - pad, max(ys) + pad)
     seen: set[str] = set()
     for m, y in zip(models, ys, strict=True):
-        ax.scatter(
-            [x_of(m)],
-            [y],
-            s=110 if m.role == "teacher" else 70,  # a teacher under a student shows as a ring
-            marker="D" if m.precision == "int8" else ("s" if m.is_onnx else "o"),
-            color=COLORS[m.role],
-            edgecolor="black",
-            linewidth=0.6,
-            zorder=3,
-            label=None if m.kind_label in seen else m.kind_label,
-        )
-        seen.add(m.kind_label)
+        style = {
+            "s": 110 if m.role == "teacher" else 70,  # a teacher under a student shows as a ring
+            "marker": "D" if m.precision == "int8" else ("s" if m.is_onnx else "o"),
+            "color": COLORS[m.role],
+            "edgecolor": "black",
+            "linewidth": 0.6,
+            "zorder": 3,
+        }
+        if m.kind_label not in seen:  # the legend shows the filled marker, even for a hollow one
+            ax.scatter([], [], label=m.kind_label, **style)
+            seen.add(m.kind_label)
+        if hollow(m):
+            style |= {"facecolor": "white", "edgecolor": COLORS[m.role], "linewidth": 1.6}
+        ax.scatter([x_of(m)], [y], **style)
     place_labels(
         ax, [(x_of(m), y, f"{m.name} ({y:.1f}%)") for m, y in zip(models, ys, strict=True)]
     )
@@ -93,11 +97,15 @@ def plot_accuracy_vs_latency(models: Sequence[Model], path: Path) -> Path | None
     xlim = (min(lat) / 1.6, max(lat) * 3) if log_x else (0, max(lat) * 1.45)
     fig = new_figure(8, 5)
     ax = fig.subplots()
-    _scatter(ax, pts, lambda m: m.latency_ms, log_x=log_x, xlim=xlim)
+    noisy = lambda m: bool(m.bench.get("noise"))  # noqa: E731
+    _scatter(ax, pts, lambda m: m.latency_ms, log_x=log_x, xlim=xlim, hollow=noisy)
     if log_x:
         log_ticks(ax.xaxis, *xlim, lambda v: f"{v:g}")
     scale = ", log scale" if log_x else ""
     ax.set_xlabel(f"onnxruntime CPU latency, p50 at batch 1 (ms{scale})")
-    ax.set_title("Accuracy vs latency (upper left is better)")
+    title = "Accuracy vs latency (upper left is better)"
+    if any(noisy(m) for m in pts):
+        title += "\nhollow markers: noisy latency, not a steady number (see the tables)"
+    ax.set_title(title)
     ax.legend(fontsize=8, loc="best")
     return save_figure(fig, path)
