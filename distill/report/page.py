@@ -7,6 +7,8 @@ import datetime as dt
 from collections.abc import Sequence
 from pathlib import Path
 
+from distill.report.class_plots import plot_confusion, plot_kd_gain, plot_per_class
+from distill.report.classes import class_table, collect_scores, gain_line, gains
 from distill.report.collect import collect_models
 from distill.report.curves import plot_curves
 from distill.report.headline import budgets, data_note, kd_gain_lines
@@ -23,6 +25,9 @@ from distill.report.tradeoff import plot_accuracy_vs_latency, plot_accuracy_vs_p
 OUR_PLOTS = (
     "accuracy_vs_*.png",
     "latency_vs_batch_*.png",
+    "per_class_accuracy.png",
+    "kd_gain_per_class.png",
+    "confusion_*.png",
     "curves_*.png",
 )
 
@@ -86,6 +91,32 @@ def tradeoff_section(col: Collection, plots: Path) -> Section:
     return lines + _image("Accuracy vs latency", latency_plot), [size_plot, latency_plot]
 
 
+def class_section(col: Collection, plots: Path, notes: list[str]) -> Section:
+    scores, gaps = collect_scores(col.models)
+    notes += gaps
+    if not scores:
+        return [], []
+    per_class = plot_per_class(scores, plots / "per_class_accuracy.png")
+    gain = plot_kd_gain(scores, plots / "kd_gain_per_class.png")
+    confusions = [
+        (s, plot_confusion(s, plots / f"confusion_{slug(s.model.path.stem)}.png")) for s in scores
+    ]
+    pairs = gains(scores)
+    lines = [
+        "## Per-class accuracy",
+        "",
+        "Validation split, top-1 of each true class. Confusion: each row is a true class, "
+        "split by what the model predicted (row %).",
+        "",
+    ]
+    lines += [f"- {gain_line(*g)}" for g in pairs] + ([""] if pairs else [])
+    lines += _image("Per-class accuracy", per_class) + _image("KD gain per class", gain)
+    lines += class_table(scores)
+    for s, png in confusions:
+        lines += _image(f"{s.model.name} confusion matrix", png)
+    return lines, [per_class, gain, *[png for _, png in confusions]]
+
+
 def curves_section(col: Collection, plots: Path) -> Section:
     pngs = [
         (m, plot_curves(m, plots / f"curves_{slug(m.path.stem)}.png"))
@@ -122,6 +153,7 @@ def write_report(run_dir: Path) -> Path:
     }
     sections = [
         tradeoff_section(col, plots),
+        class_section(col, plots, notes),
         (latency_section(col.bench, latency_pngs), list(latency_pngs.values())),
         curves_section(col, plots),
     ]
