@@ -78,11 +78,12 @@ def test_every_linked_plot_is_a_png(full_run):
         "per_class_accuracy.png",
         "kd_gain_per_class.png",
         *[f"confusion_{m}.png" for m in ("teacher", "baseline", "student")],
+        "pruning_pruned.png",
         "latency_vs_batch_cpu.png",
         "latency_vs_batch_cuda.png",
         *[f"curves_{m}.png" for m in ("teacher", "baseline", "student", "pruned")],
     }
-    assert len(pngs) == len(names) == 13
+    assert len(pngs) == len(names) == 14
     assert {p.name for p in (d / "plots").iterdir()} == names  # nothing unlinked left behind
     for p in pngs:
         assert p.parent == d / "plots"
@@ -97,8 +98,11 @@ def test_negative_gain_test_split_and_discovery_by_content(tmp_path):
     d = make_run(tmp_path, kd_acc=0.80, base_acc=0.807, names=names, test=(0.79, 0.795))
     shutil.copy(d / "b.pt", d / "b.last.pt")
     (d / "plots").mkdir()
-    for gone in ("curves_gone.png", "latency_vs_batch_cuda.png", "confusion_gone.png"):
-        (d / "plots" / gone).write_bytes(PNG_SIGNATURE)  # plots of a model no longer here
+    # plots of models no longer here (and of a CUDA record this run does not have)
+    stale = ["curves_gone.png", "confusion_gone.png", "pruning_gone.png"]
+    stale += ["latency_vs_batch_cuda.png"]
+    for gone in stale:
+        (d / "plots" / gone).write_bytes(PNG_SIGNATURE)
     (d / "plots" / "mine.png").write_bytes(PNG_SIGNATURE)  # not a name the report writes
     (d / "junk.pt").write_bytes(b"not a checkpoint")
     # b.pt retrained after its export: the ONNX files now describe an older model.
@@ -114,9 +118,7 @@ def test_negative_gain_test_split_and_discovery_by_content(tmp_path):
     assert "Skipped `junk.pt`: " in report
     assert "`student.onnx` was exported from an earlier `b.pt`" in report
     assert table_row(report, "student.onnx")[1] == "ONNX fp32"  # no longer tied to b.pt
-    assert not (d / "plots" / "curves_gone.png").exists()
-    assert not (d / "plots" / "confusion_gone.png").exists()
-    assert not (d / "plots" / "latency_vs_batch_cuda.png").exists()  # no CUDA record here
+    assert not [gone for gone in stale if (d / "plots" / gone).exists()]
     assert "`bench.json` times `pruned.pt`, which is not in this folder: not shown." in report
     assert (d / "plots" / "mine.png").exists()
 

@@ -73,6 +73,7 @@ def test_older_checkpoints_are_named_in_missing_not_fatal(tmp_path):
     for name in ("teacher.pt", "student.pt"):
         assert f"`{name}` records no per-class accuracy or confusion matrix" in missing
     assert "`baseline.pt` records no confusion matrix: no heatmap for it." in missing
+    assert "`pruned.pt`'s pruning record has no per-step schedule" in missing
     # what there is is still shown: baseline's classes, no gain (its KD student has none)
     text = section(report, "Per-class accuracy")
     assert "| cat | 85.0% |" in text and "KD gain" not in text

@@ -8,7 +8,7 @@ never a crash. Modules, in the order a reader meets their output on the page:
 - headline.py: KD gain, budgets, data note; tables.py: the models table (text.py: number formats)
 - tradeoff.py: accuracy vs params and vs latency
 - classes.py, class_plots.py: per-class accuracy, confusion heatmaps, KD gain per class
-- pruning.py: pruning line
+- pruning.py: pruning line, trajectory plot and steps table
 - latency.py: latency and throughput vs batch size per device, noisy numbers flagged
 - curves.py: training curves; figures.py: pieces every plot shares
 - provenance.py: data, stages, recipes, teachers, versions

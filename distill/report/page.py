@@ -16,7 +16,7 @@ from distill.report.latency import FLAG, latency_section, plot_latency
 from distill.report.models import Collection, Model
 from distill.report.output import PLOTS, atomic_write, slug
 from distill.report.provenance import provenance
-from distill.report.pruning import pruning_lines
+from distill.report.pruning import plot_trajectory, pruning_lines, steps_table, trajectory
 from distill.report.tables import render_table
 from distill.report.tradeoff import plot_accuracy_vs_latency, plot_accuracy_vs_params
 
@@ -28,6 +28,7 @@ OUR_PLOTS = (
     "per_class_accuracy.png",
     "kd_gain_per_class.png",
     "confusion_*.png",
+    "pruning_*.png",
     "curves_*.png",
 )
 
@@ -117,6 +118,17 @@ def class_section(col: Collection, plots: Path, notes: list[str]) -> Section:
     return lines, [per_class, gain, *[png for _, png in confusions]]
 
 
+def pruning_section(col: Collection, plots: Path, notes: list[str]) -> Section:
+    lines, pngs = [], []
+    for m in col.models:
+        path, note = trajectory(m)
+        notes += [note] if note else []
+        png = plot_trajectory(m, plots / f"pruning_{slug(m.path.stem)}.png") if path else None
+        pngs.append(png)
+        lines += _image(f"{m.name} pruning trajectory", png) + steps_table(m)
+    return (["## Pruning", "", *lines] if lines else []), pngs
+
+
 def curves_section(col: Collection, plots: Path) -> Section:
     pngs = [
         (m, plot_curves(m, plots / f"curves_{slug(m.path.stem)}.png"))
@@ -154,6 +166,7 @@ def write_report(run_dir: Path) -> Path:
     sections = [
         tradeoff_section(col, plots),
         class_section(col, plots, notes),
+        pruning_section(col, plots, notes),
         (latency_section(col.bench, latency_pngs), list(latency_pngs.values())),
         curves_section(col, plots),
     ]
