@@ -21,15 +21,40 @@ def _series(history: Sequence[dict[str, Any]], key: str) -> tuple[list[float], l
     return xs, ys
 
 
-def plot_curves(model: Model, path: Path) -> Path | None:
-    """Loss and accuracy vs epoch, train dashed and validation solid; None without history."""
+def loss_ceiling(values: Sequence[float]) -> float | None:
+    """Top of the loss axis when some values would flatten the rest (a spike), else None.
+
+    The bulk reaches the 90th percentile (the largest value below it, so one spike never sets
+    it); anything more than 4 bulk-spans above that is an outlier. A steep but ordinary first
+    epoch stays within the span; a loss that jumps 100x for one epoch does not.
+    """
+    if len(values) < 3:
+        return None
+    ordered = sorted(values)
+    bulk = ordered[int(0.9 * (len(ordered) - 1))]
+    ceiling = bulk + 4 * max(bulk - ordered[0], 0.05 * abs(bulk))
+    return ceiling if ordered[-1] > ceiling else None
+
+
+def _mark_clipped(ax, points: Sequence[tuple[float, float, str]], top: float, color: str) -> None:
+    """Off-scale points as one triangle per epoch on the top edge, labelled with the true
+    values ("train 1e+06, val 50")."""
+    for x in sorted({x for x, _, _ in points}):
+        text = ", ".join(f"{split} {y:.3g}" for px, y, split in points if px == x)
+        ax.plot([x], [top], "^", color=color, markersize=7, clip_on=False, zorder=4)
+        ax.annotate(text, (x, top), xytext=(6, -10), textcoords="offset points", fontsize=7)
+
+
+def draw_curves(fig, model: Model) -> bool:
+    """Loss and accuracy vs epoch on `fig`, train dashed and validation solid; the loss axis
+    stops above the bulk of the curve when a spike would flatten it (spikes marked on the
+    edge). False without a history to draw."""
     history = [h for h in model.ckpt.get("history") or [] if isinstance(h, dict)]
     if not any("val_accuracy" in h or "val_loss" in h for h in history):
-        return None
+        return False
     from matplotlib.ticker import FuncFormatter, MaxNLocator
 
     color = COLORS[model.role]
-    fig = new_figure(10, 3.6)
     loss_ax, acc_ax = fig.subplots(1, 2)
     train_loss = "train loss (KD objective)" if model.ckpt.get("teachers") else "train loss"
     for ax, key, scale, labels in (
@@ -52,6 +77,17 @@ def plot_curves(model: Model, path: Path) -> Path | None:
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
+    losses = [
+        (x, y, split)
+        for split in ("train", "val")
+        for x, y in zip(*_series(history, f"{split}_loss"), strict=True)
+    ]
+    top = loss_ceiling([y for _, y, _ in losses])
+    if top is not None:
+        low = min(y for _, y, _ in losses)
+        loss_ax.set_ylim(low - 0.05 * (top - low), top)
+        _mark_clipped(loss_ax, [p for p in losses if p[1] > top], top, color)
+        loss_ax.set_title("▲: off the scale (true value beside it)", fontsize=8)
     loss_ax.set_ylabel("loss (nats per image)")
     acc_ax.set_ylabel("top-1 accuracy")
     acc_ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}%"))
@@ -63,4 +99,10 @@ def plot_curves(model: Model, path: Path) -> Path | None:
     loss_ax.legend(fontsize=8, loc="best")
     acc_ax.legend(fontsize=8, loc="best")
     fig.suptitle(f"{model.name}: {ROLES[model.role]}, {model.arch}", fontsize=12)
-    return save_figure(fig, path)
+    return True
+
+
+def plot_curves(model: Model, path: Path) -> Path | None:
+    """The training curves PNG, or None when the checkpoint holds no history."""
+    fig = new_figure(10, 3.6)
+    return save_figure(fig, path) if draw_curves(fig, model) else None
