@@ -1,156 +1,14 @@
 """`distill report`: a run folder of tiny checkpoints (+ ONNX stubs, bench.json) -> report.md."""
 
-import json
-import re
 import shutil
 
 import pytest
+from report_runs import PNG_SIGNATURE, linked_pngs, make_run, save, section, table_row
 from typer.testing import CliRunner
 
-from distill.checkpoint import file_sha256, new_checkpoint, save_checkpoint
 from distill.cli import app
-from distill.registry import build_model
 from distill.report import budgets, collect_models, write_report
-from students.resnet import plan
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-CLASSES = ["cat", "dog", "ship"]
-JPEG_DATA = {"source": "../shared/data/cifar10-jpeg", "split_seed": 0, "val_size": 5000}
-
-
-def history(epochs: int, final_acc: float) -> list[dict]:
-    """Plausible curves ending at `final_acc`, best at the last epoch."""
-    return [
-        {
-            "epoch": e,
-            "lr": 0.1 * (1 - e / (epochs + 1)),
-            "train_loss": 2.0 / e,
-            "train_accuracy": final_acc * e / epochs - 0.02,
-            "val_loss": 1.8 / e + 0.1,
-            "val_accuracy": final_acc * e / epochs,
-            "seconds": 10.0,
-            "images_per_s": 5000.0,
-        }
-        for e in range(1, epochs + 1)
-    ]
-
-
-def save(path, kind, arch, val, params, macs, *, data=JPEG_DATA, test=None, **extra):
-    # A real (tiny) model: what is under test is the report, not the architecture.
-    model = build_model(plan("basic", (1, 1), (8, 16), stem_width=8, num_classes=len(CLASSES)))
-    metrics = {"val_accuracy": val, "params": params, "macs": macs, "best_epoch": 3}
-    metrics |= {"epochs_run": 3, "train_seconds": 95.0, "device": "cpu"}
-    if test is not None:
-        metrics["test_accuracy"] = test
-    ckpt = new_checkpoint(
-        kind=kind,
-        arch=arch,
-        model=model,
-        classes=CLASSES,
-        mean=[0.5] * 3,
-        std=[0.25] * 3,
-        input_size=[3, 32, 32],
-        recipe={"name": "quick", "epochs": 3, "batch_size": 256, "lr": 0.2, "schedule": "onecycle"},
-        data=data,
-        metrics=metrics,
-        history=history(3, val),
-        **extra,
-    )
-    save_checkpoint(ckpt, path)
-    return path
-
-
-def save_onnx(path, source, val, params):
-    """A valid one-node ONNX file carrying the metadata distill's export writes."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["y"])],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
-    )
-    model = helper.make_model(graph)
-    meta = {
-        "classes": json.dumps(CLASSES),
-        "mean": "[0.5, 0.5, 0.5]",
-        "std": "[0.25, 0.25, 0.25]",
-        "arch": "resnet18-quarter",
-        "params": str(params),
-        "source_sha256": file_sha256(source),
-        "val_accuracy": str(val),
-        "input_size": "[3, 32, 32]",
-        "input_layout": "NCHW",
-        "input_range": "[0,1]",
-        "precision": "int8" if ".int8." in str(path) else "fp32",
-        "source": source.name,
-    }
-    helper.set_model_props(model, meta)
-    onnx.save(model, path)
-
-
-def bench_record(model: str, p50_ms: float, device: str = "cpu") -> dict:
-    """The shape `distill bench --json` writes (export/bench.py `benchmark`)."""
-    rows = [
-        {"engine": "onnxruntime", "batch_size": 1, "p50_ms": p50_ms, "p90_ms": 1.2 * p50_ms},
-        {"engine": "pytorch", "batch_size": 1, "p50_ms": 3 * p50_ms, "p90_ms": 4 * p50_ms},
-        {"engine": "onnxruntime", "batch_size": 32, "p50_ms": 9 * p50_ms, "p90_ms": 10 * p50_ms},
-    ]
-    return {
-        "model": {"path": f"/runs/x/{model}", "precision": "fp32", "arch": "resnet18-quarter"},
-        "environment": {"device": device, "threads": 2, "cpu": "Test CPU"},
-        "results": rows,
-        "speedup": {"1": 3.0, "32": 2.0},
-    }
-
-
-def make_run(d, *, kd_acc=0.851, base_acc=0.838, names=None, test=None, exports=True):
-    """teacher, baseline, KD student, pruned (+ fp32/int8 ONNX of the student and bench.json)."""
-    n = {"teacher": "teacher", "baseline": "baseline", "student": "student", "pruned": "pruned"}
-    n |= names or {}
-    d.mkdir(parents=True, exist_ok=True)
-    teacher = save(
-        d / f"{n['teacher']}.pt", "teacher", "resnet34", 0.931, 21_282_122, 1_160_000_000
-    )
-    t_rec = {"path": str(teacher), "sha256": file_sha256(teacher), "arch": "resnet34"}
-    t_rec["val_accuracy"] = 0.931
-    kd = {"method": "hinton", "alpha": 0.9, "temperature": 4.0}
-    save(d / f"{n['baseline']}.pt", "student", "resnet18-quarter", base_acc, 697_546, 35_500_000,
-         test=test and test[0])  # fmt: skip
-    student = save(d / f"{n['student']}.pt", "student", "resnet18-quarter", kd_acc, 697_546,
-                   35_500_000, test=test and test[1], teachers=[t_rec], kd=kd)  # fmt: skip
-    pruning = {"source": {"path": str(student), "sha256": file_sha256(student)}}
-    pruning |= {"budget": 400_000, "importance": "magnitude", "steps": 3}
-    pruning |= {"params_before": 697_546, "params_after": 398_000}
-    pruning |= {"macs_before": 35_500_000, "macs_after": 20_100_000}
-    pruning |= {"val_accuracy_before": kd_acc, "val_accuracy_pruned": 0.61}
-    pruning |= {"val_accuracy_after": 0.842}
-    save(d / f"{n['pruned']}.pt", "pruned", "resnet18-quarter", 0.842, 398_000, 20_100_000,
-         teachers=[t_rec], kd=kd, pruning=pruning)  # fmt: skip
-    if exports:
-        save_onnx(d / "student.onnx", student, kd_acc, 697_546)
-        save_onnx(d / "student.int8.onnx", student, 0.8475, 697_546)
-        bench = [bench_record("student.onnx", 0.84), bench_record("student.int8.onnx", 0.41)]
-        bench += [bench_record("teacher.pt", 7.5), bench_record("pruned.pt", 0.05, "cuda")]
-        (d / "bench.json").write_text(json.dumps(bench))
-        stages = [
-            {"name": "teacher", "status": "done", "seconds": 412.0, "outputs": ["teacher.pt"]},
-            {"name": "student", "status": "done", "seconds": 95.5, "outputs": ["student.pt"]},
-        ]
-        config = {"preset": "quick", "student": {"budget": "5M"}, "prune_budget": 400_000}
-        (d / "pipeline.json").write_text(json.dumps({"config": config, "stages": stages}))
-    return d
-
-
-def table_row(report: str, name: str) -> list[str]:
-    line = next(li for li in report.splitlines() if li.startswith(f"| `{name}` |"))
-    return [c.strip() for c in line.strip("|").split("|")]
-
-
-def linked_pngs(report_path):
-    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report_path.read_text())
-    return [report_path.parent / link for link in links]
+from distill.report.provenance import kd_settings
 
 
 @pytest.fixture(scope="module")
@@ -182,9 +40,9 @@ def test_onnx_rows_link_to_their_source_and_carry_bench_latency(full_run):
     assert fp32[1] == "KD student, ONNX fp32" and int8[1] == "KD student, ONNX int8"
     assert fp32[4] == "35.50M"  # MACs come from the source checkpoint found by sha256
     assert int8[5] == "84.75%"  # the int8 file's own measured accuracy
-    assert fp32[6] == "0.84" and int8[6] == "0.41"  # ORT CPU p50 at batch 1, not batch 32
-    assert table_row(report, "teacher.pt")[6] == "7.50"  # bench times a .pt through ORT too
-    assert table_row(report, "pruned.pt")[6] == "—"  # CUDA numbers stay out of the CPU column
+    assert fp32[7] == "0.84" and int8[7] == "0.41"  # ORT CPU p50 at batch 1, not batch 32
+    assert table_row(report, "teacher.pt")[7] == "7.50"  # bench times a .pt through ORT too
+    assert table_row(report, "pruned.pt")[7] == "—"  # CUDA numbers stay out of the CPU column
     assert "(Test CPU, 2 threads)" in report and "`student.int8.onnx` 3.0x" in report
     # exports sort right after their checkpoint
     order = [li.split("`")[1] for li in report.splitlines() if li.startswith("| `")]
@@ -214,8 +72,19 @@ def test_every_linked_plot_is_a_png(full_run):
     d, path = full_run
     pngs = linked_pngs(path)
     names = {p.name for p in pngs}
-    assert {"accuracy_vs_params.png", "accuracy_vs_latency.png", "curves_student.png"} <= names
-    assert len(pngs) == 6  # two trade-off plots + curves for four checkpoints
+    assert names == {
+        "accuracy_vs_params.png",
+        "accuracy_vs_latency.png",
+        "per_class_accuracy.png",
+        "kd_gain_per_class.png",
+        *[f"confusion_{m}.png" for m in ("teacher", "baseline", "student")],
+        "pruning_pruned.png",
+        "latency_vs_batch_cpu.png",
+        "latency_vs_batch_cuda.png",
+        *[f"curves_{m}.png" for m in ("teacher", "baseline", "student", "pruned")],
+    }
+    assert len(pngs) == len(names) == 14
+    assert {p.name for p in (d / "plots").iterdir()} == names  # nothing unlinked left behind
     for p in pngs:
         assert p.parent == d / "plots"
         data = p.read_bytes()
@@ -229,7 +98,12 @@ def test_negative_gain_test_split_and_discovery_by_content(tmp_path):
     d = make_run(tmp_path, kd_acc=0.80, base_acc=0.807, names=names, test=(0.79, 0.795))
     shutil.copy(d / "b.pt", d / "b.last.pt")
     (d / "plots").mkdir()
-    (d / "plots" / "curves_gone.png").write_bytes(PNG_SIGNATURE)  # a model no longer here
+    # plots of models no longer here (and of a CUDA record this run does not have)
+    stale = ["curves_gone.png", "confusion_gone.png", "pruning_gone.png"]
+    stale += ["latency_vs_batch_cuda.png"]
+    for gone in stale:
+        (d / "plots" / gone).write_bytes(PNG_SIGNATURE)
+    (d / "plots" / "mine.png").write_bytes(PNG_SIGNATURE)  # not a name the report writes
     (d / "junk.pt").write_bytes(b"not a checkpoint")
     # b.pt retrained after its export: the ONNX files now describe an older model.
     save(d / "b.pt", "student", "resnet18-quarter", 0.80, 697_546, 35_500_000, test=0.795,
@@ -244,7 +118,9 @@ def test_negative_gain_test_split_and_discovery_by_content(tmp_path):
     assert "Skipped `junk.pt`: " in report
     assert "`student.onnx` was exported from an earlier `b.pt`" in report
     assert table_row(report, "student.onnx")[1] == "ONNX fp32"  # no longer tied to b.pt
-    assert not (d / "plots" / "curves_gone.png").exists()
+    assert not [gone for gone in stale if (d / "plots" / gone).exists()]
+    assert "`bench.json` times `pruned.pt`, which is not in this folder: not shown." in report
+    assert (d / "plots" / "mine.png").exists()
 
 
 def test_cli_writes_report_and_rejects_bad_dirs(tmp_path):
@@ -268,3 +144,43 @@ def test_cli_writes_report_and_rejects_bad_dirs(tmp_path):
         assert result.exit_code == 2
         assert result.output.startswith("error:") and result.output.count("\n") == 1
     assert "Example" in runner.invoke(app, ["report", "--help"]).output
+
+
+def test_report_stage_is_not_shown_running_in_its_own_table(full_run):
+    _, path = full_run
+    report = path.read_text()
+    stage = next(li for li in report.splitlines() if li.startswith("| report |"))
+    assert stage == "| report | this report | — | `report.md` |"
+    assert "running" not in section(report, "Provenance")
+    assert "| **total** | | **8.5 min** | |" in report  # 412 + 95.5 s, not the report's 3 s
+
+
+def test_settings_list_only_what_applies():
+    hinton = {"method": "hinton", "alpha": 0.9, "temperature": 4.0, "beta": 8.0}
+    dkd = hinton | {"method": "dkd", "alpha": 1.0}
+    assert kd_settings(hinton) == {"method": "hinton", "alpha": 0.9, "temperature": 4.0}
+    assert kd_settings(dkd) == dkd  # beta is DKD's non-target weight: shown for DKD
+
+
+def test_hinton_students_show_no_beta(full_run):
+    _, path = full_run
+    recipes = section(path.read_text(), "Provenance").split("**Recipes**")[1]
+    student = next(li for li in recipes.splitlines() if li.startswith("- `student.pt`"))
+    assert "KD: method hinton, alpha 0.9, temperature 4.0, warmup_epochs 0.0" in student
+    assert "beta" not in recipes
+    # the recipe summary itself is unchanged
+    assert "recipe **quick**: epochs 3, batch_size 256, lr 0.2, schedule onecycle" in student
+
+
+def test_teacher_agreement_and_onnx_accuracy_measured_on_the_file(full_run):
+    _, path = full_run
+    report = path.read_text()
+    head = next(li for li in report.splitlines() if li.startswith("| model |"))
+    assert [c.strip() for c in head.strip("|").split("|")][6] == "top-1 = teacher's"
+    assert table_row(report, "student.pt")[6] == "91.2%"
+    assert table_row(report, "pruned.pt")[6] == "88.4%"
+    assert table_row(report, "teacher.pt")[6] == "—"
+    # the fp32 file's own accuracy (85.05%), not its checkpoint's (85.10%), labelled
+    fp32 = table_row(report, "student.onnx")
+    assert fp32[5] == "85.05% (measured on this file, 5,000 val images)"
+    assert table_row(report, "student.int8.onnx")[5] == "84.75%"  # no label: just the number
