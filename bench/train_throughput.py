@@ -24,11 +24,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from distill.augment import AugmentConfig
-from distill.data import BatchLoader, DataConfig, load_data
+from distill.data import BatchLoader, DataSettings, load_data
 from distill.optim import make_optimizer
 from distill.recipes import get_recipe
 from distill.registry import create_model
+from distill.settings import AugmentSettings
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar10-jpeg"
 
@@ -62,7 +62,7 @@ def real_path(dataset, batch_size, channels_last):
         mean=dataset.mean,
         std=dataset.std,
         num_classes=dataset.num_classes,
-        augment=AugmentConfig(crop_pad=4, flip=True),
+        augment=AugmentSettings(crop_pad=4, flip=True),
         shuffle=True,
         drop_last=True,
         channels_last=channels_last,
@@ -131,7 +131,7 @@ def main() -> None:
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args()
 
-    dataset = load_data(DataConfig(str(args.data), cache_dir=args.cache_dir))
+    dataset = load_data(DataSettings(str(args.data), cache_dir=args.cache_dir))
     recipe = get_recipe("quick")
     cl = recipe.channels_last
     results: dict[str, float] = {}

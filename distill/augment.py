@@ -9,36 +9,21 @@ Geometric ops run on uint8 (a quarter of the memory traffic of float32); the res
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from distill.settings import AugmentSettings
+
 # ITU-R 601-2 luma, the weights PIL and torchvision use for grayscale.
 LUMA = (0.299, 0.587, 0.114)
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    crop_pad: int = 4  # random crop with this much zero padding; 0: off
-    flip: bool = True  # horizontal flip with probability 1/2
-    cutout: int = 0  # side of a zeroed square at a random centre; 0: off
-    grayscale: float = 0.0  # probability an image is turned to grayscale
-    mixup: float = 0.0  # Beta(alpha, alpha) parameter; 0: off
-    cutmix: float = 0.0  # Beta(alpha, alpha) parameter; 0: off
-    resized_crop: bool = False  # random-resized-crop (scale 0.35-1, ratio 3/4-4/3) back to size
-
-    @property
-    def mixes(self) -> bool:
-        """True when targets become soft label distributions (Mixup or CutMix)."""
-        return self.mixup > 0 or self.cutmix > 0
 
 
 def augment_batch(
     images: torch.Tensor,
     labels: torch.Tensor,
     num_classes: int,
-    config: AugmentConfig,
+    config: AugmentSettings,
     generator: torch.Generator,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Augment a uint8 [B, C, H, W] batch on its device.

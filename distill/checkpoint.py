@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import hashlib
+import math
 import os
 import platform
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import torch
 from torch import nn
 
 from distill.errors import UserError
+from distill.files import atomic_save
 from distill.registry import build_model
 
 FORMAT = "distill-checkpoint"
@@ -66,6 +66,7 @@ def new_checkpoint(
     teachers: list[dict[str, Any]] | None = None,
     kd: dict[str, Any] | None = None,
     pruning: dict[str, Any] | None = None,
+    pipeline: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -88,29 +89,10 @@ def new_checkpoint(
         "kd": kd,
         "data": dict(data),
         "pruning": pruning,
+        "pipeline": pipeline,  # the pipeline stage that made it: {stage, fingerprint}
         "versions": library_versions(),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
-
-
-def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """Temp file in the same folder, fsync, rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    # mkstemp creates 0600; give the file the permissions any other new file would get.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike) -> None:
@@ -134,43 +116,70 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise UserError(f"{path} is not a distill checkpoint; pass a .pt file written by distill")
-    if ckpt.get("format_version", 0) > FORMAT_VERSION:
+    version = ckpt.get("format_version", 0)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
         raise UserError(
-            f"{path} has checkpoint format {ckpt['format_version']}, newer than this distill "
-            f"reads ({FORMAT_VERSION}); upgrade distill"
+            f"{path} has checkpoint format {version!r}, newer than this distill reads "
+            f"({FORMAT_VERSION}); upgrade distill"
         )
+    problem = _malformed(ckpt)
+    if problem:
+        raise UserError(f"{path} is a damaged distill checkpoint ({problem}); pass another file")
     return ckpt
+
+
+MAX_WIDTH = 1 << 16  # channels in any layer of a CIFAR ResNet; a larger plan is not a real model
+MAX_INPUT_SIDE = 4096
+
+
+def _malformed(ckpt: dict[str, Any]) -> str | None:
+    """What is wrong with the fields every reader relies on, or None. A crafted or damaged file
+    must be refused here with one line, not fail later with a traceback (or a huge allocation)."""
+
+    def numbers(v: Any, n: int) -> bool:
+        return (
+            isinstance(v, list)
+            and len(v) == n
+            and all(isinstance(x, (int, float)) and math.isfinite(x) for x in v)
+        )
+
+    classes = ckpt.get("classes")
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        return "classes is not a list of names"
+    size = ckpt.get("input_size")
+    if not (
+        isinstance(size, list)
+        and len(size) == 3
+        and all(isinstance(v, int) and 0 < v <= MAX_INPUT_SIDE for v in size)
+    ):
+        return f"input_size {size!r} is not [channels, height, width]"
+    for key in ("mean", "std"):
+        if not numbers(ckpt.get(key), size[0]):
+            return f"{key} is not {size[0]} finite numbers"
+    if not all(s > 0 for s in ckpt["std"]):
+        return "std has a value that is not positive"
+    config = ckpt.get("model_config")
+    if not isinstance(config, dict):
+        return "model_config is missing"
+    widths = [config.get("stem_width"), *(config.get("widths") or [None])]
+    widths += [w for stage in config.get("inner") or [] for block in stage for w in block]
+    if not all(isinstance(w, int) and 0 < w <= MAX_WIDTH for w in widths):
+        return "model_config has a width that is not a positive channel count"
+    if config.get("num_classes") != len(classes):
+        return f"model_config predicts {config.get('num_classes')!r} classes, not {len(classes)}"
+    if not isinstance(ckpt.get("state_dict"), dict):
+        return "state_dict is missing"
+    return None
 
 
 def model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
     """Rebuild the architecture from its channel plan, load the weights, return it in eval mode."""
-    model = build_model(ckpt["model_config"])
-    model.load_state_dict(ckpt["state_dict"])
-    return model.eval()
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def check_output(
-    path: str | os.PathLike, force: bool, suffixes: tuple[str, ...] = (".pt",)
-) -> Path:
-    """Validate an output path before any work: never overwrite without --force."""
-    path = Path(path)
-    if suffixes and path.suffix not in suffixes:
-        raise UserError(f"output {path} should end in {' or '.join(suffixes)}; rename it")
-    if path.is_dir():
-        raise UserError(f"output {path} is a directory; pass a file path")
-    if path.exists() and not force:
+    try:
+        model = build_model(ckpt["model_config"])
+        model.load_state_dict(ckpt["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
         raise UserError(
-            f"{path} already exists; pass --force to overwrite it or choose another --out"
-        )
-    parent = path.parent if str(path.parent) else Path(".")
-    if parent.exists() and not os.access(parent, os.W_OK):
-        raise UserError(f"cannot write to {parent}; choose a writable --out")
-    return path
+            f"the checkpoint's weights do not fit its channel plan ({reason}); it is damaged"
+        ) from None
+    return model.eval()

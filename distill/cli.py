@@ -1,39 +1,75 @@
-"""The `distill` command line: thin typer commands over library functions a user could call too.
+"""The `distill` command line. Each command is three steps: flags -> settings (distill/flags.py
+builds them from the settings dataclasses) -> one library call a user could make from Python too
+-> print the result.
 
-Every command validates its inputs before writing anything; a user's mistake (a UserError) is
-printed as one line on stderr with exit code 2, never a traceback.
+A user's mistake (a UserError) is one line on stderr and exit code 2; an interruption of a
+training command prints the exact command that resumes it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, Literal
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from distill import __version__, distributed
 from distill.budget import DEFAULT_BUDGET, format_count, parse_budget
-from distill.errors import exits_on_user_error
+from distill.console import make_console
+from distill.errors import UserError, exits_on_user_error, one_line_usage_errors
+from distill.flags import Flags, Group, with_settings
+from distill.recipes import RECIPES
+from distill.settings import (
+    BenchSettings,
+    DataSettings,
+    KDSettings,
+    PruneSettings,
+    Recipe,
+    RunSettings,
+)
 from export.cli import app as export_app
 
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"distill {__version__}")
+        raise typer.Exit()
+
+
+one_line_usage_errors()
 app = typer.Typer(
     help="Distil and compress small-image classifiers under a hard parameter budget.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
 )
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Distil and compress small-image classifiers under a hard parameter budget."""
+
+
 teacher_app = typer.Typer(help="Train teacher models.", no_args_is_help=True)
 app.add_typer(teacher_app, name="teacher")
 # `distill export onnx`; the same sub-app runs as `python -m export` (export/__main__.py).
 app.add_typer(export_app, name="export")
-console = Console()
+console = make_console()
 
 
-def command(group: typer.Typer = app, name: str | None = None, **kwargs):
+def command(group: typer.Typer = app, name: str | None = None, **kwargs: Any):
     """`@command()` registers a CLI command whose UserErrors exit 2 with one line."""
 
     def deco(fn):
@@ -42,16 +78,132 @@ def command(group: typer.Typer = app, name: str | None = None, **kwargs):
     return deco
 
 
+# ---------------------------------------------------------------------------------------------
+# Shared flags and groups
+
+RecipeName = Literal[tuple(RECIPES)]  # type: ignore[valid-type]  # choices in --help
+
+
+def _arch_names(incomplete: str) -> list[str]:
+    from distill.registry import list_models
+
+    return [n for n in list_models() if n.startswith(incomplete)]
+
+
+def arch_option(default: str) -> Any:
+    return typer.Option(
+        default,
+        help="A registered architecture (distill models) or FAMILY@BUDGET, e.g. resnet18@5M.",
+        autocompletion=_arch_names,
+    )
+
+
+RECIPE = typer.Option("standard", help="Named training recipe (README: Recipes).")
+NPROC = typer.Option(
+    1,
+    "--nproc-per-node",
+    help="Train with this many processes on this machine (one per GPU), relaunched under "
+    "torchrun; the global batch is --batch-size x processes and the lr follows it.",
+    min=1,
+)
+DATA = Group(DataSettings, skip=("image_size",))
+RUN = Group(RunSettings)
+RECIPE_FLAGS = Group(Recipe, shown_default="the recipe's")
+KD = Group(KDSettings)
+# Students, pruning and evaluation default to the data and split their model was validated on.
+THEIRS = {
+    "val_size": "Images held out for validation; an explicit value must match the model's.",
+    "split_seed": "Seed of the validation split; an explicit value must match the model's.",
+}
+
+
+def theirs(whose: str, **kwargs: Any) -> Group:
+    return Group(
+        DataSettings,
+        help=THEIRS,
+        defaults={k: whose for k in ("source", "val_size", "split_seed")},
+        **kwargs,
+    )
+
+
+def _resume_command() -> str:
+    """The exact command that was run (under torchrun: as torchrun would rerun it)."""
+    if os.environ.get("DISTILL_COMMAND"):
+        return os.environ["DISTILL_COMMAND"]
+    args = [a for a in sys.argv[1:] if a != "--resume"]
+    prog = Path(sys.argv[0]).name
+    if distributed.launched():
+        n = distributed.world_size()
+        return shlex.join(["torchrun", f"--nproc_per_node={n}", "-m", "distill", *args])
+    head = ["distill"] if prog == "distill" else ["python", "-m", "distill"]
+    return shlex.join([*head, *args])
+
+
+def relaunched(nproc: int) -> bool:
+    """Relaunch this very command under torchrun when --nproc-per-node asks for more than one
+    process; the parent then only waits and exits with the children's code."""
+    if nproc <= 1 or distributed.launched():
+        return False
+    argv, skip = [], False
+    for a in sys.argv[1:]:
+        if skip:
+            skip = False
+            continue
+        if a == "--nproc-per-node":
+            skip = True
+            continue
+        if not a.startswith("--nproc-per-node="):
+            argv.append(a)
+    os.environ["DISTILL_COMMAND"] = _resume_command()
+    raise typer.Exit(distributed.relaunch(nproc, argv))
+
+
+def run_training(train: Callable[[], dict[str, Any]], out: Path | None) -> dict[str, Any]:
+    """Run a training call; turn an interruption into the command that resumes it (exit 130)."""
+    from distill.resume import TrainingInterrupted
+
+    try:
+        ckpt = train()
+    except TrainingInterrupted as e:
+        if distributed.is_main():
+            typer.echo(
+                f"interrupted: state saved to {e.path}; continue with: "
+                f"{_resume_command()} --resume",
+                err=True,
+            )
+        raise typer.Exit(130) from None
+    m = ckpt["metrics"]
+    test = f", test top-1 {m['test_accuracy']:.2%}" if "test_accuracy" in m else ""
+    console.print(
+        f"[green]saved[/] {out}: {ckpt['arch']}, {m['params']:,} params, "
+        f"val top-1 {m['val_accuracy']:.2%} (top-5 {m.get('val_top5', float('nan')):.2%}){test}"
+    )
+    return ckpt
+
+
+def _quiet_console(run: RunSettings):
+    return make_console(run.quiet)
+
+
+# ---------------------------------------------------------------------------------------------
+# Models and budgets
+
+
 @command(
     name="models",
-    epilog="Examples:\n\n  distill models\n\n  distill models --json > models.json",
+    epilog="Examples:\n\n  distill models\n\n  distill models --json > models.json\n\n"
+    "  distill models --fit resnet18@5M",
 )
 def models_cmd(
-    as_json: bool = typer.Option(False, "--json", help="Print a JSON list instead of a table."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    fit: str = typer.Option(None, "--fit", help="Fit FAMILY@BUDGET and show the plan."),
 ) -> None:
-    """List every registered architecture with params and MACs at 32x32."""
-    from distill.models_info import describe_models
+    """List every registered architecture with params and MACs at 32x32 (or fit one)."""
+    from distill.models_info import describe_fit, describe_models
 
+    if fit:
+        show_fit(describe_fit(fit), as_json)
+        return
     rows = describe_models()
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
@@ -69,105 +221,89 @@ def models_cmd(
             "[green]yes[/]" if ok else "[red]no[/]",
         )
     console.print(table)
+    console.print("Any of these fits a budget as FAMILY@BUDGET, e.g. resnet34@2.5M.")
+
+
+def show_fit(fit: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(fit, indent=2))
+        return
+    plan = fit["plan"]
+    table = Table(title=f"{fit['name']}: {fit['family']} fitted to {format_count(fit['budget'])}")
+    for col in ("", "stem", "stage widths", "params", "MACs"):
+        table.add_column(col, justify="left" if col in ("", "stage widths") else "right")
+    from distill.registry import model_config
+
+    family = model_config(fit["family"]).to_dict()
+    for label, p, params, macs in (
+        (fit["family"], family, fit["family_params"], fit["family_macs"]),
+        (fit["name"], plan, fit["params"], fit["macs"]),
+    ):
+        table.add_row(
+            label,
+            str(p["stem_width"]),
+            ",".join(map(str, p["widths"])),
+            f"{params:,}",
+            format_count(macs),
+        )
+    console.print(table)
+    used = f"{fit['budget_used']:.1%} of the parameter budget"
+    if fit.get("macs_used") is not None:
+        used += f", {fit['macs_used']:.1%} of the MAC ceiling"
+    console.print(f"uses {used}")
 
 
 @command(
     name="budget",
-    epilog="Examples:\n\n  distill budget resnet18-5m\n\n  distill budget runs/s.pt --budget 2.5M",
+    epilog="Examples:\n\n  distill budget resnet18-5m\n\n  distill budget runs/s.pt --budget 2.5M"
+    "\n\n  distill budget resnet18@5M --json",
 )
 def budget_cmd(
-    target: str = typer.Argument(..., help="A registered architecture name or a checkpoint .pt."),
+    target: str = typer.Argument(..., help="An architecture, FAMILY@BUDGET, or a checkpoint .pt."),
     budget: str = typer.Option("5M", help="Parameter budget, e.g. 5M, 2.5M, 800k."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Params and MACs per stage; exit 1 when over budget."""
+    from distill.budget import stage_costs
     from distill.models_info import load_any_model
 
     limit = parse_budget(budget)
     model, label, input_size = load_any_model(target)
-    from distill.budget import stage_costs
-
     costs = stage_costs(model, input_size)
-    table = Table(title=f"{label} at {input_size[1]}x{input_size[2]}")
-    table.add_column("part")
-    table.add_column("params", justify="right")
-    table.add_column("MACs", justify="right")
-    for c in costs:
-        table.add_row(c.name, f"{c.params:,}", format_count(c.macs))
     params, macs = sum(c.params for c in costs), sum(c.macs for c in costs)
-    table.add_row("[bold]total[/]", f"[bold]{params:,}[/]", f"[bold]{format_count(macs)}[/]")
-    console.print(table)
-    if params > limit:
-        console.print(f"[red]over budget[/]: {params:,} > {limit:,} parameters")
-        raise typer.Exit(1)
-    console.print(f"[green]within budget[/]: {params:,} <= {limit:,} parameters")
-
-
-# Options shared by every command that loads data or trains. Reusing the OptionInfo objects
-# keeps one definition (and one help text) per flag.
-DATA = typer.Option(
-    ...,
-    "--data",
-    help="cifar10, cifar100, a folder holding cifar-10-batches-py / cifar-100-python, "
-    "or an image-folder root (train/<class>/*, optional test/<class>/*).",
-)
-DATA_ROOT = typer.Option(
-    Path("~/.cache/distill").expanduser(), help="Where cifar10/cifar100 are downloaded."
-)
-CACHE_DIR = typer.Option(
-    Path("~/.cache/distill").expanduser(), help="Decoded uint8 cache (never beside the data)."
-)
-VAL_SIZE = typer.Option(5000, help="Images held out for validation (seeded, stratified).")
-TRAIN_SIZE = typer.Option(None, help="Stratified training subsample, for quick runs.")
-SPLIT_SEED = typer.Option(0, help="Seed of the validation split; keep it fixed across stages.")
-RECIPE = typer.Option("standard", help="Training recipe; see README for the list.")
-EPOCHS = typer.Option(None, help="Override the recipe's epochs.")
-BATCH_SIZE = typer.Option(None, help="Override the batch size (lr rescales unless --lr).")
-LR = typer.Option(None, help="Override the peak learning rate.")
-SEED = typer.Option(0, help="Seed of initialisation, order and augmentation.")
-DEVICE = typer.Option("auto", help="auto, cpu or cuda.")
-RESUME = typer.Option(False, help="Continue the interrupted run saved beside --out.")
-FORCE = typer.Option(False, help="Overwrite an existing --out.")
-QUIET = typer.Option(False, help="No progress display.")
-
-
-def data_config(
-    data: str,
-    data_root: Path,
-    cache_dir: Path,
-    val_size: int,
-    train_size: int | None,
-    split_seed: int,
-):
-    from distill.data import DataConfig
-
-    return DataConfig(
-        source=data,
-        data_root=data_root,
-        cache_dir=cache_dir,
-        val_size=val_size,
-        train_size=train_size,
-        seed=split_seed,
-    )
-
-
-def run_training(train: callable, out: Path, resume_hint: str) -> dict:
-    """Run a training function; turn an interruption into a resume hint and exit code 130."""
-    from distill.train import TrainingInterrupted
-
-    try:
-        ckpt = train()
-    except TrainingInterrupted as e:
+    if as_json:
         typer.echo(
-            f"interrupted: state saved to {e.path}; continue with: {resume_hint} --resume", err=True
+            json.dumps(
+                {
+                    "target": target,
+                    "parts": [c.__dict__ for c in costs],
+                    "params": params,
+                    "macs": macs,
+                    "budget": limit,
+                    "within": params <= limit,
+                },
+                indent=2,
+            )
         )
-        raise typer.Exit(130) from None
-    m = ckpt["metrics"]
-    test = f", test top-1 {m['test_accuracy']:.2%}" if "test_accuracy" in m else ""
-    console.print(
-        f"[green]saved[/] {out}: {ckpt['arch']}, {m['params']:,} params, "
-        f"val top-1 {m['val_accuracy']:.2%}{test}"
-    )
-    return ckpt
+    else:
+        table = Table(title=f"{label} at {input_size[1]}x{input_size[2]}")
+        table.add_column("part")
+        table.add_column("params", justify="right")
+        table.add_column("MACs", justify="right")
+        for c in costs:
+            table.add_row(c.name, f"{c.params:,}", format_count(c.macs))
+        table.add_row("[bold]total[/]", f"[bold]{params:,}[/]", f"[bold]{format_count(macs)}[/]")
+        console.print(table)
+    if params > limit:
+        if not as_json:
+            console.print(f"[red]over budget[/]: {params:,} > {limit:,} parameters")
+        raise typer.Exit(1)
+    if not as_json:
+        console.print(f"[green]within budget[/]: {params:,} <= {limit:,} parameters")
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
 
 
 @command(
@@ -175,41 +311,30 @@ def run_training(train: callable, out: Path, resume_hint: str) -> dict:
     name="train",
     epilog="Examples:\n\n  distill teacher train --arch resnet34 --data cifar10 --out t.pt\n\n"
     "  distill teacher train --arch resnet18-quarter --data ../shared/data/cifar10-jpeg "
-    "--recipe quick --out runs/t.pt",
+    "--recipe quick --out runs/t.pt\n\n"
+    "  torchrun --standalone --nproc_per_node 4 -m distill teacher train --arch resnet34 "
+    "--data cifar10 --out t.pt",
 )
+@with_settings(data=DATA, recipe=RECIPE_FLAGS, run=RUN)
 def teacher_train_cmd(
-    arch: str = typer.Option("resnet34", help="Registered architecture (distill models)."),
-    data: str = DATA,
-    out: Path = typer.Option(..., help="Checkpoint to write (.pt)."),
-    recipe: str = RECIPE,
-    epochs: int = EPOCHS,
-    batch_size: int = BATCH_SIZE,
-    lr: float = LR,
-    seed: int = SEED,
-    val_size: int = VAL_SIZE,
-    train_size: int = TRAIN_SIZE,
-    split_seed: int = SPLIT_SEED,
-    data_root: Path = DATA_ROOT,
-    cache_dir: Path = CACHE_DIR,
-    device: str = DEVICE,
-    resume: bool = RESUME,
-    force: bool = FORCE,
-    quiet: bool = QUIET,
+    flags: Flags,
+    arch: str = arch_option("resnet34"),
+    recipe: RecipeName = RECIPE,
+    nproc_per_node: int = NPROC,
 ) -> None:
-    """Train a teacher (any registered architecture) from labels."""
-    from distill.recipes import resolve_recipe
-    from distill.teacher import check_run_inputs, train_teacher
-    from distill.train import RunConfig
+    """Train a teacher (any architecture) from labels. Teachers are not label-smoothed unless
+    --label-smoothing says so: smoothing erases what distillation transfers."""
+    from distill.recipes import FOR_TEACHERS, make_recipe
+    from distill.supervised import train_on_labels
 
-    resolved = resolve_recipe(recipe, epochs=epochs, batch_size=batch_size, lr=lr)
-    run = RunConfig("teacher", arch, out, device, seed, resume, force, not quiet)
-    check_run_inputs(arch, run)
-    cfg = data_config(data, data_root, cache_dir, val_size, train_size, split_seed)
+    relaunched(nproc_per_node)
+    run = flags.build("run")
+    resolved = make_recipe(recipe, **(FOR_TEACHERS | flags["recipe"]))
     run_training(
-        lambda: train_teacher(arch, cfg, resolved, run, console=console),
-        out,
-        # The exact command as typed: every flag must match for the resume checks to pass.
-        shlex.join(["distill", *(a for a in sys.argv[1:] if a != "--resume")]),
+        lambda: train_on_labels(
+            arch, flags.build("data"), resolved, run, console=_quiet_console(run)
+        ),
+        run.out,
     )
 
 
@@ -217,156 +342,54 @@ def teacher_train_cmd(
     name="student",
     epilog="Examples:\n\n"
     "  distill student --teacher t.pt --arch resnet18-5m --data cifar10 --out s.pt\n\n"
-    "  distill student --teacher t1.pt --teacher t2.pt --kd dkd --data cifar10 --out s.pt\n\n"
-    "  distill student --teacher runs/t.pt --arch resnet18-quarter "
-    "--data ../shared/data/cifar10-jpeg --recipe quick --temperature 2 --out runs/s.pt",
+    "  distill student --teacher t1.pt --teacher t2.pt --kd dkd --out s.pt\n\n"
+    "  distill student --teacher runs/t.pt --arch resnet18-quarter --recipe quick "
+    "--temperature 2 --out runs/s.pt",
+)
+@with_settings(
+    data=theirs("the teacher's", skip=("image_size",)),
+    recipe=RECIPE_FLAGS,
+    kd=KD,
+    run=RUN,
 )
 def student_cmd(
+    flags: Flags,
     teacher: list[Path] = typer.Option(
         ..., "--teacher", help="Teacher checkpoint; repeat for an ensemble (mean of logits)."
     ),
-    arch: str = typer.Option("resnet18-5m", help="Student architecture (distill models)."),
-    data: str = DATA,
-    out: Path = typer.Option(..., help="Checkpoint to write (.pt)."),
+    arch: str = arch_option("resnet18-5m"),
     budget: str = typer.Option("5M", help="Parameter budget, checked before the first step."),
-    kd: str = typer.Option("hinton", "--kd", help="hinton or dkd (decoupled KD)."),
-    alpha: float = typer.Option(
-        None, help="hinton: soft-target weight (default 0.9); dkd: TCKD weight (default 1)."
-    ),
-    temperature: float = typer.Option(None, help="Softmax temperature T (default 4)."),
-    beta: float = typer.Option(None, help="dkd: NCKD weight (default 8)."),
-    warmup: float = typer.Option(
-        None, help="Epochs over which the KD term ramps up (dkd default: 1/12 of the run)."
-    ),
-    recipe: str = RECIPE,
-    epochs: int = EPOCHS,
-    batch_size: int = BATCH_SIZE,
-    lr: float = LR,
-    seed: int = SEED,
-    val_size: int = typer.Option(None, help="Default: the teacher's (explicit values must match)."),
-    train_size: int = TRAIN_SIZE,
-    split_seed: int = typer.Option(None, help="Default: the teacher's (explicit must match)."),
-    data_root: Path = DATA_ROOT,
-    cache_dir: Path = CACHE_DIR,
-    device: str = DEVICE,
-    resume: bool = RESUME,
-    force: bool = FORCE,
-    quiet: bool = QUIET,
+    recipe: RecipeName = RECIPE,
+    nproc_per_node: int = NPROC,
 ) -> None:
-    """Train a student on its teacher's soft targets, within a parameter budget."""
-    from distill.losses import KDConfig
-    from distill.recipes import resolve_recipe
-    from distill.student import read_teachers, resolve_split, train_student
-    from distill.teacher import check_run_inputs
-    from distill.train import RunConfig
+    """Train a student on its teacher's soft targets, within a parameter budget.
 
-    resolved = resolve_recipe(recipe, epochs=epochs, batch_size=batch_size, lr=lr)
-    run = RunConfig("student", arch, out, device, seed, resume, force, not quiet)
-    check_run_inputs(arch, run)
+    DKD (--kd dkd) decouples the target and non-target terms; with ten classes and short runs
+    Hinton KD is the safer choice (README: What each choice is worth)."""
+    from distill.checkpoint import load_checkpoint
+    from distill.recipes import make_recipe
+    from distill.settings import data_for_model
+    from distill.student import train_student
+
+    relaunched(nproc_per_node)
+    run = flags.build("run")
+    first = load_checkpoint(teacher[0])  # the split defaults to the teacher's own
+    data = data_for_model(first.get("data") or {}, flags["data"], f"teacher {teacher[0]}")
+    resolved = make_recipe(recipe, **flags["recipe"])
     limit = parse_budget(budget)
-    kd_config = KDConfig.create(
-        kd,
-        alpha=alpha,
-        temperature=temperature,
-        beta=beta,
-        warmup_epochs=warmup,
-        epochs=resolved.epochs,
-    )
-    val_size, split_seed = resolve_split(read_teachers(teacher), val_size, split_seed)
-    cfg = data_config(data, data_root, cache_dir, val_size, train_size, split_seed)
-    # The resume hint repeats every setting that changes the run, or the resume is refused.
-    given = {
-        "teacher": teacher,
-        "arch": [arch],
-        "data": [data],
-        "out": [out],
-        "recipe": [recipe],
-        "kd": [kd],
-        "alpha": [alpha],
-        "temperature": [temperature],
-        "beta": [beta],
-        "warmup": [warmup],
-        "epochs": [epochs],
-        "batch-size": [batch_size],
-        "lr": [lr],
-        "train-size": [train_size],
-        "seed": [seed],
-        "budget": [budget],
-        "cache-dir": [cache_dir],
-        "device": [device],
-    }
-    hint = " ".join(f"--{k} {v}" for k, vs in given.items() for v in vs if v is not None)
     run_training(
-        lambda: train_student(arch, teacher, cfg, resolved, run, kd_config, limit, console=console),
-        out,
-        f"distill student {hint}",
+        lambda: train_student(
+            arch,
+            teacher,
+            data,
+            resolved,
+            run,
+            flags.build("kd"),
+            limit,
+            console=_quiet_console(run),
+        ),
+        run.out,
     )
-
-
-@command(
-    name="eval",
-    epilog="Examples:\n\n  distill eval runs/s.pt --data cifar10\n\n"
-    "  distill eval runs/s.onnx --data ../shared/data/cifar10-jpeg --split val",
-)
-def eval_cmd(
-    model: Path = typer.Argument(..., help="A checkpoint .pt or an exported .onnx."),
-    data: str = typer.Option(
-        None, "--data", help="Data to evaluate on; default: the source the model was trained on."
-    ),
-    split: str = typer.Option("val", help="val or test."),
-    val_size: int = typer.Option(None, help="Default: the model's own validation size."),
-    split_seed: int = typer.Option(None, help="Default: the model's own split seed."),
-    data_root: Path = DATA_ROOT,
-    cache_dir: Path = CACHE_DIR,
-    device: str = DEVICE,
-    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
-) -> None:
-    """Top-1, per-class accuracy and confusion matrix of a model on a data split."""
-    from distill.evaluation import evaluate_file
-
-    result = evaluate_file(
-        model,
-        data=data,
-        split=split,
-        val_size=val_size,
-        split_seed=split_seed,
-        data_root=data_root,
-        cache_dir=cache_dir,
-        device=device,
-    )
-    if as_json:
-        typer.echo(json.dumps(result, indent=2))
-        return
-    table = Table(title=f"{model} on {result['source']} ({split}, {result['count']:,} images)")
-    table.add_column("class")
-    table.add_column("accuracy", justify="right")
-    for name, acc in zip(result["classes"], result["per_class"], strict=True):
-        table.add_row(name, f"{acc:.2%}")
-    console.print(table)
-    conf = Table(title="confusion (rows: true, columns: predicted)")
-    conf.add_column("")
-    for i in range(len(result["classes"])):
-        conf.add_column(str(i), justify="right")
-    for i, (name, row) in enumerate(zip(result["classes"], result["confusion"], strict=True)):
-        conf.add_row(f"{i} {name}", *(str(v) for v in row))
-    if len(result["classes"]) <= 20:
-        console.print(conf)
-    console.print(f"[bold]top-1 {result['accuracy']:.2%}[/]  loss {result['loss']:.4f}")
-
-
-@command(
-    name="report",
-    epilog="Examples:\n\n  distill report runs/demo\n\n"
-    "  distill report my-models/   (any folder of distill .pt / .onnx files)",
-)
-def report_cmd(
-    run_dir: Path = typer.Argument(..., help="A pipeline run folder, or any folder of models."),
-) -> None:
-    """Markdown report with PNG plots: table, KD gain, curves, accuracy vs params and latency."""
-    from distill.report import write_report
-
-    path = write_report(run_dir)
-    console.print(f"[green]wrote[/] {path} (plots in {path.parent / 'plots'})")
 
 
 @command(
@@ -378,87 +401,52 @@ def report_cmd(
     "  distill prune runs/s.pt --budget 1.4M --recipe quick --epochs 3 --steps 2 "
     "--importance taylor --out runs/p.pt",
 )
+@with_settings(
+    prune=Group(PruneSettings),
+    data=theirs("MODEL's", skip=("image_size",)),
+    recipe=Group(Recipe, skip=("epochs",), shown_default="the recipe's"),
+    kd=KD,
+    run=RUN,
+)
 def prune_cmd(
+    flags: Flags,
     model: Path = typer.Argument(..., help="Checkpoint to prune (.pt)."),
-    budget: str = typer.Option(..., help="Parameter budget of the result, e.g. 2.5M or 800k."),
-    out: Path = typer.Option(..., help="Checkpoint to write (.pt)."),
     teacher: list[Path] = typer.Option(
         None,
         "--teacher",
         help="Teacher for KD while recovering; repeat for an ensemble. Without it the "
         "unpruned MODEL itself is the teacher.",
     ),
-    data: str = typer.Option(None, "--data", help="Default: the data MODEL was trained on."),
-    importance: str = typer.Option(
-        "magnitude", help="magnitude (group L2 norm) or taylor (|w x grad| over 8 batches)."
-    ),
-    steps: int = typer.Option(3, help="Pruning steps, geometric towards the budget."),
-    epochs_per_step: int = typer.Option(1, help="KD fine-tuning epochs between steps (0: none)."),
-    kd: str = typer.Option("hinton", "--kd", help="hinton or dkd (decoupled KD)."),
-    alpha: float = typer.Option(None, help="KD weight (hinton default 0.9, dkd 1)."),
-    temperature: float = typer.Option(None, help="Softmax temperature T (default 4)."),
-    recipe: str = RECIPE,
-    epochs: int = typer.Option(None, help="Recovery epochs after the last step (the recipe's)."),
-    batch_size: int = BATCH_SIZE,
-    lr: float = LR,
-    seed: int = SEED,
-    val_size: int = typer.Option(None, help="Default: MODEL's (explicit values must match)."),
-    train_size: int = TRAIN_SIZE,
-    split_seed: int = typer.Option(None, help="Default: MODEL's (explicit values must match)."),
-    data_root: Path = DATA_ROOT,
-    cache_dir: Path = CACHE_DIR,
-    device: str = DEVICE,
-    resume: bool = RESUME,
-    force: bool = FORCE,
-    quiet: bool = QUIET,
+    recipe: RecipeName = RECIPE,
+    nproc_per_node: int = NPROC,
 ) -> None:
     """Prune MODEL to a parameter budget (torch-pruning, global, round_to=8), distilling while
     it recovers."""
-    from distill.losses import KDConfig
-    from distill.prune import prune_checkpoint, prune_data_config
-    from distill.recipes import resolve_recipe
-    from distill.train import RunConfig, TrainingInterrupted
+    from distill.checkpoint import load_checkpoint
+    from distill.prune import prune_checkpoint
+    from distill.recipes import make_recipe
+    from distill.settings import data_for_model
 
-    resolved = resolve_recipe(recipe, epochs=epochs, batch_size=batch_size, lr=lr)
-    kd_config = KDConfig.create(kd, alpha=alpha, temperature=temperature, epochs=resolved.epochs)
-    cfg = prune_data_config(
-        model,
-        data,
-        val_size=val_size,
-        split_seed=split_seed,
-        train_size=train_size,
-        data_root=data_root,
-        cache_dir=cache_dir,
+    relaunched(nproc_per_node)
+    prune = flags.build("prune")
+    if not prune.budget:
+        raise UserError("no --budget given; pass the pruned model's budget, e.g. --budget 2.5M")
+    run = flags.build("run")
+    src = load_checkpoint(model)
+    data = data_for_model(src.get("data") or {}, flags["data"], str(model))
+    ckpt = run_training(
+        lambda: prune_checkpoint(
+            model,
+            prune,
+            data=data,
+            recipe=make_recipe(recipe, **flags["recipe"]),
+            run=run,
+            kd=flags.build("kd"),
+            teacher_paths=teacher or [],
+            console=_quiet_console(run),
+        ),
+        run.out,
     )
-    run = RunConfig("pruned", "", out, device, seed, resume, force, not quiet)
-
-    def prune():
-        try:
-            return prune_checkpoint(
-                model,
-                budget,
-                teacher_paths=teacher or [],
-                data=cfg,
-                recipe=resolved,
-                run=run,
-                importance=importance,
-                steps=steps,
-                epochs_per_step=epochs_per_step,
-                kd=kd_config,
-                console=console,
-            )
-        except TrainingInterrupted as e:
-            if e.path is not None:  # the recovery phase: resumable
-                raise
-            typer.echo("interrupted while pruning: nothing saved; run the command again", err=True)
-            raise typer.Exit(130) from None
-
-    flags = {"budget": budget, "out": out, "data": data, "recipe": recipe, "epochs": epochs}
-    flags |= {"batch-size": batch_size, "lr": lr, "seed": seed, "train-size": train_size}
-    flags |= {"kd": kd, "alpha": alpha, "temperature": temperature}
-    hint = " ".join(f"--{k} {v}" for k, v in flags.items() if v is not None)
-    hint += "".join(f" --teacher {t}" for t in teacher or [])
-    ckpt = run_training(prune, out, f"distill prune {model} {hint}")
     r = ckpt["pruning"]
     console.print(
         f"pruned in {r['steps']} steps: {r['params_before']:,} -> {r['params_after']:,} params, "
@@ -466,6 +454,74 @@ def prune_cmd(
         f"{r['val_accuracy_before']:.2%} before, {r['val_accuracy_pruned']:.2%} right after "
         f"pruning, {r['val_accuracy_after']:.2%} after recovery"
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation and deployment
+
+
+@command(
+    name="eval",
+    epilog="Examples:\n\n  distill eval runs/s.pt\n\n  distill eval runs/s.pt --tta\n\n"
+    "  distill eval runs/s.onnx --split val --json",
+)
+@with_settings(
+    data=theirs("the model's", only=("source", "val_size", "split_seed", "data_root", "cache_dir"))
+)
+def eval_cmd(
+    flags: Flags,
+    model: Path = typer.Argument(..., help="A checkpoint .pt or an exported .onnx."),
+    split: Literal["val", "test"] = typer.Option("val", help="Which split to evaluate on."),
+    tta: bool = typer.Option(
+        False, "--tta", help="Average the logits of each image and its mirror (2x the cost)."
+    ),
+    device: Literal["auto", "cpu", "cuda"] = typer.Option("auto", help="auto, cpu or cuda."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+) -> None:
+    """Top-1, top-5, per-class accuracy and confusion matrix of a model on a data split."""
+    from distill.evaluation import evaluate_file
+
+    result = evaluate_file(model, data=flags["data"], split=split, device=device, tta=tta)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    title = f"{model} on {result['source']} ({split}, {result['count']:,} images)"
+    table = Table(title=title + (", flip TTA" if tta else ""))
+    table.add_column("class")
+    table.add_column("accuracy", justify="right")
+    for name, acc in zip(result["classes"], result["per_class"], strict=True):
+        table.add_row(name, f"{acc:.2%}")
+    console.print(table)
+    if len(result["classes"]) <= 20:
+        conf = Table(title="confusion (rows: true, columns: predicted)")
+        conf.add_column("")
+        for i in range(len(result["classes"])):
+            conf.add_column(str(i), justify="right")
+        for i, (name, row) in enumerate(zip(result["classes"], result["confusion"], strict=True)):
+            conf.add_row(f"{i} {name}", *(str(v) for v in row))
+        console.print(conf)
+    console.print(
+        f"[bold]top-1 {result['accuracy']:.2%}[/]  top-5 {result['top5']:.2%}  "
+        f"loss {result['loss']:.4f}"
+    )
+
+
+@command(
+    name="report",
+    epilog="Examples:\n\n  distill report runs/demo\n\n"
+    "  distill report my-models/   (any folder of distill .pt / .onnx files)",
+)
+def report_cmd(
+    run_dir: Path = typer.Argument(..., help="A pipeline run folder, or any folder of models."),
+    force: bool = typer.Option(
+        False, "--force", help="Replace a report.md that distill did not write."
+    ),
+) -> None:
+    """Markdown report with PNG plots: table, KD gain, curves, accuracy vs params and latency."""
+    from distill.report import write_report
+
+    path = write_report(run_dir, force=force)
+    console.print(f"[green]wrote[/] {path} (plots in {path.parent / 'plots'})")
 
 
 @command(
@@ -477,7 +533,7 @@ def predict_cmd(
     model: Path = typer.Argument(..., help="An .onnx file written by distill export."),
     images: list[Path] = typer.Argument(..., help="Image files or folders (searched recursively)."),
     top_k: int = typer.Option(3, "--top-k", help="Classes to show per image."),
-    as_json: bool = typer.Option(False, "--json", help="Print a JSON list instead of a table."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Classify images of any size and mode with onnxruntime; class names come from the file."""
     from export.cli import show_predictions
@@ -489,97 +545,147 @@ def predict_cmd(
 @command(
     name="bench",
     epilog="Examples:\n\n  distill bench runs/s.onnx\n\n"
-    "  distill bench runs/s.pt --batch-sizes 1,32,256 --threads 4 --json bench.json\n\n"
-    "  distill bench runs/s.onnx --device cuda",
+    "  distill bench runs/s.pt --batch-sizes 1,32,256 --threads 4 -o bench.json\n\n"
+    "  distill bench runs/s.onnx --device cuda --json",
 )
+@with_settings(bench=Group(BenchSettings))
 def bench_cmd(
+    flags: Flags,
     model: Path = typer.Argument(..., help="An exported .onnx or a checkpoint .pt."),
-    batch_sizes: str = typer.Option("1,32,256", help="Comma-separated batch sizes."),
-    device: str = typer.Option("cpu", help="cpu or cuda."),
-    threads: int = typer.Option(None, help="Threads for both engines (default: physical cores)."),
     checkpoint: Path = typer.Option(
         None, help="PyTorch baseline for an .onnx whose checkpoint is not beside it."
     ),
-    seconds: float = typer.Option(
-        2.0, help="Timed seconds per engine and batch size, at least (more: steadier p99)."
-    ),
-    json_out: Path = typer.Option(None, "--json", help="Also write the full record here."),
+    out: Path = typer.Option(None, "-o", "--out", help="Also write the full record here (.json)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing --out."),
+    as_json: bool = typer.Option(False, "--json", help="Print the record as JSON."),
 ) -> None:
     """Latency p50/p90/p99 and images/s: onnxruntime vs PyTorch eager, measured in one run."""
-    from distill.errors import UserError
-    from export.bench import Timing, benchmark, parse_batch_sizes
+    from distill.files import atomic_write_text, check_output
+    from export.bench import Timing, benchmark
     from export.cli import show_bench
 
-    sizes = parse_batch_sizes(batch_sizes)
-    if json_out is not None and json_out.is_dir():
-        raise UserError(f"--json {json_out} is a directory; pass a file path")
+    settings = flags.build("bench")
+    if out is not None:
+        check_output(out, force, (".json",))
+    device = "cuda" if settings.device == "cuda" else "cpu"
+    if settings.device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     with console.status("benchmarking") as status:
         record = benchmark(
             model,
-            sizes,
+            settings.batch_sizes,
             device,
-            threads,
+            settings.threads,
             checkpoint=checkpoint,
-            timing=Timing(min_seconds=seconds),
+            timing=Timing(min_seconds=settings.seconds),
             progress=lambda msg: status.update(f"benchmarking: {msg}"),
         )
-    show_bench(record)
-    if json_out is not None:
-        json_out.write_text(json.dumps(record, indent=2) + "\n")
-        console.print(f"[green]wrote[/] {json_out}")
+    if as_json:
+        typer.echo(json.dumps(record, indent=2))
+    else:
+        show_bench(record)
+    if out is not None:
+        atomic_write_text(out, json.dumps(record, indent=2) + "\n")
+        console.print(f"[green]wrote[/] {out}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The pipeline
 
 
 @command(
     name="pipeline",
     epilog="Examples:\n\n  distill pipeline --data ../shared/data/cifar10-jpeg --preset quick "
-    "--out runs/demo\n\n  distill pipeline --data cifar10 --preset standard --out runs/std\n\n"
-    "  distill pipeline --data cifar10 --preset standard --config my.toml --out runs/mine\n\n"
+    "-o runs/demo\n\n  distill pipeline --data cifar10 --preset standard -o runs/std\n\n"
+    "  distill pipeline --preset standard --config my.toml --print-config\n\n"
     "Rerunning the same command skips finished stages, redoes changed ones and resumes an "
     "interrupted one.",
 )
 def pipeline_cmd(
-    data: str = typer.Option(None, "--data", help=DATA.help),
-    preset: str = typer.Option("quick", help="quick (CPU demo) or standard (GPU)."),
-    config: Path = typer.Option(
-        None, "--config", help="TOML overriding the preset: [teacher] [student] [kd] [prune] ..."
+    out: Path = typer.Option(None, "-o", "--out", help="Run directory (created; reused)."),
+    data: str = typer.Option(
+        None, "--data", help=DataSettings.__dataclass_fields__["source"].metadata["help"]
     ),
-    out: Path = typer.Option(..., help="Run directory (created; reused on reruns)."),
-    device: str = DEVICE,
-    data_root: Path = typer.Option(None, help=DATA_ROOT.help),
-    cache_dir: Path = typer.Option(None, help=CACHE_DIR.help),
-    dry_run: bool = typer.Option(False, help="Print the resolved stages and exit."),
-    force: bool = typer.Option(False, help="Use a non-empty --out that holds no pipeline."),
-    quiet: bool = QUIET,
+    preset: Literal["quick", "standard"] = typer.Option(
+        "quick", help="quick (a CPU demo in minutes) or standard (GPU)."
+    ),
+    config: Path = typer.Option(
+        None,
+        "--config",
+        help="TOML overriding the preset, tables \\[data] \\[teacher] \\[student] \\[kd] "
+        "\\[prune] \\[export] \\[bench] (README: Pipeline settings).",
+    ),
+    device: Literal["auto", "cpu", "cuda"] = typer.Option(None, help="auto, cpu or cuda."),
+    data_root: Path = typer.Option(None, help="Where cifar10/cifar100 are downloaded."),
+    cache_dir: Path = typer.Option(None, help="Decoded uint8 cache (never beside the data)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved stages and exit."),
+    print_config: bool = typer.Option(
+        False, "--print-config", help="Print the resolved settings as TOML and exit."
+    ),
+    force: bool = typer.Option(False, "--force", help="Use a non-empty --out that holds no run."),
+    quiet: bool = typer.Option(False, "--quiet", help="Print nothing but errors and the result."),
+    nproc_per_node: int = NPROC,
 ) -> None:
     """Teacher -> baseline -> KD student -> prune -> export -> bench -> report, resumable."""
-    from distill.pipeline import describe, load_config, run_pipeline
-    from distill.train import TrainingInterrupted
+    from distill.pipeline import describe, load_config, run_pipeline, to_toml
+    from distill.resume import TrainingInterrupted
 
-    cfg = load_config(
-        preset,
-        data,
-        config,
-        device=None if device == "auto" else device,
-        data_root=str(data_root) if data_root else None,
-        cache_dir=str(cache_dir) if cache_dir else None,
-    )
-    console.print(describe(cfg))
+    flags_data = {"source": data, "data_root": data_root, "cache_dir": cache_dir}
+    overrides: dict[str, Any] = {"data": {k: v for k, v in flags_data.items() if v is not None}}
+    if device is not None:
+        overrides["device"] = device
+    settings = load_config(preset, config, overrides)
+    if print_config:
+        typer.echo(to_toml(settings), nl=False)
+        return
+    say = make_console(quiet)
+    say.print(describe(settings))
     if dry_run:
         return
+    if out is None:
+        raise UserError("no run directory given; pass -o/--out DIR")
+    relaunched(nproc_per_node)
     started = time.perf_counter()
     try:
-        report = run_pipeline(cfg, out, force=force, console=console, show_progress=not quiet)
+        report = run_pipeline(settings, out, force=force, console=say, quiet=quiet)
     except TrainingInterrupted:
-        typer.echo(
-            "interrupted; rerun the same command to continue from where it stopped", err=True
-        )
+        if distributed.is_main():
+            typer.echo(
+                f"interrupted; rerun the same command to continue: {_resume_command()}", err=True
+            )
         raise typer.Exit(130) from None
     minutes = (time.perf_counter() - started) / 60
     console.print(f"[bold green]pipeline finished[/] in {minutes:.1f} min; report: {report}")
 
 
+# ---------------------------------------------------------------------------------------------
+
+
+class Terminated(BaseException):
+    """SIGTERM, turned into an exception so that every `finally` (temp files, locks) runs."""
+
+
+def _terminate(signum, frame):
+    raise Terminated
+
+
 def main() -> None:
-    app()
+    from distill.files import sweep_stale
+
+    signal.signal(signal.SIGTERM, _terminate)
+    sweep_stale()  # temp folders of distill processes that were killed with -9
+    try:
+        app()
+    except Terminated:
+        typer.echo("terminated: nothing half-written was left behind", err=True)
+        sys.exit(143)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    finally:
+        distributed.shutdown()
 
 
 if __name__ == "__main__":

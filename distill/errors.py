@@ -16,7 +16,31 @@ def exits_on_user_error(fn):
         try:
             return fn(*args, **kwargs)
         except UserError as e:
-            typer.echo(f"error: {e}", err=True)
+            from distill import distributed
+
+            if distributed.is_main():  # under torchrun: one line, from rank 0; exit 2 everywhere
+                typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2) from None
 
     return wrapper
+
+
+def one_line_usage_errors() -> None:
+    """Make click's own usage errors (an unknown flag, a value not among the choices, a missing
+    argument) one line too, like every other mistake: `error: <what>; see <command> --help`.
+
+    typer prints them through `rich_utils.rich_format_error` (usage, a hint and a panel); this
+    replaces that one function. Exit code 2 is click's already.
+    """
+    import typer
+    from typer import rich_utils
+
+    def one_line(e) -> None:
+        if e.__class__.__name__ == "NoArgsIsHelpError":  # the help was printed instead
+            return
+        ctx = getattr(e, "ctx", None)
+        see = f"; see {ctx.command_path} --help" if ctx is not None else ""
+        message = " ".join(e.format_message().split()).replace("Value error, ", "").rstrip(".")
+        typer.echo(f"error: {message}{see}", err=True)
+
+    rich_utils.rich_format_error = one_line

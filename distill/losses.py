@@ -15,83 +15,14 @@ dtype of the logits: log-softmax and KL of bf16 logits lose too much.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distill.errors import UserError
-from distill.train import autocast, hard_labels
-
-METHODS = ("hinton", "dkd")
-# Per-method defaults: Hinton's alpha=0.9, T=4 (SPEC 4); DKD's alpha=1, beta=8, T=4 (mdistiller).
-DEFAULT_ALPHA = {"hinton": 0.9, "dkd": 1.0}
-DEFAULT_TEMPERATURE = 4.0
-DEFAULT_BETA = 8.0
-# mdistiller warms DKD up over 20 of 240 epochs; we keep that fraction of whatever run length.
-DKD_WARMUP_FRACTION = 20 / 240
-
-
-@dataclass(frozen=True)
-class KDConfig:
-    """What the student learns from its teacher(s); saved as the checkpoint's `kd` record."""
-
-    method: str = "hinton"  # hinton | dkd
-    alpha: float = 0.9  # hinton: weight of the soft term (CE gets 1 - alpha); dkd: TCKD weight
-    temperature: float = DEFAULT_TEMPERATURE
-    beta: float = DEFAULT_BETA  # dkd only: NCKD weight
-    warmup_epochs: float = 0.0  # the KD term's weight ramps linearly from 0 to 1 over these
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise UserError(f"unknown --kd {self.method!r}; choose one of: {', '.join(METHODS)}")
-        if not self.temperature > 0:
-            raise UserError(f"--temperature must be positive, got {self.temperature}")
-        if self.method == "hinton" and not 0 <= self.alpha <= 1:
-            raise UserError(f"--alpha must be in [0, 1] for Hinton KD, got {self.alpha}")
-        if self.alpha < 0 or self.beta < 0:
-            raise UserError(f"--alpha and --beta must be >= 0, got {self.alpha} and {self.beta}")
-        if self.warmup_epochs < 0:
-            raise UserError(f"--warmup must be >= 0 epochs, got {self.warmup_epochs}")
-
-    @classmethod
-    def create(
-        cls,
-        method: str = "hinton",
-        *,
-        alpha: float | None = None,
-        temperature: float | None = None,
-        beta: float | None = None,
-        warmup_epochs: float | None = None,
-        epochs: int | None = None,
-    ) -> KDConfig:
-        """A config with the method's published defaults for every value left as None.
-
-        `epochs` (the run's length) sets DKD's default warm-up: the same fraction of the run as
-        mdistiller's 20 of 240 epochs. Hinton KD has no warm-up unless asked for.
-        """
-        if method not in METHODS:
-            raise UserError(f"unknown --kd {method!r}; choose one of: {', '.join(METHODS)}")
-        if warmup_epochs is None:
-            warmup_epochs = DKD_WARMUP_FRACTION * (epochs or 240) if method == "dkd" else 0.0
-        return cls(
-            method=method,
-            alpha=DEFAULT_ALPHA[method] if alpha is None else alpha,
-            temperature=DEFAULT_TEMPERATURE if temperature is None else temperature,
-            beta=DEFAULT_BETA if beta is None else beta,
-            warmup_epochs=float(warmup_epochs),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def warmup_weight(self, progress: float) -> float:
-        """Weight of the KD term after `progress` epochs: linear from 0 to 1, then 1."""
-        if self.warmup_epochs <= 0:
-            return 1.0
-        return min(progress / self.warmup_epochs, 1.0)
+from distill.device import Precision, autocast
+from distill.settings import KDSettings
 
 
 def _kl(log_p_teacher: torch.Tensor, log_p_student: torch.Tensor) -> torch.Tensor:
@@ -120,20 +51,30 @@ def hinton_kd_loss(
     return (1 - alpha) * ce + kd_weight * alpha * kd
 
 
-def _split_target(log_p: torch.Tensor, gt_mask: torch.Tensor) -> torch.Tensor:
+def hard_labels(targets: torch.Tensor) -> torch.Tensor:
+    """int64 labels, or the largest share of each row of soft (Mixup/CutMix) targets."""
+    return targets if targets.ndim == 1 else targets.argmax(1)
+
+
+def _split_target(log_p: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Log-probabilities of the binary distribution (target class, all others): [B, 2].
 
     log(1 - p_target) is a logsumexp over the non-target log-probabilities, which stays finite
     where a saturated p_target would make log(1 - p_target) of float32 probabilities -inf.
+    gather/scatter, not boolean masks: a masked_select sizes its output from the data, which is
+    a host sync on a GPU every step.
     """
-    log_target = log_p.masked_select(gt_mask).unsqueeze(1)
-    log_other = log_p.masked_fill(gt_mask, float("-inf")).logsumexp(1, keepdim=True)
+    column = target[:, None]
+    log_target = log_p.gather(1, column)
+    log_other = log_p.scatter(1, column, float("-inf")).logsumexp(1, keepdim=True)
     return torch.cat([log_target, log_other], 1)
 
 
-def _non_target(logits: torch.Tensor, gt_mask: torch.Tensor) -> torch.Tensor:
+def _non_target(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """The logits without the target column: [B, C - 1] (order of the other classes kept)."""
-    return logits.masked_select(~gt_mask).view(len(logits), -1)
+    b, c = logits.shape
+    others = torch.arange(c - 1, device=logits.device).expand(b, -1)
+    return logits.gather(1, others + (others >= target[:, None]).long())
 
 
 def dkd_loss(
@@ -154,69 +95,102 @@ def dkd_loss(
     """
     s, t, temp = student.float(), teacher.float(), temperature
     ce = F.cross_entropy(s, targets, label_smoothing=label_smoothing)
-    gt_mask = F.one_hot(hard_labels(targets), s.shape[1]).bool()
+    target = hard_labels(targets)
     log_ps, log_pt = F.log_softmax(s / temp, 1), F.log_softmax(t / temp, 1)
-    tckd = _kl(_split_target(log_pt, gt_mask), _split_target(log_ps, gt_mask)) * temp**2
+    tckd = _kl(_split_target(log_pt, target), _split_target(log_ps, target)) * temp**2
     nckd = (
         _kl(
-            F.log_softmax(_non_target(t, gt_mask) / temp, 1),
-            F.log_softmax(_non_target(s, gt_mask) / temp, 1),
+            F.log_softmax(_non_target(t, target) / temp, 1),
+            F.log_softmax(_non_target(s, target) / temp, 1),
         )
         * temp**2
     )
     return ce + kd_weight * (alpha * tckd + beta * nckd)
 
 
+@dataclass(frozen=True)
+class CrossEntropy:
+    """The objective of a model trained on labels alone."""
+
+    label_smoothing: float = 0.0
+    suspects: str = "--lr"  # what to lower when the loss diverges
+
+    def __call__(
+        self, logits: torch.Tensor, targets: torch.Tensor, images: torch.Tensor, progress: float
+    ) -> torch.Tensor:
+        # Works for hard labels and for Mixup/CutMix soft targets alike; float32 for stability.
+        return F.cross_entropy(logits.float(), targets, label_smoothing=self.label_smoothing)
+
+
 @torch.inference_mode()
 def ensemble_logits(
-    teachers: tuple[nn.Module, ...] | list[nn.Module], images: torch.Tensor, amp: bool = True
+    teachers: tuple[nn.Module, ...] | list[nn.Module],
+    images: torch.Tensor,
+    precision: Precision = Precision(None),
+    tta: bool = False,
 ) -> torch.Tensor:
-    """Mean of the teachers' float32 logits on `images`, in eval mode, without autograd.
+    """Mean of the teachers' float32 logits on `images` (and, with `tta`, on their mirrors), in
+    eval mode, without autograd.
 
     The result is an inference tensor: clone it outside inference mode before a loss saves it
     for backward.
     """
-    with autocast(images.device, amp):
-        return torch.stack([t(images).float() for t in teachers]).mean(0)
+    views = (images, images.flip(3)) if tta else (images,)
+    with autocast(images.device, precision):
+        return torch.stack([t(v).float() for t in teachers for v in views]).mean(0)
 
 
 @dataclass(frozen=True)
 class DistillationObjective:
-    """The `Objective` of a student: its loss against the (averaged) teachers' soft targets.
+    """The objective of a student: its loss against the (averaged) teachers' soft targets.
 
     The teachers see exactly the batch the student sees (`images`, after augmentation and
     Mixup/CutMix, same memory format), under the same autocast as the student's forward.
+    `kd` must be resolved (`distill.settings.resolve_kd`): no None left.
     """
 
     teachers: tuple[nn.Module, ...]
-    config: KDConfig
+    kd: KDSettings
     label_smoothing: float = 0.0
-    amp: bool = True  # bf16 autocast for the teachers' forward, the same as the student's
+    precision: Precision = Precision(None)
 
     def __post_init__(self) -> None:
         if not self.teachers:
             raise ValueError("DistillationObjective needs at least one teacher")
+        if None in (self.kd.alpha, self.kd.beta, self.kd.warmup_epochs):
+            raise ValueError("resolve the KD settings (resolve_kd) before training")
         for t in self.teachers:
             t.eval().requires_grad_(False)  # BN running stats frozen, no grads kept
 
+    @property
+    def suspects(self) -> str:
+        """What to lower when the loss diverges."""
+        extra = " or --beta" if self.kd.method == "dkd" else ""
+        return f"--lr, --temperature{extra}"
+
     def teacher_logits(self, images: torch.Tensor) -> torch.Tensor:
         # The clone turns the inference tensor into a normal one that autograd may save.
-        return ensemble_logits(self.teachers, images, self.amp).clone()
+        return ensemble_logits(self.teachers, images, self.precision, self.kd.teacher_tta).clone()
+
+    def warmup_weight(self, progress: float) -> float:
+        """Weight of the KD term after `progress` epochs: linear from 0 to 1, then 1."""
+        if self.kd.warmup_epochs <= 0:
+            return 1.0
+        return min(progress / self.kd.warmup_epochs, 1.0)
 
     def __call__(
         self, logits: torch.Tensor, targets: torch.Tensor, images: torch.Tensor, progress: float
     ) -> torch.Tensor:
         teacher = self.teacher_logits(images)
-        c = self.config
-        weight = c.warmup_weight(progress)
-        if c.method == "dkd":
+        kd, weight = self.kd, self.warmup_weight(progress)
+        if kd.method == "dkd":
             return dkd_loss(
                 logits,
                 teacher,
                 targets,
-                alpha=c.alpha,
-                beta=c.beta,
-                temperature=c.temperature,
+                alpha=kd.alpha,
+                beta=kd.beta,
+                temperature=kd.temperature,
                 label_smoothing=self.label_smoothing,
                 kd_weight=weight,
             )
@@ -224,8 +198,8 @@ class DistillationObjective:
             logits,
             teacher,
             targets,
-            alpha=c.alpha,
-            temperature=c.temperature,
+            alpha=kd.alpha,
+            temperature=kd.temperature,
             label_smoothing=self.label_smoothing,
             kd_weight=weight,
         )

@@ -61,8 +61,5 @@ def load_any_model(target: str) -> tuple[nn.Module, str, tuple[int, int, int]]:
     if target.endswith(".pt") or Path(target).exists():
         ckpt = load_checkpoint(target)
         return model_from_checkpoint(ckpt), f"{target} ({ckpt['arch']})", tuple(ckpt["input_size"])
-    try:
-        get_entry(target)
-    except KeyError as e:
-        raise UserError(str(e.args[0])) from None
+    get_entry(target)  # an unknown name is a UserError listing the names
     return create_model(target), target, (3, 32, 32)

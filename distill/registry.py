@@ -52,15 +52,15 @@ def list_models(role: str | None = None) -> list[str]:
 
 
 def get_entry(name: str) -> ModelEntry:
-    """The entry of a registered name (KeyError listing the names when unknown) or of a fitted
-    name (UserError when its family, budget or MAC ceiling is wrong)."""
+    """The entry of a registered or fitted name; a UserError listing the names when unknown (or
+    when a fitted name's family, budget or MAC ceiling is wrong)."""
     _ensure_loaded()
     if is_fitted(name):
         return _fitted_entry(name)
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise KeyError(
+        raise UserError(
             f"unknown architecture {name!r}; choose one of: {', '.join(_REGISTRY)} "
             "(or fit one to a budget: FAMILY@BUDGET, like resnet18@5M)"
         ) from None

@@ -1,87 +1,68 @@
-"""The training loop shared by teachers, students and pruning recovery.
+"""The training loop shared by teachers, students and pruning recovery, written the way the
+torchvision references write theirs: `train_one_epoch`, then `evaluate`, in `fit`.
 
 `fit` trains any model on a `Dataset` with a `Recipe` and an objective (cross-entropy, or a
-distillation objective from `distill.losses`). It validates every epoch, keeps the best weights,
-and writes a self-describing checkpoint. Beside the output it keeps `<stem>.last.pt`: the last
-weights plus the full training state, written atomically, so `resume=True` continues exactly where
-a run stopped (Ctrl-C and SIGTERM are caught and saved at the next step boundary).
+distillation objective from `distill.losses`), validates every epoch in float32, keeps the best
+weights and writes a self-describing checkpoint, a `NAME.metrics.csv` as it goes, and the
+resumable `NAME.last.pt` (distill/resume.py). Under torchrun the same code runs on every rank:
+the model is wrapped in DistributedDataParallel, each rank draws its own shard of every epoch,
+sums are all-reduced, and only rank 0 writes.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-import signal
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
+from distill import distributed
 from distill.budget import count_macs, count_params
-from distill.checkpoint import (
-    atomic_save,
-    cpu_state_dict,
-    load_checkpoint,
-    new_checkpoint,
-    save_checkpoint,
-    unwrapped,
+from distill.checkpoint import cpu_state_dict, load_checkpoint, new_checkpoint
+from distill.console import make_console
+from distill.data import BatchLoader, Dataset
+from distill.device import (
+    Precision,
+    autocast,
+    choose_precision,
+    configure_for_training,
+    resolve_device,
 )
-from distill.data import BatchLoader, Dataset, Split
 from distill.errors import UserError
+from distill.evaluation import EvalResult, eval_loader, evaluate
+from distill.files import atomic_save
+from distill.losses import CrossEntropy, hard_labels
+from distill.metrics_log import MetricsLog
 from distill.optim import EMA, Lookahead, make_optimizer, make_scheduler
-from distill.recipes import Recipe
+from distill.resume import (
+    STATE_SAVE_SECONDS,
+    StopFlag,
+    TrainingInterrupted,
+    check_same_run,
+    last_path,
+)
+from distill.settings import Recipe, RunSettings
 
-STATE_SAVE_SECONDS = 60.0  # write the resumable state at most this often (plus at epoch ends)
-SYNC_EVERY = 20  # steps between host syncs for progress and the NaN check
+SYNC_EVERY = 20  # steps between host syncs: progress, the NaN check, the stop flag
+# A GPU-sized run on a CPU: more image passes than this gets one warning line before it starts.
+CPU_WARN_IMAGE_PASSES = 3_000_000
 
 
 class Objective(Protocol):
     """(student logits, targets, the augmented batch, progress in epochs) -> loss."""
 
+    suspects: str  # the flags to lower when the loss diverges
+
     def __call__(
         self, logits: torch.Tensor, targets: torch.Tensor, images: torch.Tensor, progress: float
     ) -> torch.Tensor: ...
-
-
-@dataclass(frozen=True)
-class CrossEntropy:
-    label_smoothing: float = 0.0
-
-    def __call__(
-        self, logits: torch.Tensor, targets: torch.Tensor, images: torch.Tensor, progress: float
-    ) -> torch.Tensor:
-        # Works for hard labels and for Mixup/CutMix soft targets alike; float32 for stability.
-        return F.cross_entropy(logits.float(), targets, label_smoothing=self.label_smoothing)
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """Where and how a training run happens (what it learns is the Recipe)."""
-
-    kind: str  # teacher | student | pruned
-    arch: str
-    out: Path | None  # None: train in memory only (pruning steps)
-    device: str = "auto"
-    seed: int = 0
-    resume: bool = False
-    force: bool = False
-    show_progress: bool = True
-
-
-class TrainingInterrupted(Exception):
-    """Ctrl-C or SIGTERM: the resumable state has been saved to `path`."""
-
-    def __init__(self, path: Path | None) -> None:
-        super().__init__(f"interrupted; resume with --resume (state in {path})")
-        self.path = path
 
 
 class TrainingDiverged(UserError):
@@ -89,167 +70,124 @@ class TrainingDiverged(UserError):
 
 
 @dataclass
-class EvalResult:
-    loss: float
-    accuracy: float
-    per_class: list[float]
-    confusion: list[list[int]]  # rows: true class, columns: predicted
-    count: int
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "loss": self.loss,
-            "accuracy": self.accuracy,
-            "per_class": self.per_class,
-            "confusion": self.confusion,
-            "count": self.count,
-        }
-
-
-@dataclass
-class _Running:
-    """Sums over the current epoch, kept on the device to avoid per-step host syncs."""
+class Sums:
+    """An epoch's running sums, on the device (no per-step host sync)."""
 
     loss: torch.Tensor
     correct: torch.Tensor
     seen: int = 0
-    extra: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def zeros(cls, device: torch.device) -> Sums:
+        return cls(
+            torch.zeros((), device=device, dtype=torch.float64),
+            torch.zeros((), device=device, dtype=torch.long),
+        )
+
+    def record(self) -> dict[str, Any]:
+        return {"loss": float(self.loss), "correct": int(self.correct), "seen": self.seen}
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        self.loss += saved["loss"]
+        self.correct += saved["correct"]
+        self.seen = saved["seen"]
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
-    if name not in ("cpu", "cuda"):
-        raise UserError(f"unknown device {name!r}; use auto, cpu or cuda")
-    return torch.device(name)
+@dataclass
+class Trainer:
+    """Everything a training step touches."""
+
+    model: nn.Module  # what steps run: DDP- and/or compile-wrapped
+    net: nn.Module  # the plain module under the wrappers (weights, checkpoints)
+    objective: Objective
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    per_step: bool  # the scheduler steps per batch (else per epoch on val loss)
+    loader: BatchLoader
+    recipe: Recipe
+    device: torch.device
+    precision: Precision
+    scaler: torch.amp.GradScaler | None = None
+    lookahead: Lookahead | None = None
+    ema: EMA | None = None
+
+    @property
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema else self.net
 
 
-def seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    if torch.cuda.is_available():
-        torch.cuda.manual_seed_all(seed)
+@dataclass
+class State:
+    """Where a run is, everything `fit` keeps between epochs (saved in `.last.pt`)."""
+
+    epoch: int = 0
+    step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] = field(
+        default_factory=lambda: {"accuracy": -1.0, "state": None, "epoch": -1}
+    )
+    val_loss_best: float = math.inf
+    bad_epochs: int = 0
+    elapsed: float = 0.0
+    sums: dict[str, Any] | None = None  # the interrupted epoch's sums
 
 
-def last_path(out: Path) -> Path:
-    """The resumable last-state file kept beside a run's output."""
-    return out.with_name(out.stem + ".last.pt")
-
-
-def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 / AMX: oneDNN runs bf16 convolutions natively (about 1.3x fp32 on a 2-core
-    Zen 4 for resnet18-quarter training); elsewhere bf16 on CPU is emulated and slower."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA and on CPUs with native bf16 (no loss scaling needed: bf16 has
-    fp32's range); plain fp32 otherwise. Weights, optimizer state and losses stay fp32."""
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    if enabled and device.type == "cpu" and cpu_has_native_bf16():
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def hard_labels(targets: torch.Tensor) -> torch.Tensor:
-    return targets if targets.ndim == 1 else targets.argmax(1)
-
-
-@torch.inference_mode()
-def evaluate(
-    model: nn.Module,
-    split: Split,
+def train_one_epoch(
+    t: Trainer,
+    epoch: int,
+    sums: Sums,
     *,
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
-    num_classes: int,
-    device: torch.device,
-    batch_size: int = 1000,
-    amp: bool = True,
-    channels_last: bool = False,
-) -> EvalResult:
-    """Top-1, loss, per-class accuracy and confusion matrix on a split, in eval mode."""
-    was_training = model.training
-    model.eval()
-    loader = BatchLoader(
-        split,
-        batch_size,
-        device=device,
-        mean=mean,
-        std=std,
-        num_classes=num_classes,
-        channels_last=channels_last,
-    )
-    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-    confusion = torch.zeros(num_classes * num_classes, device=device, dtype=torch.long)
-    for x, y in loader.epoch(0):
-        with autocast(device, amp):
-            logits = model(x)
-        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").double()
-        confusion += torch.bincount(y * num_classes + logits.argmax(1), minlength=num_classes**2)
-    model.train(was_training)
-    conf = confusion.view(num_classes, num_classes).cpu()  # the one sync point
-    n = int(conf.sum())
-    per_class = (conf.diag().double() / conf.sum(1).clamp(min=1)).tolist()
-    return EvalResult(
-        loss=float(loss_sum) / max(n, 1),
-        accuracy=float(conf.diag().sum()) / max(n, 1),
-        per_class=per_class,
-        confusion=conf.tolist(),
-        count=n,
-    )
+    start_step: int = 0,
+    on_step: Callable[[int, Sums, bool], bool] = lambda step, sums, synced: False,
+) -> tuple[int, bool]:
+    """Train steps `start_step`.. of `epoch`, adding to `sums`; return (step reached, stopped).
+
+    After every step `on_step(step, sums, synced)` runs; `synced` is True every SYNC_EVERY steps
+    and at the epoch's last, after the loss was read back and checked finite. When `on_step`
+    returns True the epoch stops there (a stop was requested).
+    """
+    t.model.train()
+    steps = len(t.loader)
+    for step, (x, y) in enumerate(t.loader.epoch(epoch, start_step), start=start_step):
+        with autocast(t.device, t.precision):
+            logits = t.model(x)
+            loss = t.objective(logits, y, x, epoch + step / steps)
+        t.optimizer.zero_grad(set_to_none=True)
+        if t.scaler is not None:
+            t.scaler.scale(loss).backward()
+            t.scaler.unscale_(t.optimizer)  # clipping must see the true gradients
+        else:
+            loss.backward()
+        if t.recipe.grad_clip:
+            nn.utils.clip_grad_norm_(t.net.parameters(), t.recipe.grad_clip)
+        if t.scaler is not None:
+            t.scaler.step(t.optimizer)
+            t.scaler.update()
+        else:
+            t.optimizer.step()
+        if t.lookahead:
+            t.lookahead.after_step()
+        if t.ema:
+            t.ema.update(t.net)
+        if t.per_step:
+            t.scheduler.step()
+        sums.loss += loss.detach().double() * len(y)
+        sums.correct += (logits.argmax(1) == hard_labels(y)).sum()
+        sums.seen += len(y)
+        synced = (step + 1) % SYNC_EVERY == 0 or step + 1 == steps
+        if synced and not math.isfinite(float(sums.loss) / sums.seen):  # host sync point
+            raise _Diverged(epoch, step)
+        if on_step(step + 1, sums, synced):
+            return step + 1, True
+    return steps, False
 
 
-def evaluate_split(
-    model: nn.Module, data: Dataset, split: Split, device: torch.device, recipe: Recipe
-) -> EvalResult:
-    """`evaluate` on one of `data`'s splits with its normalisation, under the recipe's precision
-    and memory format (the settings the model trains with)."""
-    return evaluate(
-        model,
-        split,
-        mean=data.mean,
-        std=data.std,
-        num_classes=data.num_classes,
-        device=device,
-        amp=recipe.amp,
-        channels_last=recipe.channels_last,
-    )
+class _Diverged(Exception):
+    def __init__(self, epoch: int, step: int) -> None:
+        self.epoch, self.step = epoch, step
 
 
-class _StopFlag:
-    """Turns the first Ctrl-C / SIGTERM into a request to stop at the next step boundary."""
-
-    def __init__(self) -> None:
-        self.requested = False
-
-    @contextlib.contextmanager
-    def installed(self) -> Iterator[_StopFlag]:
-        if threading.current_thread() is not threading.main_thread():
-            yield self
-            return
-        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-
-        def handler(signum, frame):
-            if self.requested:  # a second Ctrl-C means now
-                raise KeyboardInterrupt
-            self.requested = True
-
-        for s in previous:
-            signal.signal(s, handler)
-        try:
-            yield self
-        finally:
-            for s, h in previous.items():
-                signal.signal(s, h)
-
-
-def _progress(console: Console, enabled: bool) -> Progress:
+def _progress(console: Console) -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -257,50 +195,414 @@ def _progress(console: Console, enabled: bool) -> Progress:
         TextColumn("{task.fields[stats]}"),
         TimeRemainingColumn(),
         console=console,
-        disable=not enabled,
+        disable=console.quiet,
         transient=True,
     )
 
 
-def _check_resume_state(
-    saved: dict[str, Any], config: dict[str, Any], run: RunConfig, recipe: Recipe, data: Dataset
-) -> None:
-    mismatches = [
-        what
-        for what, a, b in (
-            ("architecture", config, saved["expected_config"]),
-            ("recipe", saved["recipe"], recipe.to_dict()),
-            ("data", saved["data_key"], _data_key(data)),
-            ("seed", saved["seed"], run.seed),
-        )
-        if a != b
-    ]
-    if mismatches:
-        raise UserError(
-            f"cannot resume: the saved run used a different {', '.join(mismatches)}; "
-            "rerun with the same settings, or drop --resume and pass --force to start over"
-        )
-
-
 def _data_key(data: Dataset) -> dict[str, Any]:
-    keys = ("source_id", "split_seed", "train_size", "val_size")
-    return {k: data.info.get(k) for k in keys}
+    return {k: data.info.get(k) for k in ("source_id", "split_seed", "train_size", "val_size")}
 
 
-def run_checkpoint(
+def fit(
     model: nn.Module,
     data: Dataset,
     recipe: Recipe,
-    run: RunConfig,
+    run: RunSettings,
+    *,
+    kind: str,
+    arch: str,
+    objective: Objective | None = None,
+    meta: dict[str, Any] | None = None,
+    identity: dict[str, Any] | None = None,
+    console: Console | None = None,
+    stop_after_steps: int | None = None,
+    on_finish: Callable[[dict[str, Any]], dict[str, Any]] = lambda ckpt: ckpt,
+) -> dict[str, Any]:
+    """Train `model`, validate each epoch, return (and write to `run.out`) the best checkpoint.
+
+    `meta` adds checkpoint fields (teachers, kd, pruning); `identity` adds what a resumed run
+    must share with the saved one beyond architecture, recipe, data and seed; `on_finish`
+    completes the final checkpoint before it is written. `run.out=None`
+    trains in memory only (pruning's fine-tuning between steps). `stop_after_steps` simulates a
+    Ctrl-C after that many optimizer steps (tests of resume).
+    """
+    console = console or make_console(run.quiet, stderr=True)
+    device = resolve_device(run.device)
+    distributed.init(device.type)
+    configure_for_training(device)
+    objective = objective or CrossEntropy(recipe.label_smoothing)
+    t = _make_trainer(model, data, recipe, run, device, objective)
+    writes = run.out is not None and distributed.is_main()
+    state_file = last_path(run.out) if run.out is not None else None
+    log = MetricsLog(run.out, run.tensorboard) if writes else None
+    run_identity = {
+        "architecture": t.net.channel_plan().to_dict(),
+        "recipe": recipe.to_dict(),
+        "data": _data_key(data),
+        "seed": run.seed,
+        "world_size": distributed.world_size(),
+        **(identity or {}),
+    }
+    state = State()
+    if run.resume:
+        state = _restore(t, state_file, run_identity, console)
+    channels_last = recipe.channels_last and device.type == "cuda"
+    val_loader = eval_loader(data.val, data, device, channels_last)
+
+    def snapshot(st: State) -> dict[str, Any]:
+        """Everything needed to continue at (st.epoch, st.step) exactly."""
+        rng = distributed.gather(torch.get_rng_state())
+        return _checkpoint(t.net, data, recipe, kind, arch, st.history, meta) | {
+            "train_state": {
+                "model": cpu_state_dict(t.net),
+                "optimizer": t.optimizer.state_dict(),
+                "scheduler": t.scheduler.state_dict(),
+                "scaler": t.scaler.state_dict() if t.scaler else None,
+                "lookahead": t.lookahead.state_dict() if t.lookahead else None,
+                "ema": t.ema.state_dict() if t.ema else None,
+                "rng_cpu": rng,
+                "rng_cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None,
+                "epoch": st.epoch,
+                "step": st.step,
+                "history": st.history,
+                "best": st.best,
+                "val_loss_best": st.val_loss_best,
+                "bad_epochs": st.bad_epochs,
+                "elapsed": st.elapsed + (time.perf_counter() - t_start),
+                "sums": st.sums,
+                "identity": run_identity,
+            }
+        }
+
+    def save_state(st: State) -> None:
+        snap = snapshot(st)  # every rank takes part (the RNG gather)
+        if writes:
+            atomic_save(snap, state_file)
+
+    _announce(console, t, data, recipe, run, state)
+    stop = StopFlag()
+    t_start = time.perf_counter()
+    last_save = t_start
+    steps = len(t.loader)
+    global_step = state.epoch * steps + state.step
+    try:
+        with stop.installed(), _progress(console) as progress:
+            task = progress.add_task("training", total=steps, stats="")
+            for epoch in range(state.epoch, recipe.epochs):
+                sums = Sums.zeros(device)
+                first = state.step if epoch == state.epoch else 0
+                if state.sums is not None:  # resuming mid-epoch: keep the epoch's sums whole
+                    sums.restore(state.sums)
+                    state.sums = None
+                progress.reset(
+                    task, total=steps, completed=first, stats="",
+                    description=f"epoch {epoch + 1}/{recipe.epochs}",
+                )  # fmt: skip
+                t_epoch, seen_before = time.perf_counter(), sums.seen
+
+                def on_step(
+                    step: int,
+                    sums: Sums,
+                    synced: bool,
+                    epoch: int = epoch,
+                    seen_before: int = seen_before,
+                    t_epoch: float = t_epoch,
+                ) -> bool:
+                    nonlocal last_save
+                    done = epoch * steps + step - global_step
+                    wanted = stop.requested or (
+                        stop_after_steps is not None and done >= stop_after_steps
+                    )
+                    if not synced:  # one process checks every step; several, at syncs only
+                        return wanted and not distributed.active()
+                    progress.update(task, completed=step, stats=_stats(sums, seen_before, t_epoch))
+                    due = time.perf_counter() - last_save > STATE_SAVE_SECONDS and step < steps
+                    wanted, due = distributed.any_rank([wanted, due], device)
+                    if due and not wanted:
+                        save_state(_mid_epoch(state, epoch, step, sums))
+                        last_save = time.perf_counter()
+                    return wanted
+
+                try:
+                    reached, stopped = train_one_epoch(
+                        t, epoch, sums, start_step=first, on_step=on_step
+                    )
+                except _Diverged as d:
+                    raise _diverged(d, t, state_file, recipe) from None
+                if stopped:
+                    save_state(_mid_epoch(state, epoch, reached, sums))
+                    raise TrainingInterrupted(state_file)
+                seconds = time.perf_counter() - t_epoch
+                val = evaluate(t.eval_model, val_loader)
+                record = _epoch_record(t, epoch, sums, val, seconds, seen_before)
+                state.history.append(record)
+                console.print(_epoch_line(record, recipe.epochs))
+                if log is not None:
+                    log.write(state.history)
+                early = _after_validation(t, state, val, epoch)
+                state.epoch, state.step = epoch + 1, 0
+                done = epoch + 1 == recipe.epochs
+                (due,) = distributed.any_rank(
+                    [time.perf_counter() - last_save > STATE_SAVE_SECONDS], device
+                )
+                if due and not done:
+                    save_state(state)
+                    last_save = time.perf_counter()
+                if early and not done:
+                    console.print(
+                        f"early stop: val loss has not improved for {state.bad_epochs} epochs"
+                    )
+                    break
+    finally:
+        if log is not None:
+            log.close()
+    state.elapsed += time.perf_counter() - t_start
+    ckpt = _finish(t, state, data, recipe, run, kind, arch, meta, device, on_finish)
+    if writes and state_file.exists() and not run.keep_last:
+        state_file.unlink()
+    return ckpt
+
+
+def _make_trainer(
+    model: nn.Module,
+    data: Dataset,
+    recipe: Recipe,
+    run: RunSettings,
+    device: torch.device,
+    objective: Objective,
+) -> Trainer:
+    on_cuda = device.type == "cuda"
+    world = distributed.world_size()
+    memory_format = (
+        torch.channels_last if recipe.channels_last and on_cuda else torch.contiguous_format
+    )
+    net = model.to(device, memory_format=memory_format)
+    if recipe.sync_bn and world > 1:
+        net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    loader = BatchLoader(
+        data.train,
+        recipe.batch_size,
+        device=device,
+        mean=data.mean,
+        std=data.std,
+        num_classes=data.num_classes,
+        augment=recipe.augment,
+        shuffle=True,
+        drop_last=len(data.train.labels) >= recipe.batch_size * world,
+        seed=run.seed,
+        rank=distributed.rank(),
+        world_size=world,
+        channels_last=memory_format == torch.channels_last,
+    )
+    if len(loader) == 0:
+        raise UserError(
+            f"{len(data.train):,} training images make no full batch of {recipe.batch_size} "
+            f"on each of {world} processes; lower --batch-size"
+        )
+    optimizer = make_optimizer(net, recipe, recipe.lr_at(recipe.batch_size * world))
+    scheduler, per_step = make_scheduler(optimizer, recipe, len(loader))
+    precision = choose_precision(device, recipe.amp)
+    train_model: nn.Module = net
+    if world > 1:
+        train_model = nn.parallel.DistributedDataParallel(
+            net, device_ids=[device.index] if on_cuda else None
+        )
+    if recipe.compile and on_cuda:
+        train_model = torch.compile(train_model)
+    return Trainer(
+        model=train_model,
+        net=net,
+        objective=objective,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        per_step=per_step,
+        loader=loader,
+        recipe=recipe,
+        device=device,
+        precision=precision,
+        scaler=torch.amp.GradScaler(device.type) if precision.scaler else None,
+        lookahead=Lookahead(list(net.parameters()), recipe.lookahead_k, recipe.lookahead_alpha)
+        if recipe.lookahead_k
+        else None,
+        ema=EMA(net, recipe.ema_decay) if recipe.ema_decay else None,
+    )
+
+
+def _restore(t: Trainer, state_file: Path | None, identity: dict[str, Any], console) -> State:
+    if state_file is None or not state_file.exists():
+        raise UserError(f"nothing to resume: {state_file} does not exist; drop --resume")
+    saved = load_checkpoint(state_file)
+    ts = saved.get("train_state")
+    if not isinstance(ts, dict):
+        raise UserError(f"{state_file} holds no training state; drop --resume")
+    for note in check_same_run(ts.get("identity", {}), identity, state_file):
+        console.print(f"note: {note}")
+    t.net.load_state_dict(ts["model"])
+    t.optimizer.load_state_dict(ts["optimizer"])
+    t.scheduler.load_state_dict(ts["scheduler"])
+    _continue_with_new_lr(t, ts["identity"]["recipe"])
+    if t.scaler and ts.get("scaler"):
+        t.scaler.load_state_dict(ts["scaler"])
+    if t.lookahead:
+        t.lookahead.load_state_dict(ts["lookahead"])
+    if t.ema:
+        t.ema.load_state_dict(ts["ema"])
+    rng = ts["rng_cpu"]
+    torch.set_rng_state(rng[distributed.rank()] if isinstance(rng, list) else rng)
+    if t.device.type == "cuda" and ts.get("rng_cuda") is not None:
+        torch.cuda.set_rng_state(ts["rng_cuda"])
+    return State(
+        epoch=ts["epoch"],
+        step=ts["step"],
+        history=ts["history"],
+        best=ts["best"],
+        val_loss_best=ts["val_loss_best"],
+        bad_epochs=ts["bad_epochs"],
+        elapsed=ts["elapsed"],
+        sums=ts["sums"],
+    )
+
+
+def _continue_with_new_lr(t: Trainer, saved_recipe: dict[str, Any]) -> None:
+    """A run resumed with another lr (after a divergence) continues its schedule from the new
+    peak: every lr the schedule gives is scaled by new peak / old peak."""
+    global_batch = t.recipe.batch_size * distributed.world_size()
+    old = Recipe.from_dict(saved_recipe).lr_at(global_batch)
+    ratio = t.recipe.lr_at(global_batch) / old
+    if ratio == 1:
+        return
+    for group in t.optimizer.param_groups:
+        group["lr"] *= ratio
+        if "initial_lr" in group:
+            group["initial_lr"] *= ratio
+    if hasattr(t.scheduler, "base_lrs"):
+        t.scheduler.base_lrs = [lr * ratio for lr in t.scheduler.base_lrs]
+
+
+def _mid_epoch(state: State, epoch: int, step: int, sums: Sums) -> State:
+    return State(
+        epoch=epoch,
+        step=step,
+        history=state.history,
+        best=state.best,
+        val_loss_best=state.val_loss_best,
+        bad_epochs=state.bad_epochs,
+        elapsed=state.elapsed,
+        sums=sums.record(),
+    )
+
+
+def _stats(sums: Sums, seen_before: int, t_epoch: float) -> str:
+    rate = (sums.seen - seen_before) * distributed.world_size() / (time.perf_counter() - t_epoch)
+    return (
+        f"loss {float(sums.loss) / sums.seen:.3f}  "
+        f"acc {float(sums.correct) / sums.seen:6.1%}  {rate:,.0f} img/s"
+    )
+
+
+def _epoch_record(
+    t: Trainer, epoch: int, sums: Sums, val: EvalResult, seconds: float, seen_before: int
+) -> dict[str, Any]:
+    # Training sums are per rank: add them up (count-weighted) before dividing.
+    totals = torch.stack([sums.loss, sums.correct.double()]).double()
+    seen = torch.tensor([float(sums.seen), float(sums.seen - seen_before)], device=totals.device)
+    distributed.all_reduce_sum(totals)
+    distributed.all_reduce_sum(seen)
+    loss, correct = totals.tolist()
+    n, new = seen.tolist()
+    return {
+        "epoch": epoch + 1,
+        "lr": t.optimizer.param_groups[0]["lr"],
+        "train_loss": loss / max(n, 1),
+        "train_accuracy": correct / max(n, 1),
+        "val_loss": val.loss,
+        "val_accuracy": val.accuracy,
+        "seconds": seconds,
+        "images_per_s": new / max(seconds, 1e-9),
+    }
+
+
+def _epoch_line(r: dict[str, Any], epochs: int) -> str:
+    return (
+        f"epoch {r['epoch']:>3}/{epochs}  train loss {r['train_loss']:.3f} "
+        f"acc {r['train_accuracy']:6.1%}  val loss {r['val_loss']:.3f} "
+        f"acc {r['val_accuracy']:6.1%}  {r['images_per_s']:,.0f} img/s  {r['seconds']:.0f}s"
+    )
+
+
+def _after_validation(t: Trainer, state: State, val: EvalResult, epoch: int) -> bool:
+    """Schedule on val loss, keep the best weights, count epochs without improvement; return
+    whether early stopping says stop."""
+    if not t.per_step:
+        t.scheduler.step(val.loss)
+    if val.accuracy > state.best["accuracy"]:
+        state.best = {
+            "accuracy": val.accuracy,
+            "state": cpu_state_dict(t.eval_model),
+            "epoch": epoch + 1,
+        }
+    if val.loss < state.val_loss_best:
+        state.val_loss_best, state.bad_epochs = val.loss, 0
+    else:
+        state.bad_epochs += 1
+    patience = t.recipe.early_stop_patience
+    return bool(patience) and state.bad_epochs >= patience
+
+
+def _announce(
+    console: Console, t: Trainer, data: Dataset, recipe: Recipe, run: RunSettings, state: State
+) -> None:
+    """One line with the plan before the first step; one warning when a GPU-sized run starts on
+    a CPU (the user may mean it: never an error)."""
+    world = distributed.world_size()
+    where = f"{t.device}" + (f" x {world} processes" if world > 1 else "")
+    start = f", resuming at epoch {state.epoch + 1}" if state.epoch or state.step else ""
+    console.print(
+        f"training on {len(data.train):,} images (val {len(data.val):,}): {recipe.name} recipe, "
+        f"{recipe.epochs} epochs x {len(t.loader)} steps of {recipe.batch_size * world} images, "
+        f"peak lr {recipe.lr_at(recipe.batch_size * world):.3g}, {where}, {t.precision.name}"
+        + start
+    )
+    passes = recipe.epochs * len(data.train)
+    if t.device.type == "cpu" and passes > CPU_WARN_IMAGE_PASSES:
+        console.print(
+            f"[yellow]warning:[/] the {recipe.name} recipe ({recipe.epochs} epochs x "
+            f"{len(data.train):,} images) is sized for a GPU and will take many hours on this "
+            "CPU; --recipe quick trains in minutes"
+        )
+
+
+def _diverged(d: _Diverged, t: Trainer, state_file: Path | None, recipe: Recipe) -> UserError:
+    where = f"epoch {d.epoch + 1}, step {d.step + 1}"
+    if state_file is not None and state_file.exists():
+        way = (
+            f"the last good state is in {state_file}: continue from it with --resume and a lower "
+            f"--lr (e.g. --lr {recipe.lr_at(recipe.lr_batch) / 2:g}), or start over with "
+            "--force and other settings"
+        )
+    else:
+        way = "no resumable state was saved before it; rerun with lower values"
+    return TrainingDiverged(
+        f"the loss became NaN or infinite in {where}; lower {t.objective.suspects}; {way}"
+    )
+
+
+def _checkpoint(
+    net: nn.Module,
+    data: Dataset,
+    recipe: Recipe,
+    kind: str,
+    arch: str,
     history: list[dict[str, Any]],
     meta: dict[str, Any] | None,
     metrics: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The checkpoint of a training run: the model, what it learned from and how."""
     return new_checkpoint(
-        kind=run.kind,
-        arch=run.arch,
-        model=model,
+        kind=kind,
+        arch=arch,
+        model=net,
         classes=list(data.classes),
         mean=list(data.mean),
         std=list(data.std),
@@ -313,265 +615,48 @@ def run_checkpoint(
     )
 
 
-def fit(
-    model: nn.Module,
-    data: Dataset,
-    recipe: Recipe,
-    run: RunConfig,
-    *,
-    objective: Objective | None = None,
-    meta: dict[str, Any] | None = None,
-    console: Console | None = None,
-    stop_after_steps: int | None = None,
-) -> dict[str, Any]:
-    """Train `model`, validate each epoch, return (and write to `run.out`) the best checkpoint.
-
-    `meta` adds checkpoint fields (teachers, kd, pruning). `stop_after_steps` simulates a Ctrl-C
-    after that many optimizer steps (for tests of resume).
-    """
-    console = console or Console(stderr=True)
-    device = resolve_device(run.device)
-    objective = objective or CrossEntropy(recipe.label_smoothing)
-    on_cuda = device.type == "cuda"
-    memory_format = torch.channels_last if recipe.channels_last else torch.contiguous_format
-    model = model.to(device, memory_format=memory_format)
-    expected_config = unwrapped(model).channel_plan().to_dict()
-
-    loader = BatchLoader(
-        data.train,
-        recipe.batch_size,
-        device=device,
-        mean=data.mean,
-        std=data.std,
-        num_classes=data.num_classes,
-        augment=recipe.augment,
-        shuffle=True,
-        drop_last=len(data.train.labels) > recipe.batch_size,
-        seed=run.seed,
-        channels_last=recipe.channels_last,
-    )
-    steps_per_epoch = len(loader)
-    optimizer = make_optimizer(model, recipe)
-    scheduler, per_step = make_scheduler(optimizer, recipe, steps_per_epoch)
-    lookahead = (
-        Lookahead(list(model.parameters()), recipe.lookahead_k, recipe.lookahead_alpha)
-        if recipe.lookahead_k
-        else None
-    )
-    ema = EMA(model, recipe.ema_decay) if recipe.ema_decay else None
-    train_model = torch.compile(model) if (recipe.compile and on_cuda) else model
-
-    start_epoch, start_step = 0, 0
-    history: list[dict[str, Any]] = []
-    best: dict[str, Any] = {"accuracy": -1.0, "state": None, "epoch": -1}
-    val_loss_best, bad_epochs, elapsed_before = math.inf, 0, 0.0
-    running_saved: dict[str, Any] | None = None
-    state_file = last_path(run.out) if run.out else None
-
-    if run.resume:
-        if state_file is None or not state_file.exists():
-            raise UserError(f"nothing to resume: {state_file} does not exist; drop --resume")
-        state = load_checkpoint(state_file)
-        if "train_state" not in state:
-            raise UserError(f"{state_file} holds no training state; drop --resume")
-        _check_resume_state(state["train_state"], expected_config, run, recipe, data)
-        ts = state["train_state"]
-        unwrapped(model).load_state_dict(ts["model"])
-        optimizer.load_state_dict(ts["optimizer"])
-        scheduler.load_state_dict(ts["scheduler"])
-        if lookahead:
-            lookahead.load_state_dict(ts["lookahead"])
-        if ema:
-            ema.load_state_dict(ts["ema"])
-        torch.set_rng_state(ts["rng_cpu"])
-        if on_cuda and ts.get("rng_cuda") is not None:
-            torch.cuda.set_rng_state(ts["rng_cuda"])
-        start_epoch, start_step = ts["epoch"], ts["step"]
-        history, best = ts["history"], ts["best"]
-        val_loss_best, bad_epochs = ts["val_loss_best"], ts["bad_epochs"]
-        elapsed_before, running_saved = ts["elapsed"], ts["running"]
-    elif state_file is not None and state_file.exists() and not run.force:
-        raise UserError(
-            f"{state_file} holds an unfinished run; pass --resume to continue it "
-            "or --force to start over"
-        )
-
-    def snapshot(epoch: int, step: int, running: _Running) -> dict[str, Any]:
-        """Everything needed to continue at (epoch, step) exactly."""
-        return run_checkpoint(model, data, recipe, run, history, meta) | {
-            "train_state": {
-                "model": cpu_state_dict(model),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "lookahead": lookahead.state_dict() if lookahead else None,
-                "ema": ema.state_dict() if ema else None,
-                "rng_cpu": torch.get_rng_state(),
-                "rng_cuda": torch.cuda.get_rng_state() if on_cuda else None,
-                "epoch": epoch,
-                "step": step,
-                "history": history,
-                "best": best,
-                "val_loss_best": val_loss_best,
-                "bad_epochs": bad_epochs,
-                "elapsed": elapsed_before + (time.perf_counter() - t_start),
-                "running": {
-                    "loss": float(running.loss),
-                    "correct": int(running.correct),
-                    "seen": running.seen,
-                },
-                "expected_config": expected_config,
-                "recipe": recipe.to_dict(),
-                "data_key": _data_key(data),
-                "seed": run.seed,
-            }
-        }
-
-    def save_state(epoch: int, step: int, running: _Running) -> None:
-        if state_file is not None:
-            atomic_save(snapshot(epoch, step, running), state_file)
-
-    stop = _StopFlag()
-    t_start = time.perf_counter()
-    last_state_save = t_start
-    global_step = start_epoch * steps_per_epoch + start_step
-    eval_model = ema.module if ema else model
-    with stop.installed(), _progress(console, run.show_progress) as progress:
-        task = progress.add_task(
-            "training",
-            total=recipe.epochs * steps_per_epoch,
-            completed=global_step,
-            stats="",
-        )
-        for epoch in range(start_epoch, recipe.epochs):
-            model.train()
-            running = _Running(
-                loss=torch.zeros((), device=device, dtype=torch.float64),
-                correct=torch.zeros((), device=device, dtype=torch.long),
-            )
-            if running_saved is not None:  # resuming mid-epoch: keep the epoch's sums whole
-                running.loss += running_saved["loss"]
-                running.correct += running_saved["correct"]
-                running.seen = running_saved["seen"]
-                running_saved = None
-            first = start_step if epoch == start_epoch else 0
-            progress.update(task, description=f"epoch {epoch + 1}/{recipe.epochs}")
-            t_epoch, seen_at_start = time.perf_counter(), running.seen
-            for step, (x, y) in enumerate(loader.epoch(epoch, first), start=first):
-                with autocast(device, recipe.amp):
-                    logits = train_model(x)
-                    loss = objective(logits, y, x, epoch + step / steps_per_epoch)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if recipe.grad_clip:
-                    nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
-                optimizer.step()
-                if lookahead:
-                    lookahead.after_step()
-                if ema:
-                    ema.update(model)
-                if per_step:
-                    scheduler.step()
-                running.loss += loss.detach().double() * len(y)
-                running.correct += (logits.argmax(1) == hard_labels(y)).sum()
-                running.seen += len(y)
-                global_step += 1
-                progress.advance(task)
-                last = step + 1 == steps_per_epoch
-                if global_step % SYNC_EVERY == 0 or last:
-                    mean_loss = float(running.loss) / running.seen  # host sync point
-                    if not math.isfinite(mean_loss):
-                        raise TrainingDiverged(
-                            f"the loss became {mean_loss} in epoch {epoch + 1} (step {step + 1}); "
-                            f"lower --lr or use another --recipe; the last good state is kept in "
-                            f"{state_file}"
-                        )
-                    rate = (running.seen - seen_at_start) / (time.perf_counter() - t_epoch)
-                    progress.update(
-                        task,
-                        stats=f"loss {mean_loss:.3f}  "
-                        f"acc {float(running.correct) / running.seen:6.1%}  {rate:,.0f} img/s",
-                    )
-                    if time.perf_counter() - last_state_save > STATE_SAVE_SECONDS and not last:
-                        save_state(epoch, step + 1, running)
-                        last_state_save = time.perf_counter()
-                if stop.requested or (
-                    stop_after_steps is not None and global_step >= stop_after_steps
-                ):
-                    save_state(epoch, step + 1, running)
-                    raise TrainingInterrupted(state_file)
-
-            seconds = time.perf_counter() - t_epoch
-            val = evaluate_split(eval_model, data, data.val, device, recipe)
-            record = {
-                "epoch": epoch + 1,
-                "lr": optimizer.param_groups[0]["lr"],
-                "train_loss": float(running.loss) / max(running.seen, 1),
-                "train_accuracy": float(running.correct) / max(running.seen, 1),
-                "val_loss": val.loss,
-                "val_accuracy": val.accuracy,
-                "seconds": seconds,
-                "images_per_s": (running.seen - seen_at_start) / max(seconds, 1e-9),
-            }
-            history.append(record)
-            progress.console.print(
-                f"epoch {epoch + 1:>3}/{recipe.epochs}  train loss {record['train_loss']:.3f} "
-                f"acc {record['train_accuracy']:6.1%}  val loss {val.loss:.3f} "
-                f"acc {val.accuracy:6.1%}  {record['images_per_s']:,.0f} img/s  {seconds:.0f}s"
-            )
-            if not per_step:
-                scheduler.step(val.loss)
-            if val.accuracy > best["accuracy"]:
-                best = {
-                    "accuracy": val.accuracy,
-                    "state": cpu_state_dict(eval_model),
-                    "epoch": epoch + 1,
-                }
-            if val.loss < val_loss_best:
-                val_loss_best, bad_epochs = val.loss, 0
-            else:
-                bad_epochs += 1
-            done = epoch + 1 == recipe.epochs
-            early = recipe.early_stop_patience and bad_epochs >= recipe.early_stop_patience
-            save_state(epoch + 1, 0, _Running(torch.zeros(()), torch.zeros((), dtype=torch.long)))
-            last_state_save = time.perf_counter()
-            if early and not done:
-                progress.console.print(
-                    f"early stop: val loss has not improved for {bad_epochs} epochs"
-                )
-                break
-
-    return _finish(model, best, data, recipe, run, history, meta, device, t_start, elapsed_before)
-
-
 def _finish(
-    model: nn.Module,
-    best: dict[str, Any],
+    t: Trainer,
+    state: State,
     data: Dataset,
     recipe: Recipe,
-    run: RunConfig,
-    history: list[dict[str, Any]],
+    run: RunSettings,
+    kind: str,
+    arch: str,
     meta: dict[str, Any] | None,
     device: torch.device,
-    t_start: float,
-    elapsed_before: float,
+    on_finish: Callable[[dict[str, Any]], dict[str, Any]],
 ) -> dict[str, Any]:
-    """Load the best weights into `model`, measure it, write and return the final checkpoint."""
-    net = unwrapped(model)
-    if best["state"] is not None:
-        net.load_state_dict(best["state"])
+    """Load the best weights, measure them, write and return the final checkpoint."""
+    net = t.net
+    if state.best["state"] is not None:
+        net.load_state_dict(state.best["state"])
+    teacher = getattr(t.objective, "teacher_logits", None)
+    channels_last = recipe.channels_last and device.type == "cuda"
+    val = evaluate(net, eval_loader(data.val, data, device, channels_last), reference=teacher)
     metrics: dict[str, Any] = {
-        "val_accuracy": best["accuracy"],
-        "best_epoch": best["epoch"],
-        "epochs_run": len(history),
+        "val_accuracy": val.accuracy,
+        "val_top5": val.top5,
+        "val_loss": val.loss,
+        "per_class": val.per_class,
+        "confusion": val.confusion,
+        "best_epoch": state.best["epoch"],
+        "epochs_run": len(state.history),
         "params": count_params(net),
         "macs": count_macs(net, tuple(data.input_size)),
-        "train_seconds": elapsed_before + (time.perf_counter() - t_start),
+        "train_seconds": state.elapsed,
         "device": str(device),
+        "processes": distributed.world_size(),
+        "precision": t.precision.name,
     }
+    if val.agreement is not None:
+        metrics["teacher_agreement"] = val.agreement
     if data.test is not None:
-        test = evaluate_split(net, data, data.test, device, recipe)
-        metrics["test_accuracy"] = test.accuracy
-    ckpt = run_checkpoint(net, data, recipe, run, history, meta, metrics)
-    if run.out is not None:
-        save_checkpoint(ckpt, run.out)
+        metrics["test_accuracy"] = evaluate(
+            net, eval_loader(data.test, data, device, channels_last)
+        ).accuracy
+    ckpt = on_finish(_checkpoint(net, data, recipe, kind, arch, state.history, meta, metrics))
+    if run.out is not None and distributed.is_main():
+        atomic_save(ckpt, run.out)
+    distributed.barrier()
     return ckpt

@@ -162,7 +162,7 @@ def torch_runner(model: torch.nn.Module, x: np.ndarray, device: str) -> Callable
 
 def find_checkpoint(onnx_path: Path, meta: dict[str, Any]) -> tuple[Path | None, str | None]:
     """The checkpoint the file was exported from, if it still sits beside it unchanged."""
-    from distill.checkpoint import file_sha256
+    from distill.files import file_sha256
 
     name = meta.get("source")
     candidate = onnx_path.with_name(name) if name else None

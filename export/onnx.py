@@ -342,15 +342,15 @@ def load_check_images(
     _, height, _ = ckpt["input_size"]
     if not source:
         return _random_images(ckpt, "the checkpoint records no data source; pass --data")
-    from distill.data import DataConfig, load_data
+    from distill.data import DataSettings, load_data
 
     roots = {k: v for k, v in (("data_root", data_root), ("cache_dir", cache_dir)) if v}
     train_size = record.get("train_size")
-    config = DataConfig(
+    config = DataSettings(
         source=str(source),
         val_size=int(record.get("val_size", 5000)),
         train_size=int(train_size) if train_size else None,
-        seed=int(record.get("split_seed", 0)),
+        split_seed=int(record.get("split_seed", 0)),
         image_size=int(height),
         **roots,
     )
@@ -420,7 +420,8 @@ def export_onnx(
     hears (done, total) while images are evaluated.
     """
     from distill.budget import count_params
-    from distill.checkpoint import check_output, file_sha256, load_checkpoint, model_from_checkpoint
+    from distill.checkpoint import load_checkpoint, model_from_checkpoint
+    from distill.files import check_output, file_sha256
 
     started = time.perf_counter()
     if int8 and fp16:

@@ -151,10 +151,10 @@ def tiny_image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_dataset(tiny_image_folder: Path, tmp_path_factory: pytest.TempPathFactory):
-    from distill.data import DataConfig, load_data
+    from distill.data import DataSettings, load_data
 
     cache = tmp_path_factory.mktemp("tiny-cache")
-    return load_data(DataConfig(str(tiny_image_folder), cache_dir=cache, val_size=TINY_VAL_SIZE))
+    return load_data(DataSettings(str(tiny_image_folder), cache_dir=cache, val_size=TINY_VAL_SIZE))
 
 
 @pytest.fixture(scope="session")

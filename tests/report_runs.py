@@ -5,7 +5,8 @@ trained."""
 import json
 import re
 
-from distill.checkpoint import file_sha256, new_checkpoint, save_checkpoint
+from distill.checkpoint import new_checkpoint, save_checkpoint
+from distill.files import file_sha256
 from distill.registry import build_model
 from students.resnet import plan
 

@@ -7,7 +7,7 @@ import torch
 
 from distill.augment import (
     LUMA,
-    AugmentConfig,
+    AugmentSettings,
     augment_batch,
     batch_crop,
     batch_cutout,
@@ -31,13 +31,13 @@ def images() -> torch.Tensor:
 LABELS = torch.arange(16) % 10
 
 CONFIGS = {
-    "crop-flip": AugmentConfig(),
-    "off": AugmentConfig(crop_pad=0, flip=False),
-    "cutout-grayscale": AugmentConfig(cutout=5, grayscale=0.5),
-    "resized-crop": AugmentConfig(crop_pad=0, resized_crop=True),
-    "mixup": AugmentConfig(mixup=0.2),
-    "cutmix": AugmentConfig(cutmix=1.0),
-    "mixup-and-cutmix": AugmentConfig(mixup=0.4, cutmix=1.0, cutout=4, grayscale=0.2),
+    "crop-flip": AugmentSettings(),
+    "off": AugmentSettings(crop_pad=0, flip=False),
+    "cutout-grayscale": AugmentSettings(cutout=5, grayscale=0.5),
+    "resized-crop": AugmentSettings(crop_pad=0, resized_crop=True),
+    "mixup": AugmentSettings(mixup=0.2),
+    "cutmix": AugmentSettings(cutmix=1.0),
+    "mixup-and-cutmix": AugmentSettings(mixup=0.4, cutmix=1.0, cutout=4, grayscale=0.2),
 }
 
 

@@ -93,7 +93,7 @@ def test_measure_warms_up_then_alternates_blocks():
 def test_cli_prints_table_and_writes_json(model, tmp_path):
     out = tmp_path / "b.json"
     args = ["bench", str(model["onnx"]), "--batch-sizes", "1,2", "--threads", "1"]
-    result = runner.invoke(app, [*args, "--seconds", "0.05", "--json", str(out)])
+    result = runner.invoke(app, [*args, "--seconds", "0.05", "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert "onnxruntime" in result.output and "x PyTorch eager" in result.output
     record = json.loads(out.read_text())

@@ -7,13 +7,13 @@ import torch
 
 from distill.checkpoint import (
     FORMAT,
-    check_output,
     load_checkpoint,
     model_from_checkpoint,
     new_checkpoint,
     save_checkpoint,
 )
 from distill.errors import UserError
+from distill.files import check_output
 from distill.registry import create_model
 
 

@@ -27,11 +27,10 @@ from conftest import (
 )
 from PIL import Image
 
-import distill.data as data_module
-from distill.augment import AugmentConfig
+import distill.data.cache as cache_module
 from distill.data import (
     BatchLoader,
-    DataConfig,
+    DataSettings,
     Split,
     channel_stats,
     even_quotas,
@@ -39,6 +38,7 @@ from distill.data import (
     split_indices,
 )
 from distill.errors import UserError
+from distill.settings import AugmentSettings
 
 
 def read_pickle(path: Path) -> dict:
@@ -66,7 +66,7 @@ def test_cifar10_python_folder(tmp_path):
         for row, label in zip(entry["data"], entry["labels"], strict=True):
             expected[bytes(row)] = label  # a row is the CHW image flattened
 
-    ds = load_data(DataConfig(str(tmp_path / "src"), cache_dir=tmp_path / "cache", val_size=10))
+    ds = load_data(DataSettings(str(tmp_path / "src"), cache_dir=tmp_path / "cache", val_size=10))
     assert ds.classes == tuple(names)
     assert ds.input_size == (3, 32, 32) and ds.num_classes == 10
     assert (len(ds.train), len(ds.val), len(ds.test)) == (50, 10, 20)
@@ -80,14 +80,14 @@ def test_cifar10_python_folder(tmp_path):
     assert ds.info["format"] == "cifar10" and ds.info["source"] == str(base.resolve())
 
     # the batches folder itself is accepted too, and names the same source
-    same = load_data(DataConfig(str(base), cache_dir=tmp_path / "cache", val_size=10))
+    same = load_data(DataSettings(str(base), cache_dir=tmp_path / "cache", val_size=10))
     assert same.info["source_id"] == ds.info["source_id"]
     assert torch.equal(same.val.images, ds.val.images)
 
 
 def test_cifar100_python_folder(tmp_path):
     base = make_cifar_python(tmp_path, num_classes=100, per_class=3, test_per_class=1)
-    ds = load_data(DataConfig(str(base), cache_dir=tmp_path / "cache", val_size=100))
+    ds = load_data(DataSettings(str(base), cache_dir=tmp_path / "cache", val_size=100))
     meta = read_pickle(base / "meta")
     assert ds.classes == tuple(meta["fine_label_names"])
     assert (len(ds.train), len(ds.val), len(ds.test)) == (200, 100, 100)
@@ -99,7 +99,7 @@ def test_cifar100_python_folder(tmp_path):
 
 def test_cifar_resized_to_image_size(tmp_path):
     base = make_cifar_python(tmp_path, per_class=2, test_per_class=1)
-    ds = load_data(DataConfig(str(base), cache_dir=tmp_path / "c", val_size=10, image_size=16))
+    ds = load_data(DataSettings(str(base), cache_dir=tmp_path / "c", val_size=10, image_size=16))
     assert ds.input_size == (3, 16, 16) and ds.test.images.shape == (10, 3, 16, 16)
 
 
@@ -114,7 +114,7 @@ def test_pickle_that_runs_code_is_refused(tmp_path):
     with open(base / "data_batch_1", "wb") as f:
         pickle.dump({"data": Payload(), "labels": []}, f, protocol=2)
     with pytest.raises(UserError, match="data_batch_1 is not a valid CIFAR python file"):
-        load_data(DataConfig(str(base), cache_dir=tmp_path / "cache", val_size=10))
+        load_data(DataSettings(str(base), cache_dir=tmp_path / "cache", val_size=10))
     assert not marker.exists()
 
 
@@ -155,7 +155,7 @@ def test_image_folder_modes_sizes_hidden_files(tmp_path):
     (root / ".ipynb_checkpoints").mkdir()
     (root / "README.txt").write_text("files beside the class folders are not images of a class")
 
-    ds = load_data(DataConfig(str(root), cache_dir=tmp_path / "cache", val_size=2))
+    ds = load_data(DataSettings(str(root), cache_dir=tmp_path / "cache", val_size=2))
     assert ds.classes == ("a_cls", "b_cls") and ds.test is None
     assert ds.input_size == (3, 32, 32)
     images = torch.cat([ds.train.images, ds.val.images])
@@ -182,11 +182,11 @@ def test_non_image_file_is_named(tmp_path, name, content):
         content = good[: len(good) // 2]
     bad.write_bytes(content)
     with pytest.raises(UserError, match=f"{bad} is not a readable image"):
-        load_data(DataConfig(str(root), cache_dir=tmp_path / "cache", val_size=2))
+        load_data(DataSettings(str(root), cache_dir=tmp_path / "cache", val_size=2))
 
 
 def test_real_cifar_jpegs(real_cifar_jpegs, tmp_path):
-    ds = load_data(DataConfig(str(real_cifar_jpegs), cache_dir=tmp_path / "cache", val_size=10))
+    ds = load_data(DataSettings(str(real_cifar_jpegs), cache_dir=tmp_path / "cache", val_size=10))
     assert ds.classes == CIFAR10_NAMES and ds.test is None
     assert (len(ds.train), len(ds.val)) == (190, 10)
     cat = np.array(Image.open(real_cifar_jpegs / "train" / "cat" / "0000.jpg").convert("RGB"))
@@ -203,7 +203,7 @@ def test_real_cifar_jpegs(real_cifar_jpegs, tmp_path):
 
 def test_second_load_hits_cache_and_source_is_untouched(tiny_image_folder, tmp_path, monkeypatch):
     before = snapshot(tiny_image_folder)
-    config = DataConfig(str(tiny_image_folder), cache_dir=tmp_path / "cache", val_size=8)
+    config = DataSettings(str(tiny_image_folder), cache_dir=tmp_path / "cache", val_size=8)
     first = load_data(config)
     cached = list((tmp_path / "cache").rglob("*.pt"))
     assert len(cached) == 1
@@ -212,7 +212,7 @@ def test_second_load_hits_cache_and_source_is_untouched(tiny_image_folder, tmp_p
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded again instead of reading the cache")
 
-    monkeypatch.setattr(data_module, "_decode_images", no_decoding)
+    monkeypatch.setattr(cache_module, "decode", no_decoding)
     second = load_data(config)
     assert torch.equal(first.train.images, second.train.images)
     assert torch.equal(first.val.labels, second.val.labels)
@@ -222,7 +222,7 @@ def test_second_load_hits_cache_and_source_is_untouched(tiny_image_folder, tmp_p
 
 def test_cache_follows_folder_edits(tmp_path):
     root = write_image_folder(tmp_path / "imgs", ("x", "y"), {"train": 4})
-    config = DataConfig(str(root), cache_dir=tmp_path / "cache", val_size=2)
+    config = DataSettings(str(root), cache_dir=tmp_path / "cache", val_size=2)
     first = load_data(config)
     shutil.copy(root / "train" / "x" / "000.png", root / "train" / "y" / "extra.png")
     second = load_data(config)
@@ -233,7 +233,7 @@ def test_cache_follows_folder_edits(tmp_path):
 
 def test_cifar_cache_follows_file_edits(tmp_path):
     base = make_cifar_python(tmp_path / "src", per_class=2, test_per_class=1, seed=0)
-    config = DataConfig(str(base), cache_dir=tmp_path / "cache", val_size=10)
+    config = DataSettings(str(base), cache_dir=tmp_path / "cache", val_size=10)
     first = load_data(config)
     make_cifar_python(tmp_path / "src", per_class=3, test_per_class=1, seed=1)
     second = load_data(config)
@@ -242,7 +242,7 @@ def test_cifar_cache_follows_file_edits(tmp_path):
 
 def test_image_size_has_its_own_cache(tiny_image_folder, tmp_path):
     small = load_data(
-        DataConfig(str(tiny_image_folder), cache_dir=tmp_path, val_size=4, image_size=16)
+        DataSettings(str(tiny_image_folder), cache_dir=tmp_path, val_size=4, image_size=16)
     )
     assert small.input_size == (3, 16, 16) and small.test.images.shape[-2:] == (16, 16)
     assert len(list(tmp_path.rglob("*.pt"))) == 1
@@ -316,8 +316,12 @@ def test_info_holds_plain_values(tiny_dataset, tmp_path):
 
 def test_splits_seeded_through_load_data(tiny_image_folder, tmp_path):
     def val_of(seed: int, train_size: int | None = None):
-        config = DataConfig(
-            str(tiny_image_folder), cache_dir=tmp_path, val_size=8, seed=seed, train_size=train_size
+        config = DataSettings(
+            str(tiny_image_folder),
+            cache_dir=tmp_path,
+            val_size=8,
+            split_seed=seed,
+            train_size=train_size,
         )
         return load_data(config)
 
@@ -335,20 +339,20 @@ def test_splits_seeded_through_load_data(tiny_image_folder, tmp_path):
 def test_source_errors(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(UserError, match="does not exist"):
-        load_data(DataConfig(str(tmp_path / "missing"), cache_dir=tmp_path / "c"))
+        load_data(DataSettings(str(tmp_path / "missing"), cache_dir=tmp_path / "c"))
     with pytest.raises(UserError, match="unknown dataset 'mnist'"):
-        load_data(DataConfig("mnist", cache_dir=tmp_path / "c"))
+        load_data(DataSettings("mnist", cache_dir=tmp_path / "c"))
     (tmp_path / "file.txt").write_text("x")
     with pytest.raises(UserError, match="is a file"):
-        load_data(DataConfig(str(tmp_path / "file.txt"), cache_dir=tmp_path / "c"))
+        load_data(DataSettings(str(tmp_path / "file.txt"), cache_dir=tmp_path / "c"))
     flat = tmp_path / "flat"
     flat.mkdir()
     Image.new("RGB", (32, 32)).save(flat / "a.png")
     with pytest.raises(UserError, match="holds no class folders"):
-        load_data(DataConfig(str(flat), cache_dir=tmp_path / "c"))
+        load_data(DataSettings(str(flat), cache_dir=tmp_path / "c"))
     (flat / "empty_class").mkdir()
     with pytest.raises(UserError, match="empty_class holds no images"):
-        load_data(DataConfig(str(flat), cache_dir=tmp_path / "c"))
+        load_data(DataSettings(str(flat), cache_dir=tmp_path / "c"))
 
 
 @pytest.mark.parametrize(
@@ -362,13 +366,13 @@ def test_source_errors(tmp_path, monkeypatch):
 )
 def test_size_errors(tiny_image_folder, tmp_path, kwargs, message):
     with pytest.raises(UserError, match=message):
-        load_data(DataConfig(str(tiny_image_folder), cache_dir=tmp_path, **kwargs))
+        load_data(DataSettings(str(tiny_image_folder), cache_dir=tmp_path, **kwargs))
 
 
 def test_cache_inside_the_data_is_refused(tmp_path):
     root = write_image_folder(tmp_path / "imgs", ("x", "y"), {"train": 2})
     with pytest.raises(UserError, match="is inside the data folder"):
-        load_data(DataConfig(str(root), cache_dir=root / "cache", val_size=2))
+        load_data(DataSettings(str(root), cache_dir=root / "cache", val_size=2))
     assert not (root / "cache").exists()
 
 
@@ -422,7 +426,7 @@ def dead_url() -> str:
 def test_download_cifar10(cifar_archive_server, tmp_path, monkeypatch):
     url, md5 = cifar_archive_server
     point_download_at(monkeypatch, url, md5)
-    config = DataConfig(
+    config = DataSettings(
         "cifar10", data_root=tmp_path / "root", cache_dir=tmp_path / "cache", val_size=10
     )
     ds = load_data(config)
@@ -439,7 +443,7 @@ def test_download_cifar10(cifar_archive_server, tmp_path, monkeypatch):
 
 def test_download_failure_says_no_network(tmp_path, monkeypatch):
     point_download_at(monkeypatch, dead_url(), "0" * 32)
-    config = DataConfig("cifar10", data_root=tmp_path / "root", cache_dir=tmp_path / "cache")
+    config = DataSettings("cifar10", data_root=tmp_path / "root", cache_dir=tmp_path / "cache")
     with pytest.raises(UserError, match="could not download cifar10.*network.*local folder"):
         load_data(config)
     assert not (tmp_path / "cache").exists()
@@ -448,7 +452,7 @@ def test_download_failure_says_no_network(tmp_path, monkeypatch):
 def test_download_checksum_mismatch(cifar_archive_server, tmp_path, monkeypatch):
     url, _ = cifar_archive_server
     point_download_at(monkeypatch, url, "0" * 32)
-    config = DataConfig("cifar10", data_root=tmp_path / "root", cache_dir=tmp_path / "cache")
+    config = DataSettings("cifar10", data_root=tmp_path / "root", cache_dir=tmp_path / "cache")
     with pytest.raises(UserError, match="could not download cifar10"):
         load_data(config)
 
@@ -507,7 +511,7 @@ def test_loader_shuffles_per_epoch_deterministically(split):
 
 
 def test_loader_resume_reproduces_the_rest_of_the_epoch(split):
-    augment = AugmentConfig(crop_pad=2, flip=True, cutout=3, cutmix=1.0)
+    augment = AugmentSettings(crop_pad=2, flip=True, cutout=3, cutmix=1.0)
     kwargs = {"augment": augment, "shuffle": True, "seed": 3, "drop_last": True}
     full = list(loader(split, **kwargs).epoch(2))
     tail = list(loader(split, **kwargs).epoch(2, start_step=1))
@@ -543,7 +547,7 @@ def test_loader_augmentation_differs_by_step_and_rank(split):
     # every batch of each rank holds the same images (one image repeated), so any difference
     # between batches comes from the augmentation's seed
     same = Split(split.images[:1].repeat(64, 1, 1, 1), torch.zeros(64, dtype=torch.int64))
-    augment = AugmentConfig(crop_pad=2, cutout=3)
+    augment = AugmentSettings(crop_pad=2, cutout=3)
     rank0 = list(loader(same, augment=augment, world_size=2).epoch(0))
     rank1 = list(loader(same, augment=augment, rank=1, world_size=2).epoch(0))
     assert not torch.equal(rank0[0][0], rank0[1][0])  # step 0 vs step 1
@@ -553,7 +557,7 @@ def test_loader_augmentation_differs_by_step_and_rank(split):
 
 
 def test_loader_channels_last_and_length(split):
-    x, y = next(loader(split, augment=AugmentConfig(crop_pad=2), channels_last=True).epoch(0))
+    x, y = next(loader(split, augment=AugmentSettings(crop_pad=2), channels_last=True).epoch(0))
     assert x.is_contiguous(memory_format=torch.channels_last) and y.dtype == torch.int64
     assert x.shape == (16, 3, 8, 8)
     assert len(loader(split, drop_last=True)) == 3
@@ -569,7 +573,7 @@ def test_loader_rejects_bad_arguments(split):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_loader_on_cuda_never_syncs(split):
-    augment = AugmentConfig(crop_pad=2, cutout=3, grayscale=0.5, mixup=0.2, cutmix=1.0)
+    augment = AugmentSettings(crop_pad=2, cutout=3, grayscale=0.5, mixup=0.2, cutmix=1.0)
     cuda = BatchLoader(
         split, 16, device="cuda", mean=MEAN, std=STD, num_classes=5, augment=augment, seed=1
     )

@@ -66,7 +66,7 @@ def test_onnx_and_checkpoint_agree(checkpoint, tiny_image_folder, tmp_path):
 def test_eval_mistakes(checkpoint, tmp_path):
     for args, message in (
         (["eval", str(tmp_path / "missing.pt")], "does not exist"),
-        (["eval", str(checkpoint), "--split", "train"], "unknown split"),
+        (["eval", str(checkpoint), "--split", "train"], "'train' is not one of"),
     ):
         result = runner.invoke(app, [*args, "--cache-dir", str(tmp_path / "c")])
         assert result.exit_code == 2 and message in result.output, result.output

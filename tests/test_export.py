@@ -13,9 +13,10 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from distill.checkpoint import file_sha256, load_checkpoint, new_checkpoint, save_checkpoint
+from distill.checkpoint import load_checkpoint, new_checkpoint, save_checkpoint
 from distill.cli import app
 from distill.errors import UserError
+from distill.files import file_sha256
 from distill.registry import create_model
 from export.onnx import (
     OPSET,
@@ -79,12 +80,12 @@ def one_thread():
 def trained(tmp_path_factory):
     """A resnet18-quarter trained for a few steps on a colour image folder, saved with the data
     record training writes, so export finds its validation and calibration images."""
-    from distill.data import DataConfig, load_data
+    from distill.data import DataSettings, load_data
 
     root = tmp_path_factory.mktemp("export")
     cache = root / "cache"
     folder = write_image_folder(root / "images")
-    ds = load_data(DataConfig(str(folder), cache_dir=cache, val_size=32, image_size=SIZE))
+    ds = load_data(DataSettings(str(folder), cache_dir=cache, val_size=32, image_size=SIZE))
     torch.manual_seed(0)
     model = create_model("resnet18-quarter", len(ds.classes))
     opt = torch.optim.Adam(model.parameters(), 3e-3)

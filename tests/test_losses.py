@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from distill.errors import UserError
-from distill.losses import DistillationObjective, KDConfig, dkd_loss, hinton_kd_loss
+from distill.losses import DistillationObjective, dkd_loss, hinton_kd_loss
+from distill.settings import KDSettings, build, resolve_kd
 
 TOL = 1e-5  # float32 losses of O(1) values
 
@@ -180,7 +181,7 @@ class FixedLogits(nn.Module):
 def test_ensemble_averages_teacher_logits():
     a = [[3.0, 0.0, 1.0], [0.0, 2.0, 2.0]]
     b = [[1.0, 0.0, 1.0], [2.0, 0.0, 6.0]]  # mean of a and b is TEACHER
-    objective = DistillationObjective((FixedLogits(a), FixedLogits(b)), KDConfig())
+    objective = DistillationObjective((FixedLogits(a), FixedLogits(b)), resolve_kd(KDSettings(), 4))
     s, _, y = tensors()
     images = torch.rand(2, 3, 4, 4)
     expected = 0.1 * hand_ce() + 0.9 * 16 * hand_kl(4)
@@ -193,7 +194,7 @@ def test_ensemble_averages_teacher_logits():
 def test_objective_backpropagates_into_the_student_only():
     student = nn.Linear(12, 3)
     teacher = FixedLogits(TEACHER[0:1] * 4)
-    objective = DistillationObjective((teacher,), KDConfig.create("dkd", epochs=12))
+    objective = DistillationObjective((teacher,), resolve_kd(KDSettings("dkd"), 12))
     images = torch.rand(4, 3, 2, 2)
     loss = objective(student(images.flatten(1)), torch.tensor([0, 1, 2, 1]), images, 5.0)
     loss.backward()  # the teacher's inference-mode logits must not break autograd
@@ -201,7 +202,7 @@ def test_objective_backpropagates_into_the_student_only():
 
 
 def test_dkd_warmup_is_linear_in_epochs():
-    kd = KDConfig.create("dkd", warmup_epochs=4.0)
+    kd = resolve_kd(KDSettings("dkd", warmup_epochs=4.0), 12)
     teacher = FixedLogits(TEACHER)
     objective = DistillationObjective((teacher,), kd)
     s, t, y = tensors()
@@ -216,16 +217,18 @@ def test_dkd_warmup_is_linear_in_epochs():
 
 
 def test_config_defaults_and_refusals():
-    hinton = KDConfig.create("hinton")
+    hinton = resolve_kd(KDSettings("hinton"), 12)
     assert (hinton.alpha, hinton.temperature, hinton.warmup_epochs) == (0.9, 4.0, 0.0)
-    dkd = KDConfig.create("dkd", epochs=240)
+    dkd = resolve_kd(KDSettings("dkd"), 240)
     assert (dkd.alpha, dkd.beta, dkd.temperature, dkd.warmup_epochs) == (1.0, 8.0, 4.0, 20.0)
-    assert KDConfig.create("dkd", epochs=12).warmup_epochs == pytest.approx(1.0)
+    assert resolve_kd(KDSettings("dkd"), 12).warmup_epochs == pytest.approx(1.0)
     for bad in (
-        dict(method="fitnet"),
         dict(method="hinton", alpha=1.5),
         dict(method="hinton", temperature=0.0),
         dict(method="dkd", beta=-1.0),
+        dict(method="hinton", temperature=float("inf")),
     ):
         with pytest.raises(UserError):
-            KDConfig.create(**bad)
+            build(KDSettings, bad)
+    with pytest.raises(UserError, match="one of hinton, dkd"):
+        build(KDSettings, {"method": "fitnet"})

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from distill.budget import DEFAULT_BUDGET, count_params
+from distill.errors import UserError
 from distill.registry import build_model, create_model, get_entry, list_models, model_config
 from students.resnet import ResNetConfig
 
@@ -78,5 +79,5 @@ def test_maxpool_variant_downsamples_with_pooling():
 
 
 def test_unknown_architecture_lists_the_valid_names():
-    with pytest.raises(KeyError, match="resnet18-5m"):
+    with pytest.raises(UserError, match="resnet18-5m"):
         create_model("resnet9000")

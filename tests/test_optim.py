@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from distill.optim import EMA, Lookahead, make_optimizer, make_scheduler
-from distill.recipes import RECIPES, resolve_recipe
+from distill.recipes import RECIPES, make_recipe
 
 
 def lrs(recipe, steps_per_epoch):
     model = torch.nn.Linear(2, 2)
-    opt = make_optimizer(model, recipe)
+    opt = make_optimizer(model, recipe, recipe.lr)
     sched, per_step = make_scheduler(opt, recipe, steps_per_epoch)
     out = []
     for _ in range(recipe.epochs * steps_per_epoch):
@@ -35,7 +35,7 @@ def test_onecycle_rises_then_falls_for_any_length(steps):
 
 
 def test_warmup_cosine_and_step_shapes():
-    std = dataclasses.replace(RECIPES["standard"], epochs=10, warmup_epochs=2)
+    std = dataclasses.replace(RECIPES["standard"], epochs=30, warmup_epochs=2)
     out, _ = lrs(std, 10)
     assert out[19] == pytest.approx(std.lr)  # end of warm-up
     assert out[0] == pytest.approx(std.lr / 20)
@@ -48,7 +48,7 @@ def test_warmup_cosine_and_step_shapes():
 
 def test_plateau_steps_per_epoch_on_val_loss():
     recipe = RECIPES["sgd-plateau"]
-    opt = make_optimizer(torch.nn.Linear(2, 2), recipe)
+    opt = make_optimizer(torch.nn.Linear(2, 2), recipe, recipe.lr)
     sched, per_step = make_scheduler(opt, recipe, 10)
     assert not per_step
     for _ in range(recipe.plateau_patience + 2):  # a val loss that never improves
@@ -58,15 +58,28 @@ def test_plateau_steps_per_epoch_on_val_loss():
 
 def test_no_weight_decay_on_norms_and_biases():
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
-    groups = make_optimizer(model, RECIPES["sgd-cosine"]).param_groups
+    groups = make_optimizer(model, RECIPES["sgd-cosine"], 0.1).param_groups
     assert [len(g["params"]) for g in groups] == [1, 3]
     assert groups[0]["weight_decay"] == 5e-4 and groups[1]["weight_decay"] == 0
 
 
-def test_batch_size_override_rescales_lr():
-    assert resolve_recipe("sgd-cosine", batch_size=256).lr == pytest.approx(0.2)
-    assert resolve_recipe("adam-onecycle", batch_size=1024).lr == pytest.approx(0.02)
-    assert resolve_recipe("sgd-cosine", batch_size=256, lr=0.05).lr == 0.05
+def test_the_lr_follows_the_global_batch():
+    # The recipe's lr is tuned at its own batch; another global batch scales it (linearly for
+    # SGD, by the square root for Adam), whether from --batch-size or from more processes.
+    sgd = make_recipe("sgd-cosine", batch_size=256)
+    assert sgd.lr_at(256) == pytest.approx(0.2) and sgd.lr_at(512) == pytest.approx(0.4)
+    assert make_recipe("adam-onecycle", batch_size=1024).lr_at(1024) == pytest.approx(0.02)
+    # An explicit lr is the lr of this run's global batch: never scaled.
+    explicit = make_recipe("sgd-cosine", batch_size=256, lr=0.05)
+    assert explicit.lr_at(256) == 0.05
+
+
+def test_a_warmup_longer_than_the_run_is_capped():
+    # A 3-epoch warm-up inside a 2-epoch run would leave the whole run below the target lr.
+    short = dataclasses.replace(RECIPES["standard"], epochs=2, warmup_epochs=3)
+    out, _ = lrs(short, 50)
+    assert max(out) == pytest.approx(short.lr)
+    assert out.index(max(out)) <= 0.1 * len(out)
 
 
 def test_lookahead_moves_slow_weights_alpha_of_the_way_every_k_steps():

@@ -6,7 +6,7 @@ import shutil
 import pytest
 from typer.testing import CliRunner
 
-import distill.teacher
+import distill.supervised
 from distill.checkpoint import load_checkpoint
 from distill.cli import app
 from distill.errors import UserError
@@ -15,10 +15,12 @@ from distill.pipeline import load_config, run_pipeline
 runner = CliRunner()
 
 TINY_TOML = """
+[data]
 val_size = 20
-bench_batch_sizes = [1]
-bench_seconds = 0.05
 cache_dir = "{cache}"
+[bench]
+batch_sizes = [1]
+seconds = 0.05
 [teacher]
 arch = "resnet18-quarter"
 epochs = {teacher_epochs}
@@ -52,8 +54,9 @@ def write_toml(path, cache, teacher_epochs=1, student_epochs=1):
     return path
 
 
-def pipeline_args(data, config, out):
-    return ["pipeline", "--data", str(data), "--config", str(config), "--out", str(out), "--quiet"]
+def pipeline_args(data, config, out, quiet=True):
+    args = ["pipeline", "--data", str(data), "--config", str(config), "--out", str(out)]
+    return args + ["--quiet"] if quiet else args
 
 
 def stage_records(out):
@@ -104,7 +107,7 @@ def test_report_holds_table_and_plots(finished_run):
 def test_rerun_skips_every_stage(finished_run, tiny_image_folder):
     _, config, out, _ = finished_run
     before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.pt")}
-    result = runner.invoke(app, pipeline_args(tiny_image_folder, config, out))
+    result = runner.invoke(app, pipeline_args(tiny_image_folder, config, out, quiet=False))
     assert result.exit_code == 0, result.output
     assert result.output.count("up to date, skipped") == len(STAGES)
     assert before == {p.name: p.stat().st_mtime_ns for p in out.glob("*.pt")}
@@ -116,7 +119,7 @@ def test_changing_student_epochs_redoes_students_and_what_follows(finished_run, 
     shutil.copytree(out, copy)
     config = write_toml(root / "p2.toml", root / "cache", student_epochs=2)
     teacher_before = (copy / "teacher.pt").read_bytes()
-    result = runner.invoke(app, pipeline_args(tiny_image_folder, config, copy))
+    result = runner.invoke(app, pipeline_args(tiny_image_folder, config, copy, quiet=False))
     assert result.exit_code == 0, result.output
     assert "teacher: up to date, skipped" in result.output
     for stage in STAGES[1:]:
@@ -128,10 +131,10 @@ def test_changing_student_epochs_redoes_students_and_what_follows(finished_run, 
 def test_an_interrupted_stage_resumes(tiny_image_folder, tmp_path, monkeypatch):
     config = load_config(
         "quick",
-        str(tiny_image_folder),
         write_toml(tmp_path / "p.toml", tmp_path / "cache", teacher_epochs=2),
+        {"data": {"source": str(tiny_image_folder)}},
     )
-    real_fit = distill.teacher.fit
+    real_fit = distill.supervised.fit
     calls = []
 
     def interrupted_once(*args, **kwargs):
@@ -140,20 +143,20 @@ def test_an_interrupted_stage_resumes(tiny_image_folder, tmp_path, monkeypatch):
             kwargs["stop_after_steps"] = 5  # Ctrl-C in the teacher's second epoch
         return real_fit(*args, **kwargs)
 
-    monkeypatch.setattr(distill.teacher, "fit", interrupted_once)
-    from distill.train import TrainingInterrupted
+    monkeypatch.setattr(distill.supervised, "fit", interrupted_once)
+    from distill.resume import TrainingInterrupted
 
     with pytest.raises(TrainingInterrupted):
-        run_pipeline(config, tmp_path / "run", show_progress=False)
+        run_pipeline(config, tmp_path / "run", quiet=True)
     assert stage_records(tmp_path / "run")["teacher"]["status"] == "running"
     assert (tmp_path / "run" / "teacher.last.pt").exists()
 
-    monkeypatch.setattr(distill.teacher, "fit", real_fit)
+    monkeypatch.setattr(distill.supervised, "fit", real_fit)
     resumed = []
     monkeypatch.setattr(
-        distill.teacher, "fit", lambda *a, **k: resumed.append(a[3].resume) or real_fit(*a, **k)
+        distill.supervised, "fit", lambda *a, **k: resumed.append(a[3].resume) or real_fit(*a, **k)
     )
-    run_pipeline(config, tmp_path / "run", show_progress=False)
+    run_pipeline(config, tmp_path / "run", quiet=True)
     assert resumed[0] is True  # the teacher continued instead of starting over
     assert len(load_checkpoint(tmp_path / "run" / "teacher.pt")["history"]) == 2
     assert all(r["status"] == "done" for r in stage_records(tmp_path / "run").values())
@@ -166,7 +169,7 @@ def test_an_interrupted_stage_resumes(tiny_image_folder, tmp_path, monkeypatch):
         ("[student]\narch = 'resnet34'\n", "over the budget"),
         ("[prune]\nbudget = '6M'\n", "not below the student budget"),
         ("colour = 'blue'\n", "unknown pipeline setting colour"),
-        ("[kd]\nmethod = 'magic'\n", "unknown --kd"),
+        ("[kd]\nmethod = 'magic'\n", "kd.method (bad.toml) must be one of hinton, dkd"),
         ("teacher = [", "not valid TOML"),
     ],
 )
@@ -184,12 +187,13 @@ def test_refuses_a_foreign_non_empty_directory(tiny_image_folder, tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "thesis.tex").write_text("precious")
     with pytest.raises(UserError, match="not empty"):
-        run_pipeline(load_config("quick", str(tiny_image_folder)), tmp_path / "mine")
+        data = {"data": {"source": str(tiny_image_folder)}}
+        run_pipeline(load_config("quick", None, data), tmp_path / "mine")
     assert (tmp_path / "mine" / "thesis.tex").read_text() == "precious"
 
 
 def test_unknown_preset_and_missing_data():
     with pytest.raises(UserError, match="unknown preset"):
-        load_config("fastest", "cifar10")
+        load_config("fastest")
     with pytest.raises(UserError, match="--data"):
-        load_config("quick", None)
+        load_config("quick")

@@ -13,17 +13,13 @@ from distill.budget import count_params
 from distill.checkpoint import model_from_checkpoint
 from distill.cli import app
 from distill.data import Dataset, Split
-from distill.prune import (
-    min_params,
-    prune_checkpoint,
-    prune_to_budget,
-    scheduled_target,
-)
-from distill.recipes import resolve_recipe
+from distill.prune import prune_checkpoint
+from distill.pruning import min_params, prune_to_budget, scheduled_target
+from distill.recipes import make_recipe
 from distill.registry import build_model, create_model
+from distill.settings import PruneSettings, RunSettings
 from distill.student import load_teachers, read_teachers
-from distill.teacher import train_teacher
-from distill.train import RunConfig
+from distill.supervised import train_on_labels
 from students.resnet import ResNetConfig, plan
 
 runner = CliRunner()
@@ -35,7 +31,7 @@ EXAMPLE = X[:1]
 # dropout, and MaxPool downsampling.
 FAMILIES = ["resnet18-quarter", "resnet50-5m", "preact-resnet42", "seresnet24", "resnet22-maxpool"]
 # Batch 8 over 64 images: OneCycle needs more than four steps an epoch.
-TINY_RECIPE = replace(resolve_recipe("quick", epochs=1, batch_size=8), channels_last=False)
+TINY_RECIPE = replace(make_recipe("quick", epochs=1, batch_size=8), channels_last=False)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -128,8 +124,8 @@ def small_data(tiny_dataset) -> Dataset:
 def source(tmp_path_factory, small_data) -> Path:
     """A resnet18-quarter trained for an epoch on the tiny image folder."""
     out = tmp_path_factory.mktemp("prune") / "source.pt"
-    run = RunConfig("student", "resnet18-quarter", out, "cpu", show_progress=False)
-    train_teacher("resnet18-quarter", small_data, TINY_RECIPE, run)
+    run = RunSettings(out, "cpu", quiet=True)
+    train_on_labels("resnet18-quarter", small_data, TINY_RECIPE, run, kind="student")
     return out
 
 
@@ -138,13 +134,11 @@ def test_prune_checkpoint_lands_under_budget_and_round_trips(source, small_data,
     budget = 300_000
     ckpt = prune_checkpoint(
         source,
-        "300k",
+        PruneSettings("300k", steps=2, epochs_per_step=1),
         teacher_paths=[source],
         data=small_data,
         recipe=TINY_RECIPE,
-        run=RunConfig("pruned", "", out, "cpu", show_progress=False),
-        steps=2,
-        epochs_per_step=1,
+        run=RunSettings(out, "cpu", quiet=True),
     )
     saved = torch.load(out, weights_only=True)  # plain values and tensors only
     assert saved["kind"] == "pruned" and saved["arch"] == "resnet18-quarter-pruned"

@@ -9,20 +9,21 @@ from typer.testing import CliRunner
 
 import distill.student as student_mod
 from distill.checkpoint import (
-    file_sha256,
     load_checkpoint,
     model_from_checkpoint,
     new_checkpoint,
     save_checkpoint,
 )
 from distill.cli import app
-from distill.data import DataConfig, Split, load_data
+from distill.data import DataSettings, Split, load_data
 from distill.errors import UserError
-from distill.losses import DistillationObjective, KDConfig
-from distill.recipes import resolve_recipe
+from distill.files import file_sha256
+from distill.losses import DistillationObjective
+from distill.recipes import make_recipe
 from distill.registry import create_model
+from distill.resume import TrainingInterrupted, last_path
+from distill.settings import KDSettings, RunSettings, kd_record, resolve_kd
 from distill.student import train_student
-from distill.train import RunConfig, TrainingInterrupted, last_path
 
 runner = CliRunner()
 TINY = "resnet18-quarter"
@@ -81,8 +82,8 @@ def test_student_from_a_trained_teacher_and_an_ensemble(tiny_image_folder, tiny_
     trained = runner.invoke(app, args + data)
     assert trained.exit_code == 0, trained.output
     seen = load_data(
-        DataConfig(str(tiny_image_folder), cache_dir=cache, val_size=val_size, train_size=16,
-                   seed=split_seed)
+        DataSettings(str(tiny_image_folder), cache_dir=cache, val_size=val_size, train_size=16,
+                   split_seed=split_seed)
     )  # fmt: skip
     t2 = make_teacher(tmp_path / "t2.pt", seen, arch="resnet18-half")
 
@@ -115,6 +116,7 @@ def test_student_from_a_trained_teacher_and_an_ensemble(tiny_image_folder, tiny_
         "temperature": 4.0,
         "beta": 8.0,
         "warmup_epochs": pytest.approx(1 / 12),
+        "teacher_tta": False,
     }
     # The split was defaulted to the teacher's, so the student was validated on the same images.
     for key in ("source_id", "split_seed", "val_size"):
@@ -213,10 +215,10 @@ def test_data_on_another_split_is_refused(key, flag, tiny_dataset, tmp_path):
     """A library caller handing a Dataset drawn with another split than the teacher's."""
     info = tiny_dataset.info | {key: tiny_dataset.info[key] + 1}
     teacher = make_teacher(tmp_path / "t.pt", tiny_dataset, data=info)
-    run = RunConfig("student", TINY, tmp_path / "s.pt", "cpu", show_progress=False)
-    recipe = resolve_recipe("quick", epochs=1)
+    run = RunSettings(tmp_path / "s.pt", "cpu", quiet=True)
+    recipe = make_recipe("quick", epochs=1)
     with pytest.raises(UserError, match=flag):
-        train_student(TINY, [teacher], tiny_dataset, recipe, run, KDConfig(), 5_000_000)
+        train_student(TINY, [teacher], tiny_dataset, recipe, run, KDSettings(), 5_000_000)
     assert not (tmp_path / "s.pt").exists()
 
 
@@ -246,13 +248,13 @@ def test_teacher_sees_exactly_the_students_mixed_batch(tiny_dataset, tmp_path, m
     monkeypatch.setattr(student_mod, "create_model", spy_student)
     monkeypatch.setattr(student_mod, "model_from_checkpoint", spy_teacher)
     monkeypatch.setattr(student_mod, "DistillationObjective", SpyObjective)
-    recipe = resolve_recipe("sgd-lookahead-cutmix", epochs=1, batch_size=8)
+    recipe = make_recipe("sgd-lookahead-cutmix", epochs=1, batch_size=8)
     recipe = replace(recipe, augment=replace(recipe.augment, mixup=0.2))  # Mixup and CutMix
     teacher = make_teacher(tmp_path / "t.pt", tiny_dataset)
-    run = RunConfig("student", TINY, tmp_path / "s.pt", "cpu", show_progress=False)
+    run = RunSettings(tmp_path / "s.pt", "cpu", quiet=True)
     with pytest.raises(TrainingInterrupted):
         train_student(
-            TINY, [teacher], small(tiny_dataset), recipe, run, KDConfig(), 5_000_000,
+            TINY, [teacher], small(tiny_dataset), recipe, run, KDSettings(), 5_000_000,
             stop_after_steps=2,
         )  # fmt: skip
     assert len(teacher_calls) == len(student_inputs) == 2
@@ -264,12 +266,12 @@ def test_teacher_sees_exactly_the_students_mixed_batch(tiny_dataset, tmp_path, m
 def test_interrupted_student_resumes_to_the_same_weights(tiny_dataset, tmp_path):
     teacher = make_teacher(tmp_path / "t.pt", tiny_dataset)
     # 2 steps an epoch; 3 epochs (OneCycleLR divides by zero on exactly 4 steps in all)
-    recipe = resolve_recipe("quick", epochs=3, batch_size=8)
-    kd = KDConfig.create("hinton", temperature=2.0)
+    recipe = make_recipe("quick", epochs=3, batch_size=8)
+    kd = KDSettings("hinton", temperature=2.0)
     dataset = small(tiny_dataset)
 
     def distil(out, kd=kd, resume=False, stop_after_steps=None):
-        run = RunConfig("student", TINY, out, "cpu", resume=resume, show_progress=False)
+        run = RunSettings(out, "cpu", resume=resume, quiet=True)
         return train_student(
             TINY, [teacher], dataset, recipe, run, kd, 5_000_000,
             stop_after_steps=stop_after_steps,
@@ -283,4 +285,5 @@ def test_interrupted_student_resumes_to_the_same_weights(tiny_dataset, tmp_path)
     resumed = distil(tmp_path / "b.pt", resume=True)
     for key, value in whole["state_dict"].items():
         assert torch.equal(value, resumed["state_dict"][key]), key
-    assert resumed["teachers"] == whole["teachers"] and resumed["kd"] == kd.to_dict()
+    assert resumed["teachers"] == whole["teachers"]
+    assert resumed["kd"] == kd_record(resolve_kd(kd, recipe.epochs))

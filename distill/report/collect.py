@@ -72,7 +72,7 @@ def _read_onnx(path: Path, by_sha: dict[str, Model]) -> tuple[Model, str | None]
 
 
 def sha256_index(models: Iterable[Model]) -> dict[str, Model]:
-    from distill.checkpoint import file_sha256
+    from distill.files import file_sha256
 
     return {file_sha256(m.path): m for m in models}
 

@@ -2,29 +2,24 @@
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+
+from distill.files import atomic_write
 
 PLOTS = "plots"  # folder beside report.md; the Markdown links plots/NAME.png
 
 
-def atomic_write(path: Path, write: Callable[[str], Any]) -> Path:
-    """`write(tmp)` into a temp file beside `path`, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+MARK = "<!-- written by distill report; regenerated on every run -->"
+
+
+def is_ours(path: Path) -> bool:
+    """A report.md this tool wrote (and may replace), recognised by its first line."""
     try:
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the file from other readers
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.readline().strip() == MARK
+    except OSError:
+        return False
 
 
 def save_figure(fig, path: Path) -> Path:

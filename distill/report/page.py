@@ -7,6 +7,7 @@ import datetime as dt
 from collections.abc import Sequence
 from pathlib import Path
 
+from distill.files import atomic_write, check_output
 from distill.report.class_plots import plot_confusion, plot_kd_gain, plot_per_class
 from distill.report.classes import class_table, collect_scores, gain_line, gains
 from distill.report.collect import collect_models
@@ -14,7 +15,7 @@ from distill.report.curves import plot_curves
 from distill.report.headline import budgets, data_note, kd_gain_lines
 from distill.report.latency import FLAG, latency_section, plot_latency
 from distill.report.models import Collection, Model
-from distill.report.output import PLOTS, atomic_write, slug
+from distill.report.output import MARK, PLOTS, is_ours, slug
 from distill.report.provenance import provenance
 from distill.report.pruning import plot_trajectory, pruning_lines, steps_table, trajectory
 from distill.report.tables import render_table
@@ -145,12 +146,15 @@ def curves_section(col: Collection, plots: Path) -> Section:
     return ["## Training curves", "", intro, "", *images], [png for _, png in pngs]
 
 
-def write_report(run_dir: Path) -> Path:
-    """Write run_dir/report.md and run_dir/plots/*.png; return the report's path."""
+def write_report(run_dir: Path, force: bool = False) -> Path:
+    """Write run_dir/report.md and run_dir/plots/*.png; return the report's path.
+
+    A report.md the tool did not write (the user's own) is only replaced with `force`."""
     run_dir = Path(run_dir)
+    check_output(run_dir / "report.md", force, (".md",), flag="report", ours=is_ours)
     col = collect_models(run_dir)
     plots = run_dir / PLOTS
-    lines = [f"# Distillation report: `{run_dir.resolve().name}`", ""]
+    lines = [MARK, f"# Distillation report: `{run_dir.resolve().name}`", ""]
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines += [f"_{len(col.models)} model files, written {now}._", ""]
     headline = kd_gain_lines(col.models) + pruning_lines(col.models)

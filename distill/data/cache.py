@@ -1,0 +1,117 @@
+"""The decoded source on disk: every image as one uint8 tensor, written once under the cache dir
+and read back with `torch.load(weights_only=True)`, never beside the data.
+
+The file is keyed by the source's path and fingerprint, and it carries a sha256 of its tensors:
+a cache whose bytes changed after it was written (a flipped bit, a truncated copy, an edit) is
+decoded again with one line saying so, never trained on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+import torch
+
+from distill.console import note
+from distill.data.cifar import cifar_complete, download, read_cifar
+from distill.data.dataset import Decoded, Split
+from distill.data.images import decode_images
+from distill.data.sources import Source, digest
+from distill.errors import UserError
+from distill.files import atomic_save
+from distill.settings import DataSettings
+
+CACHE_FORMAT = "distill-data-cache"
+CACHE_VERSION = 2  # 2: a sha256 of the tensors' bytes
+
+
+def cached_decode(source: Source, settings: DataSettings) -> Decoded:
+    key = f"{source.kind}|{source.name}|{settings.image_size}"
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(source.name).name or source.kind)[:40]
+    stem = f"{slug}-{digest(key)[:10]}"
+    path = settings.cache_dir / "data" / f"{stem}-{digest(source.fingerprint)[:10]}.pt"
+    full_key = f"{key}|{source.fingerprint}"
+    cached = read_cache(path, full_key)
+    if cached is not None:
+        return cached
+    decoded = decode(source, settings)
+    write_cache(path, full_key, decoded, stale=f"{stem}-*.pt")
+    return decoded
+
+
+def decode(source: Source, settings: DataSettings) -> Decoded:
+    if source.kind == "image-folder":
+        splits = {
+            split: Split(
+                decode_images(files, settings.image_size), torch.tensor(labels, dtype=torch.int64)
+            )
+            for (split, files), labels in zip(source.image_files, source.image_labels, strict=True)
+        }
+        return Decoded(source.classes, splits["train"], splits.get("test"))
+    if source.download is not None and not cifar_complete(source.folder, source.kind):
+        download(source.download, settings.data_root)
+    return read_cifar(source.folder, source.kind, settings.image_size)
+
+
+def _tensors(obj: dict) -> list[torch.Tensor]:
+    keys = ("train_images", "train_labels", "test_images", "test_labels")
+    return [obj[k] for k in keys if obj.get(k) is not None]
+
+
+def checksum(tensors: list[torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.contiguous().numpy().data)  # no copy: the tensor's own bytes
+    return h.hexdigest()
+
+
+def read_cache(path: Path, key: str) -> Decoded | None:
+    if not path.is_file():
+        return None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+        if obj.get("format") != CACHE_FORMAT or obj.get("version") != CACHE_VERSION:
+            return None
+        if obj.get("key") != key:  # a digest collision, however unlikely, is not a hit
+            return None
+        if checksum(_tensors(obj)) != obj.get("sha256"):
+            note(f"the data cache {path} is corrupt (its checksum does not match); decoding again")
+            return None
+        test = None
+        if obj["test_images"] is not None:
+            test = Split(obj["test_images"], obj["test_labels"])
+        decoded = Decoded(
+            tuple(obj["classes"]), Split(obj["train_images"], obj["train_labels"]), test
+        )
+        labels = [s.labels for s in (decoded.train, decoded.test) if s is not None and len(s)]
+        if any(int(y.min()) < 0 or int(y.max()) >= len(decoded.classes) for y in labels):
+            raise ValueError("labels outside the classes")
+        return decoded
+    except Exception as e:  # unreadable or foreign file: decode again and overwrite it
+        note(f"ignoring the unreadable data cache {path} ({type(e).__name__}); decoding again")
+        return None
+
+
+def write_cache(path: Path, key: str, decoded: Decoded, stale: str) -> None:
+    obj = {
+        "format": CACHE_FORMAT,
+        "version": CACHE_VERSION,
+        "key": key,
+        "classes": list(decoded.classes),
+        "train_images": decoded.train.images,
+        "train_labels": decoded.train.labels,
+        "test_images": decoded.test.images if decoded.test is not None else None,
+        "test_labels": decoded.test.labels if decoded.test is not None else None,
+    }
+    obj["sha256"] = checksum(_tensors(obj))
+    try:
+        atomic_save(obj, path)
+    except UserError as e:
+        # The data is in memory already; a missing cache costs only the next run's decode.
+        note(f"{e}; the data will be decoded again next time (pass a writable --cache-dir)")
+        return
+    for old in path.parent.glob(stale):  # same source, older content: never read again
+        if old != path:
+            old.unlink(missing_ok=True)

@@ -1,0 +1,125 @@
+"""`distill pipeline`: teacher -> baseline -> KD student -> prune -> export -> bench -> report,
+in one run directory, resumable stage by stage.
+
+- `config`: PipelineSettings from a preset, a TOML file and flags, validated before any work;
+- `state`: pipeline.json, fingerprints, and which stages are up to date;
+- `stages`: the stages, each a call of the library function its own command makes.
+
+Under torchrun the training stages run on every rank; rank 0 alone decides which stages to skip
+or resume (and tells the others), runs the other stages and writes every file.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from rich.console import Console
+
+from distill import distributed
+from distill.console import make_console
+from distill.data import Dataset, load_data
+from distill.device import resolve_device
+from distill.errors import UserError
+from distill.files import file_sha256, output_lock
+from distill.pipeline.config import PipelineSettings, load_config, to_toml
+from distill.pipeline.stages import build_stages, describe
+from distill.pipeline.state import STATE_FILE, PipelineState, Stage, decide
+
+__all__ = ["PipelineSettings", "describe", "load_config", "run_pipeline", "to_toml"]
+
+
+def _check_run_dir(run_dir: Path, force: bool) -> None:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"--out {run_dir} is a file; pass a directory")
+    if not run_dir.is_dir() or force:
+        return
+    ours = (run_dir / STATE_FILE).exists() or any(run_dir.glob(f"{STATE_FILE}.damaged-*"))
+    if not ours and any(p for p in run_dir.iterdir() if not p.name.startswith(".")):
+        raise UserError(
+            f"{run_dir} is not empty and holds no {STATE_FILE}; choose a new --out "
+            "or pass --force to use it anyway"
+        )
+
+
+def run_pipeline(
+    settings: PipelineSettings,
+    run_dir: Path,
+    *,
+    force: bool = False,
+    console: Console | None = None,
+    quiet: bool = False,
+) -> Path:
+    """Run (or continue) every stage into `run_dir`; return the report's path."""
+    console = console or make_console(quiet, stderr=True)
+    run_dir = Path(run_dir)
+    distributed.init(resolve_device(settings.device).type)
+
+    def check() -> None:
+        if distributed.is_main():
+            _check_run_dir(run_dir, force)
+
+    distributed.agree(check)
+    if distributed.is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)
+    distributed.barrier()
+    with output_lock(run_dir / "pipeline", enabled=distributed.is_main()):
+        state = PipelineState.load(run_dir, settings.to_dict()) if distributed.is_main() else None
+        loaded: dict[str, Dataset] = {}
+
+        def dataset() -> Dataset:
+            if "d" not in loaded:
+                loaded["d"] = load_data(settings.data)
+            return loaded["d"]
+
+        _run_stages(build_stages(settings, run_dir, dataset, console, quiet), state, console)
+    return run_dir / "report.md"
+
+
+def _run_stages(stages: Iterable[Stage], state: PipelineState | None, console: Console) -> None:
+    for stage in stages:
+        # Rank 0 decides; every rank acts on the same decision.
+        action, fp, why = distributed.broadcast(decide(stage, state) if state is not None else None)
+        if action == "skip":
+            console.print(f"[dim]{stage.name}: {why}, skipped[/]")
+            if state is not None and state.stages.get(stage.name, {}).get("fingerprint") != fp:
+                _record(state, stage, fp, "done", 0.0)
+            continue
+        resume = action == "resume"
+        if why:
+            console.print(f"[yellow]{stage.name}: {why}[/]")
+        console.rule(f"[bold]{stage.name}")
+        prior = state.stages.get(stage.name, {}).get("seconds", 0.0) if resume and state else 0.0
+        if state is not None:
+            _record(state, stage, fp, "running", prior)
+        started = time.perf_counter()
+        try:
+            if stage.every_rank or distributed.is_main():
+                stage.run(resume, {"stage": stage.name, "fingerprint": fp})
+        finally:
+            seconds = prior + time.perf_counter() - started
+            if state is not None:
+                state.stages[stage.name]["seconds"] = seconds
+                state.save()
+        distributed.barrier()
+        if state is not None:
+            _record(state, stage, fp, "done", seconds)
+        console.print(
+            f"[green]{stage.name}: done[/] in {seconds:.0f}s "
+            f"-> {', '.join(p.name for p in stage.outputs)}"
+        )
+
+
+def _record(state: PipelineState, stage: Stage, fp: str, status: str, seconds: float) -> None:
+    state.stages[stage.name] = {
+        "name": stage.name,
+        "status": status,
+        "fingerprint": fp,
+        "outputs": [p.name for p in stage.outputs],
+        "sha256": {p.name: file_sha256(p) for p in stage.outputs if p.is_file()}
+        if status == "done"
+        else {},
+        "seconds": seconds,
+    }
+    state.save()

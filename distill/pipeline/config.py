@@ -1,0 +1,276 @@
+"""`distill pipeline` settings: a preset, then a TOML file, then flags, into one validated
+`PipelineSettings` before the first stage starts.
+
+TOML layout (every key optional; `distill pipeline --print-config` writes the resolved file):
+
+    seed = 0
+    device = "auto"
+    budget = "5M"           # the student's parameter budget
+    [data]                  # DataSettings: source (or --data), val_size, train_size, ...
+    [teacher]               # arch, recipe (a name), then any Recipe field: epochs = 200
+    [student]               # the same; the label-only baseline uses it too
+    [kd]                    # KDSettings: method, alpha, temperature, beta, warmup_epochs, ...
+    [prune]                 # PruneSettings: enabled, budget, steps, epochs_per_step, epochs, ...
+    [export]                # ExportSettings: int8, fp16, tta, int8_max_drop
+    [bench]                 # BenchSettings: batch_sizes, seconds, threads, device
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import tomllib
+
+from distill.budget import parse_budget
+from distill.errors import UserError
+from distill.recipes import FOR_TEACHERS, get_recipe
+from distill.settings import (
+    BenchSettings,
+    DataSettings,
+    ExportSettings,
+    KDSettings,
+    PruneSettings,
+    Recipe,
+    build,
+    coerce,
+    require,
+    setting,
+    to_dict,
+)
+
+
+@dataclass(frozen=True)
+class StageSettings:
+    """A training stage: an architecture and a resolved recipe."""
+
+    arch: str
+    recipe: Recipe
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    teacher: StageSettings
+    student: StageSettings
+    data: DataSettings = setting(help="The data set and its split.", factory=DataSettings)
+    budget: int | str = setting("5M", "Parameter budget of the students.")
+    kd: KDSettings = setting(help="How the student learns from the teacher.", factory=KDSettings)
+    prune: PruneSettings = setting(help="The prune stage.", factory=PruneSettings)
+    export: ExportSettings = setting(help="The export stage.", factory=ExportSettings)
+    bench: BenchSettings = setting(help="The bench stage.", factory=BenchSettings)
+    seed: int = setting(0, "Seed of every training stage.")
+    device: Literal["auto", "cpu", "cuda"] = setting("auto", "auto, cpu or cuda.")
+
+    def __post_init__(self) -> None:
+        require(
+            self.prune.budget != "" or not self.prune.enabled,
+            "prune.budget",
+            "is needed when the prune stage is enabled (or set prune.enabled = false)",
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+
+# Presets are plain nested tables so a TOML file overrides them key by key.
+PRESETS: dict[str, dict[str, Any]] = {
+    # CPU demo on CIFAR-10 in about 13 minutes on 2 cores. On a CPU a wider teacher costs more
+    # per image than the student's whole training step, so the teacher is the student's own
+    # architecture trained twice as long ("born-again" distillation, Furlanello et al. 2018).
+    "quick": {
+        "teacher": {"arch": "resnet18-quarter", "recipe": "quick", "epochs": 8},
+        "student": {"arch": "resnet18-quarter", "recipe": "quick", "epochs": 4},
+        "kd": {"method": "hinton", "alpha": 0.9, "temperature": 4.0},
+        "prune": {"budget": "0.45M", "steps": 1, "epochs_per_step": 0, "epochs": 1},
+        "export": {"int8": True},
+        "bench": {"batch_sizes": [1, 32]},
+    },
+    # The GPU run for the real result: a ResNet34 teacher and a 5M student, standard recipe.
+    "standard": {
+        "teacher": {"arch": "resnet34", "recipe": "standard", "epochs": 200},
+        "student": {"arch": "resnet18-5m", "recipe": "standard", "epochs": 200},
+        "kd": {"method": "hinton", "alpha": 0.9, "temperature": 4.0},
+        "prune": {"budget": "2.5M", "steps": 4, "epochs_per_step": 5, "epochs": 60},
+        "export": {"int8": True},
+        "bench": {"batch_sizes": [1, 32, 256]},
+    },
+}
+
+
+def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), Mapping):
+            out[key] = merge(base[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _label(where: str, key: str) -> str:
+    """How a key is named in messages: `kd.alpha`, or `kd.alpha (my.toml)`."""
+    key = key or "the config"
+    return f"{key} ({where})" if where else key
+
+
+def _stage(name: str, table: Any, where: str) -> StageSettings:
+    """[teacher]/[student]: arch, recipe (a name), and any Recipe field as an override."""
+    if not isinstance(table, Mapping):
+        raise UserError(f"{_label(where, name)} must be a table, e.g. [{name}]")
+    values = dict(table)
+    label = lambda key: _label(where, f"{name}.{key}")  # noqa: E731
+    arch = coerce(values.pop("arch", None), str, "arch", label)
+    recipe_name = coerce(values.pop("recipe", None), str, "recipe", label)
+    base = get_recipe(recipe_name)
+    overrides = {"name": recipe_name, **values}
+    if name == "teacher":  # a model trained to teach: see distill.recipes.FOR_TEACHERS
+        overrides = {**FOR_TEACHERS, **overrides}
+    recipe = build(Recipe, overrides, base=base, label=label)
+    return StageSettings(arch, recipe)
+
+
+def parse(values: Mapping[str, Any], where: str = "") -> PipelineSettings:
+    """PipelineSettings from nested tables (a preset merged with a TOML file and flags)."""
+    values = dict(values)
+    known = {f.name for f in fields(PipelineSettings)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise UserError(
+            f"unknown pipeline setting {_label(where, unknown[0])}; valid ones: "
+            f"{', '.join(sorted(known))}"
+        )
+    for stage in ("teacher", "student"):
+        if stage not in values:
+            raise UserError(f"the pipeline needs a [{stage}] table (arch and recipe)")
+        values[stage] = _stage(stage, values[stage], where)
+    settings = build(
+        PipelineSettings, values, label=lambda key: _label(where, key), unknown="error"
+    )
+    validate(settings)
+    return settings
+
+
+def validate(s: PipelineSettings) -> None:
+    """What types and ranges cannot say: names exist, budgets parse and nest, stages fit."""
+    import torch
+
+    from distill.budget import check_budget
+    from distill.registry import create_model, get_entry
+
+    budget = parse_budget(s.budget)
+    for name in ("teacher", "student"):
+        get_entry(getattr(s, name).arch)
+    with torch.device("meta"):
+        check_budget(create_model(s.student.arch), budget, f"student {s.student.arch}")
+    if s.prune.enabled:
+        prune_budget = parse_budget(s.prune.budget)
+        if prune_budget >= budget:
+            raise UserError(
+                f"prune budget {s.prune.budget} is not below the student budget {s.budget}; "
+                "lower it, or set prune.enabled = false to skip pruning"
+            )
+    if not s.data.source:
+        raise UserError("no data given; pass --data (cifar10, cifar100 or a folder)")
+
+
+def load_config(
+    preset: str, config_file: Path | None = None, overrides: Mapping[str, Any] | None = None
+) -> PipelineSettings:
+    """The preset, then the TOML file's values, then `overrides` (flags, as nested tables)."""
+    if preset not in PRESETS:
+        raise UserError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+    values: dict[str, Any] = dict(PRESETS[preset])
+    where = ""
+    if config_file is not None:
+        config_file = Path(config_file)
+        if not config_file.is_file():
+            raise UserError(f"config file {config_file} does not exist or is not a file")
+        try:
+            values = merge(values, tomllib.loads(config_file.read_text()))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise UserError(f"{config_file} is not valid TOML: {e}") from None
+        where = config_file.name
+    values = merge(values, overrides or {})
+    return parse(values, where)
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing TOML back (--print-config) and documenting every key
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def to_toml(s: PipelineSettings) -> str:
+    """The resolved settings as a TOML file that `--config` reads back to the same settings."""
+    d = s.to_dict()
+    for stage in ("teacher", "student"):
+        recipe = d[stage].pop("recipe")
+        d[stage] = {"arch": d[stage]["arch"], "recipe": recipe.pop("name"), **recipe}
+    lines: list[str] = []
+
+    def table(prefix: str, values: dict[str, Any]) -> None:
+        scalars = {k: v for k, v in values.items() if not isinstance(v, dict) and v is not None}
+        if prefix:
+            lines.append(f"\n[{prefix}]")
+        lines.extend(f"{k} = {_toml_value(v)}" for k, v in scalars.items())
+        for k, v in values.items():
+            if isinstance(v, dict):
+                table(f"{prefix}.{k}" if prefix else k, v)
+
+    table("", d)
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def reference_rows() -> list[tuple[str, str, str, str]]:
+    """(key, type, default, meaning) for every pipeline TOML key: the README's table."""
+    from distill.settings import _type_name  # one description of each type
+
+    rows = []
+
+    def walk(cls: type, prefix: str) -> None:
+        import typing
+
+        hints = typing.get_type_hints(cls)
+        for f in fields(cls):
+            if f.name in ("data", "teacher", "student") and cls is PipelineSettings:
+                continue
+            tp = hints[f.name]
+            if dataclasses.is_dataclass(tp):
+                walk(tp, f"{prefix}{f.name}.")
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else "—"
+            rows.append(
+                (
+                    f"{prefix}{f.name}",
+                    _type_name(tp),
+                    _toml_value(default) if default != "—" else default,
+                    f.metadata.get("help", ""),
+                )
+            )
+
+    walk(PipelineSettings, "")
+    walk(DataSettings, "data.")
+    rows.append(
+        ("teacher.arch / student.arch", "a string", "preset", "Architecture name or FAMILY@BUDGET.")
+    )
+    rows.append(
+        (
+            "teacher.recipe / student.recipe",
+            "a string",
+            "preset",
+            "Named recipe; any Recipe field below may follow it in the same table.",
+        )
+    )
+    walk(Recipe, "teacher/student.")
+    return rows

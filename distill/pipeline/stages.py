@@ -1,0 +1,258 @@
+"""The stages of `distill pipeline`, each a thin call of the library function its command makes:
+teacher -> baseline (labels only) -> KD student -> prune -> export -> bench -> report."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from distill.budget import check_budget, parse_budget
+from distill.checkpoint import load_checkpoint, model_from_checkpoint
+from distill.data import Dataset
+from distill.errors import UserError
+from distill.files import atomic_write_text
+from distill.pipeline.config import PipelineSettings
+from distill.pipeline.state import Stage
+from distill.resume import last_path
+from distill.settings import RunSettings, to_dict
+
+
+def build_stages(
+    s: PipelineSettings,
+    run_dir: Path,
+    dataset: Callable[[], Dataset],
+    console: Console,
+    quiet: bool,
+) -> list[Stage]:
+    from distill.prune import prune_checkpoint
+    from distill.student import train_student
+    from distill.supervised import train_on_labels
+
+    budget = parse_budget(s.budget)
+    teacher, baseline, student, pruned = (
+        run_dir / f"{n}.pt" for n in ("teacher", "baseline", "student", "pruned")
+    )
+    data = to_dict(s.data)
+
+    def run_settings(out: Path, resume: bool) -> RunSettings:
+        # force: a stage that runs again replaces its own earlier output (atomically, at the end)
+        return RunSettings(out, s.device, s.seed, resume, True, quiet)
+
+    def verify(path: Path, limit: int | None, what: str) -> None:
+        """The stage's artefact, re-read from disk, is within its budget."""
+        model = model_from_checkpoint(load_checkpoint(path))
+        if limit is not None:
+            check_budget(model, limit, what)
+
+    def teacher_stage(resume: bool, mark: dict[str, Any]) -> None:
+        train_on_labels(
+            s.teacher.arch,
+            dataset(),
+            s.teacher.recipe,
+            run_settings(teacher, resume),
+            console=console,
+            provenance=mark,
+        )
+        verify(teacher, None, "teacher")
+
+    def baseline_stage(resume: bool, mark: dict[str, Any]) -> None:
+        train_on_labels(
+            s.student.arch,
+            dataset(),
+            s.student.recipe,
+            run_settings(baseline, resume),
+            kind="student",
+            console=console,
+            provenance=mark,
+        )
+        verify(baseline, budget, "baseline student")
+
+    def student_stage(resume: bool, mark: dict[str, Any]) -> None:
+        train_student(
+            s.student.arch,
+            [teacher],
+            dataset(),
+            s.student.recipe,
+            run_settings(student, resume),
+            s.kd,
+            budget,
+            console=console,
+            provenance=mark,
+        )
+        verify(student, budget, "KD student")
+
+    seed = {"seed": s.seed, "device": s.device}
+    stages = [
+        Stage(
+            "teacher",
+            [teacher],
+            {"data": data, "teacher": to_dict(s.teacher), **seed},
+            [],
+            teacher_stage,
+            last_path(teacher),
+            every_rank=True,
+        ),
+        Stage(
+            "baseline",
+            [baseline],
+            {"data": data, "student": to_dict(s.student), "budget": s.budget, **seed},
+            [],
+            baseline_stage,
+            last_path(baseline),
+            every_rank=True,
+        ),
+        Stage(
+            "student",
+            [student],
+            {"student": to_dict(s.student), "kd": to_dict(s.kd), "budget": s.budget, **seed},
+            [teacher],
+            student_stage,
+            last_path(student),
+            every_rank=True,
+        ),
+    ]
+    exported = [student]
+    if s.prune.enabled:
+        p_budget = parse_budget(s.prune.budget)
+
+        def prune_stage(resume: bool, mark: dict[str, Any]) -> None:
+            prune_checkpoint(
+                student,
+                s.prune,
+                data=dataset(),
+                recipe=s.student.recipe,
+                run=run_settings(pruned, resume),
+                kd=s.kd,
+                teacher_paths=[teacher],
+                console=console,
+                provenance=mark,
+            )
+            verify(pruned, p_budget, "pruned student")
+
+        stages.append(
+            Stage(
+                "prune",
+                [pruned],
+                {"prune": to_dict(s.prune), "kd": to_dict(s.kd), **seed},
+                [student, teacher],
+                prune_stage,
+                last_path(pruned),
+                every_rank=True,
+            )
+        )
+        exported.append(pruned)
+
+    stages += [_export_stage(source, s, console) for source in exported]
+    onnx_files = [p for stage in stages if stage.name.startswith("export") for p in stage.outputs]
+    stages.append(_bench_stage(onnx_files, run_dir, s, console))
+    # The report reads every artefact above, so any change to one of them redoes it.
+    artefacts = [p for stage in stages for p in stage.outputs]
+    stages.append(
+        Stage(
+            "report",
+            [run_dir / "report.md"],
+            {"report": 2},
+            artefacts,
+            lambda _resume, _mark: _report(run_dir, console),
+            optional_inputs=True,
+        )
+    )
+    return stages
+
+
+def _export_stage(source: Path, s: PipelineSettings, console: Console) -> Stage:
+    from export.onnx import export_onnx, read_metadata
+
+    fp32 = source.with_suffix(".onnx")
+    int8 = source.with_name(f"{source.stem}.int8.onnx")
+    outputs = [fp32, int8] if s.export.int8 else [fp32]
+
+    def run(_resume: bool, _mark: dict[str, Any]) -> None:
+        kw = dict(
+            data=s.data.source,
+            data_root=s.data.data_root,
+            cache_dir=s.data.cache_dir,
+            force=True,
+            stage=lambda msg: console.print(f"  {msg}"),
+        )
+        rep = export_onnx(source, fp32, **kw)
+        console.print(
+            f"  {fp32.name}: parity max |diff| {rep.parity.max_abs_diff:.2e}, "
+            f"top-1 agreement {rep.parity.top1_agreement:.2%}"
+        )
+        if s.export.int8:
+            q = export_onnx(source, int8, int8=True, **kw)
+            console.print(
+                f"  {int8.name}: val top-1 {q.accuracy:.2%} vs fp32 {q.fp32_accuracy:.2%}"
+                f" on {q.eval_images} images; {q.size_bytes / 1e6:.1f} MB vs "
+                f"{q.fp32_size_bytes / 1e6:.1f} MB"
+            )
+        budget = parse_budget(s.budget)
+        for path in outputs:  # the deployable artefact is held to the same budget
+            params = int(read_metadata(path)["params"])
+            if params > budget:
+                raise UserError(f"{path.name} has {params:,} parameters, over {s.budget}")
+
+    return Stage(f"export-{source.stem}", outputs, to_dict(s.export), [source], run)
+
+
+def _bench_stage(
+    onnx_files: list[Path], run_dir: Path, s: PipelineSettings, console: Console
+) -> Stage:
+    from export.bench import Timing, benchmark
+
+    out = run_dir / "bench.json"
+
+    def run(_resume: bool, _mark: dict[str, Any]) -> None:
+        records = []
+        for path in onnx_files:
+            console.print(f"  benchmarking {path.name}")
+            checkpoint = run_dir / f"{path.name.split('.')[0]}.pt"
+            records.append(
+                benchmark(
+                    path,
+                    s.bench.batch_sizes,
+                    "cpu",
+                    s.bench.threads,
+                    timing=Timing(min_seconds=s.bench.seconds),
+                    checkpoint=checkpoint if checkpoint.exists() else None,
+                )
+            )
+        atomic_write_text(out, json.dumps(records, indent=2, default=str))
+
+    return Stage("bench", [out], to_dict(s.bench), onnx_files, run)
+
+
+def _report(run_dir: Path, console: Console) -> None:
+    from distill.report import write_report
+
+    path = write_report(run_dir)
+    console.print(f"  report: {path}")
+
+
+def describe(s: PipelineSettings) -> str:
+    """One line per stage, for --dry-run and the log."""
+    t, st = s.teacher, s.student
+    lines = [
+        f"data      {s.data.source} (val {s.data.val_size}, train "
+        f"{s.data.train_size or 'all'}, split seed {s.data.split_seed})",
+        f"teacher   {t.arch}, {t.recipe.name} x{t.recipe.epochs} epochs, label smoothing "
+        f"{t.recipe.label_smoothing:g}",
+        f"baseline  {st.arch} from labels, {st.recipe.name} x{st.recipe.epochs} epochs",
+        f"student   {st.arch} distilled ({s.kd.method}), budget {s.budget}",
+    ]
+    if s.prune.enabled:
+        p = s.prune
+        lines.append(
+            f"prune     to {p.budget} in {p.steps} steps + {p.epochs or st.recipe.epochs} "
+            "recovery epochs"
+        )
+    lines.append(
+        f"export    fp32{' + int8' if s.export.int8 else ''} ONNX; bench batch sizes "
+        f"{','.join(map(str, s.bench.batch_sizes))}; report"
+    )
+    return "\n".join(lines)

@@ -1,0 +1,54 @@
+"""What every training command does around its work: join the process group (under torchrun),
+run the cheap checks on every rank so that a mistake found anywhere ends every rank with the
+same one line, then hold the output's lock for the whole run (one writer per output).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+from distill import distributed
+from distill.device import resolve_device
+from distill.errors import UserError
+from distill.files import check_output, output_lock, sweep_stale
+from distill.resume import last_path
+from distill.settings import RunSettings
+
+T = TypeVar("T")
+
+
+def check_run_output(run: RunSettings) -> None:
+    """The output can be written, is not overwritten without --force, and an unfinished run
+    beside it is neither lost nor silently continued."""
+    if run.out is None:
+        return
+    check_output(run.out, run.force or run.resume)
+    state = last_path(run.out)
+    if not run.resume and not run.force and state.exists():
+        raise UserError(
+            f"{state} holds an unfinished run; pass --resume to continue it or --force to "
+            "start over"
+        )
+
+
+@contextlib.contextmanager
+def training_run(run: RunSettings, checks: Callable[[], T] = lambda: None) -> Iterator[T]:
+    """Check everything cheap before any work, on every rank, then lock the output.
+
+    `checks()` returns whatever the command needs next (e.g. the teacher files it read).
+    """
+    distributed.init(resolve_device(run.device).type)
+    with contextlib.ExitStack() as stack:
+
+        def check() -> T:
+            result = checks()
+            if distributed.is_main():
+                check_run_output(run)
+                if run.out is not None:
+                    sweep_stale(run.out.parent)
+                    stack.enter_context(output_lock(run.out))
+            return result
+
+        yield distributed.agree(check)

@@ -1,0 +1,590 @@
+"""Every setting distill has: one frozen dataclass per concern, each default written once.
+
+- `DataSettings`: the source, its validation split and cache (`--data`, `[data]`, a checkpoint's
+  `data` record).
+- `AugmentSettings`, `Recipe`: how a model trains (`--recipe` and flags, `[teacher]`/`[student]`,
+  a checkpoint's `recipe`).
+- `KDSettings`: what a student learns from its teachers (`--kd ...`, `[kd]`, a checkpoint's `kd`).
+- `PruneSettings`: how a model is pruned to a budget (`distill prune` flags, `[prune]`).
+- `RunSettings`: where and how a run happens, not what it learns (`--out --device --seed ...`).
+- `ExportSettings`, `BenchSettings`: the deploy stage (`distill export/bench`, `[export]`,
+  `[bench]`).
+- `distill.pipeline.config.PipelineSettings` composes them for `distill pipeline`.
+
+CLI flags (distill/flags.py), pipeline TOML files (distill/pipeline.py) and checkpoint records all
+go through `build`, which checks each value's type and names the key on a mistake; each class's
+`__post_init__` checks ranges (finite numbers, positive counts). A field's metadata holds its help
+text and its flag, which the CLI and the README's settings table are generated from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from distill.errors import UserError
+
+CACHE_HOME = "~/.cache/distill"  # downloads and the decoded-data cache, never beside the data
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit integer
+
+
+def setting(
+    default: Any = dataclasses.MISSING,
+    help: str = "",
+    *,
+    flag: str | None = None,
+    cli: bool = True,
+    short: str | None = None,
+    factory: Callable[[], Any] | None = None,
+) -> Any:
+    """A dataclass field with its help text and command-line flag (default: --field-name).
+
+    `cli=False` keeps a field out of the generated command-line options (set by recipes, TOML
+    and checkpoints only).
+    """
+    meta = {"help": help, "flag": flag, "cli": cli, "short": short}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def flag_of(f: dataclasses.Field) -> str:
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+class SettingError(UserError):
+    """A value out of range. `build` rewrites the field name as the user wrote it (a flag, a TOML
+    key, a checkpoint key)."""
+
+    def __init__(self, name: str, problem: str) -> None:
+        super().__init__(f"{name} {problem}")
+        self.name, self.problem = name, problem
+
+
+def require(ok: bool, name: str, problem: str) -> None:
+    if not ok:
+        raise SettingError(name, problem)
+
+
+def _finite(x: float) -> bool:
+    return math.isfinite(x)
+
+
+def positive(obj: Any, *names: str) -> None:
+    for n in names:
+        v = getattr(obj, n)
+        require(v is None or v > 0, n, f"must be greater than 0, got {v}")
+
+
+def non_negative(obj: Any, *names: str) -> None:
+    for n in names:
+        v = getattr(obj, n)
+        require(v is None or v >= 0, n, f"must be 0 or more, got {v}")
+
+
+def fraction(obj: Any, *names: str) -> None:
+    for n in names:
+        v = getattr(obj, n)
+        require(v is None or 0 <= v <= 1, n, f"must be between 0 and 1, got {v}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Types: one checker for flags, TOML and checkpoint records
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(str(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}s"
+    if dataclasses.is_dataclass(tp):
+        return "a table"
+    return {
+        int: "an integer",
+        float: "a number",
+        bool: "true or false",
+        str: "a string",
+        Path: "a path",
+        type(None): "nothing",
+    }.get(tp, str(tp))
+
+
+def coerce(value: Any, tp: Any, name: str, label: Callable[[str], str] = str) -> Any:
+    """`value` as type `tp`, or a UserError naming the setting and the expected type.
+
+    No silent conversions: "no" is not a bool, 2.5 is not an int, "3" is not a number; ints are
+    accepted where floats are expected, and every float must be finite.
+    """
+    origin = typing.get_origin(tp)
+    wrong = UserError(f"{label(name)} must be {_type_name(tp)}, got {value!r}")
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return coerce(value, arg, name, label)
+            except UserError:
+                continue
+        raise wrong
+    if origin is Literal:
+        if value in typing.get_args(tp) and type(value) is type(typing.get_args(tp)[0]):
+            return value
+        raise wrong
+    if origin is tuple:
+        item = typing.get_args(tp)[0]
+        if not isinstance(value, (list, tuple)):
+            raise wrong
+        return tuple(coerce(v, item, f"{name}[{i}]", label) for i, v in enumerate(value))
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, Mapping):
+            raise wrong
+        return build(tp, value, label=lambda n: label(f"{name}.{n}"))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise wrong
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise wrong
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise UserError(f"{label(name)} must be a finite number, got {value}")
+            return float(value)
+        raise wrong
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise wrong
+    if tp is Path:
+        if isinstance(value, (str, Path)) and str(value):
+            return Path(value).expanduser()
+        raise wrong
+    if tp is Any:
+        return value
+    raise TypeError(f"settings type {tp!r} of {name} is not supported")
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def build(
+    cls: type,
+    values: Mapping[str, Any],
+    *,
+    label: Callable[[str], str] = str,
+    base: Any = None,
+    unknown: Literal["error", "ignore"] = "error",
+) -> Any:
+    """An instance of the settings class `cls` from plain values (flags, TOML, a record).
+
+    Every value's type is checked; `base` (an instance) supplies the fields not given; keys the
+    class lacks are an error naming the valid ones (`unknown="ignore"` for records written by
+    other versions). `label(field)` is how the user wrote a field's name, used in every message.
+    """
+    if not isinstance(values, Mapping):
+        raise UserError(f"{label('')} must be a table of settings, got {values!r}".lstrip())
+    hints = _hints(cls)
+    names = {f.name for f in fields(cls) if f.init}
+    extra = sorted(set(values) - names)
+    if extra and unknown == "error":
+        raise UserError(
+            f"unknown setting {label(extra[0])}; valid ones: {', '.join(sorted(names))}"
+        )
+    kwargs = {k: coerce(v, hints[k], k, label) for k, v in values.items() if k in names}
+    try:
+        return replace(base, **kwargs) if base is not None else cls(**kwargs)
+    except SettingError as e:
+        raise UserError(f"{label(e.name)} {e.problem}") from None
+    except TypeError as e:  # a required field missing
+        missing = [f.name for f in fields(cls) if f.name not in kwargs and _required(f)]
+        if missing:
+            raise UserError(f"missing setting {label(missing[0])}") from None
+        raise UserError(f"{label('')}: {e}") from None
+
+
+def _required(f: dataclasses.Field) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """Plain values (lists, str paths) that survive `torch.load(weights_only=True)` and JSON."""
+
+    def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in fields(v)}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, Path):
+            return str(v)
+        return v
+
+    return plain(obj)
+
+
+def defaults_of(cls: type) -> dict[str, Any]:
+    out = {}
+    for f in fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    source: str = setting(
+        "",
+        "cifar10, cifar100, a folder holding cifar-10-batches-py / cifar-100-python, or an "
+        "image-folder root (train/<class>/*, optional test/<class>/*).",
+        flag="--data",
+    )
+    val_size: int = setting(5000, "Images held out for validation (seeded, stratified).")
+    train_size: int | None = setting(None, "Stratified training subsample, for quick runs.")
+    split_seed: int = setting(0, "Seed of the validation split; keep it fixed across stages.")
+    data_root: Path = setting(Path(CACHE_HOME), "Where cifar10/cifar100 are downloaded.")
+    cache_dir: Path = setting(Path(CACHE_HOME), "Decoded uint8 cache (never beside the data).")
+    image_size: int = setting(32, "Image-folder images are resized to this side.", cli=False)
+
+    def __post_init__(self) -> None:
+        for name in ("data_root", "cache_dir"):
+            object.__setattr__(self, name, Path(getattr(self, name)).expanduser())
+        positive(self, "val_size", "train_size", "image_size")
+        require(
+            0 <= self.split_seed <= MAX_SEED,
+            "split_seed",
+            f"must be in [0, 2^63), got {self.split_seed}",
+        )
+
+    def record(self) -> dict[str, Any]:
+        return to_dict(self)
+
+
+SPLIT_FIELDS = ("val_size", "split_seed")  # a model's validation split: students must share it
+
+
+def data_for_model(record: Mapping[str, Any], given: Mapping[str, Any], what: str) -> DataSettings:
+    """The data to evaluate, distil from, prune or export a model on: the source and split the
+    model recorded (`record` is its checkpoint's `data`), with `given` settings on top.
+
+    An explicit split that differs from the model's is refused: its validation images would
+    overlap the model's training images and inflate every accuracy measured on them.
+    """
+    values = {k: v for k, v in given.items() if v is not None}
+    for key in SPLIT_FIELDS:
+        theirs, ours = record.get(key), values.get(key)
+        if ours is not None and theirs is not None and ours != theirs:
+            flag = "--" + key.replace("_", "-")
+            raise UserError(
+                f"{flag} {ours} differs from {what}'s {theirs}, so its validation images would "
+                f"overlap {what}'s training set; drop {flag}"
+            )
+        if ours is None and theirs is not None:
+            values[key] = theirs
+    if not values.get("source"):
+        if not record.get("source"):
+            raise UserError(f"{what} does not record its data source; pass --data")
+        values["source"] = record["source"]
+    return build(DataSettings, values, label=_flag_label(DataSettings))
+
+
+def _flag_label(cls: type) -> Callable[[str], str]:
+    flags = {f.name: flag_of(f) for f in fields(cls)}
+    return lambda name: flags.get(name, name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+
+
+@dataclass(frozen=True)
+class AugmentSettings:
+    crop_pad: int = setting(4, "Random crop with this much zero padding; 0: off.")
+    flip: bool = setting(True, "Horizontal flip with probability 1/2.")
+    cutout: int = setting(0, "Side of a zeroed square at a random centre; 0: off.")
+    grayscale: float = setting(0.0, "Probability an image is turned to grayscale.")
+    mixup: float = setting(0.0, "Mixup Beta(a, a) parameter; 0: off.")
+    cutmix: float = setting(0.0, "CutMix Beta(a, a) parameter; 0: off.")
+    resized_crop: bool = setting(False, "Random-resized-crop (scale 0.35-1) back to size.")
+
+    def __post_init__(self) -> None:
+        non_negative(self, "crop_pad", "cutout", "mixup", "cutmix")
+        fraction(self, "grayscale")
+
+    @property
+    def mixes(self) -> bool:
+        """True when targets become soft label distributions (Mixup or CutMix)."""
+        return self.mixup > 0 or self.cutmix > 0
+
+
+OPTIMIZERS = Literal["sgd", "adam"]
+# onecycle (lr ramp 25% then cosine; momentum fixed) | cosine | plateau | step | constant
+SCHEDULES = Literal["onecycle", "cosine", "plateau", "step", "constant"]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a model trains. Named recipes live in distill/recipes.py; flags override fields."""
+
+    name: str = setting("custom", "The recipe's name.", cli=False)
+    epochs: int = setting(1, "Training epochs.")
+    batch_size: int = setting(
+        128, "Images per step per process; the global batch is this x the number of processes."
+    )
+    lr: float = setting(
+        0.1,
+        "Peak learning rate at the global batch of this run. Without it the recipe's lr is "
+        "scaled to the global batch (linearly for SGD, by the square root for Adam).",
+    )
+    lr_batch: int = setting(
+        0, "Global batch at which `lr` was tuned (0: the recipe's batch_size).", cli=False
+    )
+    optimizer: OPTIMIZERS = setting("sgd", "sgd or adam.", cli=False)
+    momentum: float = setting(0.9, "SGD momentum.", cli=False)
+    nesterov: bool = setting(False, "Nesterov momentum.", cli=False)
+    weight_decay: float = setting(
+        5e-4, "Weight decay (never on BN parameters and biases).", cli=False
+    )
+    lookahead_k: int = setting(0, "Lookahead every k steps; 0: off.", cli=False)
+    lookahead_alpha: float = setting(0.5, "Lookahead slow-weight step.", cli=False)
+    schedule: SCHEDULES = setting("cosine", "Learning-rate schedule.", cli=False)
+    warmup_epochs: float = setting(
+        0.0, "Linear warm-up before cosine, in epochs (capped at a tenth of the run).", cli=False
+    )
+    step_every: int = setting(
+        5, "schedule step: multiply the lr every this many epochs.", cli=False
+    )
+    step_gamma: float = setting(0.95, "schedule step: the factor.", cli=False)
+    plateau_patience: int = setting(5, "schedule plateau: epochs without improvement.", cli=False)
+    plateau_factor: float = setting(0.1, "schedule plateau: the factor.", cli=False)
+    min_lr: float = setting(0.0, "Floor of the schedule.", cli=False)
+    label_smoothing: float = setting(
+        0.0, "Label smoothing of the cross-entropy (never for a model meant to teach)."
+    )
+    ema_decay: float = setting(0.0, "Per-step decay of an EMA of the weights; 0: off.")
+    grad_clip: float = setting(0.0, "Max global gradient norm; 0: off.", cli=False)
+    early_stop_patience: int = setting(
+        0, "Stop after this many epochs without a better val loss; 0: off.", cli=False
+    )
+    augment: AugmentSettings = setting(
+        help="Batch augmentation.", cli=False, factory=AugmentSettings
+    )
+    amp: bool = setting(
+        True,
+        "Mixed precision: bf16 autocast on CUDA GPUs with bf16 and on CPUs with native bf16; "
+        "fp16 with a gradient scaler on older GPUs; fp32 elsewhere.",
+    )
+    channels_last: bool = setting(True, "channels_last memory format on CUDA.", cli=False)
+    compile: bool = setting(False, "torch.compile the model (CUDA only).")
+    sync_bn: bool = setting(False, "SyncBatchNorm across processes (several processes only).")
+
+    def __post_init__(self) -> None:
+        positive(self, "epochs", "batch_size", "lr", "step_every")
+        non_negative(
+            self,
+            "lr_batch",
+            "weight_decay",
+            "warmup_epochs",
+            "min_lr",
+            "ema_decay",
+            "grad_clip",
+            "early_stop_patience",
+            "plateau_patience",
+            "lookahead_k",
+        )
+        fraction(
+            self, "lookahead_alpha", "label_smoothing", "momentum", "step_gamma", "plateau_factor"
+        )
+        require(self.ema_decay < 1, "ema_decay", f"must be below 1, got {self.ema_decay}")
+        if self.lr_batch == 0:  # the recipe's lr was tuned at its own batch size
+            object.__setattr__(self, "lr_batch", self.batch_size)
+
+    def lr_at(self, global_batch: int) -> float:
+        """The peak lr for `global_batch` images per step: the usual scaling rules that keep the
+        update size comparable (linear for SGD, square root for Adam)."""
+        ratio = global_batch / self.lr_batch
+        return self.lr * (math.sqrt(ratio) if self.optimizer == "adam" else ratio)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Recipe:
+        """A checkpoint's recipe record (keys of other versions ignored)."""
+        return build(cls, d, label=lambda n: f"recipe.{n}", unknown="ignore")
+
+
+def override_recipe(recipe: Recipe, given: Mapping[str, Any], world_size: int = 1) -> Recipe:
+    """`recipe` with the fields in `given` (flags or a TOML table) replaced.
+
+    An explicit lr is the lr of this run's global batch (batch_size x world_size); without one,
+    a new batch size keeps the recipe's `lr_batch`, so the lr follows the global batch.
+    """
+    values = {k: v for k, v in given.items() if v is not None}
+    if "lr" in values and "lr_batch" not in values:
+        values["lr_batch"] = values.get("batch_size", recipe.batch_size) * world_size
+    return build(Recipe, values, base=recipe, label=_flag_label(Recipe))
+
+
+# ---------------------------------------------------------------------------------------------
+# Distillation
+
+KD_METHODS = Literal["hinton", "dkd"]
+
+
+@dataclass(frozen=True)
+class KDSettings:
+    method: KD_METHODS = setting("hinton", "hinton or dkd (decoupled KD).", flag="--kd")
+    alpha: float | None = setting(
+        None, "hinton: soft-target weight (default 0.9); dkd: TCKD weight (default 1)."
+    )
+    temperature: float = setting(4.0, "Softmax temperature T.")
+    beta: float | None = setting(None, "dkd: NCKD weight (default 8).")
+    warmup_epochs: float | None = setting(
+        None,
+        "Epochs over which the KD term ramps up (dkd default: 1/12 of the run).",
+        flag="--warmup",
+    )
+    teacher_tta: bool = setting(
+        False, "Teachers' soft targets average the image and its mirror (2x teacher cost)."
+    )
+
+    def __post_init__(self) -> None:
+        positive(self, "temperature")
+        non_negative(self, "alpha", "beta", "warmup_epochs")
+        if self.method == "hinton":
+            fraction(self, "alpha")
+
+
+# The values a KDSettings leaves as None, per method. Hinton: alpha 0.9, T 4 (SPEC 4). DKD:
+# mdistiller's alpha 1 and beta 8, warmed up over 20 of 240 epochs (the same fraction of any run).
+KD_DEFAULTS: dict[str, dict[str, float]] = {
+    "hinton": {"alpha": 0.9, "beta": 0.0, "warmup_fraction": 0.0},
+    "dkd": {"alpha": 1.0, "beta": 8.0, "warmup_fraction": 20 / 240},
+}
+
+
+def resolve_kd(kd: KDSettings, epochs: int) -> KDSettings:
+    """`kd` with every default filled in for a run of `epochs` epochs: the warm-up is measured
+    in the epochs of the run that distils (a prune's recovery, a student's training)."""
+    d = KD_DEFAULTS[kd.method]
+    return replace(
+        kd,
+        alpha=d["alpha"] if kd.alpha is None else kd.alpha,
+        beta=d["beta"] if kd.beta is None else kd.beta,
+        warmup_epochs=d["warmup_fraction"] * epochs
+        if kd.warmup_epochs is None
+        else kd.warmup_epochs,
+    )
+
+
+def kd_record(kd: KDSettings) -> dict[str, Any]:
+    """What a checkpoint says about its distillation: only the keys that apply to the method."""
+    d = to_dict(kd)
+    if kd.method == "hinton":
+        d.pop("beta")
+    return d
+
+
+# ---------------------------------------------------------------------------------------------
+# Pruning
+
+
+IMPORTANCE = Literal["magnitude", "taylor"]
+
+
+@dataclass(frozen=True)
+class PruneSettings:
+    budget: str = setting("", "Parameter budget of the pruned model, e.g. 2.5M or 800k.")
+    steps: int = setting(3, "Pruning steps, geometric towards the budget.")
+    epochs_per_step: int = setting(1, "KD fine-tuning epochs between steps (0: none).")
+    epochs: int | None = setting(
+        None, "Recovery epochs after the last step (default: the recipe's)."
+    )
+    importance: IMPORTANCE = setting(
+        "magnitude", "magnitude (group L2 norm) or taylor (|w x grad| over 8 batches)."
+    )
+    round_to: int = setting(8, "Channel widths stay multiples of this (8, 16, 32).")
+    enabled: bool = setting(True, "pipeline: run the prune stage (false skips it).", cli=False)
+
+    def __post_init__(self) -> None:
+        positive(self, "steps", "epochs", "round_to")
+        non_negative(self, "epochs_per_step")
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Where and how a run happens; what it learns is the Recipe."""
+
+    out: Path | None = setting(None, "Checkpoint to write (.pt).", flag="--out", short="-o")
+    device: Literal["auto", "cpu", "cuda"] = setting(
+        "auto", "auto (CUDA when present), cpu or cuda."
+    )
+    seed: int = setting(0, "Seed of initialisation, order and augmentation.")
+    resume: bool = setting(False, "Continue the interrupted run saved beside --out.")
+    force: bool = setting(False, "Overwrite an existing --out (or start over instead of resuming).")
+    quiet: bool = setting(False, "Print nothing but errors and the result.")
+    keep_last: bool = setting(False, "Keep NAME.last.pt (the resumable state) after success.")
+    tensorboard: Path | None = setting(
+        None,
+        "Also log the metrics to TensorBoard in this folder (pip install distill[tensorboard]).",
+    )
+
+    def __post_init__(self) -> None:
+        require(0 <= self.seed <= MAX_SEED, "seed", f"must be in [0, 2^63), got {self.seed}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Deploy
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    int8: bool = setting(False, "Static int8 (QDQ, per-channel), calibrated on training images.")
+    fp16: bool = setting(False, "Half-precision weights for GPUs; input/output stay float32.")
+    tta: bool = setting(False, "Bake the flip average (image + mirror) into the graph.")
+    int8_max_drop: float = setting(
+        0.02, "Refuse an int8 file that loses more than this much val top-1 (0.02: 2 points)."
+    )
+
+    def __post_init__(self) -> None:
+        fraction(self, "int8_max_drop")
+        require(not (self.int8 and self.fp16), "int8", "and fp16 are separate exports; pass one")
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    batch_sizes: tuple[int, ...] = setting((1, 32, 256), "Batch sizes to time.")
+    seconds: float = setting(2.0, "Timed seconds per engine and batch size, at least.")
+    threads: int | None = setting(None, "Threads for every engine (default: physical cores).")
+    device: Literal["auto", "cpu", "cuda"] = setting("auto", "auto, cpu or cuda.")
+
+    def __post_init__(self) -> None:
+        require(len(self.batch_sizes) > 0, "batch_sizes", "must name at least one batch size")
+        for b in self.batch_sizes:
+            require(0 < b <= 65536, "batch_sizes", f"must be between 1 and 65536, got {b}")
+        positive(self, "seconds", "threads")
+        require(self.seconds <= 3600, "seconds", f"must be at most 3600, got {self.seconds}")
