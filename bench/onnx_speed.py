@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,8 +29,11 @@ import torch
 
 from distill.budget import count_macs
 from distill.checkpoint import library_versions
+from distill.files import atomic_write_text, check_output, temp_dir
 from distill.registry import create_model
-from export.bench import Timing, cpu_model, measure, ort_runner, torch_runner, torch_threads
+from export.bench import Timing, measure
+from export.engines import pytorch_engine
+from export.machine import cpu_model, torch_threads
 from export.onnx import OPSET, Normalized, export_graph, quantize_int8
 from export.runtime import session_options
 
@@ -149,6 +151,11 @@ def build_graphs(arch: str, folder: Path) -> tuple[dict[str, Path], torch.nn.Mod
     return graphs, reference
 
 
+def ort_run(session: ort.InferenceSession, x: np.ndarray) -> Callable[[], object]:
+    name = session.get_inputs()[0].name
+    return lambda: session.run(None, {name: x})
+
+
 def check_outputs(sessions: dict[str, ort.InferenceSession], reference, graphs_of) -> None:
     """Every fp32 variant must compute the same function before its speed means anything."""
     x = np.random.default_rng(1).random((4, 3, 32, 32), dtype=np.float32)
@@ -188,8 +195,11 @@ def main() -> None:
     record: dict = {"arch": args.arch, "threads": threads, "cpu": cpu_model(),
                     "versions": versions, "groups": {}}  # fmt: skip
     pooled: dict[int, dict[str, list[float]]] = {b: {"distill": [], "pytorch": []} for b in sizes}
-    with tempfile.TemporaryDirectory(prefix="onnx-speed-") as tmp, torch_threads(threads):
-        graphs, reference = build_graphs(args.arch, Path(tmp))
+    if args.json:
+        check_output(args.json, True, (".json",), flag="--json")  # before minutes of timing
+    with temp_dir("onnx-speed") as tmp, torch_threads(threads):
+        graphs, reference = build_graphs(args.arch, tmp)
+        torch_eager = pytorch_engine(reference)
         for group, variants in groups.items():
             print(f"\n== {group} ==")
             header = "".join(f"{f'batch {b}':>26}" for b in sizes)
@@ -205,8 +215,8 @@ def main() -> None:
             record["groups"][group] = {}
             for bs in sizes:
                 x = np.random.default_rng(0).random((bs, 3, 32, 32), dtype=np.float32)
-                runners = {"PyTorch eager": torch_runner(reference, x, "cpu")}
-                runners |= {name: ort_runner(s, x, "cpu") for name, s in sessions.items()}
+                runners = {"PyTorch eager": torch_eager.prepare(x)}
+                runners |= {name: ort_run(s, x) for name, s in sessions.items()}
                 timing = Timing(
                     warmup=2 if bs < 128 else 1,
                     min_runs=3 if args.quick or bs >= 128 else 7,
@@ -246,7 +256,7 @@ def main() -> None:
     record["speedup"] = summary
     record["load_average_end"] = os.getloadavg()[0]
     if args.json:
-        args.json.write_text(json.dumps(record, indent=2) + "\n")
+        atomic_write_text(args.json, json.dumps(record, indent=2) + "\n")
         print(f"wrote {args.json}")
 
 

@@ -1,4 +1,6 @@
-"""Deployment: ONNX export with checked parity (onnx.py), onnxruntime sessions (runtime.py),
+"""Deployment: ONNX export with checked parity (onnx.py), the metadata every reader checks
+(metadata.py), onnxruntime sessions and the device choice (runtime.py), engines behind one
+interface (engines.py: PyTorch, onnxruntime, OpenVINO), the CPU's abilities (machine.py),
 prediction (predict.py) and benchmarks (bench.py).
 
 Importing the package is cheap (the CLI imports it for `distill --help`); the library functions
@@ -13,14 +15,21 @@ _EXPORTS = {
     "export_onnx": "export.onnx",
     "check_parity": "export.onnx",
     "quantize_int8": "export.onnx",
-    "read_metadata": "export.onnx",
+    "load_check_images": "export.onnx",
     "ExportReport": "export.onnx",
     "Parity": "export.onnx",
     "ParityError": "export.onnx",
+    "read_metadata": "export.metadata",
     "make_session": "export.runtime",
+    "resolve_device": "export.runtime",
+    "Engine": "export.engines",
+    "open_engine": "export.engines",
     "predict": "export.predict",
+    "read_image": "distill.data.images",
     "Prediction": "export.predict",
     "benchmark": "export.bench",
+    "check_bench_output": "export.bench",
+    "write_bench_record": "export.bench",
 }
 
 __all__ = sorted(_EXPORTS)

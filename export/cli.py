@@ -61,6 +61,7 @@ def mb(n: int) -> str:
     "  distill export onnx runs/s.pt -o deploy/s.onnx --force\n\n"
     "  distill export onnx runs/s.pt --int8            (writes runs/s.int8.onnx)\n\n"
     "  distill export onnx runs/s.pt --int8 --data ~/data/cifar10-jpeg\n\n"
+    "  distill export onnx runs/s.pt --tta -o runs/s.tta.onnx  (flip average in the graph)\n\n"
     "  python -m export onnx runs/s.pt                 (the same command)",
 )
 @exits_on_user_error
@@ -78,6 +79,18 @@ def onnx_cmd(
     ),
     fp16: bool = typer.Option(
         False, "--fp16", help="Half-precision weights for GPUs; input and output stay float32."
+    ),
+    tta: bool = typer.Option(
+        False,
+        "--tta",
+        help="Bake test-time augmentation into the graph: the mean of the logits of the image "
+        "and of its horizontal mirror (twice the compute).",
+    ),
+    int8_max_drop: float = typer.Option(
+        0.02,
+        "--int8-max-drop",
+        help="With --int8: refuse the file when its validation top-1 is more than this below "
+        "the fp32 graph's (a fraction: 0.02 = 2 points).",
     ),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output."),
     data: str = typer.Option(
@@ -111,6 +124,8 @@ def onnx_cmd(
             out,
             int8=int8,
             fp16=fp16,
+            tta=tta,
+            int8_max_drop=int8_max_drop,
             force=force,
             data=data,
             data_root=data_root,
@@ -119,18 +134,29 @@ def onnx_cmd(
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
     meta = report.metadata
+    tta_note = ", flip-average TTA inside" if report.tta else ""
     console.print(
-        f"[green]wrote[/] {report.path}: {meta['arch']} {report.precision}, "
+        f"[green]wrote[/] {report.path}: {meta['arch']} {report.precision}{tta_note}, "
         f"{mb(report.size_bytes)}, opset {meta['opset']}, {report.seconds:.1f} s"
     )
     style = "" if report.real_images else "[yellow]"
     console.print(f"{style}{report.parity.line()}")
-    if report.accuracy is not None:
+    if report.int8_scheme:
+        console.print(f"int8 arithmetic: {report.int8_scheme}")
+    if report.accuracy is None:
+        console.print("[yellow]val top-1 not measured: the model's data is not on this machine")
+    elif report.fp32_accuracy is not None:
         console.print(
             f"val top-1 on {report.eval_images:,} images: int8 {report.accuracy:.2%} vs fp32 "
             f"{report.fp32_accuracy:.2%}; size {mb(report.size_bytes)} vs "
             f"{mb(report.fp32_size_bytes)} ({report.fp32_size_bytes / report.size_bytes:.1f}x "
             "smaller)"
+        )
+    else:
+        source = report.source_accuracy
+        console.print(
+            f"val top-1 of this file on {report.eval_images:,} images: {report.accuracy:.2%}"
+            + (f" (the checkpoint recorded {source:.2%})" if source is not None else "")
         )
 
 
@@ -148,26 +174,61 @@ def show_predictions(predictions: list, as_json: bool) -> None:
     console.print(table)
 
 
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2%}"
+
+
 def show_bench(record: dict) -> None:
+    """The bench record as a table, noisy rows flagged, then the summary and notes."""
     env = record["environment"]
     table = Table(
         title=f"{record['model']['path']} ({record['model']['precision']}) on "
         f"{env['device']}, {env['threads']} threads, {env['cpu']}"
     )
-    for col in ("batch", "engine", "p50 ms", "p90 ms", "p99 ms", "images/s", "runs"):
-        table.add_column(col, justify="left" if col == "engine" else "right")
+    columns = ("batch", "engine", "p50 ms", "p90 ms", "p99 ms", "images/s", "GFLOP/s", "val top-1")
+    for col in (*columns, "runs", ""):
+        table.add_column(col, justify="left" if col in ("engine", "") else "right")
     for r in record["results"]:
+        peak = f" / {r['peak_gflops']:,.0f}" if r.get("peak_gflops") else ""
+        gflops = f"{r['gflops']:,.1f}{peak}" if r.get("gflops") is not None else "-"
+        shown = f"default ({r['arithmetic']})" if r["precision"] == "default" else r["precision"]
         table.add_row(
             str(r["batch_size"]),
-            r["engine"],
+            f"{r['engine']} {shown}",
             f"{r['p50_ms']:.2f}",
             f"{r['p90_ms']:.2f}",
             f"{r['p99_ms']:.2f}",
             f"{r['images_per_s']:,.0f}",
+            gflops,
+            _pct(r.get("val_accuracy")),
             str(r["runs"]),
+            f"[yellow]NOISY ({r['noisy_why']})[/]" if r.get("noisy") else "",
+            style="yellow" if r.get("noisy") else None,
         )
     console.print(table)
+    peaks = ", ".join(f"{k} {v:,.0f}" for k, v in (env.get("peak_gflops") or {}).items())
+    if peaks:
+        console.print(f"GFLOP/s: achieved / this machine's matmul peak at its precision ({peaks})")
+    timing = record.get("timing") or {}
+    if timing.get("onnxruntime_spinning"):
+        console.print(f"onnxruntime intra-op spinning {timing['onnxruntime_spinning']}")
     for bs, ratio in record["speedup"].items():
-        console.print(f"batch {bs}: onnxruntime {ratio:.2f}x PyTorch eager (p50 latency)")
+        console.print(f"batch {bs}: onnxruntime fp32 {ratio:.2f}x PyTorch eager fp32 (p50 latency)")
+    summary = record.get("summary") or {}
+    if summary.get("by_batch_size"):
+        console.print(f"[bold]{summary['basis']}:")
+        for bs, best in summary["by_batch_size"].items():
+            ratio = best.get("speedup_vs_pytorch_fp32")
+            vs = f", {ratio:.2f}x PyTorch eager fp32" if ratio else ""
+            flag = " [yellow](noisy: not a firm result)[/]" if best["noisy"] else ""
+            console.print(
+                f"  batch {bs}: {best['engine']} {best['precision']}, p50 {best['p50_ms']:.2f} ms, "
+                f"val top-1 {_pct(best['val_accuracy'])}{vs}{flag}"
+            )
+    if any(r.get("noisy") for r in record["results"]):
+        console.print(
+            "[yellow]rows marked NOISY ran while the machine was busy or had a long tail; "
+            "rerun on a quiet machine before quoting them"
+        )
     if record.get("note"):
         console.print(f"[yellow]{record['note']}")

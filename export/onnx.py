@@ -4,27 +4,28 @@ The graph takes float32 NCHW RGB in [0,1] and returns logits, whatever the preci
 fp32; fp16 (the model exported in half, the input cast after normalising in float32 and the logits
 cast back, so every consumer feeds the same float32 array and the cast costs nothing next to a
 convolution); or int8 (onnxruntime static QDQ quantisation, per-channel weights, calibrated on
-training images).
+training images). `tta=True` bakes the flip average (logits of the image and of its mirror,
+averaged) into the graph.
 
 Nothing lands at the output path until the file has passed `onnx.checker` (full check) and agrees
-with PyTorch on real validation images: it is written to a temp file beside the output, checked,
-then moved into place with `os.replace`.
+with PyTorch on real validation images: it is built in a temp file beside the output and moved
+into place by `distill.files.atomic_write`. Every temporary file and folder carries our pid, is
+removed on any exit the process sees, and is swept by the next export if we were killed.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import torch
 from onnxruntime.quantization import (
     CalibrationDataReader,
@@ -37,34 +38,34 @@ from onnxruntime.quantization import (
 from torch import nn
 
 from distill.errors import UserError
+from export.metadata import PRECISIONS, read_metadata, write_metadata
 from export.runtime import Progress, make_session, run_logits
+from export.wrappers import FlipAverage, Normalized, reference_module
+
+__all__ = [  # read_metadata, Normalized and PRECISIONS are re-exported for older importers
+    "CheckImages",
+    "ExportReport",
+    "FlipAverage",
+    "Normalized",
+    "PRECISIONS",
+    "Parity",
+    "ParityError",
+    "check_parity",
+    "export_onnx",
+    "load_check_images",
+    "quantize_int8",
+    "read_metadata",
+]
 
 OPSET = 18  # pinned: onnxruntime >= 1.14 runs it and torch's dynamo exporter targets it natively
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
-PRECISIONS = ("fp32", "fp16", "int8")
 
 PARITY_IMAGES = 500  # validation images the exported graph is compared on
 CALIBRATION_IMAGES = 512  # training images that set the int8 activation ranges
 RANDOM_IMAGES = 64  # fallback when the data is not on this machine (labelled as such)
 INT8_MAX_ACCURACY_DROP = 0.02  # refuse an int8 file that loses more than 2 points of top-1
-
-# Metadata values that are JSON (the rest are plain strings). `input_range` reads "[0,1]" by
-# spec and stays a string.
-JSON_KEYS = frozenset(
-    {
-        "classes",
-        "mean",
-        "std",
-        "input_size",
-        "params",
-        "val_accuracy",
-        "source_val_accuracy",
-        "fp32_val_accuracy",
-        "opset",
-        "calibration_images",
-    }
-)
+DATA_KEYS = ("source", "val_size", "split_seed", "train_size")  # enough to rebuild the split
 
 
 class ParityError(RuntimeError):
@@ -112,40 +113,17 @@ class ExportReport:
     metadata: dict[str, Any]  # as read back from the written file
     seconds: float
     real_images: bool  # False: parity ran on random images because the data was not on hand
-    accuracy: float | None = None  # this file's validation top-1 (int8 only: measured here)
+    accuracy: float | None = None  # this file's validation top-1, measured on it (None: no data)
+    source_accuracy: float | None = None  # the checkpoint's recorded validation top-1
     fp32_accuracy: float | None = None  # the fp32 graph's on the same images (int8 only)
     fp32_size_bytes: int | None = None  # int8 only
     eval_images: int = 0  # images behind accuracy / fp32_accuracy
-
-
-class Normalized(nn.Module):
-    """[0,1] float32 NCHW RGB in, float32 logits out: normalisation travels inside the graph."""
-
-    def __init__(
-        self,
-        model: nn.Module,
-        mean: list[float],
-        std: list[float],
-        dtype: torch.dtype = torch.float32,
-    ) -> None:
-        super().__init__()
-        self.model = model.to(dtype)
-        self.dtype = dtype
-        # Not "mean"/"std": the exporter names the global-pool op's output "mean", and without its
-        # optimizer pass that clashes with an initializer of the same name.
-        self.register_buffer(
-            "input_mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-        )
-        self.register_buffer("input_std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Normalise in float32 (the same arithmetic as training), then cast for a half model.
-        x = (x - self.input_mean) / self.input_std
-        return self.model(x.to(self.dtype)).float()
+    int8_scheme: str | None = None  # int8 only: the arithmetic chosen for this CPU, and why
+    tta: bool = False
 
 
 # ---------------------------------------------------------------------------------------------
-# Graph, metadata
+# Graph
 
 
 def export_graph(module: nn.Module, input_size: list[int], path: str | os.PathLike) -> None:
@@ -171,58 +149,6 @@ def export_graph(module: nn.Module, input_size: list[int], path: str | os.PathLi
             optimize=True,
             verbose=False,
         )
-
-
-def write_metadata(path: str | os.PathLike, values: dict[str, Any]) -> None:
-    """Set metadata_props (strings; JSON for structured values) and run the full checker."""
-    model = onnx.load(str(path))
-    del model.metadata_props[:]
-    for key, value in values.items():
-        text = json.dumps(value) if key in JSON_KEYS else str(value)
-        model.metadata_props.add(key=key, value=text)
-    model.doc_string = f"distill export of {values.get('arch', '?')}; inputs [0,1] NCHW RGB"
-    onnx.save(model, str(path))
-    # full_check adds strict shape inference on top of the structural checks.
-    onnx.checker.check_model(str(path), full_check=True)
-
-
-def parse_metadata(props: dict[str, str]) -> dict[str, Any]:
-    """metadata_props strings -> values (JSON keys decoded)."""
-    out: dict[str, Any] = {}
-    for key, text in props.items():
-        if key in JSON_KEYS:
-            try:
-                out[key] = json.loads(text)
-            except json.JSONDecodeError:
-                out[key] = text
-        else:
-            out[key] = text
-    return out
-
-
-def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The distill metadata of an exported file; a file without it is a UserError."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path} does not exist; pass an .onnx file written by distill export")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception:  # protobuf decode errors
-        raise UserError(
-            f"{path} is not an ONNX file; pass an .onnx file written by distill export"
-        ) from None
-    return check_metadata(path, {p.key: p.value for p in model.metadata_props})
-
-
-def check_metadata(path: Path, props: dict[str, str]) -> dict[str, Any]:
-    meta = parse_metadata(props)
-    missing = [k for k in ("classes", "input_size", "input_range") if k not in meta]
-    if missing:
-        raise UserError(
-            f"{path} lacks distill metadata ({', '.join(missing)}); export it with "
-            "`distill export onnx MODEL.pt`"
-        )
-    return meta
 
 
 # ---------------------------------------------------------------------------------------------
@@ -284,19 +210,53 @@ class _CalibrationReader(CalibrationDataReader):
         return {INPUT_NAME: batch.float().div_(255.0).numpy()}
 
 
+def int8_scheme(reduce_range: bool) -> str:
+    """One line for the export output and the metadata: which int8 arithmetic, and why."""
+    if reduce_range:
+        return (
+            "U8S8 with reduce_range (7-bit weights): this CPU has no VNNI, and full-range "
+            "uint8 x int8 products can saturate its int16 pair sums"
+        )
+    return "U8S8, full range (this CPU has VNNI, or is not x86)"
+
+
+@contextlib.contextmanager
+def _temps_inside(folder: Path) -> Iterator[None]:
+    """Point `tempfile` at `folder` for the block: onnxruntime's quantiser makes its own temp
+    folders (ort.quant.*, pre.quant.*) without our pid in their names; inside our temp folder
+    they are removed with it and swept with it if we are killed."""
+    old = tempfile.tempdir
+    tempfile.tempdir = str(folder)
+    try:
+        yield
+    finally:
+        tempfile.tempdir = old
+
+
 def quantize_int8(
     fp32_path: str | os.PathLike,
     out_path: str | os.PathLike,
     calibration: torch.Tensor,
     *,
     batch_size: int = 64,
+    reduce_range: bool | None = None,
 ) -> None:
     """Static QDQ quantisation: int8 per-channel weights, uint8 activations whose ranges come
-    from `calibration` (uint8 [N,3,H,W] training images, never validation ones)."""
+    from `calibration` (uint8 [N,3,H,W] training images, never validation ones).
+
+    U8 activations x S8 weights is the pair the x86 kernels run fastest. `reduce_range` (7-bit
+    weights) avoids saturation on x86 CPUs without VNNI; None decides for this CPU
+    (export.machine.int8_reduce_range).
+    """
+    from distill.files import temp_dir
+    from export.machine import int8_reduce_range
+
+    if reduce_range is None:
+        reduce_range = int8_reduce_range()
     reader = _CalibrationReader(calibration, batch_size)
-    with tempfile.TemporaryDirectory(prefix="distill-int8-") as tmp:
+    with temp_dir("int8") as tmp, _temps_inside(tmp):
         # Shape inference + graph clean-up first, as onnxruntime recommends before quantising.
-        pre = Path(tmp) / "pre.onnx"
+        pre = tmp / "pre.onnx"
         quant_pre_process(str(fp32_path), str(pre))
         quantize_static(
             str(pre),
@@ -304,8 +264,7 @@ def quantize_int8(
             reader,
             quant_format=QuantFormat.QDQ,
             per_channel=True,
-            # U8 activations x S8 weights is the pair the x86 VNNI kernels run fastest; this CPU
-            # has VNNI, so no reduce_range is needed against saturation.
+            reduce_range=reduce_range,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
@@ -328,29 +287,30 @@ class CheckImages:
 
 
 def load_check_images(
-    ckpt: dict[str, Any],
+    record: dict[str, Any],
     data: str | None = None,
     *,
     data_root: Path | None = None,
     cache_dir: Path | None = None,
 ) -> CheckImages:
-    """The checkpoint's own validation/training split, rebuilt from its `data` record (or from
-    `data`, the same source moved elsewhere). When the recorded source is not on this machine,
-    random images stand in (labelled so); a `data` the user named must load."""
-    record = ckpt.get("data") or {}
-    source = data or record.get("source")
-    _, height, _ = ckpt["input_size"]
-    if not source:
-        return _random_images(ckpt, "the checkpoint records no data source; pass --data")
+    """The model's own validation/training split, rebuilt from the `data` record of `record` (a
+    checkpoint, or an exported file's metadata: both hold `data`, `input_size` and `classes`),
+    or from `data`, the same source moved elsewhere. When the recorded source is not on this
+    machine, random images stand in (labelled so); a `data` the user named must load."""
     from distill.data import DataSettings, load_data
 
+    info = record.get("data") or {}
+    source = data or info.get("source")
+    _, height, _ = record["input_size"]
+    if not source:
+        return _random_images(record, "the model records no data source; pass --data")
     roots = {k: v for k, v in (("data_root", data_root), ("cache_dir", cache_dir)) if v}
-    train_size = record.get("train_size")
+    train_size = info.get("train_size")
     config = DataSettings(
         source=str(source),
-        val_size=int(record.get("val_size", 5000)),
+        val_size=int(info.get("val_size", 5000)),
         train_size=int(train_size) if train_size else None,
-        split_seed=int(record.get("split_seed", 0)),
+        split_seed=int(info.get("split_seed", 0)),
         image_size=int(height),
         **roots,
     )
@@ -359,21 +319,21 @@ def load_check_images(
     except UserError as e:
         if data:  # the user named it: their mistake to fix
             raise
-        return _random_images(ckpt, f"data {source} is not available here ({e}); pass --data")
-    if list(dataset.classes) != list(ckpt["classes"]):
+        return _random_images(record, f"data {source} is not available here ({e}); pass --data")
+    if list(dataset.classes) != list(record["classes"]):
         raise UserError(
             f"data {source} has classes {list(dataset.classes)[:5]}..., the model "
-            f"{list(ckpt['classes'])[:5]}...; pass the --data the model was trained on"
+            f"{list(record['classes'])[:5]}...; pass the --data the model was trained on"
         )
     val = dataset.val if len(dataset.val) else dataset.test
     if val is None or not len(val):
-        return _random_images(ckpt, f"data {source} has no validation or test images")
+        return _random_images(record, f"data {source} has no validation or test images")
     return CheckImages(val.images, val.labels, dataset.train.images, f"images of {source}", True)
 
 
-def _random_images(ckpt: dict[str, Any], why: str) -> CheckImages:
+def _random_images(record: dict[str, Any], why: str) -> CheckImages:
     g = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (RANDOM_IMAGES, *ckpt["input_size"]), generator=g)
+    images = torch.randint(0, 256, (RANDOM_IMAGES, *record["input_size"]), generator=g)
     return CheckImages(images.to(torch.uint8), None, None, f"RANDOM images ({why})", False)
 
 
@@ -384,13 +344,6 @@ def evenly_spaced(n_total: int, n: int) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------------------------
 # The whole export
-
-
-def _chmod_like_a_new_file(path: Path) -> None:
-    """mkstemp creates 0600; a deployed model should get the usual 0666 minus the umask."""
-    umask = os.umask(0)
-    os.umask(umask)
-    path.chmod(0o666 & ~umask)
 
 
 def default_output(ckpt_path: str | os.PathLike, precision: str = "fp32") -> Path:
@@ -406,45 +359,63 @@ def export_onnx(
     *,
     int8: bool = False,
     fp16: bool = False,
+    tta: bool = False,
     force: bool = False,
     data: str | None = None,
     data_root: Path | None = None,
     cache_dir: Path | None = None,
+    int8_max_drop: float = INT8_MAX_ACCURACY_DROP,
+    reduce_range: bool | None = None,
     stage: Callable[[str], None] | None = None,
     progress: Progress | None = None,
 ) -> ExportReport:
     """Export a distill checkpoint to ONNX, check it, and only then move it to `out`.
 
-    Raises UserError on bad input (before anything is written) and ParityError when the graph
-    disagrees with PyTorch (nothing is written). `stage` hears each step's name; `progress`
-    hears (done, total) while images are evaluated.
+    `tta` bakes the flip average into the graph; `int8_max_drop` is the most validation top-1
+    (a fraction: 0.02 = 2 points) the int8 file may lose against the fp32 graph; `reduce_range`
+    forces the int8 weight range (None: decided for this CPU). Raises UserError on bad input
+    (before anything is written) and ParityError when the graph disagrees with PyTorch or int8
+    loses too much (nothing is written). `stage` hears each step's name; `progress` hears
+    (done, total) while images are evaluated.
     """
-    from distill.budget import count_params
+    from distill.budget import count_macs, count_params
     from distill.checkpoint import load_checkpoint, model_from_checkpoint
-    from distill.files import check_output, file_sha256
+    from distill.files import atomic_write, check_output, file_sha256, sweep_stale, temp_dir
+    from export.machine import int8_reduce_range
 
     started = time.perf_counter()
     if int8 and fp16:
         raise UserError("--int8 and --fp16 are separate exports; pass one of them")
+    if not 0 <= int8_max_drop <= 1:
+        raise UserError(
+            f"--int8-max-drop {int8_max_drop} should be a fraction of accuracy between 0 and 1 "
+            "(0.02 = 2 points)"
+        )
     precision = "int8" if int8 else "fp16" if fp16 else "fp32"
     ckpt = load_checkpoint(ckpt_path)
     out = check_output(out or default_output(ckpt_path, precision), force, (".onnx",))
+    # Temp files of exports that were killed (-9, power loss) before they could clean up.
+    sweep_stale()
+    sweep_stale(out.parent)
     say = stage or (lambda _msg: None)
 
     say("loading the model and check images")
     model = model_from_checkpoint(ckpt)
-    reference = Normalized(model, ckpt["mean"], ckpt["std"])
+    reference = reference_module(ckpt, tta=tta)
     images = load_check_images(ckpt, data, data_root=data_root, cache_dir=cache_dir)
     if int8 and not images.real:
         raise UserError(
             f"int8 calibration needs the model's training images, but {images.description}"
         )
+    if int8 and reduce_range is None:
+        reduce_range = int8_reduce_range()
     parity_idx = evenly_spaced(len(images.val_images), PARITY_IMAGES)
     parity_images = images.val_images[parity_idx]
     kind = "validation " if images.real else ""
     parity_source = f"{len(parity_idx)} {kind}{images.description}"
 
     src_val = (ckpt.get("metrics") or {}).get("val_accuracy")
+    record = ckpt.get("data") or {}
     metadata: dict[str, Any] = {
         "classes": list(ckpt["classes"]),
         "mean": list(ckpt["mean"]),
@@ -454,59 +425,85 @@ def export_onnx(
         "input_size": list(ckpt["input_size"]),
         "arch": ckpt["arch"],
         "params": count_params(model),
+        # Per image, of the graph: the flip average runs the model twice.
+        "macs": count_macs(model, tuple(ckpt["input_size"])) * (2 if tta else 1),
         "source_sha256": file_sha256(ckpt_path),
         "source": Path(ckpt_path).name,
-        "val_accuracy": src_val,
+        "val_accuracy": None,  # measured on the file below, when the data is here
         "source_val_accuracy": src_val,
         "precision": precision,
+        "tta": tta,
         "opset": OPSET,
         "exporter": f"torch.onnx dynamo (torch {torch.__version__})",
     }
+    if record.get("source"):
+        metadata["data"] = {k: record[k] for k in DATA_KEYS if record.get(k) is not None}
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        with tempfile.TemporaryDirectory(prefix="distill-export-") as work:
-            extra: dict[str, Any] = {}
+    results: dict[str, Any] = {}
+
+    def build(tmp: Path) -> None:
+        with temp_dir("export") as work:
             if precision == "fp16":
                 say("exporting the fp16 graph")
-                half = Normalized(
-                    model_from_checkpoint(ckpt), ckpt["mean"], ckpt["std"], torch.float16
-                )
+                half = reference_module(ckpt, tta=tta, dtype=torch.float16)
                 export_graph(half, ckpt["input_size"], tmp)
             else:
-                fp32 = Path(work) / "fp32.onnx" if int8 else tmp
+                fp32 = work / "fp32.onnx" if int8 else tmp
                 say("exporting the fp32 graph")
                 export_graph(reference, ckpt["input_size"], fp32)
                 if int8:
-                    extra = _quantize_checked(
-                        fp32, tmp, reference, images, parity_images, parity_source, say, progress
+                    results.update(
+                        _quantize_checked(
+                            fp32,
+                            tmp,
+                            reference,
+                            images,
+                            parity_images,
+                            parity_source,
+                            reduce_range=bool(reduce_range),
+                            max_drop=int8_max_drop,
+                            say=say,
+                            progress=progress,
+                        )
                     )
-                    metadata.update(extra.pop("metadata"))
-            say("writing metadata and running the ONNX checker")
-            write_metadata(tmp, metadata)
             say("comparing with PyTorch")
-            parity = check_parity(tmp, reference, parity_images, source=parity_source)
+            session = make_session(tmp)
+            parity = check_parity(
+                tmp, reference, parity_images, source=parity_source, session=session
+            )
             if precision in TOLERANCES and not TOLERANCES[precision].holds(parity):
                 raise ParityError(
                     f"the exported graph disagrees with PyTorch ({parity.line()}); "
                     f"{out} was not written"
                 )
-        _chmod_like_a_new_file(tmp)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+            results["parity"] = parity
+            if images.real and "accuracy" not in results:
+                n = len(images.val_images)
+                say(f"{precision} accuracy on {n:,} validation images")
+                logits = run_logits(session, images.val_images, progress=progress)
+                results["accuracy"] = accuracy(logits, images.val_labels)
+                results["eval_images"] = n
+            metadata.update(results.pop("metadata", {}))
+            if "accuracy" in results:
+                n = results["eval_images"]
+                metadata["val_accuracy"] = results["accuracy"]
+                metadata["val_images"] = n
+                metadata["val_accuracy_measured_on"] = f"this file, {n:,} val images"
+            say("writing metadata and running the ONNX checker")
+            write_metadata(tmp, metadata)
+
+    atomic_write(out, build)
     return ExportReport(
         path=out,
         precision=precision,
         size_bytes=out.stat().st_size,
-        parity=parity,
         metadata=read_metadata(out),
         seconds=time.perf_counter() - started,
         real_images=images.real,
-        **extra,
+        source_accuracy=src_val,
+        int8_scheme=metadata.get("int8_scheme"),
+        tta=tta,
+        **results,
     )
 
 
@@ -517,6 +514,9 @@ def _quantize_checked(
     images: CheckImages,
     parity_images: torch.Tensor,
     parity_source: str,
+    *,
+    reduce_range: bool,
+    max_drop: float,
     say: Callable[[str], None],
     progress: Progress | None,
 ) -> dict[str, Any]:
@@ -527,8 +527,9 @@ def _quantize_checked(
     g = torch.Generator().manual_seed(0)
     train = images.train_images
     calib = train[torch.randperm(len(train), generator=g)[:CALIBRATION_IMAGES]]
-    say(f"calibrating int8 on {len(calib)} training images")
-    quantize_int8(fp32, tmp, calib)
+    scheme = int8_scheme(reduce_range)
+    say(f"calibrating int8 on {len(calib)} training images ({scheme.split(':')[0]})")
+    quantize_int8(fp32, tmp, calib, reduce_range=reduce_range)
     n = len(images.val_images)
     say(f"fp32 accuracy on {n:,} validation images")
     fp32_acc = accuracy(
@@ -538,10 +539,11 @@ def _quantize_checked(
     int8_acc = accuracy(
         run_logits(make_session(tmp), images.val_images, progress=progress), images.val_labels
     )
-    if int8_acc < fp32_acc - INT8_MAX_ACCURACY_DROP:
+    if int8_acc < fp32_acc - max_drop:
         raise ParityError(
             f"int8 loses too much accuracy (val top-1 {int8_acc:.2%} vs fp32 {fp32_acc:.2%}, "
-            f"more than {INT8_MAX_ACCURACY_DROP:.0%} lower); the int8 file was not written"
+            f"more than {100 * max_drop:.1f} points lower); the int8 file was not written; raise "
+            "--int8-max-drop to accept it"
         )
     return {
         "accuracy": int8_acc,
@@ -549,10 +551,10 @@ def _quantize_checked(
         "fp32_size_bytes": fp32.stat().st_size,
         "eval_images": n,
         "metadata": {
-            "val_accuracy": int8_acc,
             "fp32_val_accuracy": fp32_acc,
             "calibration_images": len(calib),
+            "int8_scheme": scheme,
             "quantization": "onnxruntime static QDQ, per-channel int8 weights, uint8 "
-            "activations, MinMax calibration",
+            "activations, MinMax calibration" + (", reduce_range" if reduce_range else ""),
         },
     }

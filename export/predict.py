@@ -1,9 +1,9 @@
 """`distill predict`: classify image files with an exported ONNX model.
 
-Everything the model needs comes from the file: class names, input size and the [0,1] range
-(normalisation is inside the graph). Images of any size and mode (grayscale, RGBA, palette, ...)
-are converted to RGB and resized exactly as `distill.data` prepares image folders for training,
-so a prediction sees what training saw.
+Everything the model needs comes from the file's checked metadata: class names, input size and
+the [0,1] range (normalisation is inside the graph). Images of any size and mode (grayscale,
+RGBA, palette, ...) are converted to RGB and resized exactly as `distill.data` prepares image
+folders for training, so a prediction sees what training saw.
 """
 
 from __future__ import annotations
@@ -15,11 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from distill.data.images import read_image
 from distill.errors import UserError
-from export.onnx import check_metadata
-from export.runtime import make_session, run_logits
+from export.engines import open_engine
+from export.metadata import read_metadata
+from export.runtime import batched_logits
 
 BATCH_SIZE = 64
 
@@ -64,47 +66,35 @@ def image_files(paths: Sequence[str | os.PathLike]) -> list[Path]:
     return files
 
 
-def load_image(path: Path, size: tuple[int, int]) -> np.ndarray:
-    """uint8 [3, H, W]: RGB, resized to `size` (H, W) like distill.data's image folders."""
-    try:
-        with Image.open(path) as im:
-            if im.mode != "RGB":  # grey, RGBA, palette, CMYK, 16-bit...: three uint8 channels
-                im = im.convert("RGB")
-            if im.size != (size[1], size[0]):
-                # PIL widens the bilinear filter when shrinking, so downscaling does not alias.
-                im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-            return np.asarray(im).transpose(2, 0, 1)
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        reason = str(e).strip().splitlines()[0][:80] if str(e).strip() else type(e).__name__
-        raise UserError(
-            f"{path} is not an image this can read ({reason}); pass PNG/JPEG/... files"
-        ) from None
-
-
 def predict(
     onnx_path: str | os.PathLike,
     paths: Sequence[str | os.PathLike],
     top_k: int = 3,
     *,
     threads: int | None = None,
+    engine: str = "onnxruntime",
+    device: str = "cpu",
 ) -> list[Prediction]:
-    """Top-k classes with softmax probabilities for every image in `paths` (files or folders).
+    """Top-k classes with softmax probabilities for every image in `paths` (files or folders),
+    run by `engine` (onnxruntime/ort or openvino) on `device` (cpu, cuda or auto).
 
-    Every image is read (and a bad one reported) before the model runs.
+    The file's metadata is checked first, then every image is read (and a bad one reported)
+    before the model runs.
     """
     if top_k < 1:
         raise UserError(f"--top-k {top_k} must be at least 1")
-    session = make_session(onnx_path, threads=threads)
-    meta = check_metadata(Path(onnx_path), session.get_modelmeta().custom_metadata_map)
-    if meta["input_range"] != "[0,1]":
-        raise UserError(f"{onnx_path} expects input range {meta['input_range']}; re-export it")
+    meta = read_metadata(onnx_path)
     classes = meta["classes"]
     _, height, width = meta["input_size"]
     files = image_files(paths)
     if not files:
         raise UserError("no images given; pass image files or folders of images")
-    images = torch.from_numpy(np.stack([load_image(f, (height, width)) for f in files]))
-    logits = run_logits(session, images, batch_size=BATCH_SIZE)
+    pixels = np.stack([read_image(f, (height, width)) for f in files])
+    images = torch.from_numpy(pixels).permute(0, 3, 1, 2)
+    runner = open_engine(
+        onnx_path, engine, precision=meta.get("precision", "fp32"), device=device, threads=threads
+    )
+    logits = batched_logits(runner.run, images, batch_size=BATCH_SIZE)
     probs = softmax(logits)
     k = min(top_k, len(classes))
     order = np.argsort(-probs, axis=1, kind="stable")[:, :k]

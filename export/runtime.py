@@ -1,13 +1,15 @@
-"""onnxruntime sessions with the settings `bench/onnx_speed.py` measured, and batched inference.
+"""onnxruntime sessions with the settings `bench/onnx_speed.py` measured, batched inference, and
+the choice of device (`resolve_device`), with the reason when CUDA cannot be used.
 
-Every consumer of an exported file (parity checks, int8 accuracy, `distill predict`, `distill
-bench`, `distill eval`) makes its session here, so a setting that pays off is paid everywhere.
+Every consumer of an exported file (parity checks, accuracy, `distill predict`, `distill bench`,
+`distill eval`) makes its session here, so a setting that pays off is paid everywhere.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -18,26 +20,115 @@ from distill.errors import UserError
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
+DEVICES = ("auto", "cpu", "cuda")
+
+# Where onnxruntime publishes onnxruntime-gpu built for CUDA 13 (its maintainers' instructions
+# in microsoft/onnxruntime#27944; nightly builds: the ort-cuda-13-nightly feed beside it).
+ORT_CUDA13_INDEX = "https://aiinfra.pkgs.visualstudio.com/PublicPackages/_packaging/onnxruntime-cuda-13/pypi/simple/"
+ORT_CUDA13_INSTALL = (
+    "pip uninstall -y onnxruntime onnxruntime-gpu && "
+    f"pip install --pre --index-url {ORT_CUDA13_INDEX} onnxruntime-gpu"
+)
 
 # Progress callback: (images done, images in all).
 Progress = Callable[[int, int], None]
 
 
 def default_threads() -> int:
-    """Threads both engines get unless told otherwise: PyTorch's own default (physical cores)."""
+    """Threads every engine gets unless told otherwise: PyTorch's own default (physical cores)."""
     return torch.get_num_threads()
 
 
-def session_options(threads: int | None = None, *, tuned: bool = True) -> ort.SessionOptions:
+# ---------------------------------------------------------------------------------------------
+# Device
+
+
+def _installed(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _ort_cuda_build() -> str | None:
+    """The CUDA version this onnxruntime was built for (onnxruntime-gpu >= 1.21 records it)."""
+    try:
+        from onnxruntime.capi import build_and_package_info as info
+    except ImportError:
+        return None
+    return getattr(info, "cuda_version", None)
+
+
+def cuda_problem() -> str | None:
+    """Why onnxruntime cannot run on a GPU here, with the fix; None when nothing is known wrong.
+
+    The checks are ordered from cause to symptom: no GPU for PyTorch; the CPU and GPU packages
+    both installed (they share the `onnxruntime` folder and overwrite each other's files); no
+    CUDA provider at all; a provider built for another CUDA major version than PyTorch's (it
+    cannot load beside PyTorch's libraries, and onnxruntime then falls back to the CPU without
+    an error).
+    """
+    if not torch.cuda.is_available():
+        return "PyTorch sees no CUDA GPU here"
+    cpu_pkg, gpu_pkg = _installed("onnxruntime"), _installed("onnxruntime-gpu")
+    if cpu_pkg and gpu_pkg:
+        return (
+            f"onnxruntime {cpu_pkg} and onnxruntime-gpu {gpu_pkg} are both installed and "
+            f"overwrite each other's files; reinstall one: {ORT_CUDA13_INSTALL}"
+        )
+    if CUDA not in ort.get_available_providers():
+        return (
+            f"this onnxruntime {ort.__version__} has no CUDA provider (the CPU package); for "
+            f"PyTorch's CUDA {torch.version.cuda}: {ORT_CUDA13_INSTALL}"
+        )
+    built, torch_cuda = _ort_cuda_build(), torch.version.cuda
+    if built and torch_cuda and built.split(".")[0] != torch_cuda.split(".")[0]:
+        return (
+            f"onnxruntime-gpu {ort.__version__} is built for CUDA {built} but PyTorch "
+            f"{torch.__version__} uses CUDA {torch_cuda}, so its CUDA provider cannot load beside "
+            f"it; install the CUDA {torch_cuda.split('.')[0]} build"
+            + (f": {ORT_CUDA13_INSTALL}" if torch_cuda.startswith("13") else "")
+        )
+    return None
+
+
+def resolve_device(device: str, say: Callable[[str], None] | None = None) -> str:
+    """ "cpu" or "cuda" for onnxruntime. "auto" means CUDA when this onnxruntime has a usable
+    CUDA provider and PyTorch sees a GPU, else the CPU, said in one line through `say` when a
+    GPU is present but cannot be used. "cuda" that cannot work is a UserError naming why."""
+    if device not in DEVICES:
+        raise UserError(f"unknown device {device!r}; pass auto, cpu or cuda")
+    if device == "cpu":
+        return "cpu"
+    problem = cuda_problem()
+    if problem is None:
+        return "cuda"
+    if device == "cuda":
+        raise UserError(
+            f"--device cuda cannot run onnxruntime here: {problem}; or use --device cpu"
+        )
+    if say is not None and torch.cuda.is_available():
+        say(f"onnxruntime runs on the CPU: {problem}")
+    return "cpu"
+
+
+# ---------------------------------------------------------------------------------------------
+# Sessions
+
+
+def session_options(
+    threads: int | None = None, *, tuned: bool = True, spinning: bool = True
+) -> ort.SessionOptions:
     """CPU session settings. `tuned=False` leaves everything but threads and logging at
     onnxruntime's defaults.
 
     `bench/onnx_speed.py` measures each setting on resnet18-5m. Measured worth (p50, vs this
     session): ORT_ENABLE_EXTENDED instead of ALL, i.e. no NCHWc layout, 0.80x; ORT_PARALLEL
     0.4-0.5x; no arena/memory pattern 0.86-1.0x; spinning off, dynamic_block_base, denormals as
-    zero: within noise or worse. So the winners are onnxruntime's own defaults, pinned here so
-    that a change of default upstream cannot silently slow distill down. The larger gains are in
-    the graph (export.onnx: the exporter's optimizer folds BN, worth 1.2-1.6x) and int8.
+    zero: within noise or worse when onnxruntime runs alone. So the winners are onnxruntime's
+    own defaults, pinned here so that a change of default upstream cannot silently slow distill
+    down. The larger gains are in the graph (export.onnx: the exporter's optimizer folds BN,
+    worth 1.2-1.6x) and int8.
     """
     so = ort.SessionOptions()
     so.log_severity_level = 3  # errors only: ORT's warnings are about its own internals
@@ -50,9 +141,9 @@ def session_options(threads: int | None = None, *, tuned: bool = True) -> ort.Se
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL  # PARALLEL: 2x slower on a ResNet
     so.enable_cpu_mem_arena = True
     so.enable_mem_pattern = True  # activations planned once per input shape
-    # Spinning workers cut batch-1 latency on a dedicated machine (ORT's default); on a machine
-    # shared with other busy processes allow_spinning=0 can be faster.
-    so.add_session_config_entry("session.intra_op.allow_spinning", "1")
+    # Spinning workers cut batch-1 latency when onnxruntime has the machine to itself (its
+    # default). Benchmarks that alternate engines turn it off (export/bench.py says why).
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     return so
 
 
@@ -62,24 +153,18 @@ def make_session(
     device: str = "cpu",
     threads: int | None = None,
     tuned: bool = True,
+    spinning: bool = True,
 ) -> ort.InferenceSession:
-    """An inference session on `device`; an unreadable file is a UserError naming it."""
+    """An inference session on `device` (cpu, cuda or auto); an unreadable file is a UserError
+    naming it, and so is a CUDA provider that did not start."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path} does not exist; pass an .onnx file written by distill export")
-    if device == "cuda":
-        if CUDA not in ort.get_available_providers():
-            raise UserError(
-                "this onnxruntime has no CUDA provider; install onnxruntime-gpu or use --device cpu"
-            )
-        providers: list = [CUDA, CPU]
-    elif device == "cpu":
-        providers = [CPU]
-    else:
-        raise UserError(f"unknown device {device!r}; pass cpu or cuda")
+    device = resolve_device(device)
+    providers = [CUDA, CPU] if device == "cuda" else [CPU]
     try:
         session = ort.InferenceSession(
-            str(path), session_options(threads, tuned=tuned), providers=providers
+            str(path), session_options(threads, tuned=tuned, spinning=spinning), providers=providers
         )
     except Exception as e:  # protobuf parse errors, unsupported ops: the file is the problem
         reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
@@ -89,8 +174,9 @@ def make_session(
     if device == "cuda" and session.get_providers()[0] != CUDA:
         # onnxruntime falls back to the CPU silently when the CUDA/cuDNN libraries do not load.
         raise UserError(
-            "onnxruntime could not start its CUDA provider (CUDA or cuDNN libraries not found or "
-            "mismatched); install the versions onnxruntime-gpu requires, or use --device cpu"
+            "onnxruntime could not start its CUDA provider (its CUDA or cuDNN libraries did not "
+            f"load); for PyTorch's CUDA {torch.version.cuda}: {ORT_CUDA13_INSTALL}; or use "
+            "--device cpu"
         )
     return session
 
@@ -102,6 +188,23 @@ def as_float_batch(images: torch.Tensor) -> np.ndarray:
     return images.float().contiguous().numpy()
 
 
+def batched_logits(
+    run: Callable[[np.ndarray], np.ndarray],
+    images: torch.Tensor,
+    *,
+    batch_size: int = 256,
+    progress: Progress | None = None,
+) -> np.ndarray:
+    """Logits [N, classes] of `run` (any engine) over a tensor of images, in batches (the last
+    one may be short)."""
+    out = []
+    for start in range(0, len(images), batch_size):
+        out.append(np.asarray(run(as_float_batch(images[start : start + batch_size]))))
+        if progress:
+            progress(min(start + batch_size, len(images)), len(images))
+    return np.concatenate(out).astype(np.float32, copy=False)
+
+
 def run_logits(
     session: ort.InferenceSession,
     images: torch.Tensor,
@@ -109,12 +212,11 @@ def run_logits(
     batch_size: int = 256,
     progress: Progress | None = None,
 ) -> np.ndarray:
-    """Logits [N, classes] for a tensor of images, run in batches (the last one may be odd)."""
+    """Logits [N, classes] of an onnxruntime session for a tensor of images."""
     name = session.get_inputs()[0].name
-    out = []
-    for start in range(0, len(images), batch_size):
-        batch = as_float_batch(images[start : start + batch_size])
-        out.append(session.run(None, {name: batch})[0])
-        if progress:
-            progress(min(start + batch_size, len(images)), len(images))
-    return np.concatenate(out).astype(np.float32, copy=False)
+    return batched_logits(
+        lambda x: session.run(None, {name: x})[0],
+        images,
+        batch_size=batch_size,
+        progress=progress,
+    )

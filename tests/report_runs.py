@@ -83,11 +83,16 @@ def save_onnx(path, source, val, params, **meta_extra):
     import onnx
     from onnx import TensorProto, helper
 
+    # Input [N, 3, 32, 32] -> global average pool -> [N, 3]: the shapes the metadata claims,
+    # which every reader checks against the graph (three classes, three channels).
     graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["y"])],
+        [
+            helper.make_node("GlobalAveragePool", ["x"], ["pooled"]),
+            helper.make_node("Flatten", ["pooled"], ["y"]),
+        ],
         "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 32, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
     )
     model = helper.make_model(graph)
     meta = {

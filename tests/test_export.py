@@ -13,7 +13,13 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from distill.checkpoint import load_checkpoint, new_checkpoint, save_checkpoint
+from distill.budget import count_macs
+from distill.checkpoint import (
+    load_checkpoint,
+    model_from_checkpoint,
+    new_checkpoint,
+    save_checkpoint,
+)
 from distill.cli import app
 from distill.errors import UserError
 from distill.files import file_sha256
@@ -143,7 +149,18 @@ def test_round_trip_checker_metadata_and_parity(trained, exported):
     assert meta["input_size"] == [3, SIZE, SIZE] and meta["precision"] == "fp32"
     assert meta["arch"] == "resnet18-quarter" and meta["params"] > 100_000
     assert meta["source_sha256"] == file_sha256(trained["ckpt"])
-    assert meta["val_accuracy"] == pytest.approx(0.75)
+    assert meta["source_val_accuracy"] == pytest.approx(0.75)  # the checkpoint's record
+    # val_accuracy is the file's own, measured on the validation split at export.
+    logits = run_logits(make_session(path), ds.val.images)
+    assert meta["val_accuracy"] == pytest.approx(
+        float((logits.argmax(1) == ds.val.labels.numpy()).mean())
+    )
+    assert meta["val_images"] == len(ds.val) == 32
+    model_ = model_from_checkpoint(load_checkpoint(trained["ckpt"]))
+    assert meta["macs"] == count_macs(model_, (3, SIZE, SIZE)) and meta["tta"] is False
+    assert meta["data"] == {
+        k: ds.info[k] for k in ("source", "val_size", "split_seed", "train_size")
+    }
 
     out = exported["output"]
     assert "parity vs PyTorch on 32 validation images" in out and "agreement 100.00%" in out
@@ -151,8 +168,6 @@ def test_round_trip_checker_metadata_and_parity(trained, exported):
 
 @pytest.mark.parametrize("batch", [1, 3])
 def test_dynamic_batch_matches_pytorch(trained, exported, batch):
-    from distill.checkpoint import load_checkpoint, model_from_checkpoint
-
     ckpt = load_checkpoint(trained["ckpt"])
     reference = Normalized(model_from_checkpoint(ckpt), ckpt["mean"], ckpt["std"])
     images = trained["dataset"].val.images[: 2 * batch + 1]  # odd count: a short last batch
@@ -172,13 +187,21 @@ def test_int8_stays_close_and_is_smaller(trained, exported):
     assert report.parity.top1_agreement >= 0.9
     meta = read_metadata(out)
     assert meta["precision"] == "int8" and meta["val_accuracy"] == pytest.approx(report.accuracy)
+    assert meta["fp32_val_accuracy"] == pytest.approx(report.fp32_accuracy)
+    assert meta["int8_scheme"] == report.int8_scheme and "U8S8" in report.int8_scheme
     ops = {n.op_type for n in onnx.load(str(out)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
 
 
 def test_quantize_int8_on_plain_tensors(trained, exported, tmp_path):
     ds = trained["dataset"]
-    quantize_int8(exported["path"], tmp_path / "q.onnx", ds.train.images[:32], batch_size=16)
+    quantize_int8(
+        exported["path"],
+        tmp_path / "q.onnx",
+        ds.train.images[:32],
+        batch_size=16,
+        reduce_range=True,
+    )
     fp32 = run_logits(make_session(exported["path"]), ds.val.images)
     int8 = run_logits(make_session(tmp_path / "q.onnx"), ds.val.images)
     assert (fp32.argmax(1) == int8.argmax(1)).mean() >= 0.9
@@ -257,3 +280,116 @@ def test_python_dash_m_export_is_the_same_app():
     )
     assert result.returncode == 0, result.stderr
     assert "python -m export onnx" in result.stdout and "--int8" in result.stdout
+
+
+def test_metadata_rebuilds_the_same_validation_split(trained, exported):
+    meta = read_metadata(exported["path"])
+    images = load_check_images(meta, cache_dir=trained["cache"])  # no --data: the file knows
+    assert images.real and torch.equal(images.val_images, trained["dataset"].val.images)
+
+
+def test_tta_bakes_the_flip_average_into_the_graph(trained, exported, tmp_path):
+    report = export_onnx(trained["ckpt"], tmp_path / "t.onnx", tta=True, cache_dir=trained["cache"])
+    assert report.tta and report.metadata["tta"] is True
+    assert report.metadata["macs"] == 2 * read_metadata(exported["path"])["macs"]
+    assert report.parity.top1_agreement == 1.0  # against FlipAverage(Normalized(model))
+    images = trained["dataset"].val.images[:5]
+    plain = make_session(exported["path"])
+    want = (run_logits(plain, images) + run_logits(plain, images.flip(3))) / 2
+    got = run_logits(make_session(report.path), images)
+    assert np.abs(got - want).max() < 1e-4 * max(1.0, np.abs(want).max())
+
+
+def test_int8_that_loses_too_much_is_refused_unless_allowed(
+    trained, exported, tmp_path, monkeypatch
+):
+    """A quantiser whose graph answers class 0 for everything: accuracy falls to 1/4."""
+    import export.onnx as mod
+
+    seen = {}
+
+    def constant(fp32_path, out_path, calibration, *, batch_size=64, reduce_range=None):
+        seen["reduce_range"] = reduce_range
+        model = onnx.load(str(fp32_path))
+        for init in model.graph.initializer:
+            values = onnx.numpy_helper.to_array(init)
+            if values.ndim == 2:  # the classifier's weight: zero it, answers become the bias
+                init.CopyFrom(onnx.numpy_helper.from_array(np.zeros_like(values), init.name))
+            elif values.ndim == 1 and values.shape[0] == 4:
+                init.CopyFrom(
+                    onnx.numpy_helper.from_array(np.array([1, 0, 0, 0], values.dtype), init.name)
+                )
+        onnx.save(model, str(out_path))
+
+    monkeypatch.setattr(mod, "quantize_int8", constant)
+    out = tmp_path / "q" / "m.int8.onnx"
+    kw = dict(int8=True, cache_dir=trained["cache"], reduce_range=True)
+    with pytest.raises(ParityError, match="loses too much accuracy.*--int8-max-drop"):
+        export_onnx(trained["ckpt"], out, **kw)
+    assert not out.exists() and os.listdir(out.parent) == []
+    report = export_onnx(trained["ckpt"], out, int8_max_drop=1.0, **kw)
+    assert report.accuracy == pytest.approx(0.25) and report.fp32_accuracy > 0.9
+    assert seen["reduce_range"] is True and "reduce_range" in report.metadata["int8_scheme"]
+
+    bad = runner.invoke(app, ["export", "onnx", str(trained["ckpt"]), "--int8-max-drop", "5"])
+    assert bad.exit_code == 2 and "--int8-max-drop 5" in bad.output
+
+
+def dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_export_sweeps_temps_of_dead_exports(trained, tmp_path, monkeypatch):
+    import tempfile
+
+    system_tmp = tmp_path / "systmp"
+    system_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))
+    pid = dead_pid()
+    out = tmp_path / "out" / "m.onnx"
+    out.parent.mkdir()
+    stale_file = out.parent / f".m.int8.onnx.{pid}.0123abcd.tmp"
+    stale_file.write_bytes(b"half a model")
+    stale_dir = system_tmp / f"distill-int8-{pid}-xyz"
+    (stale_dir / "ort.quant.abc").mkdir(parents=True)
+    mine = out.parent / f".other.onnx.{os.getpid()}.0123abcd.tmp"  # a live process's: kept
+    mine.write_bytes(b"in use")
+    export_onnx(trained["ckpt"], out, cache_dir=trained["cache"])
+    assert sorted(os.listdir(out.parent)) == sorted(["m.onnx", mine.name])
+    assert os.listdir(system_tmp) == []
+
+
+CHILD = """
+import signal, sys
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # as the CLI does: an exception
+import torch
+torch.set_num_threads(1)
+from export.onnx import export_onnx
+export_onnx(sys.argv[1], sys.argv[2], int8=True, cache_dir=sys.argv[3])
+"""
+
+
+def test_sigterm_mid_int8_export_leaves_no_temp(trained, tmp_path):
+    import signal
+    import time
+
+    system_tmp, out = tmp_path / "systmp", tmp_path / "out" / "m.int8.onnx"
+    system_tmp.mkdir()
+    out.parent.mkdir()
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "TMPDIR": str(system_tmp), "PYTHONPATH": str(root)}
+    args = [sys.executable, "-c", CHILD, str(trained["ckpt"]), str(out), str(trained["cache"])]
+    child = subprocess.Popen(args, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 90
+    while not any(p.name.startswith("distill-int8-") for p in system_tmp.iterdir()):
+        assert child.poll() is None, child.stderr.read()
+        assert time.monotonic() < deadline, "the export never reached quantisation"
+        time.sleep(0.02)
+    child.send_signal(signal.SIGTERM)  # mid-quantisation: temp files in both places
+    assert child.wait(timeout=60) == 143
+    assert os.listdir(out.parent) == []
+    # Persistent caches of onnxruntime (.ses, a session id) and torch are not temp files.
+    left = [n for n in os.listdir(system_tmp) if n != ".ses" and not n.startswith("torchinductor")]
+    assert left == []

@@ -114,3 +114,67 @@ def test_bad_inputs_exit_2_with_one_line_naming_them(model, tmp_path):
         result = runner.invoke(app, ["predict", *args[:1], str(tmp_path / "ok.png"), *args[1:]])
         assert result.exit_code == 2, result.output
         assert len(result.output.strip().splitlines()) == 1
+
+
+def png_header_only(path, width, height):
+    """A PNG whose header claims width x height (1-bit grey) and holds no pixel data: what a
+    decompression bomb looks like to a reader before it decodes."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.mark.parametrize("side", [20_000, 10_000])  # over twice PIL's limit, and just over it
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_a_decompression_bomb_is_refused_naming_file_and_limit(model, tmp_path, side):
+    from distill.data.images import MAX_PIXELS, read_image
+
+    bomb = png_header_only(tmp_path / f"bomb{side}.png", side, side)
+    with pytest.raises(UserError) as info:
+        read_image(bomb, (SIZE, SIZE))
+    assert str(bomb) in str(info.value) and f"{MAX_PIXELS:,}" in str(info.value)
+    result = runner.invoke(app, ["predict", str(model["onnx"]), str(bomb)])
+    assert result.exit_code == 2, result.output
+    assert len(result.output.strip().splitlines()) == 1 and "decompression" in result.output
+
+
+def test_read_image_gives_hwc_rgb_at_the_asked_size(tmp_path):
+    from distill.data.images import read_image
+
+    Image.new("L", (40, 25), 7).save(tmp_path / "g.png")
+    pixels = read_image(tmp_path / "g.png", (SIZE, SIZE + 2))
+    assert pixels.shape == (SIZE, SIZE + 2, 3) and pixels.dtype == np.uint8
+    assert (pixels == 7).all()
+
+
+def test_unknown_engine_or_device_is_refused(model, tmp_path):
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    with pytest.raises(UserError, match="unknown engine"):
+        predict(model["onnx"], [tmp_path / "a.png"], engine="tensorrt")
+    with pytest.raises(UserError, match="checkpoints"):
+        predict(model["onnx"], [tmp_path / "a.png"], engine="pytorch")
+    with pytest.raises(UserError, match="auto, cpu or cuda"):
+        predict(model["onnx"], [tmp_path / "a.png"], device="tpu")
+    (auto,) = predict(model["onnx"], [tmp_path / "a.png"], engine="ort", device="auto")
+    assert len(auto.top) == 3
+
+
+def test_openvino_predicts_what_onnxruntime_does(model, tmp_path):
+    pytest.importorskip("openvino")
+    files = images_of_every_kind(tmp_path)
+    ort_preds = predict(model["onnx"], files, top_k=3)
+    ov_preds = predict(model["onnx"], files, top_k=3, engine="openvino")
+    for a, b in zip(ort_preds, ov_preds, strict=True):
+        assert a.path == b.path
+        # OpenVINO's default precision may be bf16 (3 significant digits): compare loosely.
+        got = {c.index: c.probability for c in b.top}
+        want = {c.index: c.probability for c in a.top}
+        assert got.keys() == want.keys() or a.top[0].probability - a.top[1].probability < 0.02
+        assert b.top[0].probability == pytest.approx(a.top[0].probability, abs=0.02)

@@ -4,6 +4,7 @@ prediction sees exactly what training saw and every reader refuses a bad file th
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,29 +15,38 @@ from PIL import Image
 
 from distill.errors import UserError
 
+# PIL's own default limit (Image.MAX_IMAGE_PIXELS, about 9459 x 9459), pinned so that a change
+# upstream or elsewhere in the process cannot lift it.
+MAX_PIXELS = 89_478_485
+# read_image refuses images over MAX_PIXELS itself, with a message naming the file; PIL's
+# warning for those between its limit and twice it would only add a second, vaguer line.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
-def read_image(path: Path, size: tuple[int, int]) -> np.ndarray:
+
+def read_image(path: str | os.PathLike, size: tuple[int, int]) -> np.ndarray:
     """uint8 [H, W, 3] RGB of `path`, resized to `size` (H, W) where it differs.
 
-    Any mode (palette, grey, RGBA, CMYK, 16-bit) becomes three uint8 channels. A file that is not
-    an image, is truncated, or is a decompression bomb (more pixels than PIL's safety limit) is a
-    UserError naming it.
+    Every reader of image files comes here (training's image folders, `distill predict`), so a
+    file is accepted or refused the same way everywhere: any mode (palette, grey, RGBA, CMYK,
+    16-bit) becomes three uint8 channels; an image of more than MAX_PIXELS pixels (a
+    decompression bomb: a small file that decodes to gigabytes) and a file that is not an image
+    are UserErrors naming it.
     """
     try:
-        with Image.open(path) as im:
-            if im.width * im.height > Image.MAX_IMAGE_PIXELS:
-                raise UserError(
-                    f"{path} is {im.width}x{im.height} pixels, over the {Image.MAX_IMAGE_PIXELS:,}"
-                    "-pixel limit for safe decoding (a decompression bomb?); resize it or remove it"
-                )
+        with Image.open(path) as im:  # reads the header only: the size is known before decoding
+            if im.width * im.height > MAX_PIXELS:
+                raise Image.DecompressionBombError(f"{im.width}x{im.height}")
             if im.mode != "RGB":
                 im = im.convert("RGB")
             if im.size != (size[1], size[0]):
                 # PIL widens the bilinear filter when shrinking, so downscaling does not alias.
                 im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
             return np.asarray(im)
-    except UserError:
-        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):  # (warnings as errors)
+        raise UserError(
+            f"{path} has more than {MAX_PIXELS:,} pixels, the limit for an image (a guard against "
+            "decompression bombs); downscale it or remove it"
+        ) from None
     except Exception as e:  # any failure to decode means the file is not an image we can use
         reason = str(e).strip().splitlines()[0][:80] if str(e).strip() else type(e).__name__
         raise UserError(
