@@ -200,13 +200,13 @@ def evaluate_file(
 
 def _evaluate_onnx(path: Path, split: Split, device: str, tta: bool) -> EvalResult:
     """An exported model (input float32 NCHW in [0,1], normalisation inside) on a split."""
-    from export.runtime import make_session, run_logits
+    from distill.console import note
+    from export.runtime import make_session, resolve_device, run_logits
 
     if tta:
         raise UserError(
             "--tta averages a model's logits with its mirror's; for an ONNX file, export it "
             "with `distill export onnx --tta` instead"
         )
-    ort_device = "cuda" if device != "cpu" and torch.cuda.is_available() else "cpu"
-    session = make_session(path, device=ort_device)
+    session = make_session(path, device=resolve_device(device, say=note))
     return summarize(torch.from_numpy(run_logits(session, split.images)), split.labels)

@@ -572,7 +572,8 @@ class ExportSettings:
 
     def __post_init__(self) -> None:
         fraction(self, "int8_max_drop")
-        require(not (self.int8 and self.fp16), "int8", "and fp16 are separate exports; pass one")
+        if self.int8 and self.fp16:
+            raise UserError("--int8 and --fp16 are separate exports; pass one of them")
 
 
 @dataclass(frozen=True)
@@ -581,6 +582,12 @@ class BenchSettings:
     seconds: float = setting(2.0, "Timed seconds per engine and batch size, at least.")
     threads: int | None = setting(None, "Threads for every engine (default: physical cores).")
     device: Literal["auto", "cpu", "cuda"] = setting("auto", "auto, cpu or cuda.")
+    engines: tuple[str, ...] = setting(
+        (), "Engines to time, e.g. pytorch,onnxruntime,openvino (default: every one installed)."
+    )
+    accuracy: bool = setting(
+        True, "Measure each engine's top-1 on the model's validation split too."
+    )
 
     def __post_init__(self) -> None:
         require(len(self.batch_sizes) > 0, "batch_sizes", "must name at least one batch size")

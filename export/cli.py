@@ -17,6 +17,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from distill.errors import exits_on_user_error
+from distill.flags import Flags, Group, with_settings
+from distill.settings import ExportSettings
 
 app = typer.Typer(
     help="Export checkpoints for deployment.",
@@ -66,31 +68,15 @@ def mb(n: int) -> str:
 )
 @exits_on_user_error
 @exits_on_parity_error
+@with_settings(export=Group(ExportSettings))
 def onnx_cmd(
+    flags: Flags,
     checkpoint: Path = typer.Argument(..., help="A checkpoint .pt written by distill."),
     out: Path = typer.Option(
         None,
         "-o",
         "--out",
         help="Output .onnx; default beside the checkpoint: s.onnx, s.int8.onnx or s.fp16.onnx.",
-    ),
-    int8: bool = typer.Option(
-        False, "--int8", help="Static int8 (QDQ, per-channel), calibrated on training images."
-    ),
-    fp16: bool = typer.Option(
-        False, "--fp16", help="Half-precision weights for GPUs; input and output stay float32."
-    ),
-    tta: bool = typer.Option(
-        False,
-        "--tta",
-        help="Bake test-time augmentation into the graph: the mean of the logits of the image "
-        "and of its horizontal mirror (twice the compute).",
-    ),
-    int8_max_drop: float = typer.Option(
-        0.02,
-        "--int8-max-drop",
-        help="With --int8: refuse the file when its validation top-1 is more than this below "
-        "the fp32 graph's (a fraction: 0.02 = 2 points).",
     ),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output."),
     data: str = typer.Option(
@@ -110,6 +96,7 @@ def onnx_cmd(
     """
     from export.onnx import export_onnx
 
+    settings = flags.build("export")
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -122,10 +109,10 @@ def onnx_cmd(
         report = export_onnx(
             checkpoint,
             out,
-            int8=int8,
-            fp16=fp16,
-            tta=tta,
-            int8_max_drop=int8_max_drop,
+            int8=settings.int8,
+            fp16=settings.fp16,
+            tta=settings.tta,
+            int8_max_drop=settings.int8_max_drop,
             force=force,
             data=data,
             data_root=data_root,

@@ -38,6 +38,7 @@ from onnxruntime.quantization import (
 from torch import nn
 
 from distill.errors import UserError
+from distill.settings import ExportSettings, defaults_of
 from export.metadata import PRECISIONS, read_metadata, write_metadata
 from export.runtime import Progress, make_session, run_logits
 from export.wrappers import FlipAverage, Normalized, reference_module
@@ -64,7 +65,8 @@ OUTPUT_NAME = "logits"
 PARITY_IMAGES = 500  # validation images the exported graph is compared on
 CALIBRATION_IMAGES = 512  # training images that set the int8 activation ranges
 RANDOM_IMAGES = 64  # fallback when the data is not on this machine (labelled as such)
-INT8_MAX_ACCURACY_DROP = 0.02  # refuse an int8 file that loses more than 2 points of top-1
+# Refuse an int8 file that loses more than this much val top-1 (its one default: the settings).
+INT8_MAX_ACCURACY_DROP = defaults_of(ExportSettings)["int8_max_drop"]
 DATA_KEYS = ("source", "val_size", "split_seed", "train_size")  # enough to rebuild the split
 
 

@@ -87,7 +87,11 @@ def test_every_stage_runs_and_is_verified(finished_run):
     student = load_checkpoint(out / "student.pt")
     assert student["teachers"][0]["sha256"] and not load_checkpoint(out / "baseline.pt")["teachers"]
     bench = json.loads((out / "bench.json").read_text())
-    assert len(bench) == 4 and all(r["results"] for r in bench)
+    # One record per exported model; each times its int8 sibling beside the fp32 file.
+    assert [r["model"]["path"].rsplit("/", 1)[-1] for r in bench] == ["student.onnx", "pruned.onnx"]
+    for r in bench:
+        precisions = {(row["engine"], row["precision"]) for row in r["results"]}
+        assert {("onnxruntime", "fp32"), ("onnxruntime", "int8")} <= precisions
     assert "pipeline finished" in output and "report.md" in output
 
 

@@ -13,6 +13,7 @@ from rich.console import Console
 from distill.budget import check_budget, parse_budget
 from distill.checkpoint import load_checkpoint, model_from_checkpoint
 from distill.data import Dataset
+from distill.device import resolve_device
 from distill.errors import UserError
 from distill.files import atomic_write_text
 from distill.pipeline.config import PipelineSettings
@@ -206,25 +207,36 @@ def _bench_stage(
     from export.bench import Timing, benchmark
 
     out = run_dir / "bench.json"
+    # Each fp32 file brings its int8 sibling along (bench times every engine and precision).
+    timed = [p for p in onnx_files if ".int8." not in p.name]
 
     def run(_resume: bool, _mark: dict[str, Any]) -> None:
+        # On the CPU always (students are deployed there), and on the pipeline's GPU too.
+        devices = ["cpu"]
+        if s.device != "cpu" and resolve_device(s.device).type == "cuda":
+            devices.append("cuda")
         records = []
-        for path in onnx_files:
-            console.print(f"  benchmarking {path.name}")
+        for path in timed:
             checkpoint = run_dir / f"{path.name.split('.')[0]}.pt"
-            records.append(
-                benchmark(
-                    path,
-                    s.bench.batch_sizes,
-                    "cpu",
-                    s.bench.threads,
-                    timing=Timing(min_seconds=s.bench.seconds),
-                    checkpoint=checkpoint if checkpoint.exists() else None,
+            for device in devices:
+                console.print(f"  benchmarking {path.name} on {device}")
+                records.append(
+                    benchmark(
+                        path,
+                        s.bench.batch_sizes,
+                        device,
+                        s.bench.threads,
+                        checkpoint=checkpoint if checkpoint.exists() else None,
+                        engines=list(s.bench.engines) or None,
+                        accuracy=s.bench.accuracy,
+                        data_root=s.data.data_root,
+                        cache_dir=s.data.cache_dir,
+                        timing=Timing(min_seconds=s.bench.seconds),
+                    )
                 )
-            )
         atomic_write_text(out, json.dumps(records, indent=2, default=str))
 
-    return Stage("bench", [out], to_dict(s.bench), onnx_files, run)
+    return Stage("bench", [out], to_dict(s.bench) | {"device": s.device}, onnx_files, run)
 
 
 def _report(run_dir: Path, console: Console) -> None:
