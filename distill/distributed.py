@@ -128,15 +128,25 @@ def agree(check: Callable[[], T]) -> T:
 def relaunch(nproc: int, argv: list[str]) -> int:
     """Run `python -m distill ARGV` as `nproc` processes on this node under torchrun's elastic
     launcher (what `--nproc-per-node N` does, as ultralytics does for `device=0,1,2,3`); return
-    the exit code to leave with: 0, or the first failed rank's (2 for a user's mistake)."""
+    the exit code to leave with: 0, the first failed rank's (2 for a user's mistake), or 128 +
+    the signal that stopped the launcher (the ranks then saved a resumable state)."""
+    import logging
+
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
+    # The ranks say what went wrong, on one line from rank 0; the launcher's own failure report
+    # (a traceback-like summary per rank) would bury it.
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    logging.getLogger("torch.distributed.run").setLevel(logging.CRITICAL)
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     args = parse_args(["--standalone", f"--nproc-per-node={nproc}", "-m", "distill", *argv])
-    os.environ.setdefault("DISTILL_COMMAND", " ".join(["distill", *argv]))
     try:
         run(args)
     except ChildFailedError as e:
         codes = [f.exitcode for _, f in sorted(e.failures.items())]
         return next((c for c in codes if c > 0), 1)
+    except SignalException as e:
+        return 128 + int(e.sigval)
     return 0

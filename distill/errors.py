@@ -38,6 +38,10 @@ def one_line_usage_errors() -> None:
     def one_line(e) -> None:
         if e.__class__.__name__ == "NoArgsIsHelpError":  # the help was printed instead
             return
+        from distill import distributed
+
+        if not distributed.is_main():  # under torchrun every rank parses: one line, from rank 0
+            return
         ctx = getattr(e, "ctx", None)
         see = f"; see {ctx.command_path} --help" if ctx is not None else ""
         message = " ".join(e.format_message().split()).replace("Value error, ", "").rstrip(".")

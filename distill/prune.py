@@ -12,7 +12,9 @@ interruption there saves nothing.
 from __future__ import annotations
 
 import copy
+import hashlib
 import itertools
+import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -21,6 +23,7 @@ from typing import Any
 import torch
 from rich.console import Console
 
+from distill import distributed
 from distill.budget import count_macs, count_params, parse_budget
 from distill.checkpoint import load_checkpoint, model_from_checkpoint
 from distill.console import make_console
@@ -130,6 +133,7 @@ def prune_checkpoint(
                 objective, console,
             )  # fmt: skip
         del source_model
+        _same_plan_on_every_rank(model)
 
         def complete(ckpt: dict[str, Any]) -> dict[str, Any]:
             # The recovered accuracy is known only now.
@@ -253,6 +257,15 @@ def _prune_phase(
         "val_accuracy_after": None,  # filled in once the recovery phase has run
     }
     return model, record
+
+
+def _same_plan_on_every_rank(model: CifarResNet) -> None:
+    """Every rank pruned the same weights with the same batches, so every rank must hold the
+    same plan; if one does not, distributed fine-tuning would mix different networks."""
+    plan = json.dumps(model.channel_plan().to_dict(), sort_keys=True)
+    hashes = distributed.gather(hashlib.sha256(plan.encode()).hexdigest())
+    if len(set(hashes)) > 1:
+        raise RuntimeError(f"the ranks pruned to different channel plans ({hashes}); aborting")
 
 
 def _resumed(out: Path) -> tuple[CifarResNet, dict[str, Any]]:

@@ -76,6 +76,14 @@ def _finite(x: float) -> bool:
     return math.isfinite(x)
 
 
+def as_paths(obj: Any, *names: str) -> None:
+    """Path fields given as strings from Python (a frozen dataclass: object.__setattr__)."""
+    for n in names:
+        v = getattr(obj, n)
+        if v is not None and not isinstance(v, Path):
+            object.__setattr__(obj, n, Path(v).expanduser())
+
+
 def positive(obj: Any, *names: str) -> None:
     for n in names:
         v = getattr(obj, n)
@@ -266,8 +274,7 @@ class DataSettings:
     image_size: int = setting(32, "Image-folder images are resized to this side.", cli=False)
 
     def __post_init__(self) -> None:
-        for name in ("data_root", "cache_dir"):
-            object.__setattr__(self, name, Path(getattr(self, name)).expanduser())
+        as_paths(self, "data_root", "cache_dir")
         positive(self, "val_size", "train_size", "image_size")
         require(
             0 <= self.split_seed <= MAX_SEED,
@@ -554,6 +561,7 @@ class RunSettings:
     )
 
     def __post_init__(self) -> None:
+        as_paths(self, "out", "tensorboard")
         require(0 <= self.seed <= MAX_SEED, "seed", f"must be in [0, 2^63), got {self.seed}")
 
 

@@ -378,6 +378,10 @@ def _make_trainer(
         torch.channels_last if recipe.channels_last and on_cuda else torch.contiguous_format
     )
     net = model.to(device, memory_format=memory_format)
+    if recipe.sync_bn and world > 1 and not on_cuda:
+        raise UserError(
+            "--sync-bn synchronises BatchNorm over GPUs (NCCL); on CPU processes drop it"
+        )
     if recipe.sync_bn and world > 1:
         net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
     loader = BatchLoader(
