@@ -161,9 +161,19 @@ def relaunched(nproc: int) -> bool:
 def run_training(train: Callable[[], dict[str, Any]], out: Path | None) -> dict[str, Any]:
     """Run a training call; turn an interruption into the command that resumes it (exit 130)."""
     from distill.resume import TrainingInterrupted
+    from distill.train import OutputNotWritten
 
     try:
         ckpt = train()
+    except OutputNotWritten as e:
+        if distributed.is_main():
+            way = (
+                f"continue from {e.resume_from} with: {_resume_command()} --resume"
+                if e.resume_from
+                else "no resumable state was written yet: run the command again"
+            )
+            typer.echo(f"error: {e}; once there is room, {way}", err=True)
+        raise typer.Exit(2) from None
     except TrainingInterrupted as e:
         if distributed.is_main():
             typer.echo(
@@ -652,8 +662,8 @@ def pipeline_cmd(
         typer.echo(to_toml(settings), nl=False)
         return
     say = make_console(quiet)
-    say.print(describe(settings))
     if dry_run:
+        say.print(describe(settings))
         return
     if out is None:
         raise UserError("no run directory given; pass -o/--out DIR")

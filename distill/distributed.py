@@ -113,13 +113,15 @@ def agree(check: Callable[[], T]) -> T:
     Without this a mistake found on one rank only (an output locked by another run, a file only
     rank 0 can see) would leave the other ranks waiting at their next collective.
     """
-    error: str | None = None
+    mine: UserError | None = None
     result: Any = None
     try:
         result = check()
     except UserError as e:
-        error = str(e)
-    errors = [e for e in gather(error) if e is not None]
+        mine = e
+    errors = [e for e in gather(None if mine is None else str(mine)) if e is not None]
+    if mine is not None:
+        raise mine  # the very error, with its type (a failed write says what to do next)
     if errors:
         raise UserError(errors[0])
     return result

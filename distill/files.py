@@ -211,18 +211,23 @@ def check_output(
         raise UserError(f"{flag} {path} should end in {' or '.join(suffixes)}; rename it")
     if path.is_dir():
         raise UserError(f"{flag} {path} is a folder; pass a file path")
-    existing = path.parent if str(path.parent) else Path(".")
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UserError(f"{flag} {path}: {existing} is a file, not a folder; choose another path")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"{flag} {path}: cannot write in {existing}; choose a writable folder")
+    check_folder(path.parent, f"{flag} {path}")
     if path.exists() and not force and not (ours is not None and ours(path)):
         raise UserError(
             f"{path} already exists; pass --force to overwrite it or choose another path"
         )
     return path
+
+
+def check_folder(folder: str | os.PathLike, what: str) -> None:
+    """`folder` exists or can be created (no part of the way is a file) and can be written."""
+    existing = Path(folder) if str(folder) else Path(".")
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{what}: {existing} is a file, not a folder; choose another path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{what}: cannot write in {existing}; choose a writable folder")
 
 
 def _lock_file(path: Path) -> Path:

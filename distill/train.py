@@ -37,7 +37,7 @@ from distill.device import (
 )
 from distill.errors import UserError
 from distill.evaluation import EvalResult, eval_loader, evaluate
-from distill.files import atomic_save
+from distill.files import WriteError, atomic_save
 from distill.losses import CrossEntropy, hard_labels
 from distill.metrics_log import MetricsLog
 from distill.optim import EMA, Lookahead, make_optimizer, make_scheduler
@@ -67,6 +67,25 @@ class Objective(Protocol):
 
 class TrainingDiverged(UserError):
     """The loss became NaN or infinite."""
+
+
+class OutputNotWritten(WriteError):
+    """Writing the run's checkpoint or resumable state failed (a full disk); training stopped.
+    `resume_from`: the last resumable state that was written, if any."""
+
+    def __init__(self, error: WriteError, resume_from: Path | None) -> None:
+        super().__init__(f"{error}; training stopped")
+        self.resume_from = resume_from
+
+
+def _written(write: Callable[[], Any], state_file: Path | None) -> None:
+    """Run rank 0's `write` so that every rank learns whether it worked (a failure on rank 0
+    alone would leave the others waiting at the next collective)."""
+    try:
+        distributed.agree(write)
+    except WriteError as e:
+        resumable = state_file if state_file is not None and state_file.exists() else None
+        raise OutputNotWritten(e, resumable) from None
 
 
 @dataclass
@@ -277,8 +296,7 @@ def fit(
 
     def save_state(st: State) -> None:
         snap = snapshot(st)  # every rank takes part (the RNG gather)
-        if writes:
-            atomic_save(snap, state_file)
+        _written(lambda: atomic_save(snap, state_file) if writes else None, state_file)
 
     _announce(console, t, data, recipe, run, state)
     stop = StopFlag()
@@ -660,7 +678,7 @@ def _finish(
             net, eval_loader(data.test, data, device, channels_last)
         ).accuracy
     ckpt = on_finish(_checkpoint(net, data, recipe, kind, arch, state.history, meta, metrics))
-    if run.out is not None and distributed.is_main():
-        atomic_save(ckpt, run.out)
-    distributed.barrier()
+    writes = run.out is not None and distributed.is_main()
+    state_file = last_path(run.out) if run.out is not None else None
+    _written(lambda: atomic_save(ckpt, run.out) if writes else None, state_file)
     return ckpt

@@ -201,3 +201,54 @@ def test_unknown_preset_and_missing_data():
         load_config("fastest")
     with pytest.raises(UserError, match="--data"):
         load_config("quick")
+
+
+def rerun_copy(finished_run, tiny_image_folder, name, change):
+    """Copy the finished run, `change(copy)`, rerun the same command on it."""
+    root, config, out, _ = finished_run
+    copy = root / name
+    shutil.copytree(out, copy)
+    change(copy)
+    before = {p.name: p.stat().st_mtime_ns for p in copy.glob("*.pt")}
+    result = runner.invoke(app, pipeline_args(tiny_image_folder, config, copy, quiet=False))
+    return copy, before, result
+
+
+def test_a_truncated_output_is_redone_and_nothing_downstream_trusted(
+    finished_run, tiny_image_folder
+):
+    def truncate(copy):
+        data = (copy / "teacher.pt").read_bytes()
+        (copy / "teacher.pt").write_bytes(data[: len(data) // 2])
+
+    copy, _, result = rerun_copy(finished_run, tiny_image_folder, "truncated", truncate)
+    assert result.exit_code == 0, result.output
+    assert "teacher: redoing: an output is missing or changed" in result.output
+    assert load_checkpoint(copy / "teacher.pt")["kind"] == "teacher"  # whole again
+    for stage in ("student", "prune", "report"):  # the new teacher's file changed their inputs
+        assert f"{stage}: redoing" in result.output, stage
+    assert all(r["status"] == "done" for r in stage_records(copy).values())
+
+
+def test_a_damaged_record_costs_no_retraining(finished_run, tiny_image_folder):
+    def damage(copy):
+        (copy / "pipeline.json").write_text('{"stages": [')
+
+    copy, before, result = rerun_copy(finished_run, tiny_image_folder, "damaged", damage)
+    assert result.exit_code == 0, result.output
+    assert "was damaged" in result.output
+    for stage in ("teacher", "baseline", "student", "prune"):
+        assert f"{stage}: up to date (recognised from its checkpoint)" in result.output
+    assert before == {p.name: p.stat().st_mtime_ns for p in copy.glob("*.pt")}
+    assert any(p.name.startswith("pipeline.json.damaged-") for p in copy.iterdir())
+    assert set(stage_records(copy)) == set(STAGES)
+
+
+def test_a_folder_named_like_the_record_is_one_line(finished_run, tiny_image_folder):
+    def folder(copy):
+        (copy / "pipeline.json").unlink()
+        (copy / "pipeline.json").mkdir()
+
+    _, _, result = rerun_copy(finished_run, tiny_image_folder, "folder", folder)
+    assert result.exit_code == 2 and "pipeline.json is a folder" in result.output
+    assert "Traceback" not in result.output

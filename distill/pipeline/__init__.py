@@ -22,7 +22,7 @@ from distill.console import make_console
 from distill.data import Dataset, load_data
 from distill.device import resolve_device
 from distill.errors import UserError
-from distill.files import file_sha256, output_lock
+from distill.files import check_folder, file_sha256, output_lock
 from distill.pipeline.config import PipelineSettings, load_config, to_toml
 from distill.pipeline.stages import build_stages, describe
 from distill.pipeline.state import STATE_FILE, PipelineState, Stage, decide
@@ -33,6 +33,7 @@ __all__ = ["PipelineSettings", "describe", "load_config", "run_pipeline", "to_to
 def _check_run_dir(run_dir: Path, force: bool) -> None:
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"--out {run_dir} is a file; pass a directory")
+    check_folder(run_dir, f"--out {run_dir}")
     if not run_dir.is_dir() or force:
         return
     ours = (run_dir / STATE_FILE).exists() or any(run_dir.glob(f"{STATE_FILE}.damaged-*"))
@@ -61,6 +62,7 @@ def run_pipeline(
             _check_run_dir(run_dir, force)
 
     distributed.agree(check)
+    console.print(describe(settings))
     if distributed.is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
     distributed.barrier()

@@ -1,0 +1,353 @@
+"""Nothing lost and nothing silently wrong, one class of fault at a time: corrupt state is never
+trusted, failed or colliding writes lose nothing, temporary files never outlive a process, and
+crafted or absurd input is refused up front with one line. (Pipeline state: test_pipeline.py;
+ONNX metadata: test_metadata.py; TOML types: test_cli_ux.py.)"""
+
+from __future__ import annotations
+
+import errno
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+import distill.resume
+import distill.train
+from distill.checkpoint import load_checkpoint, new_checkpoint, save_checkpoint
+from distill.cli import app
+from distill.data import DataSettings, load_data
+from distill.errors import UserError
+from distill.files import output_lock, sweep_stale
+from distill.recipes import make_recipe
+from distill.registry import create_model
+from distill.resume import last_path
+from distill.runs import training_run
+from distill.settings import RunSettings
+from distill.train import TrainingDiverged, fit
+from students.resnet import CifarResNet, plan
+
+runner = CliRunner()
+
+
+def one_line(result, *words: str) -> str:
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    return lines[0]
+
+
+def teacher_args(folder: Path, tmp_path: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "teacher", "train", "--arch", "resnet18-quarter", "--data", str(folder),
+        "--out", str(out), "--recipe", "quick", "--epochs", "2", "--batch-size", "32",
+        "--val-size", "20", "--cache-dir", str(tmp_path / "cache"), "--device", "cpu",
+        "--quiet", *extra,
+    ]  # fmt: skip
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Stale or corrupt state is never trusted
+
+
+@pytest.mark.parametrize("where", ["label", "pixel"])
+def test_a_corrupt_data_cache_is_decoded_again(tiny_image_folder, tmp_path, capfd, where):
+    settings = DataSettings(str(tiny_image_folder), cache_dir=tmp_path, val_size=8)
+    clean = load_data(settings)
+    (cache,) = (tmp_path / "data").glob("*.pt")
+    obj = torch.load(cache, weights_only=True)
+    if where == "label":  # a label byte flipped: out of range, or silently another class
+        obj["train_labels"][3] = obj["train_labels"][3] ^ 1
+    else:  # a pixel byte flipped: would train on a corrupted image without a word
+        obj["train_images"][5, 0, 0, 0] ^= 0x40
+    torch.save(obj, cache)  # the file's own structure stays valid: only its content changed
+    capfd.readouterr()
+    again = load_data(settings)
+    assert "corrupt" in capfd.readouterr().err
+    assert torch.equal(again.train.images, clean.train.images)
+    assert torch.equal(again.train.labels, clean.train.labels)
+
+
+# ---------------------------------------------------------------------------------------------
+# Writes that fail or collide
+
+
+def full_disk(monkeypatch, target: str) -> None:
+    """torch.save of a file named like `target` fails as a full disk does (ENOSPC)."""
+    real = torch.save
+
+    def save(obj, f, *a, **k):
+        if Path(str(f)).name.startswith(f".{target}."):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", save)
+
+
+def test_a_full_disk_keeps_what_was_there_and_says_how_to_continue(
+    tiny_image_folder, tmp_path, monkeypatch
+):
+    out = tmp_path / "t.pt"
+    monkeypatch.setattr(distill.train, "STATE_SAVE_SECONDS", 0.0)  # a state at every sync
+    full_disk(monkeypatch, "t.pt")
+    result = runner.invoke(app, teacher_args(tiny_image_folder, tmp_path, out))
+    line = one_line(result, "t.pt", "the disk is full", "--resume")
+    assert "no file was written" in line and not out.exists()
+    assert leftovers(tmp_path) == [] and last_path(out).exists()
+    monkeypatch.undo()  # room again: the command it printed finishes the run
+    resumed = runner.invoke(app, teacher_args(tiny_image_folder, tmp_path, out, "--resume"))
+    assert resumed.exit_code == 0, resumed.output
+    assert [h["epoch"] for h in load_checkpoint(out)["history"]] == [1, 2]
+
+
+def test_a_full_disk_before_any_state_says_to_run_again(tiny_image_folder, tmp_path, monkeypatch):
+    out = tmp_path / "t.pt"
+    full_disk(monkeypatch, "t.last.pt")
+    monkeypatch.setattr(distill.train, "STATE_SAVE_SECONDS", 0.0)
+    result = runner.invoke(app, teacher_args(tiny_image_folder, tmp_path, out))
+    one_line(result, "t.last.pt", "the disk is full", "run the command again")
+    assert leftovers(tmp_path) == [] and not out.exists()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        lambda folder, tmp: teacher_args(folder, tmp, tmp / "f.txt" / "t.pt"),
+        lambda folder, tmp: ["pipeline", "--data", str(folder), "-o", str(tmp / "f.txt" / "run")],
+        lambda folder, tmp: ["bench", str(tmp / "m.onnx"), "-o", str(tmp / "f.txt" / "b.json")],
+        lambda folder, tmp: ["export", "onnx", str(tmp / "m.pt"), "-o", str(tmp / "f.txt/m.onnx")],
+    ],
+)
+def test_an_output_under_a_file_is_refused_before_any_work(tiny_image_folder, tmp_path, command):
+    (tmp_path / "f.txt").write_text("a file, not a folder")
+    (tmp_path / "m.onnx").write_bytes(b"not looked at")
+    save_checkpoint(_checkpoint(), tmp_path / "m.pt")
+    result = runner.invoke(app, command(tiny_image_folder, tmp_path))
+    one_line(result, "is a file, not a folder")
+    assert not (tmp_path / "cache").exists()  # refused before the data was even read
+
+
+def _checkpoint(**fields):
+    ckpt = new_checkpoint(
+        kind="teacher",
+        arch="resnet18-quarter",
+        model=create_model("resnet18-quarter", 4),
+        classes=["a", "b", "c", "d"],
+        mean=[0.5, 0.5, 0.5],
+        std=[0.25, 0.25, 0.25],
+        input_size=[3, 32, 32],
+        recipe={},
+        data={},
+    )
+    ckpt.update(fields)
+    return ckpt
+
+
+def test_a_second_writer_of_an_output_is_refused_naming_the_first(tiny_image_folder, tmp_path):
+    out = tmp_path / "t.pt"
+    with output_lock(out):  # another run holds it: here, this test process
+        result = runner.invoke(app, teacher_args(tiny_image_folder, tmp_path, out))
+        one_line(result, "being written by another distill run", "pid")
+        run_dir = tmp_path / "run"
+        with output_lock(run_dir / "pipeline"):
+            again = runner.invoke(app, ["pipeline", "--data", str(tiny_image_folder), "-o",
+                                        str(run_dir), "--quiet"])  # fmt: skip
+            one_line(again, "being written by another distill run")
+    assert not out.exists()
+    # Released with its holder: the next run proceeds.
+    assert runner.invoke(app, teacher_args(tiny_image_folder, tmp_path, out)).exit_code == 0
+
+
+def test_temp_files_of_a_killed_process_are_swept_and_live_ones_kept(tmp_path, monkeypatch):
+    dead, alive = dead_pid(), __import__("os").getpid()
+    stale = tmp_path / f".t.pt.{dead}.0123abcd.tmp"
+    live = tmp_path / f".t.pt.{alive}.4567cdef.tmp"
+    stale_dir = tmp_path / f"distill-int8-{dead}-x1"
+    for p in (stale, live):
+        p.write_bytes(b"half a checkpoint")
+    stale_dir.mkdir()
+    assert sorted(p.name for p in sweep_stale(tmp_path)) == [stale.name]
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    assert [p.name for p in sweep_stale()] == [stale_dir.name]
+    assert live.exists() and not stale.exists() and not stale_dir.exists()
+
+
+def test_a_write_that_fails_leaves_no_temp_file(tmp_path):
+    from distill.files import atomic_write
+
+    (tmp_path / "keep.json").write_text("old")
+
+    def fails(tmp: Path) -> None:
+        tmp.write_text("half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(UserError, match=r"\(the disk is full\); the previous file is unchanged"):
+        atomic_write(tmp_path / "keep.json", fails)
+    assert (tmp_path / "keep.json").read_text() == "old" and leftovers(tmp_path) == []
+
+
+def test_outputs_are_never_overwritten_without_force(tmp_path):
+    mine = tmp_path / "report.md"
+    mine.write_text("# my own notes\n")
+    save_checkpoint(_checkpoint(), tmp_path / "m.pt")
+    refused = runner.invoke(app, ["report", str(tmp_path)])
+    one_line(refused, "report.md", "--force")
+    assert mine.read_text() == "# my own notes\n"
+    assert runner.invoke(app, ["report", str(tmp_path), "--force"]).exit_code == 0
+    # Now it is the tool's own file: regenerated without --force.
+    assert runner.invoke(app, ["report", str(tmp_path)]).exit_code == 0
+    bench = tmp_path / "b.json"
+    bench.write_text('{"mine": true}')
+    result = runner.invoke(app, ["bench", str(tmp_path / "m.pt"), "-o", str(bench)])
+    one_line(result, "b.json", "--force")
+    assert json.loads(bench.read_text()) == {"mine": True}
+
+
+# ---------------------------------------------------------------------------------------------
+# Crafted, damaged or absurd inputs
+
+
+def test_a_decompression_bomb_in_training_data_is_refused_like_in_predict(tmp_path):
+    from test_predict import png_header_only
+
+    for split, n in (("train", 3),):
+        for label in ("a", "b"):
+            folder = tmp_path / split / label
+            folder.mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(folder / f"{i}.png")
+    bomb = png_header_only(tmp_path / "train" / "a" / "bomb.png", 20_000, 20_000)
+    with pytest.raises(UserError, match="decompression bombs") as e:
+        load_data(DataSettings(str(tmp_path), cache_dir=tmp_path.parent / "c", val_size=2))
+    assert str(bomb) in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "fields,problem",
+    [
+        ({"classes": 3}, "classes"),
+        ({"classes": ["a"]}, "classes"),
+        ({"input_size": [3, 100000, 100000]}, "input_size"),
+        ({"input_size": "abc"}, "input_size"),
+        ({"std": [0.25, -1.0, 0.25]}, "std"),
+        ({"mean": [float("nan")] * 3}, "mean"),
+    ],
+)
+def test_a_crafted_checkpoint_is_refused_with_one_line(tmp_path, fields, problem):
+    save_checkpoint(_checkpoint(**fields), tmp_path / "x.pt")
+    with pytest.raises(UserError, match=problem) as e:
+        load_checkpoint(tmp_path / "x.pt")
+    assert "damaged" in str(e.value) and "\n" not in str(e.value)
+    huge = _checkpoint()
+    huge["model_config"] = dict(huge["model_config"], stem_width=10**9)
+    save_checkpoint(huge, tmp_path / "huge.pt")  # no allocation of a billion-channel layer
+    with pytest.raises(UserError, match="width"):
+        load_checkpoint(tmp_path / "huge.pt")
+
+
+@pytest.mark.parametrize(
+    "flags,named",
+    [
+        (["--lr", "inf"], "--lr"),
+        (["--lr", "nan"], "--lr"),
+        (["--seed", str(2**64)], "--seed"),
+        (["--epochs", "0"], "--epochs"),
+        (["--label-smoothing", "2"], "--label-smoothing"),
+        (["--ema-decay", "1.5"], "--ema-decay"),
+    ],
+)
+def test_absurd_training_numbers_are_refused_up_front(tiny_image_folder, tmp_path, flags, named):
+    result = runner.invoke(app, teacher_args(tiny_image_folder, tmp_path, tmp_path / "t.pt",
+                                             *flags))  # fmt: skip
+    one_line(result, named)
+    assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize(
+    "flags,named",
+    [
+        (["--temperature", "inf"], "--temperature"),
+        (["--beta", "nan"], "--beta"),
+        (["--warmup", "inf"], "--warmup"),
+        (["--alpha", "-1"], "--alpha"),
+    ],
+)
+def test_absurd_kd_numbers_are_refused_up_front(tmp_path, flags, named):
+    teacher = tmp_path / "t.pt"
+    save_checkpoint(_checkpoint(), teacher)
+    args = ["student", "--teacher", str(teacher), "--arch", "resnet18-quarter", "--out",
+            str(tmp_path / "s.pt"), "--data", str(tmp_path), *flags]  # fmt: skip
+    one_line(runner.invoke(app, args), named)
+
+
+def test_absurd_bench_sizes_are_refused_before_timing(tmp_path):
+    save_checkpoint(_checkpoint(), tmp_path / "m.pt")
+    for sizes in ("100000000", "0", "1,a"):
+        result = runner.invoke(app, ["bench", str(tmp_path / "m.pt"), "--batch-sizes", sizes])
+        one_line(result, "batch")
+
+
+def test_a_late_divergence_names_its_suspects_and_resumes_with_a_lower_lr(
+    tiny_dataset, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(distill.train, "STATE_SAVE_SECONDS", 0.0)
+    poisoned = {"on": True}
+
+    class Objective:
+        suspects = "--lr, --temperature"
+
+        def __call__(self, logits, targets, images, progress):
+            loss = torch.nn.functional.cross_entropy(logits.float(), targets)
+            return loss * float("nan") if poisoned["on"] and progress >= 1.5 else loss
+
+    out = tmp_path / "d.pt"
+    recipe = replace(make_recipe("quick", batch_size=16), epochs=3)
+
+    def train(recipe, resume=False):
+        torch.manual_seed(0)
+        model = CifarResNet(plan("basic", (1, 1), (8, 16), stem_width=8, num_classes=4))
+        run = RunSettings(out, "cpu", quiet=True, resume=resume)
+        with training_run(run):
+            return fit(model, tiny_dataset, recipe, run, kind="teacher", arch="micro",
+                       objective=Objective())  # fmt: skip
+
+    with pytest.raises(TrainingDiverged) as e:
+        train(recipe)
+    message = str(e.value)
+    assert "epoch 2" in message and "--lr, --temperature" in message
+    assert "--resume" in message and str(last_path(out)) in message
+    poisoned["on"] = False
+    lower = make_recipe(recipe, lr=recipe.lr / 2)
+    ckpt = train(lower, resume=True)  # a lower lr is accepted on resume
+    assert len(ckpt["history"]) == 3 and out.exists()
+
+
+def test_a_teacher_trained_on_other_data_is_named(tiny_image_folder, tiny_dataset, tmp_path):
+    teacher = tmp_path / "t.pt"
+    save_checkpoint(
+        _checkpoint(data={"source": "/data/elsewhere", "val_size": 5000, "train_size": 45000,
+                          "split_seed": 0}),
+        teacher,
+    )  # fmt: skip
+    args = ["student", "--teacher", str(teacher), "--arch", "resnet18-quarter", "--out",
+            str(tmp_path / "s.pt"), "--data", str(tiny_image_folder), "--cache-dir",
+            str(tmp_path / "c")]  # fmt: skip
+    line = one_line(runner.invoke(app, args), "trained on other data", "/data/elsewhere")
+    assert "45,000" in line and "5,000" in line
