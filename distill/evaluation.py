@@ -74,9 +74,12 @@ def evaluate(
 ) -> EvalResult:
     """Loss, top-1, top-5, per-class accuracy and confusion on the loader's images, in eval mode
     and float32; `reference(x)` (a teacher's logits) adds the top-1 agreement with it."""
+    k, device = loader.num_classes, loader.device
+    weights = next(model.parameters()).device
+    if weights.type != device.type:  # (a model built on the CPU, batches on the GPU)
+        raise ValueError(f"the model is on {weights} but the batches on {device}")
     was_training = model.training
     model.eval()
-    k, device = loader.num_classes, loader.device
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     counts = torch.zeros(3, device=device, dtype=torch.long)  # top-5 hits, agreements, spare
     confusion = torch.zeros(k * k, device=device, dtype=torch.long)

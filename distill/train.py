@@ -376,7 +376,7 @@ def fit(
         if log is not None:
             log.close()
     state.elapsed += time.perf_counter() - t_start
-    ckpt = _finish(t, state, data, recipe, run, kind, arch, meta, device, on_finish)
+    ckpt = _finish(t, state, data, val_loader, recipe, run, kind, arch, meta, on_finish)
     if writes and state_file.exists() and not run.keep_last:
         state_file.unlink()
     return ckpt
@@ -641,21 +641,20 @@ def _finish(
     t: Trainer,
     state: State,
     data: Dataset,
+    val_loader: BatchLoader,
     recipe: Recipe,
     run: RunSettings,
     kind: str,
     arch: str,
     meta: dict[str, Any] | None,
-    device: torch.device,
     on_finish: Callable[[dict[str, Any]], dict[str, Any]],
 ) -> dict[str, Any]:
     """Load the best weights, measure them, write and return the final checkpoint."""
-    net = t.net
+    net, device = t.net, t.device
     if state.best["state"] is not None:
         net.load_state_dict(state.best["state"])
     teacher = getattr(t.objective, "teacher_logits", None)
-    channels_last = recipe.channels_last and device.type == "cuda"
-    val = evaluate(net, eval_loader(data.val, data, device, channels_last), reference=teacher)
+    val = evaluate(net, val_loader, reference=teacher)
     metrics: dict[str, Any] = {
         "val_accuracy": val.accuracy,
         "val_top5": val.top5,
@@ -674,6 +673,7 @@ def _finish(
     if val.agreement is not None:
         metrics["teacher_agreement"] = val.agreement
     if data.test is not None:
+        channels_last = val_loader.channels_last
         metrics["test_accuracy"] = evaluate(
             net, eval_loader(data.test, data, device, channels_last)
         ).accuracy
