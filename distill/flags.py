@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import typer
 
-from distill.settings import build, flag_of
+from distill.typed import build, flag_of
 
 SEP = "__"  # generated parameter names are GROUP__FIELD
 

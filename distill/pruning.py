@@ -34,7 +34,8 @@ from distill.budget import count_macs, count_params
 from distill.errors import UserError
 from distill.losses import hard_labels
 from distill.registry import build_model
-from distill.settings import IMPORTANCE, PruneSettings, defaults_of
+from distill.settings import IMPORTANCE, PruneSettings
+from distill.typed import defaults_of
 from students.resnet import CifarResNet
 
 ROUND_TO = defaults_of(PruneSettings)["round_to"]

@@ -10,13 +10,23 @@ so a resumed run continues to exactly the weights an uninterrupted one reaches.
 from __future__ import annotations
 
 import contextlib
+import math
 import signal
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import torch
+
+from distill import distributed
+from distill.checkpoint import load_checkpoint
 from distill.errors import UserError
+from distill.settings import Recipe
+
+if TYPE_CHECKING:
+    from distill.trainer import Sums, Trainer
 
 STATE_SAVE_SECONDS = 60.0
 
@@ -96,3 +106,83 @@ def check_same_run(saved: dict[str, Any], current: dict[str, Any], state_file: P
             "rerun with the same settings, or drop --resume and pass --force to start over"
         )
     return notes
+
+
+@dataclass
+class State:
+    """Where a run is, everything `fit` keeps between epochs (saved in `.last.pt`)."""
+
+    epoch: int = 0
+    step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] = field(
+        default_factory=lambda: {"accuracy": -1.0, "state": None, "epoch": -1}
+    )
+    val_loss_best: float = math.inf
+    bad_epochs: int = 0
+    elapsed: float = 0.0
+    sums: dict[str, Any] | None = None  # the interrupted epoch's sums
+
+
+def restore(t: Trainer, state_file: Path | None, identity: dict[str, Any], console) -> State:
+    if state_file is None or not state_file.exists():
+        raise UserError(f"nothing to resume: {state_file} does not exist; drop --resume")
+    saved = load_checkpoint(state_file)
+    ts = saved.get("train_state")
+    if not isinstance(ts, dict):
+        raise UserError(f"{state_file} holds no training state; drop --resume")
+    for note in check_same_run(ts.get("identity", {}), identity, state_file):
+        console.print(f"note: {note}")
+    t.net.load_state_dict(ts["model"])
+    t.optimizer.load_state_dict(ts["optimizer"])
+    t.scheduler.load_state_dict(ts["scheduler"])
+    continue_with_new_lr(t, ts["identity"]["recipe"])
+    if t.scaler and ts.get("scaler"):
+        t.scaler.load_state_dict(ts["scaler"])
+    if t.lookahead:
+        t.lookahead.load_state_dict(ts["lookahead"])
+    if t.ema:
+        t.ema.load_state_dict(ts["ema"])
+    rng = ts["rng_cpu"]
+    torch.set_rng_state(rng[distributed.rank()] if isinstance(rng, list) else rng)
+    if t.device.type == "cuda" and ts.get("rng_cuda") is not None:
+        torch.cuda.set_rng_state(ts["rng_cuda"])
+    return State(
+        epoch=ts["epoch"],
+        step=ts["step"],
+        history=ts["history"],
+        best=ts["best"],
+        val_loss_best=ts["val_loss_best"],
+        bad_epochs=ts["bad_epochs"],
+        elapsed=ts["elapsed"],
+        sums=ts["sums"],
+    )
+
+
+def continue_with_new_lr(t: Trainer, saved_recipe: dict[str, Any]) -> None:
+    """A run resumed with another lr (after a divergence) continues its schedule from the new
+    peak: every lr the schedule gives is scaled by new peak / old peak."""
+    global_batch = t.recipe.batch_size * distributed.world_size()
+    old = Recipe.from_dict(saved_recipe).lr_at(global_batch)
+    ratio = t.recipe.lr_at(global_batch) / old
+    if ratio == 1:
+        return
+    for group in t.optimizer.param_groups:
+        group["lr"] *= ratio
+        if "initial_lr" in group:
+            group["initial_lr"] *= ratio
+    if hasattr(t.scheduler, "base_lrs"):
+        t.scheduler.base_lrs = [lr * ratio for lr in t.scheduler.base_lrs]
+
+
+def mid_epoch(state: State, epoch: int, step: int, sums: Sums) -> State:
+    return State(
+        epoch=epoch,
+        step=step,
+        history=state.history,
+        best=state.best,
+        val_loss_best=state.val_loss_best,
+        bad_epochs=state.bad_epochs,
+        elapsed=state.elapsed,
+        sums=sums.record(),
+    )

@@ -19,239 +19,27 @@ text and its flag, which the CLI and the README's settings table are generated f
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import types
-import typing
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from distill.errors import UserError
+from distill.typed import (
+    as_paths,
+    build,
+    flag_of,
+    fraction,
+    non_negative,
+    positive,
+    require,
+    setting,
+    to_dict,
+)
 
 CACHE_HOME = "~/.cache/distill"  # downloads and the decoded-data cache, never beside the data
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit integer
-
-
-def setting(
-    default: Any = dataclasses.MISSING,
-    help: str = "",
-    *,
-    flag: str | None = None,
-    cli: bool = True,
-    short: str | None = None,
-    factory: Callable[[], Any] | None = None,
-) -> Any:
-    """A dataclass field with its help text and command-line flag (default: --field-name).
-
-    `cli=False` keeps a field out of the generated command-line options (set by recipes, TOML
-    and checkpoints only).
-    """
-    meta = {"help": help, "flag": flag, "cli": cli, "short": short}
-    if factory is not None:
-        return field(default_factory=factory, metadata=meta)
-    return field(default=default, metadata=meta)
-
-
-def flag_of(f: dataclasses.Field) -> str:
-    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
-
-
-class SettingError(UserError):
-    """A value out of range. `build` rewrites the field name as the user wrote it (a flag, a TOML
-    key, a checkpoint key)."""
-
-    def __init__(self, name: str, problem: str) -> None:
-        super().__init__(f"{name} {problem}")
-        self.name, self.problem = name, problem
-
-
-def require(ok: bool, name: str, problem: str) -> None:
-    if not ok:
-        raise SettingError(name, problem)
-
-
-def _finite(x: float) -> bool:
-    return math.isfinite(x)
-
-
-def as_paths(obj: Any, *names: str) -> None:
-    """Path fields given as strings from Python (a frozen dataclass: object.__setattr__)."""
-    for n in names:
-        v = getattr(obj, n)
-        if v is not None and not isinstance(v, Path):
-            object.__setattr__(obj, n, Path(v).expanduser())
-
-
-def positive(obj: Any, *names: str) -> None:
-    for n in names:
-        v = getattr(obj, n)
-        require(v is None or v > 0, n, f"must be greater than 0, got {v}")
-
-
-def non_negative(obj: Any, *names: str) -> None:
-    for n in names:
-        v = getattr(obj, n)
-        require(v is None or v >= 0, n, f"must be 0 or more, got {v}")
-
-
-def fraction(obj: Any, *names: str) -> None:
-    for n in names:
-        v = getattr(obj, n)
-        require(v is None or 0 <= v <= 1, n, f"must be between 0 and 1, got {v}")
-
-
-# ---------------------------------------------------------------------------------------------
-# Types: one checker for flags, TOML and checkpoint records
-
-
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return "one of " + ", ".join(str(a) for a in typing.get_args(tp))
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if origin is tuple:
-        return f"a list of {_type_name(typing.get_args(tp)[0])}s"
-    if dataclasses.is_dataclass(tp):
-        return "a table"
-    return {
-        int: "an integer",
-        float: "a number",
-        bool: "true or false",
-        str: "a string",
-        Path: "a path",
-        type(None): "nothing",
-    }.get(tp, str(tp))
-
-
-def coerce(value: Any, tp: Any, name: str, label: Callable[[str], str] = str) -> Any:
-    """`value` as type `tp`, or a UserError naming the setting and the expected type.
-
-    No silent conversions: "no" is not a bool, 2.5 is not an int, "3" is not a number; ints are
-    accepted where floats are expected, and every float must be finite.
-    """
-    origin = typing.get_origin(tp)
-    wrong = UserError(f"{label(name)} must be {_type_name(tp)}, got {value!r}")
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return coerce(value, arg, name, label)
-            except UserError:
-                continue
-        raise wrong
-    if origin is Literal:
-        if value in typing.get_args(tp) and type(value) is type(typing.get_args(tp)[0]):
-            return value
-        raise wrong
-    if origin is tuple:
-        item = typing.get_args(tp)[0]
-        if not isinstance(value, (list, tuple)):
-            raise wrong
-        return tuple(coerce(v, item, f"{name}[{i}]", label) for i, v in enumerate(value))
-    if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        if not isinstance(value, Mapping):
-            raise wrong
-        return build(tp, value, label=lambda n: label(f"{name}.{n}"))
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise wrong
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise wrong
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if not math.isfinite(value):
-                raise UserError(f"{label(name)} must be a finite number, got {value}")
-            return float(value)
-        raise wrong
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise wrong
-    if tp is Path:
-        if isinstance(value, (str, Path)) and str(value):
-            return Path(value).expanduser()
-        raise wrong
-    if tp is Any:
-        return value
-    raise TypeError(f"settings type {tp!r} of {name} is not supported")
-
-
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def build(
-    cls: type,
-    values: Mapping[str, Any],
-    *,
-    label: Callable[[str], str] = str,
-    base: Any = None,
-    unknown: Literal["error", "ignore"] = "error",
-) -> Any:
-    """An instance of the settings class `cls` from plain values (flags, TOML, a record).
-
-    Every value's type is checked; `base` (an instance) supplies the fields not given; keys the
-    class lacks are an error naming the valid ones (`unknown="ignore"` for records written by
-    other versions). `label(field)` is how the user wrote a field's name, used in every message.
-    """
-    if not isinstance(values, Mapping):
-        raise UserError(f"{label('')} must be a table of settings, got {values!r}".lstrip())
-    hints = _hints(cls)
-    names = {f.name for f in fields(cls) if f.init}
-    extra = sorted(set(values) - names)
-    if extra and unknown == "error":
-        raise UserError(
-            f"unknown setting {label(extra[0])}; valid ones: {', '.join(sorted(names))}"
-        )
-    kwargs = {k: coerce(v, hints[k], k, label) for k, v in values.items() if k in names}
-    try:
-        return replace(base, **kwargs) if base is not None else cls(**kwargs)
-    except SettingError as e:
-        raise UserError(f"{label(e.name)} {e.problem}") from None
-    except TypeError as e:  # a required field missing
-        missing = [f.name for f in fields(cls) if f.name not in kwargs and _required(f)]
-        if missing:
-            raise UserError(f"missing setting {label(missing[0])}") from None
-        raise UserError(f"{label('')}: {e}") from None
-
-
-def _required(f: dataclasses.Field) -> bool:
-    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-
-
-def to_dict(obj: Any) -> dict[str, Any]:
-    """Plain values (lists, str paths) that survive `torch.load(weights_only=True)` and JSON."""
-
-    def plain(v: Any) -> Any:
-        if dataclasses.is_dataclass(v):
-            return {f.name: plain(getattr(v, f.name)) for f in fields(v)}
-        if isinstance(v, (list, tuple)):
-            return [plain(x) for x in v]
-        if isinstance(v, Path):
-            return str(v)
-        return v
-
-    return plain(obj)
-
-
-def defaults_of(cls: type) -> dict[str, Any]:
-    out = {}
-    for f in fields(cls):
-        if f.default is not dataclasses.MISSING:
-            out[f.name] = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            out[f.name] = f.default_factory()
-    return out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,24 +14,20 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
 from distill import distributed
 from distill.budget import count_macs, count_params
-from distill.checkpoint import cpu_state_dict, load_checkpoint, new_checkpoint
+from distill.checkpoint import cpu_state_dict, new_checkpoint
 from distill.console import make_console
 from distill.data import BatchLoader, Dataset
 from distill.device import (
-    Precision,
     autocast,
-    choose_precision,
     configure_for_training,
     resolve_device,
 )
@@ -39,30 +35,20 @@ from distill.errors import UserError
 from distill.evaluation import EvalResult, eval_loader, evaluate
 from distill.files import WriteError, atomic_save
 from distill.losses import CrossEntropy, hard_labels
-from distill.metrics_log import MetricsLog
-from distill.optim import EMA, Lookahead, make_optimizer, make_scheduler
 from distill.resume import (
     STATE_SAVE_SECONDS,
+    State,
     StopFlag,
     TrainingInterrupted,
-    check_same_run,
     last_path,
+    mid_epoch,
+    restore,
 )
+from distill.run_log import MetricsLog, announce, epoch_line, progress_bar, stats_text
 from distill.settings import Recipe, RunSettings
+from distill.trainer import Objective, Sums, Trainer, make_trainer
 
 SYNC_EVERY = 20  # steps between host syncs: progress, the NaN check, the stop flag
-# A GPU-sized run on a CPU: more image passes than this gets one warning line before it starts.
-CPU_WARN_IMAGE_PASSES = 3_000_000
-
-
-class Objective(Protocol):
-    """(student logits, targets, the augmented batch, progress in epochs) -> loss."""
-
-    suspects: str  # the flags to lower when the loss diverges
-
-    def __call__(
-        self, logits: torch.Tensor, targets: torch.Tensor, images: torch.Tensor, progress: float
-    ) -> torch.Tensor: ...
 
 
 class TrainingDiverged(UserError):
@@ -86,69 +72,6 @@ def _written(write: Callable[[], Any], state_file: Path | None) -> None:
     except WriteError as e:
         resumable = state_file if state_file is not None and state_file.exists() else None
         raise OutputNotWritten(e, resumable) from None
-
-
-@dataclass
-class Sums:
-    """An epoch's running sums, on the device (no per-step host sync)."""
-
-    loss: torch.Tensor
-    correct: torch.Tensor
-    seen: int = 0
-
-    @classmethod
-    def zeros(cls, device: torch.device) -> Sums:
-        return cls(
-            torch.zeros((), device=device, dtype=torch.float64),
-            torch.zeros((), device=device, dtype=torch.long),
-        )
-
-    def record(self) -> dict[str, Any]:
-        return {"loss": float(self.loss), "correct": int(self.correct), "seen": self.seen}
-
-    def restore(self, saved: dict[str, Any]) -> None:
-        self.loss += saved["loss"]
-        self.correct += saved["correct"]
-        self.seen = saved["seen"]
-
-
-@dataclass
-class Trainer:
-    """Everything a training step touches."""
-
-    model: nn.Module  # what steps run: DDP- and/or compile-wrapped
-    net: nn.Module  # the plain module under the wrappers (weights, checkpoints)
-    objective: Objective
-    optimizer: torch.optim.Optimizer
-    scheduler: Any
-    per_step: bool  # the scheduler steps per batch (else per epoch on val loss)
-    loader: BatchLoader
-    recipe: Recipe
-    device: torch.device
-    precision: Precision
-    scaler: torch.amp.GradScaler | None = None
-    lookahead: Lookahead | None = None
-    ema: EMA | None = None
-
-    @property
-    def eval_model(self) -> nn.Module:
-        return self.ema.module if self.ema else self.net
-
-
-@dataclass
-class State:
-    """Where a run is, everything `fit` keeps between epochs (saved in `.last.pt`)."""
-
-    epoch: int = 0
-    step: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)
-    best: dict[str, Any] = field(
-        default_factory=lambda: {"accuracy": -1.0, "state": None, "epoch": -1}
-    )
-    val_loss_best: float = math.inf
-    bad_epochs: int = 0
-    elapsed: float = 0.0
-    sums: dict[str, Any] | None = None  # the interrupted epoch's sums
 
 
 def train_one_epoch(
@@ -206,19 +129,6 @@ class _Diverged(Exception):
         self.epoch, self.step = epoch, step
 
 
-def _progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[stats]}"),
-        TimeRemainingColumn(),
-        console=console,
-        disable=console.quiet,
-        transient=True,
-    )
-
-
 def _data_key(data: Dataset) -> dict[str, Any]:
     return {k: data.info.get(k) for k in ("source_id", "split_seed", "train_size", "val_size")}
 
@@ -251,7 +161,7 @@ def fit(
     distributed.init(device.type)
     configure_for_training(device)
     objective = objective or CrossEntropy(recipe.label_smoothing)
-    t = _make_trainer(model, data, recipe, run, device, objective)
+    t = make_trainer(model, data, recipe, run, device, objective)
     writes = run.out is not None and distributed.is_main()
     state_file = last_path(run.out) if run.out is not None else None
     log = MetricsLog(run.out, run.tensorboard) if writes else None
@@ -265,7 +175,7 @@ def fit(
     }
     state = State()
     if run.resume:
-        state = _restore(t, state_file, run_identity, console)
+        state = restore(t, state_file, run_identity, console)
     channels_last = recipe.channels_last and device.type == "cuda"
     val_loader = eval_loader(data.val, data, device, channels_last)
 
@@ -298,14 +208,14 @@ def fit(
         snap = snapshot(st)  # every rank takes part (the RNG gather)
         _written(lambda: atomic_save(snap, state_file) if writes else None, state_file)
 
-    _announce(console, t, data, recipe, run, state)
+    announce(console, t, data, recipe, run, state)
     stop = StopFlag()
     t_start = time.perf_counter()
     last_save = t_start
     steps = len(t.loader)
     global_step = state.epoch * steps + state.step
     try:
-        with stop.installed(), _progress(console) as progress:
+        with stop.installed(), progress_bar(console) as progress:
             task = progress.add_task("training", total=steps, stats="")
             for epoch in range(state.epoch, recipe.epochs):
                 sums = Sums.zeros(device)
@@ -334,11 +244,12 @@ def fit(
                     )
                     if not synced:  # one process checks every step; several, at syncs only
                         return wanted and not distributed.active()
-                    progress.update(task, completed=step, stats=_stats(sums, seen_before, t_epoch))
+                    stats = stats_text(sums, seen_before, t_epoch)
+                    progress.update(task, completed=step, stats=stats)
                     due = time.perf_counter() - last_save > STATE_SAVE_SECONDS and step < steps
                     wanted, due = distributed.any_rank([wanted, due], device)
                     if due and not wanted:
-                        save_state(_mid_epoch(state, epoch, step, sums))
+                        save_state(mid_epoch(state, epoch, step, sums))
                         last_save = time.perf_counter()
                     return wanted
 
@@ -349,13 +260,13 @@ def fit(
                 except _Diverged as d:
                     raise _diverged(d, t, state_file, recipe) from None
                 if stopped:
-                    save_state(_mid_epoch(state, epoch, reached, sums))
+                    save_state(mid_epoch(state, epoch, reached, sums))
                     raise TrainingInterrupted(state_file)
                 seconds = time.perf_counter() - t_epoch
                 val = evaluate(t.eval_model, val_loader)
                 record = _epoch_record(t, epoch, sums, val, seconds, seen_before)
                 state.history.append(record)
-                console.print(_epoch_line(record, recipe.epochs))
+                console.print(epoch_line(record, recipe.epochs))
                 if log is not None:
                     log.write(state.history)
                 early = _after_validation(t, state, val, epoch)
@@ -382,147 +293,6 @@ def fit(
     return ckpt
 
 
-def _make_trainer(
-    model: nn.Module,
-    data: Dataset,
-    recipe: Recipe,
-    run: RunSettings,
-    device: torch.device,
-    objective: Objective,
-) -> Trainer:
-    on_cuda = device.type == "cuda"
-    world = distributed.world_size()
-    memory_format = (
-        torch.channels_last if recipe.channels_last and on_cuda else torch.contiguous_format
-    )
-    net = model.to(device, memory_format=memory_format)
-    if recipe.sync_bn and world > 1 and not on_cuda:
-        raise UserError(
-            "--sync-bn synchronises BatchNorm over GPUs (NCCL); on CPU processes drop it"
-        )
-    if recipe.sync_bn and world > 1:
-        net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
-    loader = BatchLoader(
-        data.train,
-        recipe.batch_size,
-        device=device,
-        mean=data.mean,
-        std=data.std,
-        num_classes=data.num_classes,
-        augment=recipe.augment,
-        shuffle=True,
-        drop_last=len(data.train.labels) >= recipe.batch_size * world,
-        seed=run.seed,
-        rank=distributed.rank(),
-        world_size=world,
-        channels_last=memory_format == torch.channels_last,
-    )
-    if len(loader) == 0:
-        raise UserError(
-            f"{len(data.train):,} training images make no full batch of {recipe.batch_size} "
-            f"on each of {world} processes; lower --batch-size"
-        )
-    optimizer = make_optimizer(net, recipe, recipe.lr_at(recipe.batch_size * world))
-    scheduler, per_step = make_scheduler(optimizer, recipe, len(loader))
-    precision = choose_precision(device, recipe.amp)
-    train_model: nn.Module = net
-    if world > 1:
-        train_model = nn.parallel.DistributedDataParallel(
-            net, device_ids=[device.index] if on_cuda else None
-        )
-    if recipe.compile and on_cuda:
-        train_model = torch.compile(train_model)
-    return Trainer(
-        model=train_model,
-        net=net,
-        objective=objective,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        per_step=per_step,
-        loader=loader,
-        recipe=recipe,
-        device=device,
-        precision=precision,
-        scaler=torch.amp.GradScaler(device.type) if precision.scaler else None,
-        lookahead=Lookahead(list(net.parameters()), recipe.lookahead_k, recipe.lookahead_alpha)
-        if recipe.lookahead_k
-        else None,
-        ema=EMA(net, recipe.ema_decay) if recipe.ema_decay else None,
-    )
-
-
-def _restore(t: Trainer, state_file: Path | None, identity: dict[str, Any], console) -> State:
-    if state_file is None or not state_file.exists():
-        raise UserError(f"nothing to resume: {state_file} does not exist; drop --resume")
-    saved = load_checkpoint(state_file)
-    ts = saved.get("train_state")
-    if not isinstance(ts, dict):
-        raise UserError(f"{state_file} holds no training state; drop --resume")
-    for note in check_same_run(ts.get("identity", {}), identity, state_file):
-        console.print(f"note: {note}")
-    t.net.load_state_dict(ts["model"])
-    t.optimizer.load_state_dict(ts["optimizer"])
-    t.scheduler.load_state_dict(ts["scheduler"])
-    _continue_with_new_lr(t, ts["identity"]["recipe"])
-    if t.scaler and ts.get("scaler"):
-        t.scaler.load_state_dict(ts["scaler"])
-    if t.lookahead:
-        t.lookahead.load_state_dict(ts["lookahead"])
-    if t.ema:
-        t.ema.load_state_dict(ts["ema"])
-    rng = ts["rng_cpu"]
-    torch.set_rng_state(rng[distributed.rank()] if isinstance(rng, list) else rng)
-    if t.device.type == "cuda" and ts.get("rng_cuda") is not None:
-        torch.cuda.set_rng_state(ts["rng_cuda"])
-    return State(
-        epoch=ts["epoch"],
-        step=ts["step"],
-        history=ts["history"],
-        best=ts["best"],
-        val_loss_best=ts["val_loss_best"],
-        bad_epochs=ts["bad_epochs"],
-        elapsed=ts["elapsed"],
-        sums=ts["sums"],
-    )
-
-
-def _continue_with_new_lr(t: Trainer, saved_recipe: dict[str, Any]) -> None:
-    """A run resumed with another lr (after a divergence) continues its schedule from the new
-    peak: every lr the schedule gives is scaled by new peak / old peak."""
-    global_batch = t.recipe.batch_size * distributed.world_size()
-    old = Recipe.from_dict(saved_recipe).lr_at(global_batch)
-    ratio = t.recipe.lr_at(global_batch) / old
-    if ratio == 1:
-        return
-    for group in t.optimizer.param_groups:
-        group["lr"] *= ratio
-        if "initial_lr" in group:
-            group["initial_lr"] *= ratio
-    if hasattr(t.scheduler, "base_lrs"):
-        t.scheduler.base_lrs = [lr * ratio for lr in t.scheduler.base_lrs]
-
-
-def _mid_epoch(state: State, epoch: int, step: int, sums: Sums) -> State:
-    return State(
-        epoch=epoch,
-        step=step,
-        history=state.history,
-        best=state.best,
-        val_loss_best=state.val_loss_best,
-        bad_epochs=state.bad_epochs,
-        elapsed=state.elapsed,
-        sums=sums.record(),
-    )
-
-
-def _stats(sums: Sums, seen_before: int, t_epoch: float) -> str:
-    rate = (sums.seen - seen_before) * distributed.world_size() / (time.perf_counter() - t_epoch)
-    return (
-        f"loss {float(sums.loss) / sums.seen:.3f}  "
-        f"acc {float(sums.correct) / sums.seen:6.1%}  {rate:,.0f} img/s"
-    )
-
-
 def _epoch_record(
     t: Trainer, epoch: int, sums: Sums, val: EvalResult, seconds: float, seen_before: int
 ) -> dict[str, Any]:
@@ -545,14 +315,6 @@ def _epoch_record(
     }
 
 
-def _epoch_line(r: dict[str, Any], epochs: int) -> str:
-    return (
-        f"epoch {r['epoch']:>3}/{epochs}  train loss {r['train_loss']:.3f} "
-        f"acc {r['train_accuracy']:6.1%}  val loss {r['val_loss']:.3f} "
-        f"acc {r['val_accuracy']:6.1%}  {r['images_per_s']:,.0f} img/s  {r['seconds']:.0f}s"
-    )
-
-
 def _after_validation(t: Trainer, state: State, val: EvalResult, epoch: int) -> bool:
     """Schedule on val loss, keep the best weights, count epochs without improvement; return
     whether early stopping says stop."""
@@ -570,29 +332,6 @@ def _after_validation(t: Trainer, state: State, val: EvalResult, epoch: int) -> 
         state.bad_epochs += 1
     patience = t.recipe.early_stop_patience
     return bool(patience) and state.bad_epochs >= patience
-
-
-def _announce(
-    console: Console, t: Trainer, data: Dataset, recipe: Recipe, run: RunSettings, state: State
-) -> None:
-    """One line with the plan before the first step; one warning when a GPU-sized run starts on
-    a CPU (the user may mean it: never an error)."""
-    world = distributed.world_size()
-    where = f"{t.device}" + (f" x {world} processes" if world > 1 else "")
-    start = f", resuming at epoch {state.epoch + 1}" if state.epoch or state.step else ""
-    console.print(
-        f"training on {len(data.train):,} images (val {len(data.val):,}): {recipe.name} recipe, "
-        f"{recipe.epochs} epochs x {len(t.loader)} steps of {recipe.batch_size * world} images, "
-        f"peak lr {recipe.lr_at(recipe.batch_size * world):.3g}, {where}, {t.precision.name}"
-        + start
-    )
-    passes = recipe.epochs * len(data.train)
-    if t.device.type == "cpu" and passes > CPU_WARN_IMAGE_PASSES:
-        console.print(
-            f"[yellow]warning:[/] the {recipe.name} recipe ({recipe.epochs} epochs x "
-            f"{len(data.train):,} images) is sized for a GPU and will take many hours on this "
-            "CPU; --recipe quick trains in minutes"
-        )
 
 
 def _diverged(d: _Diverged, t: Trainer, state_file: Path | None, recipe: Recipe) -> UserError:

@@ -38,7 +38,8 @@ from onnxruntime.quantization import (
 from torch import nn
 
 from distill.errors import UserError
-from distill.settings import ExportSettings, defaults_of
+from distill.settings import ExportSettings
+from distill.typed import defaults_of
 from export.metadata import PRECISIONS, read_metadata, write_metadata
 from export.runtime import Progress, make_session, run_logits
 from export.wrappers import FlipAverage, Normalized, reference_module

@@ -9,7 +9,8 @@ from torch import nn
 
 from distill.errors import UserError
 from distill.losses import DistillationObjective, dkd_loss, hinton_kd_loss
-from distill.settings import KDSettings, build, resolve_kd
+from distill.settings import KDSettings, resolve_kd
+from distill.typed import build
 
 TOL = 1e-5  # float32 losses of O(1) values
 

@@ -35,12 +35,8 @@ from distill.settings import (
     KDSettings,
     PruneSettings,
     Recipe,
-    build,
-    coerce,
-    require,
-    setting,
-    to_dict,
 )
+from distill.typed import build, coerce, require, setting, to_dict
 
 
 @dataclass(frozen=True)
@@ -234,7 +230,7 @@ def to_toml(s: PipelineSettings) -> str:
 
 def reference_rows() -> list[tuple[str, str, str, str]]:
     """(key, type, default, meaning) for every pipeline TOML key: the README's table."""
-    from distill.settings import _type_name  # one description of each type
+    from distill.typed import type_name  # one description of each type
 
     rows = []
 
@@ -253,7 +249,7 @@ def reference_rows() -> list[tuple[str, str, str, str]]:
             rows.append(
                 (
                     f"{prefix}{f.name}",
-                    _type_name(tp),
+                    type_name(tp),
                     _toml_value(default) if default != "—" else default,
                     f.metadata.get("help", ""),
                 )

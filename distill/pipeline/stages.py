@@ -19,7 +19,8 @@ from distill.files import atomic_write_text
 from distill.pipeline.config import PipelineSettings
 from distill.pipeline.state import Stage
 from distill.resume import last_path
-from distill.settings import RunSettings, to_dict
+from distill.settings import RunSettings
+from distill.typed import to_dict
 
 
 def build_stages(
