@@ -1,13 +1,22 @@
-"""What a teacher costs a student: training-step time with distillation vs from labels alone.
+"""What distillation and its companions cost a student's training step, measured in one run.
 
-Both steps run in the same process on the same batch, interleaved block by block (so a noisy
-neighbour slows both alike), after a warm-up; the ratio of their medians is printed. The extra
-cost is the teacher's forward pass (no backward), so the ratio should land near
-1 + teacher MACs / (3 x student MACs): a training step is about three forwards.
+Variants of one training step (forward, loss, backward, optimizer step) on the same student and
+batch, under the training's own precision (distill.device.choose_precision) and memory format
+(channels_last on CUDA, as `fit` does):
+
+  labels  cross-entropy on labels alone: the baseline every ratio is divided by
+  hinton  Hinton KD against the teacher (its forward pass in inference mode, no backward)
+  dkd     decoupled KD against the same teacher (same teacher cost, a different loss)
+  ema     labels plus the EMA-of-weights update `fit` runs after each step (recipe ema_decay)
+
+The variants run in alternating blocks of `--steps` steps (export.bench.measure), so load from
+other processes hits them alike; each block ends with a synchronisation on CUDA. A training step
+is about three forwards, so KD's ratio should land near 1 + teacher MACs / (3 x student MACs).
 
     python bench/kd_overhead.py                                    # tiny, CPU, 1 thread
+    python bench/kd_overhead.py --variants labels,hinton,dkd,ema --steps 2 --repeats 2
     python bench/kd_overhead.py --student resnet18-5m --teacher resnet34 \\
-        --batch-size 256 --device cuda --steps 50
+        --batch-size 512 --device cuda --steps 20 --variants labels,hinton,dkd,ema
 """
 
 from __future__ import annotations
@@ -15,142 +24,198 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import nn
 
 from distill.budget import count_macs, count_params
-from distill.losses import DistillationObjective, KDConfig
-from distill.train import CrossEntropy, Objective, autocast, resolve_device
+from distill.device import autocast, choose_precision, configure_for_training, resolve_device
+from distill.losses import CrossEntropy, DistillationObjective
+from distill.optim import EMA
+from distill.registry import create_model
+from distill.settings import KDSettings, resolve_kd
+from distill.train import Objective
+from export.bench import Timing, measure
+
+VARIANTS = ("labels", "hinton", "dkd", "ema")
+EMA_DECAY = 0.9995  # the standard recipe's; the cost does not depend on it
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()  # kernels are asynchronous: time their completion
-
-
-def time_steps(
-    student: nn.Module,
+def step_runner(
+    student: torch.nn.Module,
     objective: Objective,
     images: torch.Tensor,
     labels: torch.Tensor,
     optimizer: torch.optim.Optimizer,
     steps: int,
-    amp: bool,
-) -> float:
-    """Seconds per training step (forward, loss, backward, update), averaged over `steps`."""
-    _sync(images.device)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        with autocast(images.device, amp):
-            loss = objective(student(images), labels, images, 1.0)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    _sync(images.device)
-    return (time.perf_counter() - t0) / steps
+    precision,
+    ema: EMA | None = None,
+) -> Callable[[], None]:
+    """A call that runs `steps` training steps the way `train_one_epoch` does and returns once
+    they have finished (a sync point on CUDA: kernels run asynchronously)."""
+    device = images.device
+    scaler = torch.amp.GradScaler(device.type) if precision.scaler else None
+
+    def run() -> None:
+        for _ in range(steps):
+            with autocast(device, precision):
+                loss = objective(student(images), labels, images, 1.0)
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+            if ema is not None:
+                ema.update(student)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    return run
 
 
-def measure(
+def measure_variants(
     student_arch: str = "resnet18-quarter",
     teacher_arch: str = "resnet18-half",
     *,
+    variants: tuple[str, ...] = ("labels", "hinton"),
     batch_size: int = 64,
     steps: int = 5,
     repeats: int = 3,
-    warmup: int = 2,
+    warmup: int = 1,
     device: str = "cpu",
-    kd: str = "hinton",
     amp: bool = True,
-    channels_last: bool = True,
 ) -> dict[str, Any]:
-    from distill.registry import create_model
-
+    """Seconds per step of each variant, measured in one run; ratios to the labels-only step."""
+    unknown = set(variants) - set(VARIANTS)
+    if unknown or "labels" not in variants:
+        raise SystemExit(f"--variants must include labels and come from {', '.join(VARIANTS)}")
     dev = resolve_device(device)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    configure_for_training(dev)  # cuDNN autotuning and TF32, as in training
+    precision = choose_precision(dev, amp)
+    memory_format = torch.channels_last if dev.type == "cuda" else torch.contiguous_format
     torch.manual_seed(0)
-    student = create_model(student_arch).to(dev, memory_format=memory_format).train()
-    teacher = create_model(teacher_arch).to(dev, memory_format=memory_format)
-    images = torch.randn(batch_size, 3, 32, 32, device=dev).to(memory_format=memory_format)
-    labels = torch.randint(0, 10, (batch_size,), device=dev)
-    optimizer = torch.optim.SGD(student.parameters(), lr=1e-3, momentum=0.9)
-    # Counted before the objective freezes the teacher (count_params counts trainable ones).
+    student = create_model(student_arch)
+    teacher = create_model(teacher_arch)
+    # Counted on the CPU before the objective freezes the teacher (count_params counts trainable
+    # parameters only).
     sizes = {"student_params": count_params(student), "teacher_params": count_params(teacher)}
     s_macs, t_macs = count_macs(student), count_macs(teacher)
-    objectives = {
-        "labels": CrossEntropy(),
-        "kd": DistillationObjective((teacher,), KDConfig.create(kd), amp=amp),
-    }
-    for objective in objectives.values():
-        time_steps(student, objective, images, labels, optimizer, warmup, amp)
-    times: dict[str, list[float]] = {name: [] for name in objectives}
-    for _ in range(repeats):  # interleaved: both see the same machine load
-        for name, objective in objectives.items():
-            seconds = time_steps(student, objective, images, labels, optimizer, steps, amp)
-            times[name].append(seconds)
-    plain, with_kd = statistics.median(times["labels"]), statistics.median(times["kd"])
+    student = student.to(dev, memory_format=memory_format).train()
+    teacher = teacher.to(dev, memory_format=memory_format)
+    images = torch.randn(batch_size, 3, 32, 32, device=dev).contiguous(memory_format=memory_format)
+    labels = torch.randint(0, 10, (batch_size,), device=dev)
+    optimizer = torch.optim.SGD(student.parameters(), lr=1e-3, momentum=0.9, nesterov=True)
+
+    def kd(method: str) -> DistillationObjective:
+        # Warm-up epochs change a scalar weight only, not the work: resolve for a 1-epoch run.
+        settings = resolve_kd(KDSettings(method=method), 1)
+        return DistillationObjective((teacher,), settings, 0.0, precision)
+
+    def runner(name: str) -> Callable[[], None]:
+        objective = kd(name) if name in ("hinton", "dkd") else CrossEntropy()
+        ema = EMA(student, EMA_DECAY) if name == "ema" else None
+        return step_runner(student, objective, images, labels, optimizer, steps, precision, ema)
+
+    runners = {name: runner(name) for name in variants}
+    # One block = one call of `steps` steps; min_seconds 0: exactly `repeats` blocks each.
+    timing = Timing(warmup=warmup, min_runs=repeats, max_runs=repeats, min_seconds=0.0)
+    times = measure(runners, timing)
+    per_step = {name: statistics.median(t) / steps for name, t in times.items()}
+    base = per_step["labels"]
     return {
         "student": student_arch,
         "teacher": teacher_arch,
         **sizes,
-        "kd": kd,
-        "bf16_autocast": isinstance(autocast(dev, amp), torch.autocast),
+        "precision": precision.name,
+        "channels_last": memory_format == torch.channels_last,
         "device": str(dev),
         "threads": torch.get_num_threads(),
         "batch_size": batch_size,
-        "steps": steps,
-        "repeats": repeats,
-        "ms_per_step_labels": plain * 1e3,
-        "ms_per_step_kd": with_kd * 1e3,
-        "images_per_s_labels": batch_size / plain,
-        "images_per_s_kd": batch_size / with_kd,
-        "ratio": with_kd / plain,
-        "expected_ratio_from_macs": 1 + t_macs / (3 * s_macs),
+        "steps_per_block": steps,
+        "blocks": repeats,
+        "ms_per_step": {k: v * 1e3 for k, v in per_step.items()},
+        "images_per_s": {k: batch_size / v for k, v in per_step.items()},
+        "ratio_to_labels": {k: v / base for k, v in per_step.items()},
+        "kd_ratio_from_macs": 1 + t_macs / (3 * s_macs),
         "torch": torch.__version__,
     }
+
+
+def summary_rows(r: dict[str, Any]) -> list[tuple[str, str]]:
+    """(row name, result) pairs: the ratios this run measured."""
+    ratio, ms = r["ratio_to_labels"], r["ms_per_step"]
+    rows = []
+    if "hinton" in ratio:
+        rows.append(
+            (
+                f"KD step, {r['teacher']} teacher",
+                f"{ratio['hinton']:.2f}x the labels-only step ({ms['hinton']:.1f} vs "
+                f"{ms['labels']:.1f} ms, batch {r['batch_size']}); MAC estimate "
+                f"{r['kd_ratio_from_macs']:.2f}x",
+            )
+        )
+    if "dkd" in ratio:
+        vs = f"; {ratio['dkd'] / ratio['hinton']:.2f}x Hinton's" if "hinton" in ratio else ""
+        rows.append(("DKD step", f"{ratio['dkd']:.2f}x the labels-only step{vs}"))
+    if "ema" in ratio:
+        extra = ms["ema"] - ms["labels"]
+        rows.append(
+            ("EMA of weights", f"{ratio['ema']:.3f}x the step without EMA ({extra:+.2f} ms/step)")
+        )
+    return rows
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--student", default="resnet18-quarter")
     p.add_argument("--teacher", default="resnet18-half")
+    p.add_argument("--variants", default="labels,hinton", help=f"from {','.join(VARIANTS)}")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--steps", type=int, default=5, help="timed steps per block")
-    p.add_argument("--repeats", type=int, default=3, help="interleaved blocks per variant")
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--steps", type=int, default=5, help="training steps per timed block")
+    p.add_argument("--repeats", type=int, default=3, help="timed blocks per variant")
+    p.add_argument("--warmup", type=int, default=1, help="untimed blocks per variant")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    p.add_argument("--kd", default="hinton", choices=["hinton", "dkd"])
     p.add_argument("--threads", type=int, default=1, help="CPU threads (keep it low when shared)")
-    p.add_argument("--fp32", action="store_true", help="no bf16 autocast (default: as training)")
+    p.add_argument("--fp32", action="store_true", help="no autocast (default: as training)")
     p.add_argument("--json", action="store_true", help="print the result dict as JSON")
+    p.add_argument("--rows", action="store_true", help="also print 'row<TAB>name<TAB>result'")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    r = measure(
+    r = measure_variants(
         args.student,
         args.teacher,
+        variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()),
         batch_size=args.batch_size,
         steps=args.steps,
         repeats=args.repeats,
         warmup=args.warmup,
         device=args.device,
-        kd=args.kd,
         amp=not args.fp32,
     )
     if args.json:
         print(json.dumps(r, indent=2))
-        return
-    print(
-        f"{r['student']} ({r['student_params']:,} params) taught by {r['teacher']} "
-        f"({r['teacher_params']:,}), batch {r['batch_size']}, {r['device']}, "
-        f"{r['threads']} thread(s), {'bf16 autocast' if r['bf16_autocast'] else 'fp32'}\n"
-        f"  labels only : {r['ms_per_step_labels']:8.1f} ms/step  "
-        f"{r['images_per_s_labels']:8.0f} img/s\n"
-        f"  with teacher: {r['ms_per_step_kd']:8.1f} ms/step  {r['images_per_s_kd']:8.0f} img/s\n"
-        f"  KD step time ratio {r['ratio']:.2f}x "
-        f"(MAC estimate {r['expected_ratio_from_macs']:.2f}x)"
-    )
+    else:
+        layout = ", channels_last" if r["channels_last"] else ""
+        print(
+            f"{r['student']} ({r['student_params']:,} params), teacher {r['teacher']} "
+            f"({r['teacher_params']:,}), batch {r['batch_size']}, {r['device']}, "
+            f"{r['threads']} thread(s), {r['precision']}{layout}; "
+            f"{r['blocks']} blocks of {r['steps_per_block']} steps per variant"
+        )
+        for name, ms in r["ms_per_step"].items():
+            print(
+                f"  {name:<7} {ms:8.2f} ms/step  {r['images_per_s'][name]:8.0f} img/s  "
+                f"{r['ratio_to_labels'][name]:5.2f}x labels"
+            )
+        for name, text in summary_rows(r):
+            print(f"{name}: {text}")
+    if args.rows:
+        for name, text in summary_rows(r):
+            print(f"row\t{name}\t{text}")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,15 @@
 """Training throughput of the in-memory data path, measured against two references in one run.
 
   1. the same training step on pre-made tensors (no data work at all): target >= 0.95x;
-  2. a torchvision DataLoader pipeline (per-image PIL transforms, worker processes): >= 1.3x;
+  2. a torchvision DataLoader pipeline (per-image PIL transforms, worker processes): SPEC 11
+     asks >= 3x for an epoch (here: steady-state steps, worker start-up excluded);
   3. peak resident memory of a `quick` teacher run on all training images: target < 1.5 GB.
 
 Usage: python bench/train_throughput.py [--data DIR] [--arch resnet18-quarter]
-Each measurement warms up, then times a fixed number of steps; ratios compare numbers taken in
-this run on this machine.
+Each measurement warms up, then times a fixed number of steps of the step `fit` runs on a CPU
+(the recipe's precision: bf16 autocast where the CPU has native bf16; no channels_last, which
+training uses on CUDA only); ratios compare numbers taken in this run on this machine.
+Smoke run: --steps 2 --warmup 1 --batch-size 16 --workers 1 --train-size 200 --val-size 100
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from distill.data import BatchLoader, DataSettings, load_data
+from distill.device import Precision, autocast, choose_precision
 from distill.optim import make_optimizer
 from distill.recipes import get_recipe
 from distill.registry import create_model
@@ -33,7 +37,10 @@ from distill.settings import AugmentSettings
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar10-jpeg"
 
 
-def timed_steps(model, optimizer, batches, steps: int, warmup: int) -> float:
+CPU = torch.device("cpu")
+
+
+def timed_steps(model, optimizer, batches, steps: int, warmup: int, precision: Precision) -> float:
     """Images per second over `steps` optimizer steps drawn from the iterator `batches`."""
     model.train()
     seen, t0 = 0, 0.0
@@ -41,7 +48,8 @@ def timed_steps(model, optimizer, batches, steps: int, warmup: int) -> float:
         if i == warmup:
             t0, seen = time.perf_counter(), 0
         x, y = next(batches)
-        loss = F.cross_entropy(model(x), y)
+        with autocast(CPU, precision):
+            loss = F.cross_entropy(model(x).float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -58,7 +66,7 @@ def real_path(dataset, batch_size, channels_last):
     loader = BatchLoader(
         dataset.train,
         batch_size,
-        device=torch.device("cpu"),
+        device=CPU,
         mean=dataset.mean,
         std=dataset.std,
         num_classes=dataset.num_classes,
@@ -105,14 +113,19 @@ def dataloader_path(folder: Path, dataset, batch_size, workers, channels_last):
     return forever(batches)
 
 
-def peak_rss_of_quick_run(data: Path, arch: str, cache_dir: Path) -> float:
-    """Peak RSS (GB) of `distill teacher train --recipe quick --epochs 1` on all images."""
+def peak_rss_of_quick_run(
+    data: Path, arch: str, cache_dir: Path, train_size: int | None, val_size: int
+) -> float:
+    """Peak RSS (GB) of `distill teacher train --recipe quick --epochs 1` on the CPU."""
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [
-            sys.executable, "-m", "distill.cli", "teacher", "train", "--arch", arch,
+            sys.executable, "-m", "distill", "teacher", "train", "--arch", arch,
             "--data", str(data), "--recipe", "quick", "--epochs", "1", "--quiet",
-            "--cache-dir", str(cache_dir), "--out", str(Path(tmp) / "t.pt"),
+            "--device", "cpu", "--cache-dir", str(cache_dir), "--out", str(Path(tmp) / "t.pt"),
+            "--val-size", str(val_size),
         ]  # fmt: skip
+        if train_size is not None:
+            cmd += ["--train-size", str(train_size)]
         subprocess.run(cmd, check=True)
     # ru_maxrss of waited-for children, in KiB on Linux.
     return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2
@@ -127,13 +140,19 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--cache-dir", type=Path, default=Path("~/.cache/distill").expanduser())
+    p.add_argument("--train-size", type=int, help="stratified subsample (default: every image)")
+    p.add_argument("--val-size", type=int, default=5000, help="held out, as in training")
     p.add_argument("--skip-memory", action="store_true", help="skip the 1-epoch memory run")
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args()
 
-    dataset = load_data(DataSettings(str(args.data), cache_dir=args.cache_dir))
+    settings = DataSettings(
+        str(args.data), cache_dir=args.cache_dir, train_size=args.train_size, val_size=args.val_size
+    )
+    dataset = load_data(settings)
     recipe = get_recipe("quick")
-    cl = recipe.channels_last
+    cl = False  # `fit` uses channels_last on CUDA only
+    precision = choose_precision(CPU, recipe.amp)
     results: dict[str, float] = {}
     for name, make in (
         ("premade", lambda: premade(dataset, args.batch_size, cl)),
@@ -147,8 +166,8 @@ def main() -> None:
         model = create_model(args.arch, dataset.num_classes)
         if cl:
             model = model.to(memory_format=torch.channels_last)
-        optimizer = make_optimizer(model, recipe)
-        results[name] = timed_steps(model, optimizer, make(), args.steps, args.warmup)
+        optimizer = make_optimizer(model, recipe, recipe.lr_at(args.batch_size))
+        results[name] = timed_steps(model, optimizer, make(), args.steps, args.warmup, precision)
         print(f"{name:>10}: {results[name]:8.0f} images/s", flush=True)
 
     vs_premade = results["real"] / results["premade"]
@@ -156,22 +175,26 @@ def main() -> None:
     print(f"real data path vs pre-made tensors: {vs_premade:.3f}x (target >= 0.95x)")
     print(
         f"real data path vs torchvision DataLoader ({args.workers} workers): "
-        f"{vs_loader:.2f}x (target >= 1.3x)"
+        f"{vs_loader:.2f}x (SPEC 11: >= 3x)"
     )
     report = {
         "arch": args.arch,
         "batch_size": args.batch_size,
         "threads": torch.get_num_threads(),
+        "precision": precision.name,
+        "train_images": len(dataset.train.labels),
         "cpus": os.cpu_count(),
         **{f"{k}_images_per_s": v for k, v in results.items()},
         "real_vs_premade": vs_premade,
         "real_vs_dataloader": vs_loader,
     }
     if not args.skip_memory:
-        peak = peak_rss_of_quick_run(args.data, args.arch, args.cache_dir)
+        peak = peak_rss_of_quick_run(
+            args.data, args.arch, args.cache_dir, args.train_size, args.val_size
+        )
         report["quick_run_peak_rss_gb"] = peak
         print(
-            f"peak resident memory of a quick 1-epoch teacher run on all "
+            f"peak resident memory of a quick 1-epoch teacher run on "
             f"{len(dataset.train.labels) + len(dataset.val.labels):,} images: {peak:.2f} GB "
             "(target < 1.5 GB)"
         )

@@ -1,0 +1,82 @@
+"""The bench/ scripts' own logic, at toy sizes (their numbers are the lead's to measure):
+gpu_check.sh on a machine without a GPU, the synthetic data the GPU rows train on, the variants
+kd_overhead.py times, and prune_speed.py's choice of round_to."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from distill.data import DataSettings, load_data
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))  # the scripts import their siblings by name
+
+import gpu_rows  # noqa: E402
+import kd_overhead  # noqa: E402
+import prune_speed  # noqa: E402
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU machine it would measure")
+def test_gpu_check_says_no_gpu_and_exits_0(tmp_path: Path) -> None:
+    env = os.environ | {"OUT": str(tmp_path), "PY": sys.executable}
+    env.pop("GPU_CHECK_SMOKE", None)
+    done = subprocess.run(
+        ["bash", str(ROOT / "bench" / "gpu_check.sh")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "no CUDA GPU is visible" in done.stdout
+    assert "Nothing was measured" in (tmp_path / "gpu_check.txt").read_text()
+
+
+def test_synthetic_cifar_loads_as_cifar10(tmp_path: Path) -> None:
+    root = gpu_rows.write_synthetic_cifar(tmp_path / "syn", train_images=120, test_images=20)
+    data = load_data(DataSettings(str(root), val_size=20, cache_dir=tmp_path / "cache"))
+    assert data.classes == tuple(gpu_rows.CIFAR10_CLASSES)
+    assert (len(data.train), len(data.val), len(data.test)) == (100, 20, 20)
+    assert torch.bincount(data.val.labels).tolist() == [2] * 10  # balanced labels: stratifiable
+
+
+def test_kd_overhead_times_every_variant() -> None:
+    r = kd_overhead.measure_variants(
+        "resnet18-quarter",
+        "resnet18-quarter",
+        variants=kd_overhead.VARIANTS,
+        batch_size=2,
+        steps=1,
+        repeats=1,
+        warmup=0,
+    )
+    assert set(r["ms_per_step"]) == set(kd_overhead.VARIANTS)
+    assert r["ratio_to_labels"]["labels"] == 1.0
+    names = [name for name, _ in kd_overhead.summary_rows(r)]
+    assert names == ["KD step, resnet18-quarter teacher", "DKD step", "EMA of weights"]
+
+
+def _row(round_to: int, ratios: tuple[float, float], speedups: tuple[float, float]) -> dict:
+    engines = {
+        e: {1: {"per_mac_reduction": q, "speedup": s}}
+        for e, q, s in zip(prune_speed.ENGINES, ratios, speedups, strict=True)
+    }
+    return {"round_to": round_to, "engines": engines}
+
+
+def test_prune_speed_recommends_the_fastest_round_to_that_meets_the_target() -> None:
+    rows = [
+        _row(8, (0.64, 0.75), (1.9, 2.1)),  # fastest, but eager misses 0.7
+        _row(16, (0.78, 0.82), (1.5, 1.6)),
+        _row(32, (0.90, 0.92), (1.3, 1.4)),
+    ]
+    assert prune_speed.recommend(rows, 1)[0] == 16
+    missing = [_row(8, (0.5, 0.6), (1, 1)), _row(16, (0.65, 0.62), (1, 1))]
+    best, why = prune_speed.recommend(missing, 1)
+    assert best == 16 and "none meets" in why
