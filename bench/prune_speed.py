@@ -77,7 +77,7 @@ def prune_all(
     notes = []
     for r in round_tos:
         try:
-            pruned, _ = prune_to_budget(source, budget, example_inputs=example, round_to=r)
+            pruned, _ = prune_to_budget(source, budget, example_inputs=example, steps=1, round_to=r)
         except UserError as e:  # the budget is below what this grid can reach
             notes.append(f"round_to {r}: {e}")
             continue

@@ -22,7 +22,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from distill.device import Precision, autocast
-from distill.settings import KDSettings
+from distill.settings import KD_DEFAULTS, KDSettings
+from distill.typed import defaults_of
+
+TEMPERATURE = defaults_of(KDSettings)["temperature"]  # the one default lives in the settings
 
 
 def _kl(log_p_teacher: torch.Tensor, log_p_student: torch.Tensor) -> torch.Tensor:
@@ -35,8 +38,8 @@ def hinton_kd_loss(
     teacher: torch.Tensor,
     targets: torch.Tensor,
     *,
-    alpha: float = 0.9,
-    temperature: float = 4.0,
+    alpha: float = KD_DEFAULTS["hinton"]["alpha"],
+    temperature: float = TEMPERATURE,
     label_smoothing: float = 0.0,
     kd_weight: float = 1.0,
 ) -> torch.Tensor:
@@ -82,9 +85,9 @@ def dkd_loss(
     teacher: torch.Tensor,
     targets: torch.Tensor,
     *,
-    alpha: float = 1.0,
-    beta: float = 8.0,
-    temperature: float = 4.0,
+    alpha: float = KD_DEFAULTS["dkd"]["alpha"],
+    beta: float = KD_DEFAULTS["dkd"]["beta"],
+    temperature: float = TEMPERATURE,
     label_smoothing: float = 0.0,
     kd_weight: float = 1.0,
 ) -> torch.Tensor:

@@ -68,7 +68,7 @@ def as_paths(obj: Any, *names: str) -> None:
     """Path fields given as strings from Python (a frozen dataclass: object.__setattr__)."""
     for n in names:
         v = getattr(obj, n)
-        if v is not None and not isinstance(v, Path):
+        if v is not None:  # "~" expanded always: one spelling of each path, to compare and hash
             object.__setattr__(obj, n, Path(v).expanduser())
 
 

@@ -79,7 +79,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
         "teacher": {"arch": "resnet18-quarter", "recipe": "quick", "epochs": 8},
         "student": {"arch": "resnet18-quarter", "recipe": "quick", "epochs": 4},
-        "kd": {"method": "hinton", "alpha": 0.9, "temperature": 4.0},
+        "kd": {"method": "hinton"},
         "prune": {"budget": "0.45M", "steps": 1, "epochs_per_step": 0, "epochs": 1},
         "export": {"int8": True},
         "bench": {"batch_sizes": [1, 32]},
@@ -88,7 +88,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "standard": {
         "teacher": {"arch": "resnet34", "recipe": "standard", "epochs": 200},
         "student": {"arch": "resnet18-5m", "recipe": "standard", "epochs": 200},
-        "kd": {"method": "hinton", "alpha": 0.9, "temperature": 4.0},
+        "kd": {"method": "hinton"},
         "prune": {"budget": "2.5M", "steps": 4, "epochs_per_step": 5, "epochs": 60},
         "export": {"int8": True},
         "bench": {"batch_sizes": [1, 32, 256]},
