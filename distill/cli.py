@@ -181,6 +181,18 @@ def run_training(train: Callable[[], dict[str, Any]], out: Path | None) -> dict[
     return ckpt
 
 
+def run_settings(flags: Flags) -> RunSettings:
+    """A training command's run settings, refused before any work when they cannot be met."""
+    from distill.metrics_log import check_tensorboard
+
+    run = flags.build("run")
+    if run.out is None:  # the library trains in memory then; a command would save nothing
+        raise UserError("no --out given; pass the checkpoint to write, e.g. --out runs/model.pt")
+    if run.tensorboard is not None:
+        check_tensorboard()  # before the data is decoded and the output locked
+    return run
+
+
 def _quiet_console(run: RunSettings):
     return make_console(run.quiet)
 
@@ -328,7 +340,7 @@ def teacher_train_cmd(
     from distill.supervised import train_on_labels
 
     relaunched(nproc_per_node)
-    run = flags.build("run")
+    run = run_settings(flags)
     resolved = make_recipe(recipe, **(FOR_TEACHERS | flags["recipe"]))
     run_training(
         lambda: train_on_labels(
@@ -372,7 +384,7 @@ def student_cmd(
     from distill.student import train_student
 
     relaunched(nproc_per_node)
-    run = flags.build("run")
+    run = run_settings(flags)
     first = load_checkpoint(teacher[0])  # the split defaults to the teacher's own
     data = data_for_model(first.get("data") or {}, flags["data"], f"teacher {teacher[0]}")
     resolved = make_recipe(recipe, **flags["recipe"])
@@ -431,7 +443,7 @@ def prune_cmd(
     prune = flags.build("prune")
     if not prune.budget:
         raise UserError("no --budget given; pass the pruned model's budget, e.g. --budget 2.5M")
-    run = flags.build("run")
+    run = run_settings(flags)
     src = load_checkpoint(model)
     data = data_for_model(src.get("data") or {}, flags["data"], str(model))
     ckpt = run_training(
