@@ -8,6 +8,7 @@ training command prints the exact command that resumes it.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import shlex
@@ -73,9 +74,19 @@ def command(group: typer.Typer = app, name: str | None = None, **kwargs: Any):
     """`@command()` registers a CLI command whose UserErrors exit 2 with one line."""
 
     def deco(fn):
+        kwargs.setdefault("help", _paragraphs(fn.__doc__))
         return group.command(name, **kwargs)(exits_on_user_error(fn))
 
     return deco
+
+
+def _paragraphs(doc: str | None) -> str | None:
+    """A docstring as --help should show it. With rich markup typer keeps every single line
+    break after the first paragraph, and docstrings wrap at 100 columns: join each paragraph's
+    lines so the help text flows to the terminal's width."""
+    if not doc:
+        return None
+    return "\n\n".join(" ".join(p.split()) for p in inspect.cleandoc(doc).split("\n\n"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -547,9 +558,13 @@ def predict_cmd(
     images: list[Path] = typer.Argument(..., help="Image files or folders (searched recursively)."),
     top_k: int = typer.Option(3, "--top-k", help="Classes to show per image.", min=1),
     engine: Literal["onnxruntime", "ort", "openvino"] = typer.Option(
-        "onnxruntime", help="onnxruntime (ort) or openvino (pip install 'distill[openvino]')."
+        "onnxruntime", help="onnxruntime (ort) or openvino (pip install 'distill\\[openvino]')."
     ),
-    device: Literal["auto", "cpu", "cuda"] = typer.Option("cpu", help="auto, cpu or cuda."),
+    device: Literal["auto", "cpu", "cuda"] = typer.Option(
+        "cpu",
+        help="auto, cpu or cuda. The CPU by default: for a handful of images a GPU session "
+        "takes longer to start than the work.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Classify images of any size and mode; class names and input size come from the file."""
@@ -640,7 +655,9 @@ def pipeline_cmd(
         help="TOML overriding the preset, tables \\[data] \\[teacher] \\[student] \\[kd] "
         "\\[prune] \\[export] \\[bench] (README: Pipeline settings).",
     ),
-    device: Literal["auto", "cpu", "cuda"] = typer.Option(None, help="auto, cpu or cuda."),
+    device: Literal["auto", "cpu", "cuda"] = typer.Option(
+        None, help="auto, cpu or cuda.", show_default="the config's, else auto"
+    ),
     data_root: Path = typer.Option(None, help="Where cifar10/cifar100 are downloaded."),
     cache_dir: Path = typer.Option(None, help="Decoded uint8 cache (never beside the data)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved stages and exit."),
