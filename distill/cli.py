@@ -8,6 +8,7 @@ training command prints the exact command that resumes it.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import shlex
@@ -73,9 +74,19 @@ def command(group: typer.Typer = app, name: str | None = None, **kwargs: Any):
     """`@command()` registers a CLI command whose UserErrors exit 2 with one line."""
 
     def deco(fn):
+        kwargs.setdefault("help", _paragraphs(fn.__doc__))
         return group.command(name, **kwargs)(exits_on_user_error(fn))
 
     return deco
+
+
+def _paragraphs(doc: str | None) -> str | None:
+    """A docstring as --help should show it. With rich markup typer keeps every single line
+    break after the first paragraph, and docstrings wrap at 100 columns: join each paragraph's
+    lines so the help text flows to the terminal's width."""
+    if not doc:
+        return None
+    return "\n\n".join(" ".join(p.split()) for p in inspect.cleandoc(doc).split("\n\n"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,6 +200,18 @@ def run_training(train: Callable[[], dict[str, Any]], out: Path | None) -> dict[
         f"val top-1 {m['val_accuracy']:.2%} (top-5 {m.get('val_top5', float('nan')):.2%}){test}"
     )
     return ckpt
+
+
+def run_settings(flags: Flags) -> RunSettings:
+    """A training command's run settings, refused before any work when they cannot be met."""
+    from distill.metrics_log import check_tensorboard
+
+    run = flags.build("run")
+    if run.out is None:  # the library trains in memory then; a command would save nothing
+        raise UserError("no --out given; pass the checkpoint to write, e.g. --out runs/model.pt")
+    if run.tensorboard is not None:
+        check_tensorboard()  # before the data is decoded and the output locked
+    return run
 
 
 def _quiet_console(run: RunSettings):
@@ -338,7 +361,7 @@ def teacher_train_cmd(
     from distill.supervised import train_on_labels
 
     relaunched(nproc_per_node)
-    run = flags.build("run")
+    run = run_settings(flags)
     resolved = make_recipe(recipe, **(FOR_TEACHERS | flags["recipe"]))
     run_training(
         lambda: train_on_labels(
@@ -382,7 +405,7 @@ def student_cmd(
     from distill.student import train_student
 
     relaunched(nproc_per_node)
-    run = flags.build("run")
+    run = run_settings(flags)
     first = load_checkpoint(teacher[0])  # the split defaults to the teacher's own
     data = data_for_model(first.get("data") or {}, flags["data"], f"teacher {teacher[0]}")
     resolved = make_recipe(recipe, **flags["recipe"])
@@ -441,7 +464,7 @@ def prune_cmd(
     prune = flags.build("prune")
     if not prune.budget:
         raise UserError("no --budget given; pass the pruned model's budget, e.g. --budget 2.5M")
-    run = flags.build("run")
+    run = run_settings(flags)
     src = load_checkpoint(model)
     data = data_for_model(src.get("data") or {}, flags["data"], str(model))
     ckpt = run_training(
@@ -545,9 +568,13 @@ def predict_cmd(
     images: list[Path] = typer.Argument(..., help="Image files or folders (searched recursively)."),
     top_k: int = typer.Option(3, "--top-k", help="Classes to show per image.", min=1),
     engine: Literal["onnxruntime", "ort", "openvino"] = typer.Option(
-        "onnxruntime", help="onnxruntime (ort) or openvino (pip install 'distill[openvino]')."
+        "onnxruntime", help="onnxruntime (ort) or openvino (pip install 'distill\\[openvino]')."
     ),
-    device: Literal["auto", "cpu", "cuda"] = typer.Option("cpu", help="auto, cpu or cuda."),
+    device: Literal["auto", "cpu", "cuda"] = typer.Option(
+        "cpu",
+        help="auto, cpu or cuda. The CPU by default: for a handful of images a GPU session "
+        "takes longer to start than the work.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Classify images of any size and mode; class names and input size come from the file."""
@@ -638,7 +665,9 @@ def pipeline_cmd(
         help="TOML overriding the preset, tables \\[data] \\[teacher] \\[student] \\[kd] "
         "\\[prune] \\[export] \\[bench] (README: Pipeline settings).",
     ),
-    device: Literal["auto", "cpu", "cuda"] = typer.Option(None, help="auto, cpu or cuda."),
+    device: Literal["auto", "cpu", "cuda"] = typer.Option(
+        None, help="auto, cpu or cuda.", show_default="the config's, else auto"
+    ),
     data_root: Path = typer.Option(None, help="Where cifar10/cifar100 are downloaded."),
     cache_dir: Path = typer.Option(None, help="Decoded uint8 cache (never beside the data)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved stages and exit."),

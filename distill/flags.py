@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import typer
+from rich.markup import escape
 
 from distill.typed import build, flag_of
 
@@ -71,7 +72,9 @@ def _parse(value: Any, tp: Any) -> Any:
 
 def _option(group: Group, f, tp: Any) -> tuple[Any, Any]:
     """(default, annotation) of one generated parameter."""
-    help_text = (group.help or {}).get(f.name) or f.metadata.get("help", "")
+    # Settings' help is plain text: typer reads help as rich markup, where "[tensorboard]" in
+    # "pip install distill[tensorboard]" would be a style tag and vanish.
+    help_text = escape((group.help or {}).get(f.name) or f.metadata.get("help", ""))
     flag = flag_of(f)
     decls = [flag, *([f.metadata["short"]] if f.metadata.get("short") else [])]
     kind = _flag_type(tp)
@@ -83,7 +86,7 @@ def _option(group: Group, f, tp: Any) -> tuple[Any, Any]:
         decls = [f"--{name}/--no-{name}"]
     if shown is None:
         default = f.default if f.default is not Ellipsis else None
-        shown = "none" if default is None else _show(default)
+        shown = "none" if default in (None, "") else _show(default)  # "": nothing given
     return (
         typer.Option(None, *decls, help=help_text, show_default=shown),
         typing.Optional[kind],  # noqa: UP045 (typer needs a runtime Optional)
