@@ -5,7 +5,7 @@ Each function builds the same settings objects and calls the same library functi
 command (distill/cli.py), so a default lives in one place (distill/settings.py, the named
 recipes) and a mistake is the same `distill.errors.UserError` with the same one-line message.
 Keyword overrides are settings fields by name: `epochs=2, batch_size=64` (the recipe),
-`val_size=1000, train_size=5000, cache_dir=...` (the data), `device="cpu", seed=1, force=True`
+`val_size=1000, train_size=4000, cache_dir=...` (the data), `device="cpu", seed=1, force=True`
 (the run). Unknown names are a UserError listing the valid ones.
 
     import distill
@@ -281,7 +281,7 @@ def _split(
 
 
 def _run(out: PathLike | None, quiet: bool, given: Mapping[str, Any]) -> RunSettings:
-    from distill.metrics_log import check_tensorboard
+    from distill.run_log import check_tensorboard
 
     run = build(RunSettings, {"out": out, "quiet": quiet, **given})
     if run.tensorboard is not None:

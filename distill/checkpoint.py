@@ -91,7 +91,7 @@ def new_checkpoint(
         "pruning": pruning,
         "pipeline": pipeline,  # the pipeline stage that made it: {stage, fingerprint}
         "versions": library_versions(),
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
 
 

@@ -204,7 +204,7 @@ def run_training(train: Callable[[], dict[str, Any]], out: Path | None) -> dict[
 
 def run_settings(flags: Flags) -> RunSettings:
     """A training command's run settings, refused before any work when they cannot be met."""
-    from distill.metrics_log import check_tensorboard
+    from distill.run_log import check_tensorboard
 
     run = flags.build("run")
     if run.out is None:  # the library trains in memory then; a command would save nothing

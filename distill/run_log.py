@@ -94,7 +94,8 @@ def progress_bar(console: Console) -> Progress:
         TextColumn("{task.fields[stats]}"),
         TimeRemainingColumn(),
         console=console,
-        disable=console.quiet,
+        # A bar is for a terminal: in a log file or a pipe it would only leave blank lines.
+        disable=console.quiet or not console.is_terminal,
         transient=True,
     )
 

@@ -36,6 +36,7 @@ from distill.typed import (
     require,
     setting,
     to_dict,
+    whole_numbers_as_floats,
 )
 
 CACHE_HOME = "~/.cache/distill"  # downloads and the decoded-data cache, never beside the data
@@ -62,6 +63,7 @@ class DataSettings:
     image_size: int = setting(32, "Image-folder images are resized to this side.", cli=False)
 
     def __post_init__(self) -> None:
+        whole_numbers_as_floats(self)
         as_paths(self, "data_root", "cache_dir")
         positive(self, "val_size", "train_size", "image_size")
         require(
@@ -122,6 +124,7 @@ class AugmentSettings:
     resized_crop: bool = setting(False, "Random-resized-crop (scale 0.35-1) back to size.")
 
     def __post_init__(self) -> None:
+        whole_numbers_as_floats(self)
         non_negative(self, "crop_pad", "cutout", "mixup", "cutmix")
         fraction(self, "grayscale")
 
@@ -193,6 +196,7 @@ class Recipe:
     sync_bn: bool = setting(False, "SyncBatchNorm across processes (several processes only).")
 
     def __post_init__(self) -> None:
+        whole_numbers_as_floats(self)
         positive(self, "epochs", "batch_size", "lr", "step_every")
         non_negative(
             self,
@@ -264,6 +268,7 @@ class KDSettings:
     )
 
     def __post_init__(self) -> None:
+        whole_numbers_as_floats(self)
         positive(self, "temperature")
         non_negative(self, "alpha", "beta", "warmup_epochs")
         if self.method == "hinton":
@@ -322,6 +327,7 @@ class PruneSettings:
     enabled: bool = setting(True, "pipeline: run the prune stage (false skips it).", cli=False)
 
     def __post_init__(self) -> None:
+        whole_numbers_as_floats(self)
         positive(self, "steps", "epochs", "round_to")
         non_negative(self, "epochs_per_step")
 
@@ -349,6 +355,7 @@ class RunSettings:
     )
 
     def __post_init__(self) -> None:
+        whole_numbers_as_floats(self)
         as_paths(self, "out", "tensorboard")
         require(0 <= self.seed <= MAX_SEED, "seed", f"must be in [0, 2^63), got {self.seed}")
 
@@ -367,6 +374,7 @@ class ExportSettings:
     )
 
     def __post_init__(self) -> None:
+        whole_numbers_as_floats(self)
         fraction(self, "int8_max_drop")
         if self.int8 and self.fp16:
             raise UserError("--int8 and --fp16 are separate exports; pass one of them")
@@ -386,6 +394,7 @@ class BenchSettings:
     )
 
     def __post_init__(self) -> None:
+        whole_numbers_as_floats(self)
         require(len(self.batch_sizes) > 0, "batch_sizes", "must name at least one batch size")
         for b in self.batch_sizes:
             require(0 < b <= 65536, "batch_sizes", f"must be between 1 and 65536, got {b}")

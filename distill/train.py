@@ -283,6 +283,8 @@ def fit(
                         f"early stop: val loss has not improved for {state.bad_epochs} epochs"
                     )
                     break
+        if run.keep_last:  # the final training state, kept to train on from it later
+            save_state(state)
     finally:
         if log is not None:
             log.close()

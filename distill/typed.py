@@ -72,6 +72,22 @@ def as_paths(obj: Any, *names: str) -> None:
             object.__setattr__(obj, n, Path(v).expanduser())
 
 
+def whole_numbers_as_floats(obj: Any) -> None:
+    """A float field given an int from Python (`warmup_epochs=3`) holds 3.0: one spelling of
+    each value, so records, fingerprints and printed configs agree however it was written."""
+    hints = typing.get_type_hints(type(obj))
+    for f in fields(obj):
+        v = getattr(obj, f.name)
+        if isinstance(v, int) and not isinstance(v, bool) and float in _members(hints[f.name]):
+            object.__setattr__(obj, f.name, float(v))
+
+
+def _members(tp: Any) -> tuple:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return typing.get_args(tp)
+    return (tp,)
+
+
 def positive(obj: Any, *names: str) -> None:
     for n in names:
         v = getattr(obj, n)
@@ -101,7 +117,9 @@ def type_name(tp: Any) -> str:
     if origin in (typing.Union, types.UnionType):
         return " or ".join(type_name(a) for a in typing.get_args(tp))
     if origin is tuple:
-        return f"a list of {type_name(typing.get_args(tp)[0])}s"
+        item = typing.get_args(tp)[0]
+        plural = {int: "integers", float: "numbers", str: "strings", bool: "booleans"}
+        return f"a list of {plural.get(item, type_name(item))}"
     if dataclasses.is_dataclass(tp):
         return "a table"
     return {

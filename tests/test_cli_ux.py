@@ -10,21 +10,21 @@ import json
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
-import tomllib
 import typer
 from typer.testing import CliRunner
 
-import distill.train
+import distill.run_log
 from distill import __version__
 from distill.checkpoint import load_checkpoint
 from distill.cli import app
 from distill.docs import generated_section, pipeline_settings_table
-from distill.metrics_log import COLUMNS
 from distill.pipeline.config import load_config
 from distill.recipes import RECIPES
+from distill.run_log import COLUMNS
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -201,7 +201,7 @@ def trained(tiny_image_folder, tmp_path_factory, cache):
     threshold lowered so this tiny run counts as GPU-sized."""
     out = tmp_path_factory.mktemp("cli") / "t.pt"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(distill.train, "CPU_WARN_IMAGE_PASSES", 100)
+        mp.setattr(distill.run_log, "CPU_WARN_IMAGE_PASSES", 100)
         args = teacher_args(
             tiny_image_folder, out, "--recipe", "standard", "--epochs", "2", cache=cache
         )
@@ -270,11 +270,6 @@ def test_quiet_prints_only_the_result_line_unwrapped(tiny_image_folder, tmp_path
     assert out.with_name("t.metrics.csv").is_file()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fit saves NAME.last.pt only every STATE_SAVE_SECONDS and never at the end, so "
-    "--keep-last keeps nothing after a short run (and a stale state after a long one)",
-)
 def test_keep_last_keeps_the_final_training_state(tiny_image_folder, tmp_path, cache):
     out = tmp_path / "t.pt"
     args = teacher_args(tiny_image_folder, out, "--recipe", "quick", "--epochs", "1", cache=cache)

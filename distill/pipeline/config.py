@@ -18,12 +18,11 @@ TOML layout (every key optional; `distill pipeline --print-config` writes the re
 from __future__ import annotations
 
 import dataclasses
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
-
-import tomllib
 
 from distill.budget import parse_budget
 from distill.errors import UserError
@@ -234,26 +233,26 @@ def reference_rows() -> list[tuple[str, str, str, str]]:
 
     rows = []
 
-    def walk(cls: type, prefix: str) -> None:
+    def walk(cls: type, prefix: str, default_of=None) -> None:
         import typing
 
         hints = typing.get_type_hints(cls)
         for f in fields(cls):
-            if f.name in ("data", "teacher", "student") and cls is PipelineSettings:
+            if cls is PipelineSettings and f.name in ("data", "teacher", "student"):
+                continue
+            if cls is Recipe and f.name == "name":  # given as `recipe = "..."`
                 continue
             tp = hints[f.name]
             if dataclasses.is_dataclass(tp):
-                walk(tp, f"{prefix}{f.name}.")
+                walk(tp, f"{prefix}{f.name}.", default_of)
                 continue
-            default = f.default if f.default is not dataclasses.MISSING else "—"
-            rows.append(
-                (
-                    f"{prefix}{f.name}",
-                    type_name(tp),
-                    _toml_value(default) if default != "—" else default,
-                    f.metadata.get("help", ""),
-                )
-            )
+            if default_of is not None:
+                default = default_of
+            elif f.default is dataclasses.MISSING or f.default is None:
+                default = "—"
+            else:
+                default = _toml_value(f.default)
+            rows.append((f"{prefix}{f.name}", type_name(tp), default, f.metadata.get("help", "")))
 
     walk(PipelineSettings, "")
     walk(DataSettings, "data.")
@@ -268,5 +267,5 @@ def reference_rows() -> list[tuple[str, str, str, str]]:
             "Named recipe; any Recipe field below may follow it in the same table.",
         )
     )
-    walk(Recipe, "teacher/student.")
+    walk(Recipe, "teacher/student.", "the recipe's")
     return rows
