@@ -163,7 +163,7 @@ def prune(
     them. `kd` as in `train_student`.
     """
     from distill.checkpoint import load_checkpoint
-    from distill.prune import prune_checkpoint
+    from distill.pruning import prune_checkpoint
     from distill.recipes import make_recipe
 
     prune_fields = tuple(

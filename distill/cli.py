@@ -456,7 +456,7 @@ def prune_cmd(
     """Prune MODEL to a parameter budget (torch-pruning, global, round_to=8), distilling while
     it recovers."""
     from distill.checkpoint import load_checkpoint
-    from distill.prune import prune_checkpoint
+    from distill.pruning import prune_checkpoint
     from distill.recipes import make_recipe
     from distill.settings import data_for_model
 

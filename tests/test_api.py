@@ -203,11 +203,3 @@ def test_import_distill_stays_cheap():
     assert out.startswith("False ")
     for name in ("load_model", "train_teacher", "train_student", "prune", "export_onnx"):
         assert name in out and callable(getattr(distill, name))
-
-
-def test_the_api_names_survive_submodules_of_the_same_name():
-    import distill.api
-    from distill.prune import prune_checkpoint  # imports distill/prune.py, the submodule
-
-    assert distill.prune is distill.api.prune
-    assert sys.modules["distill.prune"].prune_checkpoint is prune_checkpoint

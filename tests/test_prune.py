@@ -13,8 +13,7 @@ from distill.budget import count_params
 from distill.checkpoint import model_from_checkpoint
 from distill.cli import app
 from distill.data import Dataset, Split
-from distill.prune import prune_checkpoint
-from distill.pruning import min_params, prune_to_budget, scheduled_target
+from distill.pruning import min_params, prune_checkpoint, prune_to_budget, scheduled_target
 from distill.recipes import make_recipe
 from distill.registry import build_model, create_model
 from distill.settings import PruneSettings, RunSettings

@@ -30,7 +30,7 @@ def build_stages(
     console: Console,
     quiet: bool,
 ) -> list[Stage]:
-    from distill.prune import prune_checkpoint
+    from distill.pruning import prune_checkpoint
     from distill.student import train_student
     from distill.supervised import train_on_labels
 

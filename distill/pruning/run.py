@@ -1,7 +1,7 @@
 """`distill prune`: a checkpoint in, pruned to a parameter budget with KD fine-tuning between the
 steps and a final KD recovery, a `kind="pruned"` checkpoint out (SPEC 5).
 
-The mechanics are distill/pruning.py. Here: the checks (all before the data is decoded, and the
+The mechanics are search.py beside it. Here: the checks (all before the data is decoded, and the
 budget's reachability before anything else), the teachers (given ones, or the unpruned model
 itself: self-distillation), the fine-tuning and recovery runs, and the pruning record. The
 pruned model is saved as a channel plan + state dict that rebuilds from plain values, never as a
@@ -33,7 +33,7 @@ from distill.errors import UserError
 from distill.evaluation import eval_loader, evaluate
 from distill.files import file_sha256
 from distill.losses import DistillationObjective
-from distill.pruning import (
+from distill.pruning.search import (
     TAYLOR_BATCHES,
     PruneStep,
     check_reachable,

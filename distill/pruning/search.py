@@ -12,7 +12,7 @@ round_to grid allows.
 size down to the budget, calls `after_step` (fine-tuning) between them, checks the budget after
 every step and stops as soon as it holds; while it does not, it keeps stepping at the budget.
 `rebuild` proves a pruned model is fully described by its channel plan. The command around them
-(`distill prune`: data, teachers, KD fine-tuning, recovery, checkpoint) is distill/prune.py.
+(`distill prune`: data, teachers, KD fine-tuning, recovery, checkpoint) is run.py beside it.
 """
 
 from __future__ import annotations
