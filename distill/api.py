@@ -2,7 +2,7 @@
 or result dicts out.
 
 Each function builds the same settings objects and calls the same library function as its
-command (distill/cli.py), so a default lives in one place (distill/settings.py, the named
+command (distill/cli/), so a default lives in one place (distill/settings.py, the named
 recipes) and a mistake is the same `distill.errors.UserError` with the same one-line message.
 Keyword overrides are settings fields by name: `epochs=2, batch_size=64` (the recipe),
 `val_size=1000, train_size=4000, cache_dir=...` (the data), `device="cpu", seed=1, force=True`

@@ -1,5 +1,5 @@
 """`distill export onnx` (also `python -m export onnx`), plus the printing behind `distill predict`
-and `distill bench` (their thin commands live in distill/cli.py).
+and `distill bench` (their thin commands live in distill/cli/).
 
 A user's mistake exits 2 with one line; a graph that disagrees with PyTorch exits 1 with one line
 and leaves no file behind.

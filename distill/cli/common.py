@@ -1,0 +1,203 @@
+"""What every `distill` command shares: the typer app, the `@command` decorator (a UserError is
+one line and exit 2), the flags several commands take, and how a training command relaunches
+itself under torchrun, reports an interruption and prints its result."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import shlex
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import typer
+
+from distill import __version__, distributed
+from distill.console import make_console
+from distill.errors import UserError, exits_on_user_error, one_line_usage_errors
+from distill.flags import Flags, Group
+from distill.recipes import RECIPES
+from distill.settings import (
+    DataSettings,
+    KDSettings,
+    Recipe,
+    RunSettings,
+)
+from export.cli import app as export_app
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"distill {__version__}")
+        raise typer.Exit()
+
+
+one_line_usage_errors()
+app = typer.Typer(
+    help="Distil and compress small-image classifiers under a hard parameter budget.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Distil and compress small-image classifiers under a hard parameter budget."""
+
+
+teacher_app = typer.Typer(help="Train teacher models.", no_args_is_help=True)
+app.add_typer(teacher_app, name="teacher")
+# `distill export onnx`; the same sub-app runs as `python -m export` (export/__main__.py).
+app.add_typer(export_app, name="export")
+console = make_console()
+
+
+def command(group: typer.Typer = app, name: str | None = None, **kwargs: Any):
+    """`@command()` registers a CLI command whose UserErrors exit 2 with one line."""
+
+    def deco(fn):
+        kwargs.setdefault("help", _paragraphs(fn.__doc__))
+        return group.command(name, **kwargs)(exits_on_user_error(fn))
+
+    return deco
+
+
+def _paragraphs(doc: str | None) -> str | None:
+    """A docstring as --help should show it. With rich markup typer keeps every single line
+    break after the first paragraph, and docstrings wrap at 100 columns: join each paragraph's
+    lines so the help text flows to the terminal's width."""
+    if not doc:
+        return None
+    return "\n\n".join(" ".join(p.split()) for p in inspect.cleandoc(doc).split("\n\n"))
+
+
+RecipeName = Literal[tuple(RECIPES)]  # type: ignore[valid-type]  # choices in --help
+
+
+def _arch_names(incomplete: str) -> list[str]:
+    from distill.registry import list_models
+
+    return [n for n in list_models() if n.startswith(incomplete)]
+
+
+def arch_option(default: str) -> Any:
+    return typer.Option(
+        default,
+        help="A registered architecture (distill models) or FAMILY@BUDGET, e.g. resnet18@5M.",
+        autocompletion=_arch_names,
+    )
+
+
+RECIPE = typer.Option("standard", help="Named training recipe (README: Recipes).")
+NPROC = typer.Option(
+    1,
+    "--nproc-per-node",
+    help="Train with this many processes on this machine (one per GPU), relaunched under "
+    "torchrun; the global batch is --batch-size x processes and the lr follows it.",
+    min=1,
+)
+DATA = Group(DataSettings, skip=("image_size",))
+RUN = Group(RunSettings)
+RECIPE_FLAGS = Group(Recipe, shown_default="the recipe's")
+KD = Group(KDSettings)
+# Students, pruning and evaluation default to the data and split their model was validated on.
+THEIRS = {
+    "val_size": "Images held out for validation; an explicit value must match the model's.",
+    "split_seed": "Seed of the validation split; an explicit value must match the model's.",
+}
+
+
+def theirs(whose: str, **kwargs: Any) -> Group:
+    return Group(
+        DataSettings,
+        help=THEIRS,
+        defaults={k: whose for k in ("source", "val_size", "split_seed")},
+        **kwargs,
+    )
+
+
+def resume_command() -> str:
+    """The exact command that was run (under torchrun: as torchrun would rerun it)."""
+    if os.environ.get("DISTILL_COMMAND"):
+        return os.environ["DISTILL_COMMAND"]
+    args = [a for a in sys.argv[1:] if a != "--resume"]
+    prog = Path(sys.argv[0]).name
+    if distributed.launched():
+        n = distributed.world_size()
+        return shlex.join(["torchrun", f"--nproc_per_node={n}", "-m", "distill", *args])
+    head = ["distill"] if prog == "distill" else ["python", "-m", "distill"]
+    return shlex.join([*head, *args])
+
+
+def relaunched(nproc: int) -> bool:
+    """Relaunch this very command under torchrun when --nproc-per-node asks for more than one
+    process; the parent then only waits and exits with the children's code."""
+    if nproc <= 1 or distributed.launched():
+        return False
+    argv, skip = [], False
+    for a in sys.argv[1:]:
+        if skip:
+            skip = False
+            continue
+        if a == "--nproc-per-node":
+            skip = True
+            continue
+        if not a.startswith("--nproc-per-node="):
+            argv.append(a)
+    os.environ["DISTILL_COMMAND"] = resume_command()
+    raise typer.Exit(distributed.relaunch(nproc, argv))
+
+
+def run_training(train: Callable[[], dict[str, Any]], out: Path | None) -> dict[str, Any]:
+    """Run a training call; turn an interruption into the command that resumes it (exit 130)."""
+    from distill.resume import TrainingInterrupted
+    from distill.train import OutputNotWritten
+
+    try:
+        ckpt = train()
+    except OutputNotWritten as e:
+        if distributed.is_main():
+            way = (
+                f"continue from {e.resume_from} with: {resume_command()} --resume"
+                if e.resume_from
+                else "no resumable state was written yet: run the command again"
+            )
+            typer.echo(f"error: {e}; once there is room, {way}", err=True)
+        raise typer.Exit(2) from None
+    except TrainingInterrupted as e:
+        if distributed.is_main():
+            typer.echo(
+                f"interrupted: state saved to {e.path}; continue with: {resume_command()} --resume",
+                err=True,
+            )
+        raise typer.Exit(130) from None
+    m = ckpt["metrics"]
+    test = f", test top-1 {m['test_accuracy']:.2%}" if "test_accuracy" in m else ""
+    console.print(
+        f"[green]saved[/] {out}: {ckpt['arch']}, {m['params']:,} params, "
+        f"val top-1 {m['val_accuracy']:.2%} (top-5 {m.get('val_top5', float('nan')):.2%}){test}"
+    )
+    return ckpt
+
+
+def run_settings(flags: Flags) -> RunSettings:
+    """A training command's run settings, refused before any work when they cannot be met."""
+    from distill.run_log import check_tensorboard
+
+    run = flags.build("run")
+    if run.out is None:  # the library trains in memory then; a command would save nothing
+        raise UserError("no --out given; pass the checkpoint to write, e.g. --out runs/model.pt")
+    if run.tensorboard is not None:
+        check_tensorboard()  # before the data is decoded and the output locked
+    return run
+
+
+def quiet_console(run: RunSettings):
+    return make_console(run.quiet)

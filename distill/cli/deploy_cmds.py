@@ -1,0 +1,98 @@
+"""`distill predict` and `bench` (`distill export onnx` is export/cli.py's sub-app)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import typer
+
+from distill.cli.common import (
+    command,
+    console,
+)
+from distill.flags import Flags, Group, with_settings
+from distill.settings import BenchSettings
+
+
+@command(
+    name="predict",
+    epilog="Examples:\n\n  distill predict runs/s.onnx cat.jpg dog.png\n\n"
+    "  distill predict runs/s.int8.onnx photos/ --top-k 5 --json > predictions.json\n\n"
+    "  distill predict runs/s.onnx photos/ --engine openvino",
+)
+def predict_cmd(
+    model: Path = typer.Argument(..., help="An .onnx file written by distill export."),
+    images: list[Path] = typer.Argument(..., help="Image files or folders (searched recursively)."),
+    top_k: int = typer.Option(3, "--top-k", help="Classes to show per image.", min=1),
+    engine: Literal["onnxruntime", "ort", "openvino"] = typer.Option(
+        "onnxruntime", help="onnxruntime (ort) or openvino (pip install 'distill\\[openvino]')."
+    ),
+    device: Literal["auto", "cpu", "cuda"] = typer.Option(
+        "cpu",
+        help="auto, cpu or cuda. The CPU by default: for a handful of images a GPU session "
+        "takes longer to start than the work.",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Classify images of any size and mode; class names and input size come from the file."""
+    from export.cli import show_predictions
+    from export.predict import predict
+
+    show_predictions(predict(model, images, top_k, engine=engine, device=device), as_json)
+
+
+@command(
+    name="bench",
+    epilog="Examples:\n\n  distill bench runs/s.onnx\n\n"
+    "  distill bench runs/s.pt --batch-sizes 1,32,256 --threads 4 -o bench.json\n\n"
+    "  distill bench runs/s.onnx --engines pytorch,onnxruntime,openvino --json\n\n"
+    "  distill bench runs/s.onnx --device cuda",
+)
+@with_settings(bench=Group(BenchSettings))
+def bench_cmd(
+    flags: Flags,
+    model: Path = typer.Argument(..., help="An exported .onnx or a checkpoint .pt."),
+    checkpoint: Path = typer.Option(
+        None, help="PyTorch baseline for an .onnx whose checkpoint is not beside it."
+    ),
+    int8: Path = typer.Option(None, "--int8", help="An int8 file that is not MODEL's sibling."),
+    data: str = typer.Option(None, "--data", help="The model's data, when not where recorded."),
+    data_root: Path = typer.Option(None, help="Where cifar10/cifar100 were downloaded."),
+    cache_dir: Path = typer.Option(None, help="Decoded-data cache directory."),
+    out: Path = typer.Option(None, "-o", "--out", help="Also write the full record here (.json)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing --out."),
+    as_json: bool = typer.Option(False, "--json", help="Print the record as JSON."),
+) -> None:
+    """Latency p50/p90/p99, images/s, accuracy and GFLOP/s of every engine and precision
+    (PyTorch, onnxruntime, OpenVINO), measured in one run in alternating blocks."""
+    from export.bench import Timing, benchmark, check_bench_output, write_bench_record
+    from export.cli import show_bench
+
+    settings = flags.build("bench")
+    if out is not None:
+        check_bench_output(out, force)
+    with console.status("benchmarking") as status:
+        record = benchmark(
+            model,
+            settings.batch_sizes,
+            settings.device,
+            settings.threads,
+            checkpoint=checkpoint,
+            engines=list(settings.engines) or None,
+            int8=int8,
+            accuracy=settings.accuracy,
+            data=data,
+            data_root=data_root,
+            cache_dir=cache_dir,
+            timing=Timing(min_seconds=settings.seconds),
+            progress=lambda msg: status.update(f"benchmarking: {msg}"),
+        )
+    if as_json:
+        typer.echo(json.dumps(record, indent=2))
+    else:
+        show_bench(record)
+    if out is not None:
+        write_bench_record(record, out, force)
+        console.print(f"[green]wrote[/] {out}")

@@ -1,0 +1,201 @@
+"""`distill models`, `budget`, `eval` and `report`: looking at architectures, checkpoints, runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import typer
+from rich.table import Table
+
+from distill.budget import DEFAULT_BUDGET, format_count, parse_budget
+from distill.cli.common import (
+    command,
+    console,
+    theirs,
+)
+from distill.flags import Flags, with_settings
+
+# Models and budgets
+
+
+@command(
+    name="models",
+    epilog="Examples:\n\n  distill models\n\n  distill models --json > models.json\n\n"
+    "  distill models --fit resnet18@5M",
+)
+def models_cmd(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    fit: str = typer.Option(None, "--fit", help="Fit FAMILY@BUDGET and show the plan."),
+) -> None:
+    """List every registered architecture with params and MACs at 32x32 (or fit one)."""
+    from distill.models_info import describe_fit, describe_models
+
+    if fit:
+        show_fit(describe_fit(fit), as_json)
+        return
+    rows = describe_models()
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title=f"Registered architectures (budget {format_count(DEFAULT_BUDGET)})")
+    for col in ("name", "role", "params", "MACs", "within budget"):
+        table.add_column(col, justify="right" if col in ("params", "MACs") else "left")
+    for r in rows:
+        ok = r["params"] <= DEFAULT_BUDGET
+        table.add_row(
+            r["name"],
+            r["role"],
+            f"{r['params']:,}",
+            format_count(r["macs"]),
+            "[green]yes[/]" if ok else "[red]no[/]",
+        )
+    console.print(table)
+    console.print("Any of these fits a budget as FAMILY@BUDGET, e.g. resnet34@2.5M.")
+
+
+def show_fit(fit: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(fit, indent=2))
+        return
+    plan = fit["plan"]
+    table = Table(title=f"{fit['name']}: {fit['family']} fitted to {format_count(fit['budget'])}")
+    for col in ("", "stem", "stage widths", "params", "MACs"):
+        table.add_column(col, justify="left" if col in ("", "stage widths") else "right")
+    from distill.registry import model_config
+
+    family = model_config(fit["family"]).to_dict()
+    for label, p, params, macs in (
+        (fit["family"], family, fit["family_params"], fit["family_macs"]),
+        (fit["name"], plan, fit["params"], fit["macs"]),
+    ):
+        table.add_row(
+            label,
+            str(p["stem_width"]),
+            ",".join(map(str, p["widths"])),
+            f"{params:,}",
+            format_count(macs),
+        )
+    console.print(table)
+    used = f"{fit['budget_used']:.1%} of the parameter budget"
+    if fit.get("macs_used") is not None:
+        used += f", {fit['macs_used']:.1%} of the MAC ceiling"
+    console.print(f"uses {used}")
+
+
+@command(
+    name="budget",
+    epilog="Examples:\n\n  distill budget resnet18-5m\n\n  distill budget runs/s.pt --budget 2.5M"
+    "\n\n  distill budget resnet18@5M --json",
+)
+def budget_cmd(
+    target: str = typer.Argument(..., help="An architecture, FAMILY@BUDGET, or a checkpoint .pt."),
+    budget: str = typer.Option("5M", help="Parameter budget, e.g. 5M, 2.5M, 800k."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Params and MACs per stage; exit 1 when over budget."""
+    from distill.budget import stage_costs
+    from distill.models_info import load_any_model
+
+    limit = parse_budget(budget)
+    model, label, input_size = load_any_model(target)
+    costs = stage_costs(model, input_size)
+    params, macs = sum(c.params for c in costs), sum(c.macs for c in costs)
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "target": target,
+                    "parts": [c.__dict__ for c in costs],
+                    "params": params,
+                    "macs": macs,
+                    "budget": limit,
+                    "within": params <= limit,
+                },
+                indent=2,
+            )
+        )
+    else:
+        table = Table(title=f"{label} at {input_size[1]}x{input_size[2]}")
+        table.add_column("part")
+        table.add_column("params", justify="right")
+        table.add_column("MACs", justify="right")
+        for c in costs:
+            table.add_row(c.name, f"{c.params:,}", format_count(c.macs))
+        table.add_row("[bold]total[/]", f"[bold]{params:,}[/]", f"[bold]{format_count(macs)}[/]")
+        console.print(table)
+    if params > limit:
+        if not as_json:
+            console.print(f"[red]over budget[/]: {params:,} > {limit:,} parameters")
+        raise typer.Exit(1)
+    if not as_json:
+        console.print(f"[green]within budget[/]: {params:,} <= {limit:,} parameters")
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation and deployment
+
+
+@command(
+    name="eval",
+    epilog="Examples:\n\n  distill eval runs/s.pt\n\n  distill eval runs/s.pt --tta\n\n"
+    "  distill eval runs/s.onnx --split val --json",
+)
+@with_settings(
+    data=theirs("the model's", only=("source", "val_size", "split_seed", "data_root", "cache_dir"))
+)
+def eval_cmd(
+    flags: Flags,
+    model: Path = typer.Argument(..., help="A checkpoint .pt or an exported .onnx."),
+    split: Literal["val", "test"] = typer.Option("val", help="Which split to evaluate on."),
+    tta: bool = typer.Option(
+        False, "--tta", help="Average the logits of each image and its mirror (2x the cost)."
+    ),
+    device: Literal["auto", "cpu", "cuda"] = typer.Option("auto", help="auto, cpu or cuda."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+) -> None:
+    """Top-1, top-5, per-class accuracy and confusion matrix of a model on a data split."""
+    from distill.evaluation import evaluate_file
+
+    result = evaluate_file(model, data=flags["data"], split=split, device=device, tta=tta)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    title = f"{model} on {result['source']} ({split}, {result['count']:,} images)"
+    table = Table(title=title + (", flip TTA" if tta else ""))
+    table.add_column("class")
+    table.add_column("accuracy", justify="right")
+    for name, acc in zip(result["classes"], result["per_class"], strict=True):
+        table.add_row(name, f"{acc:.2%}")
+    console.print(table)
+    if len(result["classes"]) <= 20:
+        conf = Table(title="confusion (rows: true, columns: predicted)")
+        conf.add_column("")
+        for i in range(len(result["classes"])):
+            conf.add_column(str(i), justify="right")
+        for i, (name, row) in enumerate(zip(result["classes"], result["confusion"], strict=True)):
+            conf.add_row(f"{i} {name}", *(str(v) for v in row))
+        console.print(conf)
+    console.print(
+        f"[bold]top-1 {result['accuracy']:.2%}[/]  top-5 {result['top5']:.2%}  "
+        f"loss {result['loss']:.4f}"
+    )
+
+
+@command(
+    name="report",
+    epilog="Examples:\n\n  distill report runs/demo\n\n"
+    "  distill report my-models/   (any folder of distill .pt / .onnx files)",
+)
+def report_cmd(
+    run_dir: Path = typer.Argument(..., help="A pipeline run folder, or any folder of models."),
+    force: bool = typer.Option(
+        False, "--force", help="Replace a report.md that distill did not write."
+    ),
+) -> None:
+    """Markdown report with PNG plots: table, KD gain, curves, accuracy vs params and latency."""
+    from distill.report import write_report
+
+    path = write_report(run_dir, force=force)
+    console.print(f"[green]wrote[/] {path} (plots in {path.parent / 'plots'})")
