@@ -1,4 +1,5 @@
-# `make test` and `make demo` each do all set-up on a fresh machine: venv, install, then run.
+# `make test` and `make demo` each do all set-up on a fresh machine: venv, install (with the
+# optional OpenVINO and TensorBoard extras, so their tests run here and in CI), then run.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -9,7 +10,7 @@ DEMO   ?= runs/demo
 
 $(BIN)/distill: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,openvino,tensorboard]'
 	$(BIN)/python -c "import torch, torchvision, torch_pruning, onnxruntime; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
 	touch $@
 
