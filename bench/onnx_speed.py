@@ -33,9 +33,11 @@ from distill.files import atomic_write_text, check_output, temp_dir
 from distill.registry import create_model
 from export.bench import Timing, measure
 from export.engines import pytorch_engine
+from export.graph import OPSET, export_graph
 from export.machine import cpu_model, torch_threads
-from export.onnx import OPSET, Normalized, export_graph, quantize_int8
+from export.quantize import quantize_int8
 from export.runtime import session_options
+from export.wrappers import Normalized
 
 CIFAR_MEAN = [0.4914, 0.4822, 0.4465]
 CIFAR_STD = [0.2470, 0.2435, 0.2616]

@@ -45,8 +45,9 @@ from distill.pruning import prune_to_budget, rebuild
 from distill.registry import create_model
 from export.bench import Timing, measure
 from export.engines import onnxruntime_engine, pytorch_engine
+from export.graph import export_graph
 from export.machine import cpu_model, torch_threads
-from export.onnx import Normalized, export_graph
+from export.wrappers import Normalized
 
 CIFAR_MEAN = [0.4914, 0.4822, 0.4465]
 CIFAR_STD = [0.2470, 0.2435, 0.2616]

@@ -13,12 +13,12 @@ import importlib
 
 _EXPORTS = {
     "export_onnx": "export.onnx",
-    "check_parity": "export.onnx",
-    "quantize_int8": "export.onnx",
-    "load_check_images": "export.onnx",
     "ExportReport": "export.onnx",
-    "Parity": "export.onnx",
-    "ParityError": "export.onnx",
+    "check_parity": "export.checks",
+    "load_check_images": "export.checks",
+    "Parity": "export.checks",
+    "ParityError": "export.checks",
+    "quantize_int8": "export.quantize",
     "read_metadata": "export.metadata",
     "make_session": "export.runtime",
     "resolve_device": "export.runtime",

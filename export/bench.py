@@ -243,8 +243,8 @@ def _resolve_files(
     from distill.budget import count_macs
     from distill.checkpoint import load_checkpoint, model_from_checkpoint
     from distill.files import file_sha256
+    from export.graph import export_graph
     from export.metadata import read_metadata
-    from export.onnx import export_graph
     from export.wrappers import reference_module
 
     notes: list[str] = []
@@ -461,7 +461,7 @@ def _accuracies(
     say: Callable[[str], None],
 ) -> dict[str, Any]:
     """label -> top-1 on the validation split, and "info" (which images); empty without data."""
-    from export.onnx import load_check_images
+    from export.checks import load_check_images
 
     if not wanted:
         return {"info": {"images": 0, "why": "not asked for"}}

@@ -167,7 +167,8 @@ def build_stages(
 
 
 def _export_stage(source: Path, s: PipelineSettings, console: Console) -> Stage:
-    from export.onnx import export_onnx, read_metadata
+    from export.metadata import read_metadata
+    from export.onnx import export_onnx
 
     fp32 = source.with_suffix(".onnx")
     int8 = source.with_name(f"{source.stem}.int8.onnx")
