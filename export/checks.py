@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from distill.errors import UserError
-from export.runtime import make_session, run_logits
+from export.runtime import batched_logits, make_session, run_logits
 
 RANDOM_IMAGES = 64  # fallback when the data is not on this machine (labelled as such)
 
@@ -86,15 +86,14 @@ def check_parity(
 
 @torch.inference_mode()
 def torch_logits(model: nn.Module, images: torch.Tensor, *, batch_size: int = 64) -> np.ndarray:
-    out = []
-    for start in range(0, len(images), batch_size):
-        batch = images[start : start + batch_size]
-        x = batch.float().div_(255.0) if batch.dtype == torch.uint8 else batch.float()
-        out.append(model(x).float().numpy())
-    return np.concatenate(out)
+    """Logits of a PyTorch module, batched and fed exactly as the graph is (runtime.py)."""
+    return batched_logits(
+        lambda x: model(torch.from_numpy(x)).float().numpy(), images, batch_size=batch_size
+    )
 
 
 def accuracy(logits: np.ndarray, labels: torch.Tensor) -> float:
+    """Top-1 accuracy of logits [N, classes] against labels [N]."""
     return float((logits.argmax(1) == labels.numpy()).mean())
 
 

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from distill.errors import UserError
+from export.checks import accuracy
 from export.runtime import batched_logits, default_threads, make_session, resolve_device
 
 ENGINES = ("pytorch", "onnxruntime", "openvino")
@@ -63,8 +64,7 @@ def top1(
     engine: Engine, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 256
 ) -> float:
     """The engine's top-1 accuracy on uint8 images."""
-    logits = batched_logits(engine.run, images, batch_size=batch_size)
-    return float((logits.argmax(1) == labels.numpy()).mean())
+    return accuracy(batched_logits(engine.run, images, batch_size=batch_size), labels)
 
 
 # ---------------------------------------------------------------------------------------------

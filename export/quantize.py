@@ -25,6 +25,7 @@ from onnxruntime.quantization import (
 )
 
 from export.graph import INPUT_NAME
+from export.runtime import as_float_batch
 
 
 class _CalibrationReader(CalibrationDataReader):
@@ -38,7 +39,7 @@ class _CalibrationReader(CalibrationDataReader):
         batch = next(self.batches, None)
         if batch is None:
             return None
-        return {INPUT_NAME: batch.float().div_(255.0).numpy()}
+        return {INPUT_NAME: as_float_batch(batch)}
 
 
 def int8_scheme(reduce_range: bool) -> str:
