@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +58,19 @@ def engine_name(text: str) -> str:
 
 def openvino_available() -> bool:
     return importlib.util.find_spec("openvino") is not None
+
+
+def parse_engines(text: str | Sequence[str] | None) -> list[str]:
+    """ "pytorch,ort,openvino" -> engine names; None or "all": every engine available here."""
+    if text is None or text == "all":
+        return [e for e in ENGINES if e != "openvino" or openvino_available()]
+    parts = text.split(",") if isinstance(text, str) else list(text)
+    names = list(dict.fromkeys(engine_name(p) for p in parts if p.strip()))
+    if not names:
+        raise UserError(f"--engines {text!r} names no engine; choose from {', '.join(ENGINES)}")
+    if "openvino" in names and not openvino_available():
+        raise UserError(f"--engines names openvino, which is not installed; {OPENVINO_INSTALL}")
+    return names
 
 
 def top1(

@@ -206,7 +206,8 @@ def _export_stage(source: Path, s: PipelineSettings, console: Console) -> Stage:
 def _bench_stage(
     onnx_files: list[Path], run_dir: Path, s: PipelineSettings, console: Console
 ) -> Stage:
-    from export.bench import Timing, benchmark
+    from export.bench import benchmark
+    from export.timing import Timing
 
     out = run_dir / "bench.json"
     # Each fp32 file brings its int8 sibling along (bench times every engine and precision).
