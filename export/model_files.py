@@ -1,7 +1,8 @@
-"""The files `distill bench` times for one model: the file given (an export, or a checkpoint
-exported to a temporary file first), its siblings of other precisions (X.onnx, X.int8.onnx,
-X.fp16.onnx) when they come from the same checkpoint, and that checkpoint when it is still
-beside them unchanged (the PyTorch baseline).
+"""A model's files: how the exports of a checkpoint are named (m.pt -> m.onnx, m.int8.onnx,
+m.fp16.onnx beside it), and the files `distill bench` times for one model: the file given (an
+export, or a checkpoint exported to a temporary file first), its siblings of other precisions
+when they come from the same checkpoint, and that checkpoint when it is still beside them
+unchanged (the PyTorch baseline).
 """
 
 from __future__ import annotations
@@ -12,6 +13,17 @@ from pathlib import Path
 from typing import Any
 
 from distill.errors import UserError
+
+
+def onnx_name(stem: str, precision: str) -> str:
+    """m -> m.onnx (fp32), m.int8.onnx, m.fp16.onnx: the one naming rule for a model's exports."""
+    return stem + (".onnx" if precision == "fp32" else f".{precision}.onnx")
+
+
+def default_output(ckpt_path: str | os.PathLike, precision: str = "fp32") -> Path:
+    """Beside the checkpoint, same stem: m.pt -> m.onnx, m.int8.onnx, m.fp16.onnx."""
+    ckpt_path = Path(ckpt_path)
+    return ckpt_path.with_name(onnx_name(ckpt_path.stem, precision))
 
 
 @dataclass(frozen=True)
@@ -44,9 +56,7 @@ def _siblings(
     found: dict[str, Path] = {}
     stem = _stem(path)
     for precision in ("fp32", "int8", "fp16"):
-        candidate = path.with_name(
-            stem + (".onnx" if precision == "fp32" else f".{precision}.onnx")
-        )
+        candidate = path.with_name(onnx_name(stem, precision))
         if candidate == path or not candidate.is_file() or (skip_fp32 and precision == "fp32"):
             continue
         try:

@@ -43,6 +43,7 @@ from export.checks import (
 )
 from export.graph import OPSET, export_graph
 from export.metadata import read_metadata, write_metadata
+from export.model_files import default_output
 from export.quantize import int8_scheme, quantize_int8
 from export.runtime import Progress, make_session, run_logits
 from export.wrappers import reference_module
@@ -74,13 +75,6 @@ class ExportReport:
 
 # ---------------------------------------------------------------------------------------------
 # The whole export
-
-
-def default_output(ckpt_path: str | os.PathLike, precision: str = "fp32") -> Path:
-    """Beside the checkpoint, same stem: m.pt -> m.onnx, m.int8.onnx, m.fp16.onnx."""
-    ckpt_path = Path(ckpt_path)
-    suffix = ".onnx" if precision == "fp32" else f".{precision}.onnx"
-    return ckpt_path.with_name(ckpt_path.stem + suffix)
 
 
 def export_onnx(

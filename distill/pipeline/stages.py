@@ -168,10 +168,10 @@ def build_stages(
 
 def _export_stage(source: Path, s: PipelineSettings, console: Console) -> Stage:
     from export.metadata import read_metadata
+    from export.model_files import default_output
     from export.onnx import export_onnx
 
-    fp32 = source.with_suffix(".onnx")
-    int8 = source.with_name(f"{source.stem}.int8.onnx")
+    fp32, int8 = default_output(source), default_output(source, "int8")
     outputs = [fp32, int8] if s.export.int8 else [fp32]
 
     def run(_resume: bool, _mark: dict[str, Any]) -> None:
