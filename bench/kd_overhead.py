@@ -9,7 +9,7 @@ batch, under the training's own precision (distill.device.choose_precision) and 
   dkd     decoupled KD against the same teacher (same teacher cost, a different loss)
   ema     labels plus the EMA-of-weights update `fit` runs after each step (recipe ema_decay)
 
-The variants run in alternating blocks of `--steps` steps (export.bench.measure), so load from
+The variants run in alternating blocks of `--steps` steps (export.timing.measure), so load from
 other processes hits them alike; each block ends with a synchronisation on CUDA. A training step
 is about three forwards, so KD's ratio should land near 1 + teacher MACs / (3 x student MACs).
 
@@ -36,7 +36,7 @@ from distill.optim import EMA
 from distill.registry import create_model
 from distill.settings import KDSettings, resolve_kd
 from distill.trainer import Objective
-from export.bench import Timing, measure
+from export.timing import Timing, measure
 
 VARIANTS = ("labels", "hinton", "dkd", "ema")
 EMA_DECAY = 0.9995  # the standard recipe's; the cost does not depend on it

@@ -3,7 +3,7 @@ what each export and session setting is worth.
 
 Each group runs PyTorch eager, the project's graph under the project's session ("distill": what
 `distill predict`, `bench` and `eval` use) and a few variants, timed block by block in alternation
-in one process (export.bench.measure), so every ratio printed is measured in the same run. The
+in one process (export.timing.measure), so every ratio printed is measured in the same run. The
 model is randomly initialised: speed does not depend on the weights' values (random
 calibration images for int8, likewise; its accuracy is checked by `distill export onnx --int8`).
 
@@ -31,11 +31,13 @@ from distill.budget import count_macs
 from distill.checkpoint import library_versions
 from distill.files import atomic_write_text, check_output, temp_dir
 from distill.registry import create_model
-from export.bench import Timing, measure
 from export.engines import pytorch_engine
+from export.graph import OPSET, export_graph
 from export.machine import cpu_model, torch_threads
-from export.onnx import OPSET, Normalized, export_graph, quantize_int8
+from export.quantize import quantize_int8
 from export.runtime import session_options
+from export.timing import Timing, measure
+from export.wrappers import Normalized
 
 CIFAR_MEAN = [0.4914, 0.4822, 0.4465]
 CIFAR_STD = [0.2470, 0.2435, 0.2616]

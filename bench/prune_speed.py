@@ -15,7 +15,7 @@ result is rebuilt from its channel plan, as `distill prune` saves it; KD recover
 weights only, never speed. Every model runs with its normalisation inside, as deployed, under
 PyTorch eager and under onnxruntime (each exported to a temporary ONNX file as `distill bench`
 does), at the same thread count. Per batch size all models and engines are timed in alternating
-blocks in one run (export.bench.measure), so load from other processes hits them alike.
+blocks in one run (export.timing.measure), so load from other processes hits them alike.
 
     python bench/prune_speed.py                         # resnet18-5m, fresh, to half its params
     python bench/prune_speed.py --arch resnet18-half --budget 1.4M
@@ -43,10 +43,11 @@ from distill.errors import UserError
 from distill.files import atomic_write_text, temp_dir
 from distill.pruning import prune_to_budget, rebuild
 from distill.registry import create_model
-from export.bench import Timing, measure
 from export.engines import onnxruntime_engine, pytorch_engine
+from export.graph import export_graph
 from export.machine import cpu_model, torch_threads
-from export.onnx import Normalized, export_graph
+from export.timing import Timing, measure
+from export.wrappers import Normalized
 
 CIFAR_MEAN = [0.4914, 0.4822, 0.4465]
 CIFAR_STD = [0.2470, 0.2435, 0.2616]

@@ -170,7 +170,7 @@ def evaluate_file(
     if not path.is_file():
         raise UserError(f"{path} does not exist; pass a .pt checkpoint or an exported .onnx file")
     if path.suffix == ".onnx":
-        from export.onnx import read_metadata
+        from export.metadata import read_metadata
 
         meta = read_metadata(path)
         classes, record = meta["classes"], meta.get("data") or {}

@@ -1,7 +1,9 @@
-"""Deployment: ONNX export with checked parity (onnx.py), the metadata every reader checks
+"""Deployment: ONNX export (onnx.py: the whole export; graph.py: the exporter; checks.py:
+parity, check images and accuracy; quantize.py: int8), the metadata every reader checks
 (metadata.py), onnxruntime sessions and the device choice (runtime.py), engines behind one
 interface (engines.py: PyTorch, onnxruntime, OpenVINO), the CPU's abilities (machine.py),
-prediction (predict.py) and benchmarks (bench.py).
+prediction (predict.py) and benchmarks (bench.py: the benchmark; timing.py: how it times;
+model_files.py: the files it times; record.py: its rows, summary, environment and output).
 
 Importing the package is cheap (the CLI imports it for `distill --help`); the library functions
 load on first use: `from export import export_onnx` works.
@@ -13,12 +15,12 @@ import importlib
 
 _EXPORTS = {
     "export_onnx": "export.onnx",
-    "check_parity": "export.onnx",
-    "quantize_int8": "export.onnx",
-    "load_check_images": "export.onnx",
     "ExportReport": "export.onnx",
-    "Parity": "export.onnx",
-    "ParityError": "export.onnx",
+    "check_parity": "export.checks",
+    "load_check_images": "export.checks",
+    "Parity": "export.checks",
+    "ParityError": "export.checks",
+    "quantize_int8": "export.quantize",
     "read_metadata": "export.metadata",
     "make_session": "export.runtime",
     "resolve_device": "export.runtime",
@@ -28,8 +30,8 @@ _EXPORTS = {
     "read_image": "distill.data.images",
     "Prediction": "export.predict",
     "benchmark": "export.bench",
-    "check_bench_output": "export.bench",
-    "write_bench_record": "export.bench",
+    "check_bench_output": "export.record",
+    "write_bench_record": "export.record",
 }
 
 __all__ = sorted(_EXPORTS)

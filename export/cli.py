@@ -42,7 +42,7 @@ def exits_on_parity_error(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from export.onnx import ParityError
+        from export.checks import ParityError
 
         try:
             return fn(*args, **kwargs)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from distill.errors import UserError
+from export.checks import accuracy
 from export.runtime import batched_logits, default_threads, make_session, resolve_device
 
 ENGINES = ("pytorch", "onnxruntime", "openvino")
@@ -59,12 +60,24 @@ def openvino_available() -> bool:
     return importlib.util.find_spec("openvino") is not None
 
 
+def parse_engines(text: str | Sequence[str] | None) -> list[str]:
+    """ "pytorch,ort,openvino" -> engine names; None or "all": every engine available here."""
+    if text is None or text == "all":
+        return [e for e in ENGINES if e != "openvino" or openvino_available()]
+    parts = text.split(",") if isinstance(text, str) else list(text)
+    names = list(dict.fromkeys(engine_name(p) for p in parts if p.strip()))
+    if not names:
+        raise UserError(f"--engines {text!r} names no engine; choose from {', '.join(ENGINES)}")
+    if "openvino" in names and not openvino_available():
+        raise UserError(f"--engines names openvino, which is not installed; {OPENVINO_INSTALL}")
+    return names
+
+
 def top1(
     engine: Engine, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 256
 ) -> float:
     """The engine's top-1 accuracy on uint8 images."""
-    logits = batched_logits(engine.run, images, batch_size=batch_size)
-    return float((logits.argmax(1) == labels.numpy()).mean())
+    return accuracy(batched_logits(engine.run, images, batch_size=batch_size), labels)
 
 
 # ---------------------------------------------------------------------------------------------

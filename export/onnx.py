@@ -11,100 +11,48 @@ Nothing lands at the output path until the file has passed `onnx.checker` (full 
 with PyTorch on real validation images: it is built in a temp file beside the output and moved
 into place by `distill.files.atomic_write`. Every temporary file and folder carries our pid, is
 removed on any exit the process sees, and is swept by the next export if we were killed.
+
+Its parts: the graph (graph.py), the checks and their images (checks.py), int8 (quantize.py),
+the metadata (metadata.py); this module runs them in order and writes the report.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 import time
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from onnxruntime.quantization import (
-    CalibrationDataReader,
-    CalibrationMethod,
-    QuantFormat,
-    QuantType,
-    quant_pre_process,
-    quantize_static,
-)
 from torch import nn
 
 from distill.errors import UserError
 from distill.settings import ExportSettings
 from distill.typed import defaults_of
-from export.metadata import PRECISIONS, read_metadata, write_metadata
+from export.checks import (
+    TOLERANCES,
+    CheckImages,
+    Parity,
+    ParityError,
+    accuracy,
+    check_parity,
+    evenly_spaced,
+    load_check_images,
+)
+from export.graph import OPSET, export_graph
+from export.metadata import read_metadata, write_metadata
+from export.model_files import default_output
+from export.quantize import int8_scheme, quantize_int8
 from export.runtime import Progress, make_session, run_logits
-from export.wrappers import FlipAverage, Normalized, reference_module
-
-__all__ = [  # read_metadata, Normalized and PRECISIONS are re-exported for older importers
-    "CheckImages",
-    "ExportReport",
-    "FlipAverage",
-    "Normalized",
-    "PRECISIONS",
-    "Parity",
-    "ParityError",
-    "check_parity",
-    "export_onnx",
-    "load_check_images",
-    "quantize_int8",
-    "read_metadata",
-]
-
-OPSET = 18  # pinned: onnxruntime >= 1.14 runs it and torch's dynamo exporter targets it natively
-INPUT_NAME = "input"
-OUTPUT_NAME = "logits"
+from export.wrappers import reference_module
 
 PARITY_IMAGES = 500  # validation images the exported graph is compared on
 CALIBRATION_IMAGES = 512  # training images that set the int8 activation ranges
-RANDOM_IMAGES = 64  # fallback when the data is not on this machine (labelled as such)
 # Refuse an int8 file that loses more than this much val top-1 (its one default: the settings).
 INT8_MAX_ACCURACY_DROP = defaults_of(ExportSettings)["int8_max_drop"]
 DATA_KEYS = ("source", "val_size", "split_seed", "train_size")  # enough to rebuild the split
-
-
-class ParityError(RuntimeError):
-    """The exported graph disagrees with PyTorch: nothing was written."""
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    rel_max_abs_diff: float  # max |onnx - torch| over max |torch logit|, floored at 1
-    min_agreement: float  # top-1 agreement with PyTorch
-
-    def holds(self, parity: Parity) -> bool:
-        return (
-            parity.max_abs_diff <= self.rel_max_abs_diff * max(1.0, parity.logit_scale)
-            and parity.top1_agreement >= self.min_agreement
-        )
-
-
-# fp32 differs from PyTorch only by summation order (~1e-6 relative), so 1e-3 catches any real
-# bug. fp16 keeps ~3 significant digits through ~20 layers. int8 is gated on accuracy instead.
-TOLERANCES = {"fp32": Tolerance(1e-3, 0.999), "fp16": Tolerance(5e-2, 0.99)}
-
-
-@dataclass(frozen=True)
-class Parity:
-    images: int
-    max_abs_diff: float
-    top1_agreement: float
-    logit_scale: float  # max |PyTorch logit|: the diff reads relative to it
-    source: str  # which images, e.g. "500 validation images of cifar10"
-
-    def line(self) -> str:
-        return (
-            f"parity vs PyTorch on {self.source}: max abs diff {self.max_abs_diff:.2e} "
-            f"(logits up to {self.logit_scale:.1f}), top-1 agreement {self.top1_agreement:.2%}"
-        )
 
 
 @dataclass(frozen=True)
@@ -126,234 +74,7 @@ class ExportReport:
 
 
 # ---------------------------------------------------------------------------------------------
-# Graph
-
-
-def export_graph(module: nn.Module, input_size: list[int], path: str | os.PathLike) -> None:
-    """torch.export-based exporter (torch's default since 2.9; the TorchScript one is deprecated)
-    with a dynamic batch axis, written as one self-contained file."""
-    # Batch 2, not 1: torch.export specialises size-1 dimensions to constants.
-    example = torch.rand(2, *input_size, dtype=torch.float32)
-    with warnings.catch_warnings(), torch.inference_mode(False):
-        warnings.simplefilter("ignore")  # exporter chatter about internals, not about the model
-        torch.onnx.export(
-            module.eval(),
-            (example,),
-            str(path),
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            opset_version=OPSET,
-            dynamo=True,
-            external_data=False,
-            dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
-            # The onnxscript optimizer folds BatchNorm into the convolutions and drops the
-            # Shape/Expand/CastLike plumbing around it; without it onnxruntime keeps 20 BN nodes
-            # and resnet18-5m runs 1.3-1.6x slower (bench/onnx_speed.py).
-            optimize=True,
-            verbose=False,
-        )
-
-
-# ---------------------------------------------------------------------------------------------
-# Checks
-
-
-def check_parity(
-    onnx_path: str | os.PathLike,
-    reference: nn.Module,
-    images: torch.Tensor,
-    *,
-    batch_size: int = 64,
-    source: str = "",
-    session=None,
-) -> Parity:
-    """Compare the file's logits with `reference` (a module taking [0,1] input, e.g.
-    `Normalized`) on `images` (uint8 [N,3,H,W] or float in [0,1]), batch by batch."""
-    session = session or make_session(onnx_path)
-    got = run_logits(session, images, batch_size=batch_size)
-    want = torch_logits(reference, images, batch_size=batch_size)
-    return Parity(
-        images=len(images),
-        max_abs_diff=float(np.abs(got - want).max()),
-        top1_agreement=float((got.argmax(1) == want.argmax(1)).mean()),
-        logit_scale=float(np.abs(want).max()),
-        source=source or f"{len(images)} images",
-    )
-
-
-@torch.inference_mode()
-def torch_logits(model: nn.Module, images: torch.Tensor, *, batch_size: int = 64) -> np.ndarray:
-    out = []
-    for start in range(0, len(images), batch_size):
-        batch = images[start : start + batch_size]
-        x = batch.float().div_(255.0) if batch.dtype == torch.uint8 else batch.float()
-        out.append(model(x).float().numpy())
-    return np.concatenate(out)
-
-
-def accuracy(logits: np.ndarray, labels: torch.Tensor) -> float:
-    return float((logits.argmax(1) == labels.numpy()).mean())
-
-
-# ---------------------------------------------------------------------------------------------
-# int8
-
-
-class _CalibrationReader(CalibrationDataReader):
-    """Feeds calibration batches to onnxruntime's calibrator: one input dict per `get_next()`,
-    then None."""
-
-    def __init__(self, images: torch.Tensor, batch_size: int) -> None:
-        self.batches = iter(images.split(batch_size))
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        batch = next(self.batches, None)
-        if batch is None:
-            return None
-        return {INPUT_NAME: batch.float().div_(255.0).numpy()}
-
-
-def int8_scheme(reduce_range: bool) -> str:
-    """One line for the export output and the metadata: which int8 arithmetic, and why."""
-    if reduce_range:
-        return (
-            "U8S8 with reduce_range (7-bit weights): this CPU has no VNNI, and full-range "
-            "uint8 x int8 products can saturate its int16 pair sums"
-        )
-    return "U8S8, full range (this CPU has VNNI, or is not x86)"
-
-
-@contextlib.contextmanager
-def _temps_inside(folder: Path) -> Iterator[None]:
-    """Point `tempfile` at `folder` for the block: onnxruntime's quantiser makes its own temp
-    folders (ort.quant.*, pre.quant.*) without our pid in their names; inside our temp folder
-    they are removed with it and swept with it if we are killed."""
-    old = tempfile.tempdir
-    tempfile.tempdir = str(folder)
-    try:
-        yield
-    finally:
-        tempfile.tempdir = old
-
-
-def quantize_int8(
-    fp32_path: str | os.PathLike,
-    out_path: str | os.PathLike,
-    calibration: torch.Tensor,
-    *,
-    batch_size: int = 64,
-    reduce_range: bool | None = None,
-) -> None:
-    """Static QDQ quantisation: int8 per-channel weights, uint8 activations whose ranges come
-    from `calibration` (uint8 [N,3,H,W] training images, never validation ones).
-
-    U8 activations x S8 weights is the pair the x86 kernels run fastest. `reduce_range` (7-bit
-    weights) avoids saturation on x86 CPUs without VNNI; None decides for this CPU
-    (export.machine.int8_reduce_range).
-    """
-    from distill.files import temp_dir
-    from export.machine import int8_reduce_range
-
-    if reduce_range is None:
-        reduce_range = int8_reduce_range()
-    reader = _CalibrationReader(calibration, batch_size)
-    with temp_dir("int8") as tmp, _temps_inside(tmp):
-        # Shape inference + graph clean-up first, as onnxruntime recommends before quantising.
-        pre = tmp / "pre.onnx"
-        quant_pre_process(str(fp32_path), str(pre))
-        quantize_static(
-            str(pre),
-            str(out_path),
-            reader,
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            reduce_range=reduce_range,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
-        )
-
-
-# ---------------------------------------------------------------------------------------------
-# Data for the checks
-
-
-@dataclass(frozen=True, eq=False)
-class CheckImages:
-    """Images the export checks itself on (uint8 [N,3,H,W])."""
-
-    val_images: torch.Tensor
-    val_labels: torch.Tensor | None  # None for random images
-    train_images: torch.Tensor | None  # calibration source; None unless real data loaded
-    description: str  # "validation images of cifar10", or why random images were used
-    real: bool
-
-
-def load_check_images(
-    record: dict[str, Any],
-    data: str | None = None,
-    *,
-    data_root: Path | None = None,
-    cache_dir: Path | None = None,
-) -> CheckImages:
-    """The model's own validation/training split, rebuilt from the `data` record of `record` (a
-    checkpoint, or an exported file's metadata: both hold `data`, `input_size` and `classes`),
-    or from `data`, the same source moved elsewhere. When the recorded source is not on this
-    machine, random images stand in (labelled so); a `data` the user named must load."""
-    from distill.data import DataSettings, load_data
-
-    info = record.get("data") or {}
-    source = data or info.get("source")
-    _, height, _ = record["input_size"]
-    if not source:
-        return _random_images(record, "the model records no data source; pass --data")
-    roots = {k: v for k, v in (("data_root", data_root), ("cache_dir", cache_dir)) if v}
-    train_size = info.get("train_size")
-    config = DataSettings(
-        source=str(source),
-        val_size=int(info.get("val_size", 5000)),
-        train_size=int(train_size) if train_size else None,
-        split_seed=int(info.get("split_seed", 0)),
-        image_size=int(height),
-        **roots,
-    )
-    try:
-        dataset = load_data(config)
-    except UserError as e:
-        if data:  # the user named it: their mistake to fix
-            raise
-        return _random_images(record, f"data {source} is not available here ({e}); pass --data")
-    if list(dataset.classes) != list(record["classes"]):
-        raise UserError(
-            f"data {source} has classes {list(dataset.classes)[:5]}..., the model "
-            f"{list(record['classes'])[:5]}...; pass the --data the model was trained on"
-        )
-    val = dataset.val if len(dataset.val) else dataset.test
-    if val is None or not len(val):
-        return _random_images(record, f"data {source} has no validation or test images")
-    return CheckImages(val.images, val.labels, dataset.train.images, f"images of {source}", True)
-
-
-def _random_images(record: dict[str, Any], why: str) -> CheckImages:
-    g = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (RANDOM_IMAGES, *record["input_size"]), generator=g)
-    return CheckImages(images.to(torch.uint8), None, None, f"RANDOM images ({why})", False)
-
-
-def evenly_spaced(n_total: int, n: int) -> torch.Tensor:
-    """Indices of n images spread over the split (its order may be grouped by class)."""
-    return torch.linspace(0, n_total - 1, min(n, n_total)).round().long().unique()
-
-
-# ---------------------------------------------------------------------------------------------
 # The whole export
-
-
-def default_output(ckpt_path: str | os.PathLike, precision: str = "fp32") -> Path:
-    """Beside the checkpoint, same stem: m.pt -> m.onnx, m.int8.onnx, m.fp16.onnx."""
-    ckpt_path = Path(ckpt_path)
-    suffix = ".onnx" if precision == "fp32" else f".{precision}.onnx"
-    return ckpt_path.with_name(ckpt_path.stem + suffix)
 
 
 def export_onnx(
@@ -375,7 +96,7 @@ def export_onnx(
     """Export a distill checkpoint to ONNX, check it, and only then move it to `out`.
 
     `tta` bakes the flip average into the graph; `int8_max_drop` is the most validation top-1
-    (a fraction: 0.02 = 2 points) the int8 file may lose against the fp32 graph; `reduce_range`
+    (a fraction: 0.05 is 5 points) the int8 file may lose against the fp32 graph; `reduce_range`
     forces the int8 weight range (None: decided for this CPU). Raises UserError on bad input
     (before anything is written) and ParityError when the graph disagrees with PyTorch or int8
     loses too much (nothing is written). `stage` hears each step's name; `progress` hears
@@ -387,13 +108,8 @@ def export_onnx(
     from export.machine import int8_reduce_range
 
     started = time.perf_counter()
-    if int8 and fp16:
-        raise UserError("--int8 and --fp16 are separate exports; pass one of them")
-    if not 0 <= int8_max_drop <= 1:
-        raise UserError(
-            f"--int8-max-drop {int8_max_drop} should be a fraction of accuracy between 0 and 1 "
-            "(0.02 = 2 points)"
-        )
+    # The settings check them (int8 and fp16 together, the drop a fraction in [0, 1]).
+    ExportSettings(int8=int8, fp16=fp16, tta=tta, int8_max_drop=int8_max_drop)
     precision = "int8" if int8 else "fp16" if fp16 else "fp32"
     ckpt = load_checkpoint(ckpt_path)
     out = check_output(out or default_output(ckpt_path, precision), force, (".onnx",))

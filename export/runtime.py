@@ -127,7 +127,7 @@ def session_options(
     0.4-0.5x; no arena/memory pattern 0.86-1.0x; spinning off, dynamic_block_base, denormals as
     zero: within noise or worse when onnxruntime runs alone. So the winners are onnxruntime's
     own defaults, pinned here so that a change of default upstream cannot silently slow distill
-    down. The larger gains are in the graph (export.onnx: the exporter's optimizer folds BN,
+    down. The larger gains are in the graph (export.graph: the exporter's optimizer folds BN,
     worth 1.2-1.6x) and int8.
     """
     so = ort.SessionOptions()

@@ -13,21 +13,15 @@ import torch
 from test_export import SIZE, make_checkpoint, one_thread, write_image_folder  # noqa: F401
 from typer.testing import CliRunner
 
-import export.bench as bench
+import export.engines as engines
 from distill.cli import app
 from distill.errors import UserError
-from export.bench import (
-    Timing,
-    benchmark,
-    check_bench_output,
-    measure,
-    parse_engines,
-    summarize,
-    write_bench_record,
-)
-from export.engines import openvino_available
+from export.bench import benchmark
+from export.engines import openvino_available, parse_engines
 from export.machine import has_native_bf16
 from export.onnx import export_onnx
+from export.record import check_bench_output, result_row, summarize, write_bench_record
+from export.timing import Timing, measure
 
 runner = CliRunner()
 FAST = Timing(
@@ -190,12 +184,12 @@ def test_noisy_rows_are_marked(monkeypatch):
     e = Engine("onnxruntime", "fp32", "fp32", "cpu", "", lambda x: x, lambda x: lambda: None)
     steady = [0.001] * 99 + [0.0011]
     meta, peaks = {"macs": 1_000_000}, {"fp32": 100.0}
-    row = bench._row(e, 1, steady, 0.5, 0.6, 2, {}, meta, peaks)
+    row = result_row(e, 1, steady, 0.5, 0.6, 2, {}, meta, peaks)
     assert not row["noisy"] and row["noisy_why"] is None
     assert row["gflops"] == pytest.approx(2 * 1e6 * row["images_per_s"] / 1e9, abs=0.01)
-    tail = bench._row(e, 1, [0.001] * 95 + [0.005] * 5, 0.5, 0.6, 2, {}, meta, peaks)
+    tail = result_row(e, 1, [0.001] * 95 + [0.005] * 5, 0.5, 0.6, 2, {}, meta, peaks)
     assert tail["noisy"] and "p99/p50" in tail["noisy_why"]
-    busy = bench._row(e, 1, steady, 1.0, 3.5, 2, {}, meta, peaks)
+    busy = result_row(e, 1, steady, 1.0, 3.5, 2, {}, meta, peaks)
     assert busy["noisy"] and "load 3.50 > 2" in busy["noisy_why"]
 
 
@@ -231,7 +225,7 @@ def test_engine_names(monkeypatch):
     assert parse_engines("ort, pytorch") == ["onnxruntime", "pytorch"]
     with pytest.raises(UserError, match="unknown engine 'tensorrt'"):
         parse_engines("tensorrt")
-    monkeypatch.setattr(bench, "openvino_available", lambda: False)
+    monkeypatch.setattr(engines, "openvino_available", lambda: False)
     assert "openvino" not in parse_engines(None)
     with pytest.raises(UserError, match=r"distill\[openvino\]"):
         parse_engines("openvino")

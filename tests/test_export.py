@@ -24,17 +24,13 @@ from distill.cli import app
 from distill.errors import UserError
 from distill.files import file_sha256
 from distill.registry import create_model
-from export.onnx import (
-    OPSET,
-    Normalized,
-    ParityError,
-    check_parity,
-    export_onnx,
-    load_check_images,
-    quantize_int8,
-    read_metadata,
-)
+from export.checks import ParityError, check_parity, load_check_images
+from export.graph import OPSET
+from export.metadata import read_metadata
+from export.onnx import export_onnx
+from export.quantize import quantize_int8
 from export.runtime import make_session, run_logits
+from export.wrappers import Normalized
 
 runner = CliRunner()
 COLORS = {"red": (200, 40, 40), "green": (40, 190, 60), "blue": (40, 60, 210), "grey": (128,) * 3}

@@ -12,10 +12,11 @@ from typer.testing import CliRunner
 
 from distill.cli import app
 from distill.errors import UserError
-from export.bench import Timing, benchmark
+from export.bench import benchmark
 from export.metadata import read_metadata
 from export.onnx import export_onnx
 from export.predict import predict
+from export.timing import Timing
 
 runner = CliRunner()
 FAST = Timing(warmup=0, min_runs=1, max_runs=2, min_seconds=0, block_seconds=0, probe_seconds=0)

@@ -13,8 +13,9 @@ from typer.testing import CliRunner
 from distill.checkpoint import load_checkpoint, model_from_checkpoint
 from distill.cli import app
 from distill.errors import UserError
-from export.onnx import Normalized, export_onnx
+from export.onnx import export_onnx
 from export.predict import predict, softmax
+from export.wrappers import Normalized
 
 runner = CliRunner()
 CLASSES = ["cat", "dog", "ship"]

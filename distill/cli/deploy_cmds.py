@@ -67,8 +67,10 @@ def bench_cmd(
 ) -> None:
     """Latency p50/p90/p99, images/s, accuracy and GFLOP/s of every engine and precision
     (PyTorch, onnxruntime, OpenVINO), measured in one run in alternating blocks."""
-    from export.bench import Timing, benchmark, check_bench_output, write_bench_record
+    from export.bench import benchmark
     from export.cli import show_bench
+    from export.record import check_bench_output, write_bench_record
+    from export.timing import Timing
 
     settings = flags.build("bench")
     if out is not None:

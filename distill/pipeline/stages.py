@@ -167,10 +167,11 @@ def build_stages(
 
 
 def _export_stage(source: Path, s: PipelineSettings, console: Console) -> Stage:
-    from export.onnx import export_onnx, read_metadata
+    from export.metadata import read_metadata
+    from export.model_files import default_output
+    from export.onnx import export_onnx
 
-    fp32 = source.with_suffix(".onnx")
-    int8 = source.with_name(f"{source.stem}.int8.onnx")
+    fp32, int8 = default_output(source), default_output(source, "int8")
     outputs = [fp32, int8] if s.export.int8 else [fp32]
 
     def run(_resume: bool, _mark: dict[str, Any]) -> None:
@@ -205,7 +206,8 @@ def _export_stage(source: Path, s: PipelineSettings, console: Console) -> Stage:
 def _bench_stage(
     onnx_files: list[Path], run_dir: Path, s: PipelineSettings, console: Console
 ) -> Stage:
-    from export.bench import Timing, benchmark
+    from export.bench import benchmark
+    from export.timing import Timing
 
     out = run_dir / "bench.json"
     # Each fp32 file brings its int8 sibling along (bench times every engine and precision).

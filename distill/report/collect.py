@@ -42,7 +42,7 @@ def _read_checkpoint(path: Path) -> Model:
 def _read_onnx(path: Path, by_sha: dict[str, Model]) -> tuple[Model, str | None]:
     """The ONNX file as a Model, and a warning when it was exported from a checkpoint that has
     since been replaced (same name here, different sha256)."""
-    from export.onnx import read_metadata
+    from export.metadata import read_metadata
 
     meta = read_metadata(path)
     src = by_sha.get(str(meta.get("source_sha256", "")))
