@@ -63,13 +63,11 @@ def forever(make_iter):
 
 
 def real_path(dataset, batch_size, channels_last):
-    loader = BatchLoader(
+    loader = BatchLoader.of(
+        dataset,
         dataset.train,
         batch_size,
         device=CPU,
-        mean=dataset.mean,
-        std=dataset.std,
-        num_classes=dataset.num_classes,
         augment=AugmentSettings(crop_pad=4, flip=True),
         shuffle=True,
         drop_last=True,

@@ -45,13 +45,11 @@ def eval_loader(
     split: Split, data: Dataset, device: torch.device, channels_last: bool = False
 ) -> BatchLoader:
     """This rank's shard of `split`, every image exactly once over all ranks."""
-    return BatchLoader(
+    return BatchLoader.of(
+        data,
         split,
         EVAL_BATCH,
         device=device,
-        mean=data.mean,
-        std=data.std,
-        num_classes=data.num_classes,
         rank=distributed.rank(),
         world_size=distributed.world_size(),
         channels_last=channels_last,

@@ -95,13 +95,11 @@ def make_trainer(
         )
     if recipe.sync_bn and world > 1:
         net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
-    loader = BatchLoader(
+    loader = BatchLoader.of(
+        data,
         data.train,
         recipe.batch_size,
         device=device,
-        mean=data.mean,
-        std=data.std,
-        num_classes=data.num_classes,
         augment=recipe.augment,
         shuffle=True,
         drop_last=len(data.train.labels) >= recipe.batch_size * world,

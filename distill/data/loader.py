@@ -10,7 +10,7 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from distill.augment import augment_batch
-from distill.data.dataset import Split
+from distill.data.dataset import Dataset, Split
 from distill.settings import AugmentSettings
 
 
@@ -96,6 +96,21 @@ class BatchLoader:
         else:
             self.shard_size = math.ceil(self.size / world_size)
             self.num_batches = math.ceil(self.shard_size / batch_size)
+
+    @classmethod
+    def of(
+        cls, data: Dataset, split: Split, batch_size: int, *, device: torch.device | str, **kw
+    ) -> BatchLoader:
+        """A loader over one of `data`'s splits with the data set's normalisation and classes."""
+        return cls(
+            split,
+            batch_size,
+            device=device,
+            mean=data.mean,
+            std=data.std,
+            num_classes=data.num_classes,
+            **kw,
+        )
 
     def __len__(self) -> int:
         """Batches per epoch on this rank."""

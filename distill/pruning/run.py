@@ -207,15 +207,8 @@ def _prune_phase(
         return ckpt["metrics"]["val_accuracy"]
 
     def taylor_batches(step: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
-        loader = BatchLoader(
-            dataset.train,
-            recipe.batch_size,
-            device=device,
-            mean=dataset.mean,
-            std=dataset.std,
-            num_classes=dataset.num_classes,
-            shuffle=True,
-            seed=run.seed,
+        loader = BatchLoader.of(
+            dataset, dataset.train, recipe.batch_size, device=device, shuffle=True, seed=run.seed
         )
         return itertools.islice(loader.epoch(step), TAYLOR_BATCHES)
 
