@@ -70,3 +70,41 @@ def test_eval_mistakes(checkpoint, tmp_path):
     ):
         result = runner.invoke(app, [*args, "--cache-dir", str(tmp_path / "c")])
         assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_recorded_accuracy_eval_of_the_pt_and_of_its_onnx_agree(tiny_image_folder, tmp_path):
+    """Validation runs in float32 whatever the training precision (bf16 autocast here where the
+    CPU has it), so the checkpoint's record, `distill eval` of it and of its fp32 export, with
+    no --data (the ONNX metadata records the split), all give the same number."""
+    from distill.device import cpu_has_native_bf16
+
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    out = tmp_path / "t.pt"
+    args = ["teacher", "train", "--arch", "resnet18-quarter", "--data", str(tiny_image_folder),
+            "--out", str(out), "--recipe", "quick", "--epochs", "2", "--batch-size", "16",
+            "--val-size", "20", "--quiet", *cache]  # fmt: skip
+    assert runner.invoke(app, args).exit_code == 0
+    saved = torch.load(out, weights_only=True)
+    assert saved["metrics"]["precision"] == ("bf16" if cpu_has_native_bf16() else "fp32")
+    recorded = saved["metrics"]["val_accuracy"]
+    pt = json.loads(runner.invoke(app, ["eval", str(out), "--json", *cache]).output)
+    assert pt["accuracy"] == recorded and pt["count"] == 20
+    exported = runner.invoke(app, ["export", "onnx", str(out), *cache])
+    assert exported.exit_code == 0, exported.output
+    ox = runner.invoke(app, ["eval", str(out.with_suffix(".onnx")), "--json", *cache])
+    assert ox.exit_code == 0, ox.output
+    assert json.loads(ox.output)["accuracy"] == recorded
+
+
+def test_tta_averages_the_image_and_its_mirror(checkpoint, tiny_dataset):
+    from distill.checkpoint import load_checkpoint, model_from_checkpoint
+    from distill.evaluation import eval_loader, evaluate
+
+    model = model_from_checkpoint(load_checkpoint(checkpoint))
+    loader = eval_loader(tiny_dataset.val, tiny_dataset, torch.device("cpu"))
+    with torch.inference_mode():
+        x, y = next(loader.epoch(0))
+        by_hand = (model(x) + model(x.flip(3))) / 2
+    result = evaluate(model, loader, tta=True)
+    assert result.accuracy == pytest.approx(float((by_hand.argmax(1) == y).float().mean()))
+    assert result.loss == pytest.approx(float(torch.nn.functional.cross_entropy(by_hand, y)))
