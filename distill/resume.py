@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from distill import distributed
-from distill.checkpoint import load_checkpoint
+from distill.checkpoint import cpu_state_dict, load_checkpoint
 from distill.errors import UserError
 from distill.settings import Recipe
 
@@ -186,3 +186,27 @@ def mid_epoch(state: State, epoch: int, step: int, sums: Sums) -> State:
         elapsed=state.elapsed,
         sums=sums.record(),
     )
+
+
+def training_state(t: Trainer, st: State, elapsed: float, identity: dict[str, Any]) -> dict:
+    """The `train_state` of a `.last.pt`: weights, optimizer, schedule, scaler, Lookahead, EMA,
+    every rank's RNG state and where the run is. Every rank must call it (the RNG gather)."""
+    return {
+        "model": cpu_state_dict(t.net),
+        "optimizer": t.optimizer.state_dict(),
+        "scheduler": t.scheduler.state_dict(),
+        "scaler": t.scaler.state_dict() if t.scaler else None,
+        "lookahead": t.lookahead.state_dict() if t.lookahead else None,
+        "ema": t.ema.state_dict() if t.ema else None,
+        "rng_cpu": distributed.gather(torch.get_rng_state()),
+        "rng_cuda": torch.cuda.get_rng_state() if t.device.type == "cuda" else None,
+        "epoch": st.epoch,
+        "step": st.step,
+        "history": st.history,
+        "best": st.best,
+        "val_loss_best": st.val_loss_best,
+        "bad_epochs": st.bad_epochs,
+        "elapsed": elapsed,
+        "sums": st.sums,
+        "identity": identity,
+    }

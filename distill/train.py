@@ -43,6 +43,7 @@ from distill.resume import (
     last_path,
     mid_epoch,
     restore,
+    training_state,
 )
 from distill.run_log import MetricsLog, announce, epoch_line, progress_bar, stats_text
 from distill.settings import Recipe, RunSettings
@@ -181,27 +182,9 @@ def fit(
 
     def snapshot(st: State) -> dict[str, Any]:
         """Everything needed to continue at (st.epoch, st.step) exactly."""
-        rng = distributed.gather(torch.get_rng_state())
+        elapsed = st.elapsed + (time.perf_counter() - t_start)
         return _checkpoint(t.net, data, recipe, kind, arch, st.history, meta) | {
-            "train_state": {
-                "model": cpu_state_dict(t.net),
-                "optimizer": t.optimizer.state_dict(),
-                "scheduler": t.scheduler.state_dict(),
-                "scaler": t.scaler.state_dict() if t.scaler else None,
-                "lookahead": t.lookahead.state_dict() if t.lookahead else None,
-                "ema": t.ema.state_dict() if t.ema else None,
-                "rng_cpu": rng,
-                "rng_cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None,
-                "epoch": st.epoch,
-                "step": st.step,
-                "history": st.history,
-                "best": st.best,
-                "val_loss_best": st.val_loss_best,
-                "bad_epochs": st.bad_epochs,
-                "elapsed": st.elapsed + (time.perf_counter() - t_start),
-                "sums": st.sums,
-                "identity": run_identity,
-            }
+            "train_state": training_state(t, st, elapsed, run_identity)
         }
 
     def save_state(st: State) -> None:
