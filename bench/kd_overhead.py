@@ -112,7 +112,7 @@ def measure_variants(
 
     def kd(method: str) -> DistillationObjective:
         # Warm-up epochs change a scalar weight only, not the work: resolve for a 1-epoch run.
-        settings = resolve_kd(KDSettings(method=method), 1)
+        settings = resolve_kd(KDSettings(method=method), 1, 10)
         return DistillationObjective((teacher,), settings, 0.0, precision)
 
     def runner(name: str) -> Callable[[], None]:

@@ -49,6 +49,12 @@ LADDER: dict[str, tuple[str | None, KDSettings | None, dict[str, Any], str]] = {
         {"published_dkd": True},
         "beta 8, warm-up 1/12 of the run (mdistiller, CIFAR-100)",
     ),
+    "DKD, beta 8, warm-up 1 epoch": (
+        "plain", KDSettings("dkd", beta=8.0, warmup_epochs=1.0), {}, "the warm-up alone"
+    ),
+    "DKD, beta 0.8, warm-up 1/12 run": (
+        "plain", KDSettings("dkd", beta=0.8), {"published_dkd": True}, "the beta alone"
+    ),
     "DKD, beta 2, warm-up 1 epoch": (
         "plain", KDSettings("dkd", beta=2.0, warmup_epochs=1.0), {}, "a gentler non-target term"
     ),

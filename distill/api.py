@@ -83,17 +83,18 @@ def train_teacher(
     """Train `arch` on the labels of `data` (cifar10, cifar100 or a folder); return its
     checkpoint, also written to `out` when given (with `NAME.metrics.csv` beside it).
 
-    A teacher's recipe is never label-smoothed unless `label_smoothing=` says so (smoothing
-    erases what distillation transfers), as with `distill teacher train`.
+    A teacher is label-smoothed as its recipe says for teachers (`teacher_label_smoothing`:
+    none for `standard`, 0.1 for `quick`) unless `label_smoothing=` says otherwise, as with
+    `distill teacher train`.
     """
-    from distill.recipes import FOR_TEACHERS, make_recipe
+    from distill.recipes import teacher_recipe
     from distill.supervised import train_on_labels
 
     given = _split(
         overrides, "train_teacher", recipe=RECIPE_FIELDS, data=DATA_FIELDS, run=RUN_FIELDS
     )
     run = _run(out, quiet, given["run"])
-    resolved = make_recipe(recipe, **(FOR_TEACHERS | given["recipe"]))
+    resolved = teacher_recipe(recipe, **given["recipe"])
     settings = build(DataSettings, {"source": _source(data), **given["data"]})
     return train_on_labels(arch, settings, resolved, run, console=_console(quiet))
 

@@ -187,10 +187,11 @@ def evaluate_file(
         result = _evaluate_onnx(path, chosen, device, tta)
     else:
         torch_device = resolve_device(device)
-        model = model_from_checkpoint(ckpt).to(torch_device)
+        # channels_last: the layout convolutions run fastest in, on GPUs and CPUs alike.
+        model = model_from_checkpoint(ckpt).to(torch_device, memory_format=torch.channels_last)
         # The weights were learned under the checkpoint's normalisation: evaluate under it.
         norm = replace(dataset, mean=tuple(ckpt["mean"]), std=tuple(ckpt["std"]))
-        result = evaluate(model, eval_loader(chosen, norm, torch_device), tta=tta)
+        result = evaluate(model, eval_loader(chosen, norm, torch_device, True), tta=tta)
     return result.as_dict() | {
         "classes": list(classes),
         "source": settings.source,

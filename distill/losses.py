@@ -86,7 +86,7 @@ def dkd_loss(
     targets: torch.Tensor,
     *,
     alpha: float = KD_DEFAULTS["dkd"]["alpha"],
-    beta: float = KD_DEFAULTS["dkd"]["beta"],
+    beta: float = KD_DEFAULTS["dkd"]["beta_per_other_class"] * 99,  # the published CIFAR-100 8
     temperature: float = TEMPERATURE,
     label_smoothing: float = 0.0,
     kd_weight: float = 1.0,

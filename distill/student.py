@@ -203,7 +203,7 @@ def train_student(
     with training_run(run, checks) as ckpts:
         dataset = data if isinstance(data, Dataset) else load_data(data)
         device = resolve_device(run.device)
-        channels_last = recipe.channels_last and device.type == "cuda"
+        channels_last = recipe.channels_last
         teachers, records = load_teachers(
             paths, dataset, device, channels_last=channels_last, checkpoints=ckpts
         )
@@ -215,7 +215,7 @@ def train_student(
                 console.print(f"teacher {r['path']}: {r['arch']}, val top-1 {text}")
         seed_everything(run.seed)
         model = create_model(arch, dataset.num_classes)
-        kd = resolve_kd(kd, recipe.epochs)
+        kd = resolve_kd(kd, recipe.epochs, dataset.num_classes)
         objective = DistillationObjective(
             tuple(teachers), kd, recipe.label_smoothing, choose_precision(device, recipe.amp)
         )

@@ -30,7 +30,7 @@ def train_on_labels(
 
     `kind`: "teacher", or "student" for a label-only baseline. `provenance`: the pipeline stage
     that asked for it (recorded in the checkpoint). A teacher's recipe should not
-    smooth labels (distill.recipes.FOR_TEACHERS); that is the caller's choice of recipe.
+    smooth labels as the recipe says for teachers (distill.recipes.teacher_recipe).
     """
     with training_run(run, lambda: get_entry(arch)):
         dataset = data if isinstance(data, Dataset) else load_data(data)

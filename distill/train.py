@@ -177,7 +177,7 @@ def fit(
     state = State()
     if run.resume:
         state = restore(t, state_file, run_identity, console)
-    channels_last = recipe.channels_last and device.type == "cuda"
+    channels_last = recipe.channels_last
     val_loader = eval_loader(data.val, data, device, channels_last)
 
     def snapshot(st: State) -> dict[str, Any]:

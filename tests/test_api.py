@@ -17,7 +17,7 @@ import torch
 import distill
 from distill.checkpoint import load_checkpoint
 from distill.errors import UserError
-from distill.recipes import get_recipe, make_recipe
+from distill.recipes import get_recipe, make_recipe, teacher_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 # The tiny folder has 160 training images: hold out 20 and take batches of 32 (4 steps an epoch).
@@ -71,14 +71,17 @@ def test_readme_example_runs(readme_run):
     assert 0 <= ns["result"]["accuracy"] <= ns["result"]["top5"] <= 1
 
 
-def test_a_teachers_recipe_is_not_label_smoothed(readme_run):
+def test_a_teacher_is_smoothed_as_its_recipe_says_for_teachers(readme_run):
     where, _, _ = readme_run
     quick = get_recipe("quick")
-    assert quick.label_smoothing > 0
     teacher = load_checkpoint(where / "runs" / "py" / "t.pt")
     student = load_checkpoint(where / "runs" / "py" / "s.pt")
-    assert teacher["recipe"]["label_smoothing"] == 0.0
+    assert teacher["recipe"]["label_smoothing"] == quick.teacher_label_smoothing
     assert student["recipe"]["label_smoothing"] == quick.label_smoothing
+    # The GPU recipe trains unsmoothed teachers, whatever its students use.
+    standard = teacher_recipe("standard")
+    assert standard.label_smoothing == 0.0 < get_recipe("standard").label_smoothing
+    assert teacher_recipe("standard", label_smoothing=0.05).label_smoothing == 0.05
     assert teacher["recipe"]["epochs"] == student["recipe"]["epochs"]
 
 

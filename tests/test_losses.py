@@ -182,7 +182,9 @@ class FixedLogits(nn.Module):
 def test_ensemble_averages_teacher_logits():
     a = [[3.0, 0.0, 1.0], [0.0, 2.0, 2.0]]
     b = [[1.0, 0.0, 1.0], [2.0, 0.0, 6.0]]  # mean of a and b is TEACHER
-    objective = DistillationObjective((FixedLogits(a), FixedLogits(b)), resolve_kd(KDSettings(), 4))
+    objective = DistillationObjective(
+        (FixedLogits(a), FixedLogits(b)), resolve_kd(KDSettings(), 4, 3)
+    )
     s, _, y = tensors()
     images = torch.rand(2, 3, 4, 4)
     expected = 0.1 * hand_ce() + 0.9 * 16 * hand_kl(4)
@@ -195,7 +197,7 @@ def test_ensemble_averages_teacher_logits():
 def test_objective_backpropagates_into_the_student_only():
     student = nn.Linear(12, 3)
     teacher = FixedLogits(TEACHER[0:1] * 4)
-    objective = DistillationObjective((teacher,), resolve_kd(KDSettings("dkd"), 12))
+    objective = DistillationObjective((teacher,), resolve_kd(KDSettings("dkd"), 12, 3))
     images = torch.rand(4, 3, 2, 2)
     loss = objective(student(images.flatten(1)), torch.tensor([0, 1, 2, 1]), images, 5.0)
     loss.backward()  # the teacher's inference-mode logits must not break autograd
@@ -203,7 +205,7 @@ def test_objective_backpropagates_into_the_student_only():
 
 
 def test_dkd_warmup_is_linear_in_epochs():
-    kd = resolve_kd(KDSettings("dkd", warmup_epochs=4.0), 12)
+    kd = resolve_kd(KDSettings("dkd", warmup_epochs=4.0, beta=8.0), 12, 3)
     teacher = FixedLogits(TEACHER)
     objective = DistillationObjective((teacher,), kd)
     s, t, y = tensors()
@@ -218,11 +220,18 @@ def test_dkd_warmup_is_linear_in_epochs():
 
 
 def test_config_defaults_and_refusals():
-    hinton = resolve_kd(KDSettings("hinton"), 12)
+    hinton = resolve_kd(KDSettings("hinton"), 12, 10)
     assert (hinton.alpha, hinton.temperature, hinton.warmup_epochs) == (0.9, 4.0, 0.0)
-    dkd = resolve_kd(KDSettings("dkd"), 240)
-    assert (dkd.alpha, dkd.beta, dkd.temperature, dkd.warmup_epochs) == (1.0, 8.0, 4.0, 20.0)
-    assert resolve_kd(KDSettings("dkd"), 12).warmup_epochs == pytest.approx(1.0)
+    # DKD on CIFAR-100 over 240 epochs: exactly mdistiller's published beta 8, warm-up 20.
+    dkd = resolve_kd(KDSettings("dkd"), 240, 100)
+    assert (dkd.alpha, dkd.beta, dkd.temperature) == (1.0, pytest.approx(8.0), 4.0)
+    assert dkd.warmup_epochs == pytest.approx(20.0)
+    # Ten classes, a short run: beta scaled to 9 other classes, at least one epoch of warm-up
+    # and never longer than the run itself.
+    short = resolve_kd(KDSettings("dkd"), 6, 10)
+    assert short.beta == pytest.approx(8 * 9 / 99) and short.warmup_epochs == 1.0
+    assert resolve_kd(KDSettings("dkd"), 1, 10).warmup_epochs == 1.0
+    assert resolve_kd(KDSettings("dkd", beta=2.0, warmup_epochs=0.0), 6, 10).beta == 2.0
     for bad in (
         dict(method="hinton", alpha=1.5),
         dict(method="hinton", temperature=0.0),

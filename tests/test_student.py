@@ -109,13 +109,14 @@ def test_student_from_a_trained_teacher_and_an_ensemble(tiny_image_folder, tiny_
             "val_accuracy": 0.25,
         },
     ]
-    # DKD's defaults, its warm-up a twelfth of the 1-epoch run (mdistiller: 20 of 240 epochs).
+    # DKD's defaults for 4 classes and a 1-epoch run: beta scaled to the 3 other classes (8 at
+    # CIFAR-100's 99), the warm-up at least one epoch and at most the run.
     assert ckpt["kd"] == {
         "method": "dkd",
         "alpha": 1.0,
         "temperature": 4.0,
-        "beta": 8.0,
-        "warmup_epochs": pytest.approx(1 / 12),
+        "beta": pytest.approx(8 * 3 / 99),
+        "warmup_epochs": 1.0,
         "teacher_tta": False,
     }
     # The split was defaulted to the teacher's, so the student was validated on the same images.
@@ -286,4 +287,4 @@ def test_interrupted_student_resumes_to_the_same_weights(tiny_dataset, tmp_path)
     for key, value in whole["state_dict"].items():
         assert torch.equal(value, resumed["state_dict"][key]), key
     assert resumed["teachers"] == whole["teachers"]
-    assert resumed["kd"] == kd_record(resolve_kd(kd, recipe.epochs))
+    assert resumed["kd"] == kd_record(resolve_kd(kd, recipe.epochs, 4))

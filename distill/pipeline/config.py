@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 from distill.budget import parse_budget
 from distill.errors import UserError
-from distill.recipes import FOR_TEACHERS, get_recipe
+from distill.recipes import get_recipe
 from distill.settings import (
     BenchSettings,
     DataSettings,
@@ -121,8 +121,8 @@ def _stage(name: str, table: Any, where: str) -> StageSettings:
     recipe_name = coerce(values.pop("recipe", None), str, "recipe", label)
     base = get_recipe(recipe_name)
     overrides = {"name": recipe_name, **values}
-    if name == "teacher":  # a model trained to teach: see distill.recipes.FOR_TEACHERS
-        overrides = {**FOR_TEACHERS, **overrides}
+    if name == "teacher":  # a model trained to teach: see distill.recipes.teacher_recipe
+        overrides = {"label_smoothing": base.teacher_label_smoothing, **overrides}
     recipe = build(Recipe, overrides, base=base, label=label)
     return StageSettings(arch, recipe)
 

@@ -99,7 +99,7 @@ def prune_checkpoint(
         device = resolve_device(run.device)
         seed_everything(run.seed)
         source_model = source_model.to(device)
-        channels_last = recipe.channels_last and device.type == "cuda"
+        channels_last = recipe.channels_last
         if teachers_at:
             teachers, records = load_teachers(
                 teachers_at, dataset, device, channels_last=channels_last, checkpoints=teacher_ckpts
@@ -114,7 +114,7 @@ def prune_checkpoint(
             # The KD warm-up is measured in the epochs of the run that distils.
             return DistillationObjective(
                 tuple(teachers),
-                resolve_kd(kd, epochs),
+                resolve_kd(kd, epochs, dataset.num_classes),
                 recipe.label_smoothing,
                 choose_precision(device, recipe.amp),
             )
@@ -123,7 +123,7 @@ def prune_checkpoint(
         identity = {
             "source model": file_sha256(model_path),
             "teacher files": [r["sha256"] for r in records],
-            "KD settings": kd_record(resolve_kd(kd, recovery.epochs)),
+            "KD settings": kd_record(resolve_kd(kd, recovery.epochs, dataset.num_classes)),
         }
         if run.resume:
             model, record = _resumed(run.out)
@@ -150,7 +150,7 @@ def prune_checkpoint(
             objective=objective(recovery.epochs),
             meta={
                 "teachers": records,
-                "kd": kd_record(resolve_kd(kd, recovery.epochs)),
+                "kd": kd_record(resolve_kd(kd, recovery.epochs, dataset.num_classes)),
                 "pruning": record,
                 "pipeline": provenance,
             },
