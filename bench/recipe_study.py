@@ -82,12 +82,16 @@ def main() -> None:
     p.add_argument("--teacher-epochs", type=int, default=12)
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--only", nargs="*", help="run only these configurations")
+    p.add_argument("--table", action="store_true", help="print the table of OUT and exit")
     p.add_argument("--cache-dir", type=Path, default=None)
     args = p.parse_args()
 
     args.out.mkdir(parents=True, exist_ok=True)
     results_file = args.out / "results.json"
     results: dict[str, Any] = json.loads(results_file.read_text()) if results_file.exists() else {}
+    if args.table:
+        print(table(results, args))
+        return
     cache = {"cache_dir": args.cache_dir} if args.cache_dir else {}
     data_settings = DataSettings(
         args.data, val_size=args.val_size, train_size=args.train_size, **cache
@@ -157,10 +161,10 @@ def table(results: dict[str, Any], args: argparse.Namespace) -> str:
         f"Student {ARCH}, {args.epochs} epochs of the quick recipe on {args.train_size:,} "
         f"CIFAR-10 JPEGs, validated on {args.val_size:,}; teachers: {ARCH} x "
         f"{args.teacher_epochs} epochs, unsmoothed {teachers.get('plain', 0):.2%}, smoothed "
-        f"{teachers.get('smoothed', 0):.2%}. Mean (min-max) over {args.seeds} seeds.",
+        f"{teachers.get('smoothed', 0):.2%}. Mean (min-max) over the seeds run.",
         "",
-        "| configuration | val top-1 | vs labels only | seconds per run |",
-        "|---|--:|--:|--:|",
+        "| configuration | val top-1 | vs labels only | seeds | seconds per run |",
+        "|---|--:|--:|--:|--:|",
     ]
     for name in names:
         accs = [v["val_accuracy"] for k, v in runs.items() if k.split(" | ")[0] == name]
@@ -168,7 +172,8 @@ def table(results: dict[str, Any], args: argparse.Namespace) -> str:
         mean = statistics.fmean(accs)
         spread = f" ({min(accs):.1%}-{max(accs):.1%})" if len(accs) > 1 else ""
         gain = f"{100 * (mean - base):+.1f}" if base is not None else ""
-        lines.append(f"| {name} | {mean:.2%}{spread} | {gain} | {statistics.fmean(secs):.0f} |")
+        seconds = f"{statistics.fmean(secs):.0f}" if any(secs) else "(no training)"
+        lines.append(f"| {name} | {mean:.2%}{spread} | {gain} | {len(accs)} | {seconds} |")
     return "\n".join(lines)
 
 
