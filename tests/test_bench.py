@@ -191,6 +191,11 @@ def test_noisy_rows_are_marked(monkeypatch):
     assert tail["noisy"] and "p99/p50" in tail["noisy_why"]
     busy = result_row(e, 1, steady, 1.0, 3.5, 2, {}, meta, peaks)
     assert busy["noisy"] and "load 3.50 > 2" in busy["noisy_why"]
+    held = result_row(e, 1, steady, 3.4, 3.4, 2, {}, meta, peaks)  # another job all along
+    assert held["noisy"]
+    # Falling from a training run that had just ended: the past, not contention now.
+    fading = result_row(e, 1, steady, 2.6, 2.2, 2, {}, meta, peaks)
+    assert not fading["noisy"]
 
 
 def test_summary_picks_the_fastest_within_half_a_point():
