@@ -85,9 +85,7 @@ def make_trainer(
 ) -> Trainer:
     on_cuda = device.type == "cuda"
     world = distributed.world_size()
-    memory_format = (
-        torch.channels_last if recipe.channels_last else torch.contiguous_format
-    )
+    memory_format = torch.channels_last if recipe.channels_last else torch.contiguous_format
     net = model.to(device, memory_format=memory_format)
     if recipe.sync_bn and world > 1 and not on_cuda:
         raise UserError(

@@ -66,18 +66,20 @@ class BenchRecord:
 def noise_reason(row: dict[str, Any], threads: int | None, load: float | None) -> str | None:
     """ "noisy: p99 3.1 times p50 / load 2.6 on 2 threads", or None for a steady measurement.
 
-    bench's own `noisy` verdict wins where present (it knows its spread and reruns); older
-    files lack it, and then a p99 over NOISE_RATIO times p50 says the same. A load average above
-    the thread count means other processes wanted the cores the timed threads ran on (bench's
-    default thread count is the physical core count).
+    bench's own `noisy` verdict wins where present: it saw the load before and after each
+    measurement, and its reason is repeated. Older files lack it; then a p99 over NOISE_RATIO
+    times p50, or a record's load average above its thread count (other processes wanted the
+    cores the timed threads ran on), says the same.
     """
     p50, p99 = as_float(row.get("p50_ms")), as_float(row.get("p99_ms"))
     ratio = p99 / p50 if p50 and p99 is not None else None
     long_tail = ratio is not None and ratio > NOISE_RATIO
+    if "noisy" in row:  # bench's verdict, with its reason
+        if not row["noisy"]:
+            return None
+        return f"noisy: {row.get('noisy_why') or 'marked noisy by `distill bench`'}"
     reasons = []
-    if row.get("noisy") is True and not long_tail:
-        reasons.append("marked noisy by `distill bench`")
-    elif row.get("noisy") is not False and long_tail:
+    if long_tail:
         reasons.append(f"p99 {ratio:.1f} times p50")
     if load is not None and threads and load > threads:
         reasons.append(f"load {load:.1f} on {threads} threads")
