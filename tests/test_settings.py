@@ -35,7 +35,7 @@ DEFAULTS = [
     ("val_size 5000", r"\b5_?000\b"),
     ("the KD temperature 4", r"temperature\b.*[:=(]\s*4\.0\b"),
     ("Hinton's alpha 0.9", r"alpha[\"']?\s*[:=]\s*0\.9\b"),
-    ("DKD's beta 8", r"beta[\"']?\s*[:=]\s*8\.0"),
+    ("DKD's beta 8 per 99 other classes", r"8\.0\s*/\s*99"),
     ("the prune steps", r"\bsteps\s*:\s*int\s*=\s*\S*\d"),
     ("the int8 accuracy drop 0.02", r"\b0\.02\b"),
     ("the bench batch sizes", r"\(1,\s*32,\s*256\)"),

@@ -171,29 +171,35 @@ def _export_stage(source: Path, s: PipelineSettings, console: Console) -> Stage:
     from export.model_files import default_output
     from export.onnx import export_onnx
 
-    fp32, int8 = default_output(source), default_output(source, "int8")
-    outputs = [fp32, int8] if s.export.int8 else [fp32]
+    e = s.export
+    # fp32 always (the reference every engine can run), plus the int8 or fp16 sibling asked for.
+    extra = "int8" if e.int8 else "fp16" if e.fp16 else None
+    fp32 = default_output(source)
+    outputs = [fp32] + ([default_output(source, extra)] if extra else [])
 
     def run(_resume: bool, _mark: dict[str, Any]) -> None:
         kw = dict(
             data=s.data.source,
             data_root=s.data.data_root,
             cache_dir=s.data.cache_dir,
+            tta=e.tta,
+            int8_max_drop=e.int8_max_drop,
             force=True,
             stage=lambda msg: console.print(f"  {msg}"),
         )
         rep = export_onnx(source, fp32, **kw)
+        fp32_bytes = rep.size_bytes
         console.print(
             f"  {fp32.name}: parity max |diff| {rep.parity.max_abs_diff:.2e}, "
             f"top-1 agreement {rep.parity.top1_agreement:.2%}"
         )
-        if s.export.int8:
-            q = export_onnx(source, int8, int8=True, **kw)
-            console.print(
-                f"  {int8.name}: val top-1 {q.accuracy:.2%} vs fp32 {q.fp32_accuracy:.2%}"
-                f" on {q.eval_images} images; {q.size_bytes / 1e6:.1f} MB vs "
-                f"{q.fp32_size_bytes / 1e6:.1f} MB"
-            )
+        if extra is not None:
+            q = export_onnx(source, outputs[1], int8=e.int8, fp16=e.fp16, **kw)
+            line = f"  {outputs[1].name}: {q.size_bytes / 1e6:.1f} MB vs {fp32_bytes / 1e6:.1f} MB"
+            if q.accuracy is not None and q.fp32_accuracy is not None:
+                line += f"; val top-1 {q.accuracy:.2%} vs fp32 {q.fp32_accuracy:.2%}"
+                line += f" on {q.eval_images} images"
+            console.print(line)
         budget = parse_budget(s.budget)
         for path in outputs:  # the deployable artefact is held to the same budget
             params = int(read_metadata(path)["params"])
@@ -207,11 +213,13 @@ def _bench_stage(
     onnx_files: list[Path], run_dir: Path, s: PipelineSettings, console: Console
 ) -> Stage:
     from export.bench import benchmark
+    from export.model_files import default_output
     from export.timing import Timing
 
     out = run_dir / "bench.json"
-    # Each fp32 file brings its int8 sibling along (bench times every engine and precision).
-    timed = [p for p in onnx_files if ".int8." not in p.name]
+    # Each fp32 file brings its int8 or fp16 sibling along (bench times every precision).
+    checkpoint_of = {p: run_dir / f"{p.name.split('.')[0]}.pt" for p in onnx_files}
+    timed = [p for p in onnx_files if p == default_output(checkpoint_of[p])]
 
     def run(_resume: bool, _mark: dict[str, Any]) -> None:
         # On the CPU always (students are deployed there), and on the pipeline's GPU too.
@@ -220,7 +228,7 @@ def _bench_stage(
             devices.append("cuda")
         records = []
         for path in timed:
-            checkpoint = run_dir / f"{path.name.split('.')[0]}.pt"
+            checkpoint = checkpoint_of[path]
             for device in devices:
                 console.print(f"  benchmarking {path.name} on {device}")
                 records.append(
@@ -267,7 +275,8 @@ def describe(s: PipelineSettings) -> str:
             "recovery epochs"
         )
     lines.append(
-        f"export    fp32{' + int8' if s.export.int8 else ''} ONNX; bench batch sizes "
+        f"export    fp32{' + int8' if s.export.int8 else ' + fp16' if s.export.fp16 else ''}"
+        f"{' with TTA' if s.export.tta else ''} ONNX; bench batch sizes "
         f"{','.join(map(str, s.bench.batch_sizes))}; report"
     )
     return "\n".join(lines)
