@@ -26,6 +26,9 @@ from distill.files import atomic_write_text
 
 # A GPU-sized run on a CPU: more image passes than this gets one warning line before it starts.
 CPU_WARN_IMAGE_PASSES = 3_000_000
+# Fewer optimizer steps than this in a whole run teach a network from scratch next to nothing
+# (a 1,000-image run at the standard recipe's batch of 512 is 2 steps an epoch): say so.
+FEW_STEPS = 50
 
 COLUMNS = (
     "epoch",
@@ -130,6 +133,13 @@ def announce(
         f"peak lr {recipe.lr_at(recipe.batch_size * world):.3g}, {where}, {t.precision.name}"
         + start
     )
+    steps = recipe.epochs * len(t.loader)
+    if steps < FEW_STEPS:
+        console.print(
+            f"[yellow]warning:[/] only {steps} optimizer step{'s' * (steps != 1)} in this run "
+            f"({recipe.epochs} epochs x {len(t.loader)}), too few to learn much; raise --epochs "
+            f"or lower --batch-size ({recipe.batch_size} per process now)"
+        )
     passes = recipe.epochs * len(data.train)
     if t.device.type == "cpu" and passes > CPU_WARN_IMAGE_PASSES:
         console.print(

@@ -202,6 +202,7 @@ def trained(tiny_image_folder, tmp_path_factory, cache):
     out = tmp_path_factory.mktemp("cli") / "t.pt"
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(distill.run_log, "CPU_WARN_IMAGE_PASSES", 100)
+        mp.setattr(distill.run_log, "FEW_STEPS", 0)  # its own test below
         args = teacher_args(
             tiny_image_folder, out, "--recipe", "standard", "--epochs", "2", cache=cache
         )
@@ -228,6 +229,17 @@ def test_a_run_prints_its_plan_a_warning_and_one_line_per_epoch(trained):
     assert shown[-1].startswith(f"saved {out}: resnet18-quarter")
     assert "top-5" in shown[-1]
     assert len(shown) == 5
+
+
+def test_a_run_too_short_to_learn_says_so(tiny_image_folder, tmp_path, cache):
+    out = tmp_path / "t.pt"
+    args = teacher_args(tiny_image_folder, out, "--recipe", "quick", "--epochs", "2", cache=cache)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    warnings = [ln for ln in lines(result.output) if ln.startswith("warning")]
+    assert len(warnings) == 1, result.output
+    said = r"only \d+ optimizer steps .*raise --epochs or lower --batch-size"
+    assert re.search(said, warnings[0])
 
 
 def test_a_run_writes_its_metrics_beside_the_checkpoint(trained):
