@@ -4,17 +4,28 @@ columns when the output is a file or a pipe (log lines must stay whole for grep 
 
 from __future__ import annotations
 
+import os
 import sys
 
 from rich.console import Console
 
 from distill import distributed
 
+# Tables are laid out to the console's width; rich assumes 80 for a pipe and would squeeze a
+# bench table's columns to "onnxr…". A table only takes the width it needs.
+PIPE_WIDTH = 240
+
 
 def make_console(quiet: bool = False, stderr: bool = False) -> Console:
     """A console that prints on rank 0 only, and nothing at all when `quiet`."""
+    stream = sys.stderr if stderr else sys.stdout
+    piped = not stream.isatty() and "COLUMNS" not in os.environ
     return Console(
-        stderr=stderr, soft_wrap=True, quiet=quiet or not distributed.is_main(), highlight=False
+        stderr=stderr,
+        soft_wrap=True,
+        quiet=quiet or not distributed.is_main(),
+        highlight=False,
+        width=PIPE_WIDTH if piped else None,
     )
 
 

@@ -12,10 +12,10 @@ import json
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from distill.console import make_console
 from distill.errors import exits_on_user_error
 from distill.flags import Flags, Group, with_settings
 from distill.settings import ExportSettings
@@ -26,8 +26,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(soft_wrap=True)  # long result lines stay whole for copy-paste
-err_console = Console(stderr=True)
+console = make_console()
+err_console = make_console(stderr=True)
 
 
 @app.callback()

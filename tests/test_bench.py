@@ -289,6 +289,7 @@ def test_cli_prints_table_and_writes_json(model, tmp_path):
     assert result.exit_code == 0, result.output
     assert "onnxruntime" in result.output and "x PyTorch eager fp32" in result.output
     assert "spinning off" in result.output
+    assert "…" not in result.output  # not a terminal: the table's cells are not cut to 80 columns
     record = json.loads(out.read_text())
     assert {r["batch_size"] for r in record["results"]} == {1, 2}
 
