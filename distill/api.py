@@ -219,10 +219,7 @@ def export_onnx(
     report = export(
         checkpoint,
         out,
-        int8=settings.int8,
-        fp16=settings.fp16,
-        tta=settings.tta,
-        int8_max_drop=settings.int8_max_drop,
+        **to_dict(settings),  # ExportSettings' fields are export_onnx's keywords
         force=force,
         data=None if data is None else _source(data),
         data_root=None if data_root is None else Path(data_root),

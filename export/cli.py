@@ -19,6 +19,7 @@ from distill.console import make_console
 from distill.errors import exits_on_user_error
 from distill.flags import Flags, Group, with_settings
 from distill.settings import ExportSettings
+from distill.typed import to_dict
 
 app = typer.Typer(
     help="Export checkpoints for deployment.",
@@ -109,10 +110,7 @@ def onnx_cmd(
         report = export_onnx(
             checkpoint,
             out,
-            int8=settings.int8,
-            fp16=settings.fp16,
-            tta=settings.tta,
-            int8_max_drop=settings.int8_max_drop,
+            **to_dict(settings),  # ExportSettings' fields are export_onnx's keywords
             force=force,
             data=data,
             data_root=data_root,
