@@ -26,7 +26,7 @@ def pipeline_settings_table() -> str:
 
     lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
     for key, kind, default, meaning in reference_rows():
-        shown = default if default in ("—", "preset") else f"`{default}`"
+        shown = default if default in ("—", "preset") or default.startswith("_") else f"`{default}`"
         lines.append(f"| `{_cell(key)}` | {_cell(kind)} | {_cell(shown)} | {_cell(meaning)} |")
     return "\n".join(lines)
 

@@ -78,7 +78,7 @@ def _option(group: Group, f, tp: Any) -> tuple[Any, Any]:
     flag = flag_of(f)
     decls = [flag, *([f.metadata["short"]] if f.metadata.get("short") else [])]
     kind = _flag_type(tp)
-    shown = (group.defaults or {}).get(f.name, group.shown_default)
+    shown = (group.defaults or {}).get(f.name, group.shown_default) or f.metadata.get("shown")
     if kind is bool and f.default is False and shown is None:  # a switch: typed means True
         return typer.Option(False, *decls, help=help_text, show_default=False), bool
     if kind is bool:

@@ -399,10 +399,10 @@ class ExportSettings:
 class BenchSettings:
     batch_sizes: tuple[int, ...] = setting((1, 32, 256), "Batch sizes to time.")
     seconds: float = setting(2.0, "Timed seconds per engine and batch size, at least.")
-    threads: int | None = setting(None, "Threads for every engine (default: physical cores).")
+    threads: int | None = setting(None, "Threads for every engine.", shown="physical cores")
     device: Literal["auto", "cpu", "cuda"] = setting("auto", "auto, cpu or cuda.")
     engines: tuple[str, ...] = setting(
-        (), "Engines to time, e.g. pytorch,onnxruntime,openvino (default: every one installed)."
+        (), "Engines to time, e.g. pytorch,onnxruntime,openvino.", shown="every one installed"
     )
     accuracy: bool = setting(
         True, "Measure each engine's top-1 on the model's validation split too."

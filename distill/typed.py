@@ -30,13 +30,15 @@ def setting(
     cli: bool = True,
     short: str | None = None,
     factory: Callable[[], Any] | None = None,
+    shown: str | None = None,
 ) -> Any:
     """A dataclass field with its help text and command-line flag (default: --field-name).
 
     `cli=False` keeps a field out of the generated command-line options (set by recipes, TOML
-    and checkpoints only).
+    and checkpoints only). `shown` says what an empty default means ("physical cores"), in
+    `--help` and the README's settings table.
     """
-    meta = {"help": help, "flag": flag, "cli": cli, "short": short}
+    meta = {"help": help, "flag": flag, "cli": cli, "short": short, "shown": shown}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)

@@ -234,7 +234,8 @@ def to_toml(s: PipelineSettings) -> str:
 
 
 def reference_rows() -> list[tuple[str, str, str, str]]:
-    """(key, type, default, meaning) for every pipeline TOML key: the README's table."""
+    """(key, type, default, meaning) for every pipeline TOML key: the README's table. A default
+    is a TOML value, or a description in italics (_the recipe's_), or "—" for none."""
     from distill.typed import type_name  # one description of each type
 
     rows = []
@@ -252,8 +253,8 @@ def reference_rows() -> list[tuple[str, str, str, str]]:
             if dataclasses.is_dataclass(tp):
                 walk(tp, f"{prefix}{f.name}.", default_of)
                 continue
-            if default_of is not None:
-                default = default_of
+            if default_of is not None or f.metadata.get("shown"):
+                default = f"_{default_of or f.metadata['shown']}_"
             elif f.default is dataclasses.MISSING or f.default is None:
                 default = "—"
             else:
