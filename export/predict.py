@@ -15,9 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
-from distill.data.images import read_image
+from distill.data.images import is_image_name, read_image
 from distill.errors import UserError
 from export.engines import open_engine
 from export.metadata import read_metadata
@@ -45,7 +44,6 @@ class Prediction:
 def image_files(paths: Sequence[str | os.PathLike]) -> list[Path]:
     """Files as given, and every visible file under each folder (sorted); a folder's non-image
     files are skipped by extension, a file named explicitly must be an image."""
-    known = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
@@ -53,7 +51,7 @@ def image_files(paths: Sequence[str | os.PathLike]) -> list[Path]:
                 f
                 for f in p.rglob("*")
                 if f.is_file()
-                and f.suffix.lower() in known
+                and is_image_name(f)
                 and not any(part.startswith(".") for part in f.relative_to(p).parts)
             )
             if not found:

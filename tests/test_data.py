@@ -170,19 +170,25 @@ def test_image_folder_modes_sizes_hidden_files(tmp_path):
         assert ds.classes[labels[match]] == cls
 
 
-@pytest.mark.parametrize(
-    "name, content",
-    [("notes.txt", b"not an image"), ("broken.png", None)],
-)
-def test_non_image_file_is_named(tmp_path, name, content):
+def test_a_broken_image_is_named(tmp_path):
     root = write_image_folder(tmp_path / "imgs", ("x", "y"), {"train": 3})
-    bad = root / "train" / "y" / name
-    if content is None:  # a real PNG cut in half
-        good = (root / "train" / "y" / "000.png").read_bytes()
-        content = good[: len(good) // 2]
-    bad.write_bytes(content)
+    bad = root / "train" / "y" / "broken.png"
+    good = (root / "train" / "y" / "000.png").read_bytes()
+    bad.write_bytes(good[: len(good) // 2])  # a real PNG cut in half
     with pytest.raises(UserError, match=f"{bad} is not a readable image"):
         load_data(DataSettings(str(root), cache_dir=tmp_path / "cache", val_size=2))
+
+
+def test_files_that_are_not_images_are_skipped_with_a_note(tmp_path, capfd):
+    """As in predict and torchvision's ImageFolder: a Thumbs.db or notes.txt among the images
+    is not an image of the class, and not a reason to stop."""
+    root = write_image_folder(tmp_path / "imgs", ("x", "y"), {"train": 3})
+    (root / "train" / "y" / "notes.txt").write_text("taken in 2019")
+    (root / "train" / "x" / "Thumbs.db").write_bytes(b"\x00" * 64)
+    ds = load_data(DataSettings(str(root), cache_dir=tmp_path / "cache", val_size=2))
+    assert len(ds.train) + len(ds.val) == 6
+    err = capfd.readouterr().err
+    assert "skipped 2 files in class folders that are not images by their extension" in err
 
 
 def test_real_cifar_jpegs(real_cifar_jpegs, tmp_path):

@@ -23,6 +23,17 @@ MAX_PIXELS = 89_478_485
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
+def is_image_name(path: str | os.PathLike) -> bool:
+    """Whether the file's extension is one PIL opens: what a folder of images is made of, for
+    training and prediction alike (a Thumbs.db or notes.txt beside the images is not one)."""
+    return Path(path).suffix.lower() in _OPENABLE
+
+
+_OPENABLE = frozenset(
+    ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN
+)
+
+
 def read_image(path: str | os.PathLike, size: tuple[int, int]) -> np.ndarray:
     """uint8 [H, W, 3] RGB of `path`, resized to `size` (H, W) where it differs.
 

@@ -10,7 +10,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from distill.console import note
 from distill.data.cifar import DATASET_NAMES, cifar_layout
+from distill.data.images import is_image_name
 from distill.errors import UserError
 from distill.settings import DataSettings
 
@@ -118,6 +120,7 @@ def scan_image_folder(root: Path) -> Source:
     index = {name: i for i, name in enumerate(classes)}
     split_files, split_labels = [], []
     size, newest = 0, os.stat(root).st_mtime_ns
+    skipped: list[Path] = []
     for split, split_root in (("train", train_root), ("test", test_root)):
         if split_root is None:
             continue
@@ -132,7 +135,9 @@ def scan_image_folder(root: Path) -> Source:
                     f"test class folder {e.path} has no train/{e.name}; rename it to one of "
                     f"the training classes or remove it"
                 )
-            found, found_size, found_newest = _files_under(e.path)
+            listed, found_size, found_newest = _files_under(e.path)
+            found = [f for f in listed if is_image_name(f)]
+            skipped += [f for f in listed if not is_image_name(f)]
             if not found and split == "train":
                 raise UserError(f"class folder {e.path} holds no images; add images or remove it")
             files += found
@@ -145,6 +150,11 @@ def scan_image_folder(root: Path) -> Source:
             )
         split_files.append((split, tuple(files)))
         split_labels.append(tuple(labels))
+    if skipped:
+        note(
+            f"skipped {len(skipped)} file{'s' * (len(skipped) != 1)} in class folders that "
+            f"are not images by their extension (e.g. {skipped[0]})"
+        )
     count = sum(len(f) for _, f in split_files)
     fingerprint = f"files={count};bytes={size};mtime={newest};classes={digest('/'.join(classes))}"
     return Source(
