@@ -69,7 +69,7 @@ def cuda_problem() -> str | None:
     an error).
     """
     if not torch.cuda.is_available():
-        return "PyTorch sees no CUDA GPU here"
+        return "PyTorch sees no CUDA GPU on this machine"
     cpu_pkg, gpu_pkg = _installed("onnxruntime"), _installed("onnxruntime-gpu")
     if cpu_pkg and gpu_pkg:
         return (
@@ -105,7 +105,7 @@ def resolve_device(device: str, say: Callable[[str], None] | None = None) -> str
         return "cuda"
     if device == "cuda":
         raise UserError(
-            f"--device cuda cannot run onnxruntime here: {problem}; or use --device cpu"
+            f"--device cuda cannot run onnxruntime: {problem}; or use --device cpu"
         )
     if say is not None and torch.cuda.is_available():
         say(f"onnxruntime runs on the CPU: {problem}")
