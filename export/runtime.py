@@ -104,9 +104,7 @@ def resolve_device(device: str, say: Callable[[str], None] | None = None) -> str
     if problem is None:
         return "cuda"
     if device == "cuda":
-        raise UserError(
-            f"--device cuda cannot run onnxruntime: {problem}; or use --device cpu"
-        )
+        raise UserError(f"--device cuda cannot run onnxruntime: {problem}; or use --device cpu")
     if say is not None and torch.cuda.is_available():
         say(f"onnxruntime runs on the CPU: {problem}")
     return "cpu"

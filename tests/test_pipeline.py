@@ -134,6 +134,8 @@ def test_changing_student_epochs_redoes_students_and_what_follows(finished_run, 
     assert "teacher: up to date, skipped" in result.output
     for stage in STAGES[1:]:
         assert f"{stage}: redoing" in result.output, stage
+    rules = [line for line in result.output.splitlines() if line.startswith("─")]
+    assert rules and all(len(line) <= 80 for line in rules)  # a divider in a log stays short
     assert (copy / "teacher.pt").read_bytes() == teacher_before
     assert len(load_checkpoint(copy / "student.pt")["history"]) == 2
 

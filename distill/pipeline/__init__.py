@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from rich.console import Console
+from rich.rule import Rule
 
 from distill import distributed
 from distill.console import make_console
@@ -91,7 +92,9 @@ def _run_stages(stages: Iterable[Stage], state: PipelineState | None, console: C
         resume = action == "resume"
         if why:
             console.print(f"[yellow]{stage.name}: {why}[/]")
-        console.rule(f"[bold]{stage.name}")
+        # The terminal's width, or 80 in a log: tables there may be wider, a divider need not be.
+        width = console.width if console.is_terminal else 80
+        console.print(Rule(f"[bold]{stage.name}"), width=width)
         prior = state.stages.get(stage.name, {}).get("seconds", 0.0) if resume and state else 0.0
         if state is not None:
             _record(state, stage, fp, "running", prior)
