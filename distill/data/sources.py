@@ -136,8 +136,9 @@ def scan_image_folder(root: Path) -> Source:
                     f"the training classes or remove it"
                 )
             listed, found_size, found_newest = _files_under(e.path)
-            found = [f for f in listed if is_image_name(f)]
-            skipped += [f for f in listed if not is_image_name(f)]
+            found = []
+            for f in listed:
+                (found if is_image_name(f) else skipped).append(f)
             if not found and split == "train":
                 raise UserError(f"class folder {e.path} holds no images; add images or remove it")
             files += found

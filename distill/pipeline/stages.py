@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -182,20 +183,20 @@ def _export_stage(source: Path, s: PipelineSettings, console: Console) -> Stage:
             data=s.data.source,
             data_root=s.data.data_root,
             cache_dir=s.data.cache_dir,
-            tta=e.tta,
-            int8_max_drop=e.int8_max_drop,
             force=True,
             stage=lambda msg: console.print(f"  {msg}"),
         )
-        rep = export_onnx(source, fp32, **kw)
-        fp32_bytes = rep.size_bytes
+        # ExportSettings' fields are export_onnx's keywords; the fp32 file is neither precision.
+        rep = export_onnx(source, fp32, **to_dict(replace(e, int8=False, fp16=False)), **kw)
         console.print(
             f"  {fp32.name}: parity max |diff| {rep.parity.max_abs_diff:.2e}, "
             f"top-1 agreement {rep.parity.top1_agreement:.2%}"
         )
         if extra is not None:
-            q = export_onnx(source, outputs[1], int8=e.int8, fp16=e.fp16, **kw)
-            line = f"  {outputs[1].name}: {q.size_bytes / 1e6:.1f} MB vs {fp32_bytes / 1e6:.1f} MB"
+            q = export_onnx(source, outputs[1], **to_dict(e), **kw)
+            line = (
+                f"  {outputs[1].name}: {q.size_bytes / 1e6:.1f} MB vs {rep.size_bytes / 1e6:.1f} MB"
+            )
             if q.accuracy is not None and q.fp32_accuracy is not None:
                 line += f"; val top-1 {q.accuracy:.2%} vs fp32 {q.fp32_accuracy:.2%}"
                 line += f" on {q.eval_images} images"
