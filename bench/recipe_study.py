@@ -23,13 +23,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from distill.api import train_teacher
 from distill.checkpoint import load_checkpoint
 from distill.data import DataSettings, load_data
 from distill.evaluation import evaluate_file
 from distill.recipes import make_recipe
 from distill.settings import KDSettings, RunSettings
 from distill.student import train_student
-from distill.supervised import train_on_labels
 
 ARCH = "resnet18-quarter"
 
@@ -108,7 +108,8 @@ def main() -> None:
         if not path.exists():
             recipe = make_recipe("quick", epochs=args.teacher_epochs, label_smoothing=smoothing)
             started = time.perf_counter()
-            train_on_labels(ARCH, data, recipe, RunSettings(path, "cpu", quiet=True))
+            run = RunSettings(out=path, device="cpu", quiet=True)
+            train_teacher(ARCH, data, recipe=recipe, run=run)
             print(f"teacher {kind}: {time.perf_counter() - started:.0f} s")
         teachers[kind] = path
         acc = load_checkpoint(path)["metrics"]["val_accuracy"]
@@ -125,10 +126,10 @@ def main() -> None:
             changes = dict(changes)
             published = changes.pop("published_dkd", False)
             recipe = make_recipe("quick", epochs=args.epochs, **changes)
-            run = RunSettings(out, "cpu", seed=seed, quiet=True, force=True)
+            run = RunSettings(out=out, device="cpu", seed=seed, quiet=True, force=True)
             started = time.perf_counter()
             if kd is None:
-                ckpt = train_on_labels(ARCH, data, recipe, run, kind="student")
+                ckpt = train_teacher(ARCH, data, recipe=recipe, run=run, kind="student")
             else:
                 if published:  # mdistiller's warm-up: 20 of 240 epochs, the same share here
                     kd = replace(kd, warmup_epochs=args.epochs * 20 / 240)

@@ -19,17 +19,20 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import fields
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from rich.console import Console
 from torch import nn
 
 from distill.budget import DEFAULT_BUDGET, parse_budget
 from distill.console import make_console
+from distill.data import Dataset
 from distill.errors import UserError
 from distill.settings import (
+    BenchSettings,
     DataSettings,
     ExportSettings,
     KDSettings,
@@ -38,10 +41,20 @@ from distill.settings import (
     RunSettings,
     build,
     data_for_model,
-    to_dict,
 )
 
-__all__ = ["evaluate", "export_onnx", "load_model", "prune", "train_student", "train_teacher"]
+if TYPE_CHECKING:
+    from export.onnx import ExportReport
+
+__all__ = [
+    "bench",
+    "evaluate",
+    "export_onnx",
+    "load_model",
+    "prune",
+    "train_student",
+    "train_teacher",
+]
 
 PathLike = str | os.PathLike
 
@@ -73,99 +86,128 @@ def load_model(path: PathLike) -> nn.Module:
 
 def train_teacher(
     arch: str,
-    data: PathLike,
+    data: PathLike | DataSettings | Dataset,
     out: PathLike | None = None,
     *,
     recipe: str | Recipe = "standard",
+    run: RunSettings | None = None,
+    kind: str = "teacher",
     quiet: bool = True,
+    console: Console | None = None,
+    provenance: Mapping[str, Any] | None = None,
+    stop_after_steps: int | None = None,
     **overrides: Any,
 ) -> dict[str, Any]:
-    """Train `arch` on the labels of `data` (cifar10, cifar100 or a folder); return its
-    checkpoint, also written to `out` when given (with `NAME.metrics.csv` beside it).
+    """Train `arch` on the labels of `data` (cifar10, cifar100, a folder, or settings); return
+    its checkpoint, also written to `out` when given (with `NAME.metrics.csv` beside it).
 
-    A teacher is label-smoothed as its recipe says for teachers (`teacher_label_smoothing`:
-    none for `standard`, 0.1 for `quick`) unless `label_smoothing=` says otherwise, as with
-    `distill teacher train`.
+    `recipe` by name is resolved here, with the overrides: a teacher (`kind="teacher"`) is
+    label-smoothed as its recipe says for teachers (`teacher_label_smoothing`: none for
+    `standard`, 0.1 for `quick`) unless `label_smoothing=` says otherwise; `kind="student"` is
+    a label-only baseline on the recipe as it is. A `Recipe` is taken as it is. `run`: the run
+    settings whole (the CLI's and the pipeline's), else built from `out`, `quiet` and overrides.
+    `provenance`: the pipeline stage that asked (recorded in the checkpoint);
+    `stop_after_steps` simulates a Ctrl-C after that many steps (tests of resume).
     """
-    from distill.recipes import teacher_recipe
-    from distill.supervised import train_on_labels
+    from distill.data import load_data
+    from distill.device import seed_everything
+    from distill.recipes import make_recipe, teacher_recipe
+    from distill.registry import create_model, get_entry
+    from distill.runs import training_run
+    from distill.train import fit
 
     given = _split(
         overrides, "train_teacher", recipe=RECIPE_FIELDS, data=DATA_FIELDS, run=RUN_FIELDS
     )
-    run = _run(out, quiet, given["run"])
-    resolved = teacher_recipe(recipe, **given["recipe"])
-    settings = build(DataSettings, {"source": _source(data), **given["data"]})
-    return train_on_labels(arch, settings, resolved, run, console=_console(quiet))
+    run = _run(out, quiet, given["run"], run)
+    resolve = teacher_recipe if kind == "teacher" and isinstance(recipe, str) else make_recipe
+    resolved = resolve(recipe, **given["recipe"])
+    settings = _data(data, given["data"])
+    with training_run(run, lambda: get_entry(arch)):
+        dataset = settings if isinstance(settings, Dataset) else load_data(settings)
+        seed_everything(run.seed)
+        return fit(
+            create_model(arch, dataset.num_classes),
+            dataset,
+            resolved,
+            run,
+            kind=kind,
+            arch=arch,
+            meta={"pipeline": dict(provenance)} if provenance else None,
+            console=console or _console(run.quiet),
+            stop_after_steps=stop_after_steps,
+        )
 
 
 def train_student(
     teacher: PathLike | Sequence[PathLike],
     arch: str,
-    data: PathLike | None = None,
+    data: PathLike | DataSettings | Dataset | None = None,
     out: PathLike | None = None,
     *,
     budget: str | int = DEFAULT_BUDGET,
     kd: str | Mapping[str, Any] | KDSettings | None = None,
     recipe: str | Recipe = "standard",
+    run: RunSettings | None = None,
     quiet: bool = True,
+    console: Console | None = None,
+    provenance: Mapping[str, Any] | None = None,
+    stop_after_steps: int | None = None,
     **overrides: Any,
 ) -> dict[str, Any]:
     """Distil `arch` from `teacher` (a checkpoint path, or several: the mean of their logits);
     return the student's checkpoint, also written to `out` when given.
 
-    `data` defaults to the teacher's data and split. `budget` (e.g. "5M") is checked before the
-    first step. `kd`: "hinton" or "dkd", a mapping of KDSettings fields
-    (`{"method": "dkd", "beta": 4}`), or a KDSettings; None: KDSettings' defaults (Hinton).
+    `data` defaults to the teacher's data and split; overrides of data fields apply to it.
+    `budget` (e.g. "5M") is checked before the first step. `kd`: "hinton" or "dkd", a mapping of
+    KDSettings fields (`{"method": "dkd", "beta": 4}`), or a KDSettings; None: KDSettings'
+    defaults (Hinton). `recipe`, `run`, `provenance`, `stop_after_steps` as in `train_teacher`.
     """
-    from distill.checkpoint import load_checkpoint
-    from distill.recipes import make_recipe
     from distill.student import train_student as distil
 
     given = _split(
         overrides, "train_student", recipe=RECIPE_FIELDS, data=DATA_FIELDS, run=RUN_FIELDS
     )
     paths = _paths(teacher, "teacher")
-    run = _run(out, quiet, given["run"])
-    first = load_checkpoint(paths[0])  # the split defaults to the teacher's own
-    settings = data_for_model(
-        first.get("data") or {}, _with_source(given["data"], data), f"teacher {paths[0]}"
-    )
+    run = _run(out, quiet, given["run"], run)
     return distil(
         arch,
         paths,
-        settings,
-        make_recipe(recipe, **given["recipe"]),
+        _model_data(paths[0], f"teacher {paths[0]}", data, given["data"]),
+        _recipe(recipe, given["recipe"]),
         run,
         _kd(kd),
         parse_budget(budget),
-        console=_console(quiet),
+        console=console or _console(run.quiet),
+        stop_after_steps=stop_after_steps,
+        provenance=dict(provenance) if provenance else None,
     )
 
 
 def prune(
     model: PathLike,
-    budget: str | int,
-    out: PathLike,
+    budget: str | int | PruneSettings,
+    out: PathLike | None = None,
     *,
     teacher: PathLike | Sequence[PathLike] | None = None,
-    data: PathLike | None = None,
+    data: PathLike | DataSettings | Dataset | None = None,
     kd: str | Mapping[str, Any] | KDSettings | None = None,
     recipe: str | Recipe = "standard",
+    run: RunSettings | None = None,
     quiet: bool = True,
+    console: Console | None = None,
+    provenance: Mapping[str, Any] | None = None,
     **overrides: Any,
 ) -> dict[str, Any]:
     """Prune the checkpoint `model` to `budget` parameters, distilling from `teacher` (default:
     the unpruned model itself) between steps and while it recovers; return the pruned
     checkpoint, written to `out`.
 
-    Overrides: PruneSettings fields (`steps`, `epochs_per_step`, `importance`, `round_to`, and
-    `epochs`: the recovery epochs), then recipe, data and run fields, as `distill prune` takes
-    them. `kd` as in `train_student`.
+    `budget`: "2.5M", or PruneSettings whole. Overrides: PruneSettings fields (`steps`,
+    `epochs_per_step`, `importance`, `round_to`, and `epochs`: the recovery epochs), then
+    recipe, data and run fields, as `distill prune` takes them. `kd` as in `train_student`.
     """
-    from distill.checkpoint import load_checkpoint
     from distill.pruning import prune_checkpoint
-    from distill.recipes import make_recipe
 
     prune_fields = tuple(
         f.name for f in fields(PruneSettings) if f.name not in ("budget", "enabled")
@@ -178,54 +220,113 @@ def prune(
         data=DATA_FIELDS,
         run=RUN_FIELDS,
     )
-    if out is None:
+    if isinstance(budget, PruneSettings):
+        settings = replace(budget, **given["prune"]) if given["prune"] else budget
+    else:
+        settings = build(PruneSettings, {"budget": _budget_text(budget), **given["prune"]})
+    if not settings.budget:
+        raise UserError("no budget given; pass the pruned model's budget, e.g. --budget 2.5M")
+    run = _run(out, quiet, given["run"], run)
+    if run.out is None:
         raise UserError("prune writes a checkpoint: pass out, e.g. out='runs/p.pt'")
-    settings = build(PruneSettings, {"budget": _budget_text(budget), **given["prune"]})
-    run = _run(out, quiet, given["run"])
-    src = load_checkpoint(model)
     return prune_checkpoint(
         model,
         settings,
-        data=data_for_model(src.get("data") or {}, _with_source(given["data"], data), str(model)),
-        recipe=make_recipe(recipe, **given["recipe"]),
+        data=_model_data(Path(model), str(model), data, given["data"]),
+        recipe=_recipe(recipe, given["recipe"]),
         run=run,
         kd=_kd(kd),
-        teacher_paths=_paths(teacher, "teacher") if teacher is not None else [],
-        console=_console(quiet),
+        teacher_paths=_paths(teacher, "teacher") if teacher else [],
+        console=console or _console(run.quiet),
+        provenance=dict(provenance) if provenance else None,
     )
 
 
 def export_onnx(
     checkpoint: PathLike,
     out: PathLike | None = None,
+    settings: ExportSettings | None = None,
     *,
     force: bool = False,
     data: PathLike | None = None,
     data_root: PathLike | None = None,
     cache_dir: PathLike | None = None,
+    reduce_range: bool | None = None,
+    stage: Callable[[str], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
     **options: Any,
-) -> dict[str, Any]:
+) -> ExportReport:
     """Export `checkpoint` to one checked ONNX file (default beside it: s.pt -> s.onnx,
-    s.int8.onnx, s.fp16.onnx); return the export's record (path, parity with PyTorch, accuracy,
-    metadata).
+    s.int8.onnx, s.fp16.onnx); return the export's report (path, parity with PyTorch, accuracy,
+    metadata; `to_dict(report)` for plain values).
 
-    Options are ExportSettings fields: `int8=True`, `fp16=True`, `tta=True`, `int8_max_drop=`.
-    `data`: where the model's data is, when not where its checkpoint recorded it.
+    `settings` whole, or its fields as options: `int8=True`, `fp16=True`, `tta=True`,
+    `int8_max_drop=`. `data`: where the model's data is, when not where its checkpoint
+    recorded it. `reduce_range`: the int8 weight range (None: decided for this CPU).
+    `stage`/`progress`: callbacks for what is being done and how far.
     """
     from export.onnx import export_onnx as export
 
     given = _split(options, "export_onnx", export=tuple(f.name for f in fields(ExportSettings)))
-    settings = build(ExportSettings, given["export"])
-    report = export(
+    if settings is None:
+        settings = build(ExportSettings, given["export"])
+    elif given["export"]:
+        settings = replace(settings, **given["export"])
+    return export(
         checkpoint,
         out,
-        **to_dict(settings),  # ExportSettings' fields are export_onnx's keywords
+        settings,
         force=force,
         data=None if data is None else _source(data),
         data_root=None if data_root is None else Path(data_root),
         cache_dir=None if cache_dir is None else Path(cache_dir),
+        reduce_range=reduce_range,
+        stage=stage,
+        progress=progress,
     )
-    return to_dict(report)
+
+
+def bench(
+    model: PathLike,
+    settings: BenchSettings | None = None,
+    *,
+    checkpoint: PathLike | None = None,
+    int8: PathLike | None = None,
+    data: PathLike | None = None,
+    data_root: PathLike | None = None,
+    cache_dir: PathLike | None = None,
+    progress: Callable[[str], None] | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """Latency, images/s, accuracy and GFLOP/s of every engine and precision for an .onnx (or
+    a .pt), measured in one run in alternating blocks; return the record.
+
+    `settings` whole, or BenchSettings fields as options (`batch_sizes=(1, 32)`, `device=`,
+    `threads=`, `engines=`, `accuracy=`, `seconds=`).
+    """
+    from export.bench import benchmark
+    from export.timing import Timing
+
+    given = _split(options, "bench", bench=tuple(f.name for f in fields(BenchSettings)))
+    if settings is None:
+        settings = build(BenchSettings, given["bench"])
+    elif given["bench"]:
+        settings = replace(settings, **given["bench"])
+    return benchmark(
+        Path(model),
+        settings.batch_sizes,
+        settings.device,
+        settings.threads,
+        checkpoint=None if checkpoint is None else Path(checkpoint),
+        engines=list(settings.engines) or None,
+        int8=None if int8 is None else Path(int8),
+        accuracy=settings.accuracy,
+        data=None if data is None else _source(data),
+        data_root=None if data_root is None else Path(data_root),
+        cache_dir=None if cache_dir is None else Path(cache_dir),
+        timing=Timing(min_seconds=settings.seconds),
+        progress=progress,
+    )
 
 
 def evaluate(
@@ -278,16 +379,24 @@ def _split(
     return out
 
 
-def _run(out: PathLike | None, quiet: bool, given: Mapping[str, Any]) -> RunSettings:
+def _run(
+    out: PathLike | None,
+    quiet: bool,
+    given: Mapping[str, Any],
+    run: RunSettings | None = None,
+) -> RunSettings:
     from distill.run_log import check_tensorboard
 
-    run = build(RunSettings, {"out": out, "quiet": quiet, **given})
+    if run is None:
+        run = build(RunSettings, {"out": out, "quiet": quiet, **given})
+    elif given or out is not None:
+        run = replace(run, **given, **({"out": Path(out)} if out is not None else {}))
     if run.tensorboard is not None:
         check_tensorboard()  # before any data is decoded or a lock taken
     return run
 
 
-def _console(quiet: bool):
+def _console(quiet: bool) -> Console:
     # Progress and epoch lines go to stderr: stdout belongs to the caller's program.
     return make_console(quiet, stderr=True)
 
@@ -296,6 +405,34 @@ def _source(data: PathLike) -> str:
     if not isinstance(data, (str, os.PathLike)) or not str(data):
         raise UserError(f"data must be cifar10, cifar100 or a folder, got {data!r}")
     return str(data)
+
+
+def _data(data: Any, given: Mapping[str, Any]) -> DataSettings | Dataset:
+    """Data settings from a source (and overrides), or the settings or dataset given whole."""
+    if isinstance(data, Dataset):
+        return data
+    if isinstance(data, DataSettings):
+        return replace(data, **given) if given else data
+    return build(DataSettings, {"source": _source(data), **given})
+
+
+def _model_data(
+    path: Path, what: str, data: Any, given: Mapping[str, Any]
+) -> DataSettings | Dataset:
+    """A model's own data and split (a teacher's, a model to prune) unless told otherwise:
+    a student validates on its teacher's validation split, never on its training images."""
+    if isinstance(data, (DataSettings, Dataset)):
+        return _data(data, given)
+    from distill.checkpoint import load_checkpoint
+
+    recorded = load_checkpoint(path).get("data") or {}
+    return data_for_model(recorded, _with_source(given, data), what)
+
+
+def _recipe(recipe: str | Recipe, given: Mapping[str, Any]) -> Recipe:
+    from distill.recipes import make_recipe
+
+    return make_recipe(recipe, **given) if given or isinstance(recipe, str) else recipe
 
 
 def _with_source(given: Mapping[str, Any], data: PathLike | None) -> dict[str, Any]:

@@ -14,7 +14,7 @@ RECIPES: dict[str, Recipe] = {
     r.name: r
     for r in (
         Recipe(
-            "adam-onecycle",
+            name="adam-onecycle",
             epochs=30,
             batch_size=256,
             lr=0.01,
@@ -25,7 +25,7 @@ RECIPES: dict[str, Recipe] = {
             augment=CROP_FLIP,
         ),
         Recipe(
-            "sgd-lookahead-cutmix",
+            name="sgd-lookahead-cutmix",
             epochs=200,
             batch_size=128,
             lr=0.1,
@@ -35,9 +35,9 @@ RECIPES: dict[str, Recipe] = {
             early_stop_patience=20,
             augment=AugmentSettings(crop_pad=4, flip=True, cutmix=1.0),
         ),
-        Recipe("sgd-cosine", epochs=200, batch_size=128, lr=0.1, augment=CROP_FLIP),
+        Recipe(name="sgd-cosine", epochs=200, batch_size=128, lr=0.1, augment=CROP_FLIP),
         Recipe(
-            "sgd-plateau",
+            name="sgd-plateau",
             epochs=200,
             batch_size=128,
             lr=0.01,
@@ -47,7 +47,7 @@ RECIPES: dict[str, Recipe] = {
             augment=AugmentSettings(crop_pad=0, flip=True, resized_crop=True),
         ),
         Recipe(
-            "adam-step-mixup",
+            name="adam-step-mixup",
             epochs=300,
             batch_size=64,
             lr=0.01,
@@ -64,7 +64,7 @@ RECIPES: dict[str, Recipe] = {
         # the same probability and erases the relative non-target information KD transfers
         # (Mueller, Kornblith & Hinton 2019). Not measured here: no GPU has run it yet.
         Recipe(
-            "standard",
+            name="standard",
             epochs=200,
             batch_size=512,
             lr=0.2,
@@ -83,7 +83,7 @@ RECIPES: dict[str, Recipe] = {
         # against 60.6% from an unsmoothed one (labels only: 59.9%), the opposite of the long-run
         # result above: the README's "What each choice is worth".
         Recipe(
-            "quick",
+            name="quick",
             epochs=4,
             batch_size=256,
             lr=0.2,

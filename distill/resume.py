@@ -90,7 +90,11 @@ def check_same_run(saved: dict[str, Any], current: dict[str, Any], state_file: P
         if key == "recipe" and isinstance(old, dict):
             changed = {k for k in set(old) | set(value) if old.get(k) != value.get(k)}
             if changed and changed <= set(RESUMABLE_CHANGES):
-                notes.append(f"resuming with lr {value['lr']:g} instead of {old['lr']:g}")
+                world = int(current.get("world_size") or 1)
+                new_peak = Recipe.from_dict(value).peak_lr(world)
+                old_peak = Recipe.from_dict(old).peak_lr(world)
+                way = "lowering" if new_peak < old_peak else "raising"
+                notes.append(f"{way} the peak lr from {old_peak:.3g} to {new_peak:.3g}")
                 continue
         if key == "world_size" and old != value:
             raise UserError(
@@ -162,9 +166,8 @@ def restore(t: Trainer, state_file: Path | None, identity: dict[str, Any], conso
 def continue_with_new_lr(t: Trainer, saved_recipe: dict[str, Any]) -> None:
     """A run resumed with another lr (after a divergence) continues its schedule from the new
     peak: every lr the schedule gives is scaled by new peak / old peak."""
-    global_batch = t.recipe.batch_size * distributed.world_size()
-    old = Recipe.from_dict(saved_recipe).lr_at(global_batch)
-    ratio = t.recipe.lr_at(global_batch) / old
+    world = distributed.world_size()
+    ratio = t.recipe.peak_lr(world) / Recipe.from_dict(saved_recipe).peak_lr(world)
     if ratio == 1:
         return
     for group in t.optimizer.param_groups:

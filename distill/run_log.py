@@ -130,8 +130,7 @@ def announce(
     console.print(
         f"training on {len(data.train):,} images (val {len(data.val):,}): {recipe.name} recipe, "
         f"{recipe.epochs} epochs x {len(t.loader)} steps of {recipe.batch_size * world} images, "
-        f"peak lr {recipe.lr_at(recipe.batch_size * world):.3g}, {where}, {t.precision.name}"
-        + start
+        f"peak lr {recipe.peak_lr(world):.3g}, {where}, {t.precision.name}" + start
     )
     steps = recipe.epochs * len(t.loader)
     if steps < FEW_STEPS:

@@ -150,8 +150,10 @@ class Recipe:
     )
     lr: float = setting(
         0.1,
-        "Peak learning rate at the global batch of this run. Without it the recipe's lr is "
-        "scaled to the global batch (linearly for SGD, by the square root for Adam).",
+        "Peak learning rate of this run's global batch (batch size x processes), given as a "
+        "flag, a TOML key or a Python keyword alike. Not given: the recipe's lr, scaled from "
+        "the batch it was tuned at to the global batch (linearly for SGD, by the square root "
+        "for Adam).",
     )
     lr_batch: int = setting(
         0, "Global batch at which `lr` was tuned (0: the recipe's batch_size).", cli=False
@@ -224,6 +226,12 @@ class Recipe:
         if self.lr_batch == 0:  # the recipe's lr was tuned at its own batch size
             object.__setattr__(self, "lr_batch", self.batch_size)
 
+    def peak_lr(self, world_size: int = 1) -> float:
+        """The one meaning of a run's lr: the optimizer's peak for this run's global batch.
+        The optimizer, the plan line, the metrics, the resume note and the divergence hint all
+        read it from here."""
+        return self.lr_at(self.batch_size * world_size)
+
     def lr_at(self, global_batch: int) -> float:
         """The peak lr for `global_batch` images per step: the usual scaling rules that keep the
         update size comparable (linear for SGD, square root for Adam)."""
@@ -239,16 +247,23 @@ class Recipe:
         return build(cls, d, label=lambda n: f"recipe.{n}", unknown="ignore")
 
 
-def override_recipe(recipe: Recipe, given: Mapping[str, Any], world_size: int = 1) -> Recipe:
-    """`recipe` with the fields in `given` (flags or a TOML table) replaced.
+def override_recipe(
+    recipe: Recipe,
+    given: Mapping[str, Any],
+    world_size: int = 1,
+    label: Callable[[str], str] | None = None,
+) -> Recipe:
+    """`recipe` with the fields in `given` (flags, a TOML table or Python keywords) replaced: the
+    one way every entry point resolves a recipe, so an lr means the same from each.
 
     An explicit lr is the lr of this run's global batch (batch_size x world_size); without one,
     a new batch size keeps the recipe's `lr_batch`, so the lr follows the global batch.
+    `label` names a field in messages as the user wrote it (default: its flag).
     """
     values = {k: v for k, v in given.items() if v is not None}
     if "lr" in values and "lr_batch" not in values:
         values["lr_batch"] = values.get("batch_size", recipe.batch_size) * world_size
-    return build(Recipe, values, base=recipe, label=_flag_label(Recipe))
+    return build(Recipe, values, base=recipe, label=label or _flag_label(Recipe))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -81,13 +81,14 @@ def train_one_epoch(
     sums: Sums,
     *,
     start_step: int = 0,
-    on_step: Callable[[int, Sums, bool], bool] = lambda step, sums, synced: False,
-) -> tuple[int, bool]:
-    """Train steps `start_step`.. of `epoch`, adding to `sums`; return (step reached, stopped).
+    pause: Callable[[int, Sums, bool], bool] = lambda step, sums, synced: False,
+) -> int:
+    """Train steps `start_step`.. of `epoch`, adding to `sums`; return the step reached.
 
-    After every step `on_step(step, sums, synced)` runs; `synced` is True every SYNC_EVERY steps
-    and at the epoch's last, after the loss was read back and checked finite. When `on_step`
-    returns True the epoch stops there (a stop was requested).
+    After every step `pause(step, sums, synced)` may end the call early (to save the state, or
+    to stop); `synced` is True every SYNC_EVERY steps and at the epoch's last, after the loss
+    was read back and checked finite. Calling again from the step reached continues the epoch
+    exactly: each step's batch and augmentation are seeded by (epoch, step).
     """
     t.model.train()
     steps = len(t.loader)
@@ -120,14 +121,69 @@ def train_one_epoch(
         synced = (step + 1) % SYNC_EVERY == 0 or step + 1 == steps
         if synced and not math.isfinite(float(sums.loss) / sums.seen):  # host sync point
             raise _Diverged(epoch, step)
-        if on_step(step + 1, sums, synced):
-            return step + 1, True
-    return steps, False
+        if pause(step + 1, sums, synced):
+            return step + 1
+    return steps
 
 
 class _Diverged(Exception):
     def __init__(self, epoch: int, step: int) -> None:
         self.epoch, self.step = epoch, step
+
+
+class _Watch:
+    """What `fit` watches between steps: the progress bar, a stop request (Ctrl-C, SIGTERM, or
+    a test's step limit) and whether a state save is due. Under several processes the answer
+    is agreed at synced steps, so every rank pauses at the same step."""
+
+    def __init__(
+        self,
+        progress: Any,
+        stop: StopFlag,
+        device: torch.device,
+        steps: int,
+        stop_after_steps: int | None,
+        state: State,
+    ) -> None:
+        self.progress, self.stop, self.device, self.steps = progress, stop, device, steps
+        self.task = progress.add_task("training", total=steps, stats="")
+        self.stop_after_steps = stop_after_steps
+        self.first_step = state.epoch * steps + state.step
+        self.last_save = time.perf_counter()
+        self.stopping = False
+
+    def begin(self, epoch: int, step: int, seen_before: int, epochs: int) -> None:
+        self.epoch, self.seen_before = epoch, seen_before
+        self.epoch_started = time.perf_counter()
+        self.progress.reset(
+            self.task, total=self.steps, completed=step, stats="",
+            description=f"epoch {epoch + 1}/{epochs}",
+        )  # fmt: skip
+
+    def pause(self, step: int, sums: Sums, synced: bool) -> bool:
+        done = self.epoch * self.steps + step - self.first_step
+        limit = self.stop_after_steps
+        wanted = self.stop.requested or (limit is not None and done >= limit)
+        if not synced:  # one process checks every step; several, at syncs only
+            self.stopping = wanted and not distributed.active()
+            return self.stopping
+        stats = stats_text(sums, self.seen_before, self.epoch_started)
+        self.progress.update(self.task, completed=step, stats=stats)
+        due = self._seconds_since_save() > STATE_SAVE_SECONDS and step < self.steps
+        self.stopping, due = distributed.any_rank([wanted, due], self.device)
+        return self.stopping or due
+
+    def save_due(self, final: bool) -> bool:
+        (due,) = distributed.any_rank(
+            [self._seconds_since_save() > STATE_SAVE_SECONDS], self.device
+        )
+        return due and not final
+
+    def saved(self) -> None:
+        self.last_save = time.perf_counter()
+
+    def _seconds_since_save(self) -> float:
+        return time.perf_counter() - self.last_save
 
 
 def _data_key(data: Dataset) -> dict[str, Any]:
@@ -194,60 +250,31 @@ def fit(
     announce(console, t, data, recipe, run, state)
     stop = StopFlag()
     t_start = time.perf_counter()
-    last_save = t_start
     steps = len(t.loader)
-    global_step = state.epoch * steps + state.step
     try:
         with stop.installed(), progress_bar(console) as progress:
-            task = progress.add_task("training", total=steps, stats="")
+            watch = _Watch(progress, stop, device, steps, stop_after_steps, state)
             for epoch in range(state.epoch, recipe.epochs):
                 sums = Sums.zeros(device)
-                first = state.step if epoch == state.epoch else 0
+                step = state.step if epoch == state.epoch else 0
                 if state.sums is not None:  # resuming mid-epoch: keep the epoch's sums whole
                     sums.restore(state.sums)
                     state.sums = None
-                progress.reset(
-                    task, total=steps, completed=first, stats="",
-                    description=f"epoch {epoch + 1}/{recipe.epochs}",
-                )  # fmt: skip
-                t_epoch, seen_before = time.perf_counter(), sums.seen
-
-                def on_step(
-                    step: int,
-                    sums: Sums,
-                    synced: bool,
-                    epoch: int = epoch,
-                    seen_before: int = seen_before,
-                    t_epoch: float = t_epoch,
-                ) -> bool:
-                    nonlocal last_save
-                    done = epoch * steps + step - global_step
-                    wanted = stop.requested or (
-                        stop_after_steps is not None and done >= stop_after_steps
-                    )
-                    if not synced:  # one process checks every step; several, at syncs only
-                        return wanted and not distributed.active()
-                    stats = stats_text(sums, seen_before, t_epoch)
-                    progress.update(task, completed=step, stats=stats)
-                    due = time.perf_counter() - last_save > STATE_SAVE_SECONDS and step < steps
-                    wanted, due = distributed.any_rank([wanted, due], device)
-                    if due and not wanted:
+                watch.begin(epoch, step, sums.seen, recipe.epochs)
+                while step < steps:
+                    try:
+                        step = train_one_epoch(t, epoch, sums, start_step=step, pause=watch.pause)
+                    except _Diverged as d:
+                        raise _diverged(d, t, state_file, recipe) from None
+                    if watch.stopping:
                         save_state(mid_epoch(state, epoch, step, sums))
-                        last_save = time.perf_counter()
-                    return wanted
-
-                try:
-                    reached, stopped = train_one_epoch(
-                        t, epoch, sums, start_step=first, on_step=on_step
-                    )
-                except _Diverged as d:
-                    raise _diverged(d, t, state_file, recipe) from None
-                if stopped:
-                    save_state(mid_epoch(state, epoch, reached, sums))
-                    raise TrainingInterrupted(state_file)
-                seconds = time.perf_counter() - t_epoch
+                        raise TrainingInterrupted(state_file)
+                    if step < steps:  # paused because a state save was due
+                        save_state(mid_epoch(state, epoch, step, sums))
+                        watch.saved()
+                seconds = time.perf_counter() - watch.epoch_started
                 val = evaluate(t.eval_model, val_loader)
-                record = _epoch_record(t, epoch, sums, val, seconds, seen_before)
+                record = _epoch_record(t, epoch, sums, val, seconds, watch.seen_before)
                 state.history.append(record)
                 console.print(epoch_line(record, recipe.epochs))
                 if log is not None:
@@ -255,12 +282,9 @@ def fit(
                 early = _after_validation(t, state, val, epoch)
                 state.epoch, state.step = epoch + 1, 0
                 done = epoch + 1 == recipe.epochs
-                (due,) = distributed.any_rank(
-                    [time.perf_counter() - last_save > STATE_SAVE_SECONDS], device
-                )
-                if due and not done:
+                if watch.save_due(final=done):
                     save_state(state)
-                    last_save = time.perf_counter()
+                    watch.saved()
                 if early and not done:
                     console.print(
                         f"early stop: val loss has not improved for {state.bad_epochs} epochs"
@@ -322,9 +346,12 @@ def _after_validation(t: Trainer, state: State, val: EvalResult, epoch: int) -> 
 def _diverged(d: _Diverged, t: Trainer, state_file: Path | None, recipe: Recipe) -> UserError:
     where = f"epoch {d.epoch + 1}, step {d.step + 1}"
     if state_file is not None and state_file.exists():
+        # --lr on resume is the lr of the run's global batch (Recipe.peak_lr): half of it is
+        # below what diverged at any batch size.
+        lower = recipe.peak_lr(distributed.world_size()) / 2
         way = (
             f"the last good state is in {state_file}: continue from it with --resume and a lower "
-            f"--lr (e.g. --lr {recipe.lr_at(recipe.lr_batch) / 2:g}), or start over with "
+            f"--lr (e.g. --lr {lower:.3g}, half the peak lr that diverged), or start over with "
             "--force and other settings"
         )
     else:
@@ -389,6 +416,7 @@ def _finish(
         "epochs_run": len(state.history),
         "params": count_params(net),
         "macs": count_macs(net, tuple(data.input_size)),
+        "peak_lr": t.optimizer.defaults["lr"],  # what the optimizer was given: Recipe.peak_lr
         "train_seconds": state.elapsed,
         "device": str(device),
         "processes": distributed.world_size(),

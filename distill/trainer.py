@@ -111,7 +111,7 @@ def make_trainer(
             f"{len(data.train):,} training images make no full batch of {recipe.batch_size} "
             f"on each of {world} processes; lower --batch-size"
         )
-    optimizer = make_optimizer(net, recipe, recipe.lr_at(recipe.batch_size * world))
+    optimizer = make_optimizer(net, recipe, recipe.peak_lr(world))
     scheduler, per_step = make_scheduler(optimizer, recipe, len(loader))
     precision = choose_precision(device, recipe.amp)
     train_model: nn.Module = net

@@ -32,8 +32,6 @@ import numpy as np
 import torch
 
 from distill.errors import UserError
-from distill.settings import BenchSettings
-from distill.typed import defaults_of
 from export.engines import (
     OPENVINO_INSTALL,
     Engine,
@@ -116,7 +114,7 @@ def _engines(
 
 def benchmark(
     path: str | os.PathLike,
-    batch_sizes: Sequence[int] = defaults_of(BenchSettings)["batch_sizes"],
+    batch_sizes: Sequence[int],
     device: str = "cpu",
     threads: int | None = None,
     *,

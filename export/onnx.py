@@ -30,7 +30,6 @@ from torch import nn
 
 from distill.errors import UserError
 from distill.settings import ExportSettings
-from distill.typed import defaults_of
 from export.checks import (
     TOLERANCES,
     CheckImages,
@@ -51,7 +50,6 @@ from export.wrappers import reference_module
 PARITY_IMAGES = 500  # validation images the exported graph is compared on
 CALIBRATION_IMAGES = 512  # training images that set the int8 activation ranges
 # Refuse an int8 file that loses more than this much val top-1 (its one default: the settings).
-INT8_MAX_ACCURACY_DROP = defaults_of(ExportSettings)["int8_max_drop"]
 DATA_KEYS = ("source", "val_size", "split_seed", "train_size")  # enough to rebuild the split
 
 
@@ -80,23 +78,21 @@ class ExportReport:
 def export_onnx(
     ckpt_path: str | os.PathLike,
     out: str | os.PathLike | None = None,
+    settings: ExportSettings | None = None,
     *,
-    int8: bool = False,
-    fp16: bool = False,
-    tta: bool = False,
     force: bool = False,
     data: str | None = None,
     data_root: Path | None = None,
     cache_dir: Path | None = None,
-    int8_max_drop: float = INT8_MAX_ACCURACY_DROP,
     reduce_range: bool | None = None,
     stage: Callable[[str], None] | None = None,
     progress: Progress | None = None,
 ) -> ExportReport:
     """Export a distill checkpoint to ONNX, check it, and only then move it to `out`.
 
-    `tta` bakes the flip average into the graph; `int8_max_drop` is the most validation top-1
-    (a fraction: 0.05 is 5 points) the int8 file may lose against the fp32 graph; `reduce_range`
+    `settings` (default ExportSettings()): `int8`/`fp16` the precision, `tta` bakes the flip
+    average into the graph, `int8_max_drop` is the most validation top-1 (a fraction: 0.05 is
+    5 points) the int8 file may lose against the fp32 graph. `reduce_range`
     forces the int8 weight range (None: decided for this CPU). Raises UserError on bad input
     (before anything is written) and ParityError when the graph disagrees with PyTorch or int8
     loses too much (nothing is written). `stage` hears each step's name; `progress` hears
@@ -108,8 +104,9 @@ def export_onnx(
     from export.machine import int8_reduce_range
 
     started = time.perf_counter()
-    # The settings check them (int8 and fp16 together, the drop a fraction in [0, 1]).
-    ExportSettings(int8=int8, fp16=fp16, tta=tta, int8_max_drop=int8_max_drop)
+    settings = settings or ExportSettings()  # checked when built: int8 with fp16, the drop
+    int8, fp16, tta = settings.int8, settings.fp16, settings.tta
+    int8_max_drop = settings.int8_max_drop
     precision = "int8" if int8 else "fp16" if fp16 else "fp32"
     ckpt = load_checkpoint(ckpt_path)
     out = check_output(out or default_output(ckpt_path, precision), force, (".onnx",))

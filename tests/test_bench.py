@@ -14,12 +14,12 @@ from test_export import SIZE, make_checkpoint, one_thread, write_image_folder  #
 from typer.testing import CliRunner
 
 import export.engines as engines
+from distill.api import export_onnx
 from distill.cli import app
 from distill.errors import UserError
 from export.bench import benchmark
 from export.engines import openvino_available, parse_engines
 from export.machine import has_native_bf16
-from export.onnx import export_onnx
 from export.record import check_bench_output, result_row, summarize, write_bench_record
 from export.timing import Timing, measure
 

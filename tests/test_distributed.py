@@ -74,7 +74,7 @@ def eval_accuracy(path: Path, tmp_path: Path) -> float:
 
 def test_two_process_teacher_and_student_write_one_checkpoint(tiny_image_folder, tmp_path):
     teacher, student = tmp_path / "t.pt", tmp_path / "s.pt"
-    args = ["teacher", "train", "--arch", "resnet18-quarter", "--epochs", "2"]
+    args = ["teacher", "train", "--arch", "resnet18-quarter", "--epochs", "2", "--lr", "0.05"]
     trained = run(distill_cmd(*args, *cli_args(tiny_image_folder, tmp_path, teacher),
                               "--nproc-per-node", "2"))  # fmt: skip
     assert trained.returncode == 0, trained.stderr
@@ -92,6 +92,8 @@ def test_two_process_teacher_and_student_write_one_checkpoint(tiny_image_folder,
         # Validation is sharded and all-reduced: it equals one process evaluating everything.
         assert eval_accuracy(path, tmp_path) == raw["metrics"]["val_accuracy"]
     assert "saved" in distilled.stdout and distilled.stdout.count("saved") == 1  # rank 0 only
+    # --lr is the peak lr of the global batch (2 x 16): the optimizer got it as given.
+    assert torch.load(teacher, weights_only=True)["metrics"]["peak_lr"] == pytest.approx(0.05)
 
 
 def test_sigterm_to_the_launcher_then_resume_matches(tiny_image_folder, tmp_path):

@@ -34,7 +34,7 @@ def checkpoint(tiny_dataset, tmp_path_factory):
 
 
 def test_onnx_and_checkpoint_agree(checkpoint, tiny_image_folder, tmp_path):
-    from export.onnx import export_onnx
+    from distill.api import export_onnx
 
     cache = ["--cache-dir", str(tmp_path / "cache")]
     onnx = export_onnx(

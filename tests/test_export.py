@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+from distill.api import export_onnx
 from distill.budget import count_macs
 from distill.checkpoint import (
     load_checkpoint,
@@ -27,7 +28,6 @@ from distill.registry import create_model
 from export.checks import ParityError, check_parity, load_check_images
 from export.graph import OPSET
 from export.metadata import read_metadata
-from export.onnx import export_onnx
 from export.quantize import quantize_int8
 from export.runtime import make_session, run_logits
 from export.wrappers import Normalized
@@ -362,7 +362,7 @@ import signal, sys
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # as the CLI does: an exception
 import torch
 torch.set_num_threads(1)
-from export.onnx import export_onnx
+from distill.api import export_onnx
 export_onnx(sys.argv[1], sys.argv[2], int8=True, cache_dir=sys.argv[3])
 """
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import json
+import re
 import subprocess
 import sys
 from dataclasses import replace
@@ -333,10 +334,15 @@ def test_a_late_divergence_names_its_suspects_and_resumes_with_a_lower_lr(
     message = str(e.value)
     assert "epoch 2" in message and "--lr, --temperature" in message
     assert "--resume" in message and str(last_path(out)) in message
+    # At batch 16 the quick recipe's lr (0.2 at 256) gives a peak of 0.0125: the hint's --lr,
+    # which a resume takes as the lr of its global batch, must be below that, not half of 0.2.
+    hinted = float(re.search(r"--lr ([0-9.e+-]+)", message).group(1))
+    assert hinted < recipe.peak_lr(1) and hinted == pytest.approx(recipe.peak_lr(1) / 2, 0.01)
     poisoned["on"] = False
-    lower = make_recipe(recipe, lr=recipe.lr / 2)
+    lower = make_recipe(recipe, lr=hinted)
     ckpt = train(lower, resume=True)  # a lower lr is accepted on resume
     assert len(ckpt["history"]) == 3 and out.exists()
+    assert ckpt["metrics"]["peak_lr"] == pytest.approx(hinted)
 
 
 def test_a_teacher_trained_on_other_data_is_named(tiny_image_folder, tiny_dataset, tmp_path):

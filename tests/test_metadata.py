@@ -10,11 +10,11 @@ from PIL import Image
 from test_export import SIZE, make_checkpoint, one_thread  # noqa: F401 (autouse fixture)
 from typer.testing import CliRunner
 
+from distill.api import export_onnx
 from distill.cli import app
 from distill.errors import UserError
 from export.bench import benchmark
 from export.metadata import read_metadata
-from export.onnx import export_onnx
 from export.predict import predict
 from export.timing import Timing
 

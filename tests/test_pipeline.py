@@ -7,7 +7,7 @@ import shutil
 import pytest
 from typer.testing import CliRunner
 
-import distill.supervised
+import distill.train
 from distill.checkpoint import load_checkpoint
 from distill.cli import app
 from distill.errors import UserError
@@ -146,7 +146,7 @@ def test_an_interrupted_stage_resumes(tiny_image_folder, tmp_path, monkeypatch):
         write_toml(tmp_path / "p.toml", tmp_path / "cache", teacher_epochs=2),
         {"data": {"source": str(tiny_image_folder)}},
     )
-    real_fit = distill.supervised.fit
+    real_fit = distill.train.fit
     calls = []
 
     def interrupted_once(*args, **kwargs):
@@ -155,7 +155,7 @@ def test_an_interrupted_stage_resumes(tiny_image_folder, tmp_path, monkeypatch):
             kwargs["stop_after_steps"] = 5  # Ctrl-C in the teacher's second epoch
         return real_fit(*args, **kwargs)
 
-    monkeypatch.setattr(distill.supervised, "fit", interrupted_once)
+    monkeypatch.setattr(distill.train, "fit", interrupted_once)
     from distill.resume import TrainingInterrupted
 
     with pytest.raises(TrainingInterrupted):
@@ -163,10 +163,10 @@ def test_an_interrupted_stage_resumes(tiny_image_folder, tmp_path, monkeypatch):
     assert stage_records(tmp_path / "run")["teacher"]["status"] == "running"
     assert (tmp_path / "run" / "teacher.last.pt").exists()
 
-    monkeypatch.setattr(distill.supervised, "fit", real_fit)
+    monkeypatch.setattr(distill.train, "fit", real_fit)
     resumed = []
     monkeypatch.setattr(
-        distill.supervised, "fit", lambda *a, **k: resumed.append(a[3].resume) or real_fit(*a, **k)
+        distill.train, "fit", lambda *a, **k: resumed.append(a[3].resume) or real_fit(*a, **k)
     )
     run_pipeline(config, tmp_path / "run", quiet=True)
     assert resumed[0] is True  # the teacher continued instead of starting over

@@ -10,10 +10,10 @@ from PIL import Image
 from test_export import SIZE, make_checkpoint, one_thread  # noqa: F401 (autouse fixture)
 from typer.testing import CliRunner
 
+from distill.api import export_onnx
 from distill.checkpoint import load_checkpoint, model_from_checkpoint
 from distill.cli import app
 from distill.errors import UserError
-from export.onnx import export_onnx
 from export.predict import predict, softmax
 from export.wrappers import Normalized
 

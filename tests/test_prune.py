@@ -9,6 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from distill.api import train_teacher
 from distill.budget import count_params
 from distill.checkpoint import model_from_checkpoint
 from distill.cli import app
@@ -18,7 +19,6 @@ from distill.recipes import make_recipe
 from distill.registry import build_model, create_model
 from distill.settings import PruneSettings, RunSettings
 from distill.student import load_teachers, read_teachers
-from distill.supervised import train_on_labels
 from students.resnet import ResNetConfig, plan
 
 runner = CliRunner()
@@ -123,8 +123,8 @@ def small_data(tiny_dataset) -> Dataset:
 def source(tmp_path_factory, small_data) -> Path:
     """A resnet18-quarter trained for an epoch on the tiny image folder."""
     out = tmp_path_factory.mktemp("prune") / "source.pt"
-    run = RunSettings(out, "cpu", quiet=True)
-    train_on_labels("resnet18-quarter", small_data, TINY_RECIPE, run, kind="student")
+    run = RunSettings(out=out, device="cpu", quiet=True)
+    train_teacher("resnet18-quarter", small_data, recipe=TINY_RECIPE, run=run, kind="student")
     return out
 
 

@@ -5,7 +5,8 @@ builds them from the settings dataclasses) -> one library call a user could make
 - `common`: the app, the `@command` decorator, shared flags, relaunching under torchrun;
 - `train_cmds`: teacher train, student, prune;
 - `inspect_cmds`: models, budget, eval, report;
-- `deploy_cmds`: predict, bench (`export onnx` is export/cli.py's);
+- `deploy_cmds`: predict, bench; `show`: how they print their results;
+- `export_cmd`: export onnx, a sub-app that `python -m export` runs too;
 - `pipeline_cmd`: pipeline.
 
 A user's mistake (a UserError) is one line on stderr and exit code 2; an interruption of a

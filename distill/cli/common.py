@@ -4,11 +4,12 @@ itself under torchrun, reports an interruption and prints its result."""
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import shlex
 import sys
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,7 +26,12 @@ from distill.settings import (
     Recipe,
     RunSettings,
 )
-from export.cli import app as export_app
+
+
+def _export_app() -> typer.Typer:
+    from distill.cli.export_cmd import app as export_app
+
+    return export_app
 
 
 def _version(value: bool) -> None:
@@ -55,7 +61,7 @@ def _root(
 teacher_app = typer.Typer(help="Train teacher models.", no_args_is_help=True)
 app.add_typer(teacher_app, name="teacher")
 # `distill export onnx`; the same sub-app runs as `python -m export` (export/__main__.py).
-app.add_typer(export_app, name="export")
+app.add_typer(_export_app(), name="export")
 console = make_console()
 
 
@@ -155,13 +161,15 @@ def relaunched(nproc: int) -> bool:
     raise typer.Exit(distributed.relaunch(nproc, argv))
 
 
-def run_training(train: Callable[[], dict[str, Any]], out: Path | None) -> dict[str, Any]:
-    """Run a training call; turn an interruption into the command that resumes it (exit 130)."""
+@contextlib.contextmanager
+def training_command() -> Iterator[None]:
+    """Around a training call: an interruption becomes the command that resumes it (exit 130),
+    a full disk says how to continue once there is room (exit 2)."""
     from distill.resume import TrainingInterrupted
     from distill.train import OutputNotWritten
 
     try:
-        ckpt = train()
+        yield
     except OutputNotWritten as e:
         if distributed.is_main():
             way = (
@@ -178,13 +186,15 @@ def run_training(train: Callable[[], dict[str, Any]], out: Path | None) -> dict[
                 err=True,
             )
         raise typer.Exit(130) from None
+
+
+def print_saved(ckpt: dict[str, Any], out: Path | None) -> None:
     m = ckpt["metrics"]
     test = f", test top-1 {m['test_accuracy']:.2%}" if "test_accuracy" in m else ""
     console.print(
         f"[green]saved[/] {out}: {ckpt['arch']}, {m['params']:,} params, "
         f"val top-1 {m['val_accuracy']:.2%} (top-5 {m.get('val_top5', float('nan')):.2%}){test}"
     )
-    return ckpt
 
 
 def run_settings(flags: Flags) -> RunSettings:

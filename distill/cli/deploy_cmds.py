@@ -1,4 +1,4 @@
-"""`distill predict` and `bench` (`distill export onnx` is export/cli.py's sub-app)."""
+"""`distill predict` and `bench` (`distill export onnx` is export_cmd.py's sub-app)."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def predict_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Classify images of any size and mode; class names and input size come from the file."""
-    from export.cli import show_predictions
+    from distill.cli.show import show_predictions
     from export.predict import predict
 
     show_predictions(predict(model, images, top_k, engine=engine, device=device), as_json)
@@ -67,28 +67,22 @@ def bench_cmd(
 ) -> None:
     """Latency p50/p90/p99, images/s, accuracy and GFLOP/s of every engine and precision
     (PyTorch, onnxruntime, OpenVINO), measured in one run in alternating blocks."""
-    from export.bench import benchmark
-    from export.cli import show_bench
+    from distill.api import bench
+    from distill.cli.show import show_bench
     from export.record import check_bench_output, write_bench_record
-    from export.timing import Timing
 
     settings = flags.build("bench")
     if out is not None:
         check_bench_output(out, force)
     with console.status("benchmarking") as status:
-        record = benchmark(
+        record = bench(
             model,
-            settings.batch_sizes,
-            settings.device,
-            settings.threads,
+            settings,
             checkpoint=checkpoint,
-            engines=list(settings.engines) or None,
             int8=int8,
-            accuracy=settings.accuracy,
             data=data,
             data_root=data_root,
             cache_dir=cache_dir,
-            timing=Timing(min_seconds=settings.seconds),
             progress=lambda msg: status.update(f"benchmarking: {msg}"),
         )
     if as_json:

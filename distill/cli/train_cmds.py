@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from distill.budget import format_count, parse_budget
+from distill.budget import format_count
 from distill.cli.common import (
     DATA,
     KD,
@@ -18,12 +18,13 @@ from distill.cli.common import (
     arch_option,
     command,
     console,
+    print_saved,
     quiet_console,
     relaunched,
     run_settings,
-    run_training,
     teacher_app,
     theirs,
+    training_command,
 )
 from distill.errors import UserError
 from distill.flags import Flags, Group, with_settings
@@ -51,18 +52,20 @@ def teacher_train_cmd(
     """Train a teacher (any architecture) from labels, label-smoothed as its recipe says for
     teachers unless --label-smoothing is given: `standard` not at all (over long runs smoothing
     erases what distillation transfers), `quick` 0.1 (measured better for short runs)."""
-    from distill.recipes import teacher_recipe
-    from distill.supervised import train_on_labels
+    from distill.api import train_teacher
 
     relaunched(nproc_per_node)
     run = run_settings(flags)
-    resolved = teacher_recipe(recipe, **flags["recipe"])
-    run_training(
-        lambda: train_on_labels(
-            arch, flags.build("data"), resolved, run, console=quiet_console(run)
-        ),
-        run.out,
-    )
+    with training_command():
+        ckpt = train_teacher(
+            arch,
+            flags.build("data"),
+            recipe=recipe,
+            run=run,
+            console=quiet_console(run),
+            **flags["recipe"],
+        )
+    print_saved(ckpt, run.out)
 
 
 @command(
@@ -95,30 +98,25 @@ def student_cmd(
     number of classes and warm up over at least an epoch; with them, on ten classes and a short
     CPU run, DKD matched Hinton KD from the same teacher but did not beat it, so Hinton stays the
     default (README: What each choice is worth)."""
-    from distill.checkpoint import load_checkpoint
-    from distill.recipes import make_recipe
-    from distill.settings import data_for_model
-    from distill.student import train_student
+    from distill.api import train_student
 
     relaunched(nproc_per_node)
     run = run_settings(flags)
-    first = load_checkpoint(teacher[0])  # the split defaults to the teacher's own
-    data = data_for_model(first.get("data") or {}, flags["data"], f"teacher {teacher[0]}")
-    resolved = make_recipe(recipe, **flags["recipe"])
-    limit = parse_budget(budget)
-    run_training(
-        lambda: train_student(
-            arch,
+    data = flags["data"]  # what was typed; the rest is the teacher's data and split
+    with training_command():
+        ckpt = train_student(
             teacher,
-            data,
-            resolved,
-            run,
-            flags.build("kd"),
-            limit,
+            arch,
+            data.pop("source", None),
+            budget=budget,
+            kd=flags.build("kd"),
+            recipe=recipe,
+            run=run,
             console=quiet_console(run),
-        ),
-        run.out,
-    )
+            **flags["recipe"],
+            **data,
+        )
+    print_saved(ckpt, run.out)
 
 
 @command(
@@ -151,31 +149,28 @@ def prune_cmd(
 ) -> None:
     """Prune MODEL to a parameter budget (torch-pruning, global, round_to=8), distilling while
     it recovers."""
-    from distill.checkpoint import load_checkpoint
-    from distill.pruning import prune_checkpoint
-    from distill.recipes import make_recipe
-    from distill.settings import data_for_model
+    from distill.api import prune
 
     relaunched(nproc_per_node)
-    prune = flags.build("prune")
-    if not prune.budget:
+    settings = flags.build("prune")
+    if not settings.budget:
         raise UserError("no --budget given; pass the pruned model's budget, e.g. --budget 2.5M")
     run = run_settings(flags)
-    src = load_checkpoint(model)
-    data = data_for_model(src.get("data") or {}, flags["data"], str(model))
-    ckpt = run_training(
-        lambda: prune_checkpoint(
+    data = flags["data"]  # what was typed; the rest is MODEL's data and split
+    with training_command():
+        ckpt = prune(
             model,
-            prune,
-            data=data,
-            recipe=make_recipe(recipe, **flags["recipe"]),
-            run=run,
+            settings,
+            teacher=teacher or None,
+            data=data.pop("source", None),
             kd=flags.build("kd"),
-            teacher_paths=teacher or [],
+            recipe=recipe,
+            run=run,
             console=quiet_console(run),
-        ),
-        run.out,
-    )
+            **flags["recipe"],
+            **data,
+        )
+    print_saved(ckpt, run.out)
     r = ckpt["pruning"]
     console.print(
         f"pruned in {r['steps']} steps: {r['params_before']:,} -> {r['params_after']:,} params, "

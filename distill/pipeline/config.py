@@ -24,6 +24,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
+from distill import distributed
 from distill.budget import parse_budget
 from distill.errors import UserError
 from distill.recipes import get_recipe
@@ -34,6 +35,7 @@ from distill.settings import (
     KDSettings,
     PruneSettings,
     Recipe,
+    override_recipe,
 )
 from distill.typed import build, coerce, require, setting, to_dict
 
@@ -96,7 +98,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         "kd": {"method": "hinton"},
         "prune": {"budget": "2.5M", "steps": 4, "epochs_per_step": 5, "epochs": 60},
         "export": {"int8": True},
-        "bench": {"batch_sizes": [1, 32, 256]},
     },
 }
 
@@ -129,7 +130,8 @@ def _stage(name: str, table: Any, where: str) -> StageSettings:
     overrides = {"name": recipe_name, **values}
     if name == "teacher":  # a model trained to teach: see distill.recipes.teacher_recipe
         overrides = {"label_smoothing": base.teacher_label_smoothing, **overrides}
-    recipe = build(Recipe, overrides, base=base, label=label)
+    # The same rule as --lr: an lr in the file is the lr of this run's global batch.
+    recipe = override_recipe(base, overrides, distributed.world_size(), label=label)
     return StageSettings(arch, recipe)
 
 

@@ -31,9 +31,7 @@ def build_stages(
     console: Console,
     quiet: bool,
 ) -> list[Stage]:
-    from distill.pruning import prune_checkpoint
-    from distill.student import train_student
-    from distill.supervised import train_on_labels
+    from distill import api
 
     budget = parse_budget(s.budget)
     teacher, baseline, student, pruned = (
@@ -43,7 +41,9 @@ def build_stages(
 
     def run_settings(out: Path, resume: bool) -> RunSettings:
         # force: a stage that runs again replaces its own earlier output (atomically, at the end)
-        return RunSettings(out, s.device, s.seed, resume, True, quiet)
+        return RunSettings(
+            out=out, device=s.device, seed=s.seed, resume=resume, force=True, quiet=quiet
+        )
 
     def verify(path: Path, limit: int | None, what: str) -> None:
         """The stage's artefact, re-read from disk, is within its budget."""
@@ -52,22 +52,22 @@ def build_stages(
             check_budget(model, limit, what)
 
     def teacher_stage(resume: bool, mark: dict[str, Any]) -> None:
-        train_on_labels(
+        api.train_teacher(
             s.teacher.arch,
             dataset(),
-            s.teacher.recipe,
-            run_settings(teacher, resume),
+            recipe=s.teacher.recipe,
+            run=run_settings(teacher, resume),
             console=console,
             provenance=mark,
         )
         verify(teacher, None, "teacher")
 
     def baseline_stage(resume: bool, mark: dict[str, Any]) -> None:
-        train_on_labels(
+        api.train_teacher(
             s.student.arch,
             dataset(),
-            s.student.recipe,
-            run_settings(baseline, resume),
+            recipe=s.student.recipe,
+            run=run_settings(baseline, resume),
             kind="student",
             console=console,
             provenance=mark,
@@ -75,14 +75,14 @@ def build_stages(
         verify(baseline, budget, "baseline student")
 
     def student_stage(resume: bool, mark: dict[str, Any]) -> None:
-        train_student(
+        api.train_student(
+            teacher,
             s.student.arch,
-            [teacher],
             dataset(),
-            s.student.recipe,
-            run_settings(student, resume),
-            s.kd,
-            budget,
+            budget=budget,
+            kd=s.kd,
+            recipe=s.student.recipe,
+            run=run_settings(student, resume),
             console=console,
             provenance=mark,
         )
@@ -123,14 +123,14 @@ def build_stages(
         p_budget = parse_budget(s.prune.budget)
 
         def prune_stage(resume: bool, mark: dict[str, Any]) -> None:
-            prune_checkpoint(
+            api.prune(
                 student,
                 s.prune,
+                teacher=teacher,
                 data=dataset(),
+                kd=s.kd,
                 recipe=s.student.recipe,
                 run=run_settings(pruned, resume),
-                kd=s.kd,
-                teacher_paths=[teacher],
                 console=console,
                 provenance=mark,
             )
@@ -168,9 +168,9 @@ def build_stages(
 
 
 def _export_stage(source: Path, s: PipelineSettings, console: Console) -> Stage:
+    from distill.api import export_onnx
     from export.metadata import read_metadata
     from export.model_files import default_output
-    from export.onnx import export_onnx
 
     e = s.export
     # fp32 always (the reference every engine can run), plus the int8 or fp16 sibling asked for.
@@ -186,14 +186,14 @@ def _export_stage(source: Path, s: PipelineSettings, console: Console) -> Stage:
             force=True,
             stage=lambda msg: console.print(f"  {msg}"),
         )
-        # ExportSettings' fields are export_onnx's keywords; the fp32 file is neither precision.
-        rep = export_onnx(source, fp32, **to_dict(replace(e, int8=False, fp16=False)), **kw)
+        # The fp32 file is neither precision; its sibling gets the settings as they are.
+        rep = export_onnx(source, fp32, replace(e, int8=False, fp16=False), **kw)
         console.print(
             f"  {fp32.name}: parity max |diff| {rep.parity.max_abs_diff:.2e}, "
             f"top-1 agreement {rep.parity.top1_agreement:.2%}"
         )
         if extra is not None:
-            q = export_onnx(source, outputs[1], **to_dict(e), **kw)
+            q = export_onnx(source, outputs[1], e, **kw)
             line = (
                 f"  {outputs[1].name}: {q.size_bytes / 1e6:.1f} MB vs {rep.size_bytes / 1e6:.1f} MB"
             )
@@ -213,9 +213,8 @@ def _export_stage(source: Path, s: PipelineSettings, console: Console) -> Stage:
 def _bench_stage(
     onnx_files: list[Path], run_dir: Path, s: PipelineSettings, console: Console
 ) -> Stage:
-    from export.bench import benchmark
+    from distill.api import bench
     from export.model_files import default_output
-    from export.timing import Timing
 
     out = run_dir / "bench.json"
     # Each fp32 file brings its int8 or fp16 sibling along (bench times every precision).
@@ -233,17 +232,12 @@ def _bench_stage(
             for device in devices:
                 console.print(f"  benchmarking {path.name} on {device}")
                 records.append(
-                    benchmark(
+                    bench(
                         path,
-                        s.bench.batch_sizes,
-                        device,
-                        s.bench.threads,
+                        replace(s.bench, device=device),
                         checkpoint=checkpoint if checkpoint.exists() else None,
-                        engines=list(s.bench.engines) or None,
-                        accuracy=s.bench.accuracy,
                         data_root=s.data.data_root,
                         cache_dir=s.data.cache_dir,
-                        timing=Timing(min_seconds=s.bench.seconds),
                     )
                 )
         atomic_write_text(out, json.dumps(records, indent=2, default=str))
