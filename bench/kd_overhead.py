@@ -35,7 +35,7 @@ from distill.losses import CrossEntropy, DistillationObjective
 from distill.optim import EMA
 from distill.registry import create_model
 from distill.settings import KDSettings, resolve_kd
-from distill.trainer import Objective
+from distill.train_setup import Objective
 from export.timing import Timing, measure
 
 VARIANTS = ("labels", "hinton", "dkd", "ema")

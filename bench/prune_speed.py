@@ -100,7 +100,7 @@ def time_batch(
     for name, module in modules.items():
         runners[("eager", name)] = pytorch_engine(module, "fp32").prepare(x)
         # Spinning off: idle onnxruntime workers would otherwise take the cores the next
-        # runner's threads need (export/bench.py says more).
+        # runner's threads need (export/benchmark.py says more).
         ort = onnxruntime_engine(files[name], "fp32", threads=threads, spinning=False)
         runners[("onnxruntime", name)] = ort.prepare(x)
     times = measure(runners, timing)

@@ -113,7 +113,7 @@ def train_teacher(
     from distill.device import seed_everything
     from distill.recipes import make_recipe, teacher_recipe
     from distill.registry import create_model, get_entry
-    from distill.runs import training_run
+    from distill.run_guard import training_run
     from distill.train import fit
 
     given = _split(
@@ -304,7 +304,7 @@ def bench(
     `settings` whole, or BenchSettings fields as options (`batch_sizes=(1, 32)`, `device=`,
     `threads=`, `engines=`, `accuracy=`, `seconds=`).
     """
-    from export.bench import benchmark
+    from export.benchmark import benchmark
     from export.timing import Timing
 
     given = _split(options, "bench", bench=tuple(f.name for f in fields(BenchSettings)))
@@ -385,7 +385,7 @@ def _run(
     given: Mapping[str, Any],
     run: RunSettings | None = None,
 ) -> RunSettings:
-    from distill.run_log import check_tensorboard
+    from distill.progress import check_tensorboard
 
     if run is None:
         run = build(RunSettings, {"out": out, "quiet": quiet, **given})

@@ -9,8 +9,8 @@ from torch import nn
 
 from distill.budget import count_macs, count_params
 from distill.errors import UserError
-from distill.fit import EXAMPLE, FIT_INPUT, is_fitted, parse_fit_name, plan_cost
 from distill.registry import create_model, get_entry, list_models, model_config
+from distill.sizing import EXAMPLE, FIT_INPUT, is_fitted, parse_fit_name, plan_cost
 
 
 def describe_models() -> list[dict]:

@@ -2,7 +2,7 @@
 
 Factories live in `teachers/zoo.py` and `students/zoo.py`; both are imported explicitly by
 `_ensure_loaded` so registration never depends on which module a caller imported first.
-A `FAMILY@BUDGET` name (`distill/fit.py`) resolves here too, to its family fitted to the budget,
+A `FAMILY@BUDGET` name (`distill/sizing.py`) resolves here too, to its family fitted to the budget,
 so every path that takes a registered name takes a fitted one.
 """
 
@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from distill.errors import UserError
-from distill.fit import fit_plan, is_fitted, parse_fit_name
+from distill.sizing import fit_plan, is_fitted, parse_fit_name
 from students.resnet import CifarResNet, ResNetConfig
 
 

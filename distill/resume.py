@@ -26,7 +26,7 @@ from distill.errors import UserError
 from distill.settings import Recipe
 
 if TYPE_CHECKING:
-    from distill.trainer import Sums, Trainer
+    from distill.train_setup import Sums, Trainer
 
 STATE_SAVE_SECONDS = 60.0
 

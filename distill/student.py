@@ -28,7 +28,7 @@ from distill.errors import UserError
 from distill.files import file_sha256
 from distill.losses import DistillationObjective
 from distill.registry import create_model, get_entry
-from distill.runs import training_run
+from distill.run_guard import training_run
 from distill.settings import KDSettings, Recipe, RunSettings, kd_record, resolve_kd
 from distill.train import fit
 

@@ -35,6 +35,7 @@ from distill.errors import UserError
 from distill.evaluation import EvalResult, eval_loader, evaluate
 from distill.files import WriteError, atomic_save
 from distill.losses import CrossEntropy, hard_labels
+from distill.progress import MetricsLog, announce, epoch_line, progress_bar, stats_text
 from distill.resume import (
     STATE_SAVE_SECONDS,
     State,
@@ -45,9 +46,8 @@ from distill.resume import (
     restore,
     training_state,
 )
-from distill.run_log import MetricsLog, announce, epoch_line, progress_bar, stats_text
 from distill.settings import Recipe, RunSettings
-from distill.trainer import Objective, Sums, Trainer, make_trainer
+from distill.train_setup import Objective, Sums, Trainer, make_trainer
 
 SYNC_EVERY = 20  # steps between host syncs: progress, the NaN check, the stop flag
 

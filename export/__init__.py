@@ -2,7 +2,7 @@
 parity, check images and accuracy; quantize.py: int8), the metadata every reader checks
 (metadata.py), onnxruntime sessions and the device choice (runtime.py), engines behind one
 interface (engines.py: PyTorch, onnxruntime, OpenVINO), the CPU's abilities (machine.py),
-prediction (predict.py) and benchmarks (bench.py: the benchmark; timing.py: how it times;
+prediction (predict.py) and benchmarks (benchmark.py: the benchmark; timing.py: how it times;
 model_files.py: the files it times; record.py: its rows, summary, environment and output).
 
 Importing the package is cheap (the CLI imports it for `distill --help`); the library functions
@@ -29,7 +29,7 @@ _EXPORTS = {
     "predict": "export.predict",
     "read_image": "distill.data.images",
     "Prediction": "export.predict",
-    "benchmark": "export.bench",
+    "benchmark": "export.benchmark",
     "check_bench_output": "export.record",
     "write_bench_record": "export.record",
 }

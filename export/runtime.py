@@ -140,7 +140,7 @@ def session_options(
     so.enable_cpu_mem_arena = True
     so.enable_mem_pattern = True  # activations planned once per input shape
     # Spinning workers cut batch-1 latency when onnxruntime has the machine to itself (its
-    # default). Benchmarks that alternate engines turn it off (export/bench.py says why).
+    # default). Benchmarks that alternate engines turn it off (export/benchmark.py says why).
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     return so
 

@@ -1,7 +1,7 @@
 """Timing discipline for every benchmark here and in bench/: warm-up, then runs in alternating
 blocks until each contender has run long enough, and the percentiles of what was measured.
 
-`distill bench` (bench.py) and the bench/ scripts all time through `measure`, so their numbers
+`distill bench` (benchmark.py) and the bench/ scripts all time through `measure`, so their numbers
 are taken the same way.
 """
 

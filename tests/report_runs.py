@@ -115,7 +115,7 @@ def save_onnx(path, source, val, params, **meta_extra):
 
 def bench_record(model: str, p50_ms: float, device: str = "cpu") -> dict:
     """The shape `distill bench --json` wrote before rows carried precision, noisy,
-    val_accuracy and the environment its loadavg (export/bench.py `benchmark`)."""
+    val_accuracy and the environment its loadavg (export/benchmark.py `benchmark`)."""
     precision = "int8" if ".int8." in model else "fp32"
     rows = [
         {"engine": "onnxruntime", "batch_size": 1, "p50_ms": p50_ms, "p90_ms": 1.2 * p50_ms},

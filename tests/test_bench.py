@@ -17,7 +17,7 @@ import export.engines as engines
 from distill.api import export_onnx
 from distill.cli import app
 from distill.errors import UserError
-from export.bench import benchmark
+from export.benchmark import benchmark
 from export.engines import openvino_available, parse_engines
 from export.machine import has_native_bf16
 from export.record import check_bench_output, result_row, summarize, write_bench_record

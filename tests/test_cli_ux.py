@@ -17,14 +17,14 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-import distill.run_log
+import distill.progress
 from distill import __version__
 from distill.checkpoint import load_checkpoint
 from distill.cli import app
 from distill.docs import generated_section, pipeline_settings_table
 from distill.pipeline.config import load_config
+from distill.progress import COLUMNS
 from distill.recipes import RECIPES
-from distill.run_log import COLUMNS
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -201,8 +201,8 @@ def trained(tiny_image_folder, tmp_path_factory, cache):
     threshold lowered so this tiny run counts as GPU-sized."""
     out = tmp_path_factory.mktemp("cli") / "t.pt"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(distill.run_log, "CPU_WARN_IMAGE_PASSES", 100)
-        mp.setattr(distill.run_log, "FEW_STEPS", 0)  # its own test below
+        mp.setattr(distill.progress, "CPU_WARN_IMAGE_PASSES", 100)
+        mp.setattr(distill.progress, "FEW_STEPS", 0)  # its own test below
         args = teacher_args(
             tiny_image_folder, out, "--recipe", "standard", "--epochs", "2", cache=cache
         )

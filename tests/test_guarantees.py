@@ -28,7 +28,7 @@ from distill.files import output_lock, sweep_stale
 from distill.recipes import make_recipe
 from distill.registry import create_model
 from distill.resume import last_path
-from distill.runs import training_run
+from distill.run_guard import training_run
 from distill.settings import RunSettings
 from distill.train import TrainingDiverged, fit
 from students.resnet import CifarResNet, plan

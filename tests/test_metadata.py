@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from distill.api import export_onnx
 from distill.cli import app
 from distill.errors import UserError
-from export.bench import benchmark
+from export.benchmark import benchmark
 from export.metadata import read_metadata
 from export.predict import predict
 from export.timing import Timing

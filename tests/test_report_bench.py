@@ -16,7 +16,7 @@ from report_runs import (
 )
 
 from distill.report import write_report
-from distill.report.bench import noise_reason, read_bench
+from distill.report.bench_records import noise_reason, read_bench
 from distill.report.latency import draw_latency
 
 

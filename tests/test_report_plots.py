@@ -7,8 +7,8 @@ from matplotlib.figure import Figure
 from report_runs import SCHEDULE, history
 
 from distill.report.curves import draw_curves, loss_ceiling
-from distill.report.models import Model
 from distill.report.pruning import Waypoint, draw_trajectory, steps_table, trajectory
+from distill.report.records import Model
 
 
 def model(role="kd", **ckpt) -> Model:

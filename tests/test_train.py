@@ -17,7 +17,7 @@ from distill.cli import app
 from distill.errors import UserError
 from distill.recipes import RECIPES, make_recipe
 from distill.resume import TrainingInterrupted, last_path
-from distill.runs import training_run
+from distill.run_guard import training_run
 from distill.settings import RunSettings
 from distill.train import TrainingDiverged, fit
 from students.resnet import CifarResNet, plan

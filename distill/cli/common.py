@@ -199,7 +199,7 @@ def print_saved(ckpt: dict[str, Any], out: Path | None) -> None:
 
 def run_settings(flags: Flags) -> RunSettings:
     """A training command's run settings, refused before any work when they cannot be met."""
-    from distill.run_log import check_tensorboard
+    from distill.progress import check_tensorboard
 
     run = flags.build("run")
     if run.out is None:  # the library trains in memory then; a command would save nothing

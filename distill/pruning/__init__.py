@@ -5,7 +5,7 @@
 - `run`: `distill prune` itself: checks, teachers, KD fine-tuning and recovery, the record.
 """
 
-from distill.pruning.run import prune_checkpoint
+from distill.pruning.iterative import prune_checkpoint
 from distill.pruning.search import min_params, prune_to_budget, rebuild, scheduled_target
 
 __all__ = ["min_params", "prune_checkpoint", "prune_to_budget", "rebuild", "scheduled_target"]

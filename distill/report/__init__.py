@@ -4,7 +4,7 @@ Models are found by content, not by file name (collect.py). Anything missing (no
 bench.json, no pipeline.json, an older checkpoint without a newer metric) is said in the report,
 never a crash. Modules, in the order a reader meets their output on the page:
 
-- collect.py: discovery (models.py: the records it fills; bench.py: reading bench.json)
+- collect.py: discovery (records.py: the records it fills; bench_records.py: reading bench.json)
 - headline.py: KD gain, budgets, data note; tables.py: the models table (text.py: number formats)
 - tradeoff.py: accuracy vs params and vs latency
 - classes.py, class_plots.py: per-class accuracy, confusion heatmaps, KD gain per class

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from distill.report.classes import WIDE, ClassScores, gains
 from distill.report.figures import new_figure
-from distill.report.models import COLORS, ROLES
 from distill.report.output import save_figure
+from distill.report.records import COLORS, ROLES
 
 
 def _finish(ax, classes: Sequence[str], xlabel: str, title: str) -> None:

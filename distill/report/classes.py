@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from distill.report.headline import kd_pairs
-from distill.report.models import Model, as_float
+from distill.report.records import Model, as_float
 
 ROLES_SHOWN = ("teacher", "baseline", "kd")  # the models whose classes the issue compares
 WIDE = 20  # more classes than this: the table folds away, and cells lose their numbers

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from distill.errors import UserError
-from distill.report.bench import batch1_latency, read_bench
-from distill.report.models import ROLES, Collection, Model, as_float, as_int, checkpoint_role
+from distill.report.bench_records import batch1_latency, read_bench
+from distill.report.records import ROLES, Collection, Model, as_float, as_int, checkpoint_role
 
 
 def _read_checkpoint(path: Path) -> Model:

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from distill.report.figures import new_figure
-from distill.report.models import COLORS, ROLES, Model, as_float, as_int
 from distill.report.output import save_figure
+from distill.report.records import COLORS, ROLES, Model, as_float, as_int
 
 
 def _series(history: Sequence[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:

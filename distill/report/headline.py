@@ -10,7 +10,7 @@ from typing import Any
 
 from distill.budget import parse_budget
 from distill.errors import UserError
-from distill.report.models import Collection, Model
+from distill.report.records import Collection, Model
 from distill.report.text import points
 
 

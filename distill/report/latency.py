@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from distill.report.bench import BenchRecord, Measurement
+from distill.report.bench_records import BenchRecord, Measurement
 from distill.report.figures import log_ticks, new_figure
 from distill.report.output import PLOTS, save_figure
 from distill.report.text import fmt

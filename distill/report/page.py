@@ -14,10 +14,10 @@ from distill.report.collect import collect_models
 from distill.report.curves import plot_curves
 from distill.report.headline import budgets, data_note, kd_gain_lines
 from distill.report.latency import FLAG, latency_section, plot_latency
-from distill.report.models import Collection, Model
 from distill.report.output import MARK, PLOTS, is_ours, slug
 from distill.report.provenance import provenance
 from distill.report.pruning import plot_trajectory, pruning_lines, steps_table, trajectory
+from distill.report.records import Collection, Model
 from distill.report.tables import render_table
 from distill.report.tradeoff import plot_accuracy_vs_latency, plot_accuracy_vs_params
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from distill.report.collect import sha256_index
 from distill.report.figures import short_count
-from distill.report.models import ROLES, Collection, Model, as_float, as_int
+from distill.report.records import ROLES, Collection, Model, as_float, as_int
 from distill.report.text import duration, fmt
 
 RECIPE_KEYS = (

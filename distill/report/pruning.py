@@ -14,8 +14,8 @@ from pathlib import Path
 
 from distill.budget import format_count
 from distill.report.figures import new_figure, short_count
-from distill.report.models import COLORS, Model, as_float, as_int
 from distill.report.output import save_figure
+from distill.report.records import COLORS, Model, as_float, as_int
 from distill.report.text import fmt, points
 
 

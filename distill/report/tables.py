@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from distill.budget import format_count
 from distill.report.latency import FLAG
-from distill.report.models import Model
+from distill.report.records import Model
 from distill.report.text import fmt, size
 
 

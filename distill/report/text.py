@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from distill.report.models import as_float
+from distill.report.records import as_float
 
 
 def fmt(value: Any, how: Callable[[Any], str]) -> str:

@@ -6,8 +6,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from distill.report.figures import log_ticks, new_figure, place_labels, short_count
-from distill.report.models import COLORS, Model
 from distill.report.output import save_figure
+from distill.report.records import COLORS, Model
 
 
 def _scatter(

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from distill.data import Dataset
     from distill.resume import State
     from distill.settings import Recipe, RunSettings
-    from distill.trainer import Sums, Trainer
+    from distill.train_setup import Sums, Trainer
 from distill.files import atomic_write_text
 
 # A GPU-sized run on a CPU: more image passes than this gets one warning line before it starts.

@@ -1,4 +1,4 @@
-"""Reading bench.json: the records `distill bench --json` writes (export/bench.py `benchmark`).
+"""Reading bench.json: the records `distill bench --json` writes (export/benchmark.py `benchmark`).
 
 A record times one file (an .onnx, or a .pt through a temporary ONNX export of it) under several
 engines, precisions and batch sizes on one device. Every measurement carries a `noise` verdict:
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from distill.report.models import as_float, as_int
+from distill.report.records import as_float, as_int
 
 # p99 beyond this many times p50 means the tail is interruptions (other processes, frequency
 # changes), not the model: the median itself is then suspect.
@@ -87,7 +87,7 @@ def noise_reason(row: dict[str, Any], threads: int | None, load: float | None) -
 
 
 def _default_precision(engine: str, device: str, file_precision: str) -> str:
-    # Records written before rows carried `precision`: export/bench.py ran PyTorch eager in
+    # Records written before rows carried `precision`: export/benchmark.py ran PyTorch eager in
     # float32 on CPU and under bf16 autocast on CUDA, and onnxruntime in the file's precision.
     if engine == "pytorch":
         return "fp32" if device == "cpu" else "bf16"

@@ -42,7 +42,7 @@ from distill.pruning.search import (
 )
 from distill.registry import build_model
 from distill.resume import TrainingInterrupted, last_path
-from distill.runs import training_run
+from distill.run_guard import training_run
 from distill.settings import KDSettings, PruneSettings, Recipe, RunSettings, kd_record, resolve_kd
 from distill.student import check_model_fits_data, load_teachers, read_teachers, teacher_record
 from distill.train import fit

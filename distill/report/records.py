@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from distill.report.bench import BenchRecord
+    from distill.report.bench_records import BenchRecord
 
 # Display order and names of the roles a model can play; ONNX files sort after their source.
 ROLES = {

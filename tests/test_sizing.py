@@ -15,9 +15,9 @@ from distill.checkpoint import (
     save_checkpoint,
 )
 from distill.errors import UserError
-from distill.fit import fit_plan, plan_cost
 from distill.models_info import describe_fit, load_any_model
 from distill.registry import create_model, get_entry, list_models, model_config
+from distill.sizing import fit_plan, plan_cost
 from students.resnet import se_hidden
 
 FAMILIES = sorted(list_models())
