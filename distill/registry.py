@@ -1,44 +1,19 @@
 """One registry for every architecture, teacher or student.
 
-Factories live in `teachers/zoo.py` and `students/zoo.py`; both are imported explicitly by
-`_ensure_loaded` so registration never depends on which module a caller imported first.
+Factories live in `teachers/zoo.py` and `students/zoo.py`, registered with
+`students.catalog.register_model`; both zoos are imported explicitly by `_ensure_loaded` so
+registration never depends on which module a caller imported first. The zoos never import this
+module: imports run one way, registry -> zoos -> catalog.
 A `FAMILY@BUDGET` name (`distill/sizing.py`) resolves here too, to its family fitted to the budget,
 so every path that takes a registered name takes a fitted one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-
 from distill.errors import UserError
 from distill.sizing import fit_plan, is_fitted, parse_fit_name
+from students.catalog import CATALOG, ModelEntry
 from students.resnet import CifarResNet, ResNetConfig
-
-
-@dataclass(frozen=True)
-class ModelEntry:
-    name: str
-    role: str  # "teacher" or "student"
-    plan: Callable[[int], ResNetConfig]  # num_classes -> channel plan
-    notes: str = ""
-
-
-_REGISTRY: dict[str, ModelEntry] = {}
-
-
-def register_model(name: str, role: str, notes: str = ""):
-    """Decorator: `@register_model("resnet18-5m", "student")` over `def f(num_classes) -> plan`."""
-    if role not in ("teacher", "student"):
-        raise ValueError(f"role must be teacher or student, got {role!r}")
-
-    def wrap(fn: Callable[[int], ResNetConfig]) -> Callable[[int], ResNetConfig]:
-        if name in _REGISTRY:
-            raise ValueError(f"architecture {name!r} is registered twice")
-        _REGISTRY[name] = ModelEntry(name, role, fn, notes)
-        return fn
-
-    return wrap
 
 
 def _ensure_loaded() -> None:
@@ -48,7 +23,7 @@ def _ensure_loaded() -> None:
 
 def list_models(role: str | None = None) -> list[str]:
     _ensure_loaded()
-    return [n for n, e in _REGISTRY.items() if role is None or e.role == role]
+    return [n for n, e in CATALOG.items() if role is None or e.role == role]
 
 
 def get_entry(name: str) -> ModelEntry:
@@ -58,20 +33,20 @@ def get_entry(name: str) -> ModelEntry:
     if is_fitted(name):
         return _fitted_entry(name)
     try:
-        return _REGISTRY[name]
+        return CATALOG[name]
     except KeyError:
         raise UserError(
-            f"unknown architecture {name!r}; choose one of: {', '.join(_REGISTRY)} "
+            f"unknown architecture {name!r}; choose one of: {', '.join(CATALOG)} "
             "(or fit one to a budget: FAMILY@BUDGET, like resnet18@5M)"
         ) from None
 
 
 def _fitted_entry(name: str) -> ModelEntry:
     spec = parse_fit_name(name)
-    family = _REGISTRY.get(spec.family)
+    family = CATALOG.get(spec.family)
     if family is None:
         raise UserError(
-            f"unknown family {spec.family!r} in {name!r}; choose one of: {', '.join(_REGISTRY)}"
+            f"unknown family {spec.family!r} in {name!r}; choose one of: {', '.join(CATALOG)}"
         )
     entry = ModelEntry(
         name,

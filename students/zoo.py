@@ -1,6 +1,6 @@
 """Student factories: sub-5M CIFAR ResNets from published reports, plus small CPU variants."""
 
-from distill.registry import register_model
+from students.catalog import register_model
 from students.resnet import ResNetConfig, plan
 
 

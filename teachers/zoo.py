@@ -1,6 +1,6 @@
 """Teacher factories: published CIFAR ResNets, far over the student budget."""
 
-from distill.registry import register_model
+from students.catalog import register_model
 from students.resnet import ResNetConfig, plan
 
 
