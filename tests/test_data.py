@@ -670,3 +670,48 @@ def test_duplicate_class_names_are_refused(tmp_path):
     write_image_folder(root, ("caf\u00e9", "cafe\u0301"), {"train": 2})  # the same word twice
     with pytest.raises(UserError, match="appears twice"):
         load_data(DataSettings(str(root), cache_dir=tmp_path / "cache", val_size=2))
+
+
+def _crafted_archive(path: Path, add) -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        add(tar)
+    return path
+
+
+def _member(tar: tarfile.TarFile, name: str, **fields) -> None:
+    import io
+
+    info = tarfile.TarInfo(name)
+    data = b"x" * 4 if not fields else b""
+    info.size = len(data)
+    for k, v in fields.items():
+        setattr(info, k, v)
+    tar.addfile(info, io.BytesIO(data))
+
+
+@pytest.mark.parametrize(
+    "name, fields, why",
+    [
+        ("cifar-10-batches-py/../../escaped", {}, r"leaves the folder"),
+        ("/tmp/escaped-absolute", {}, "absolute path"),
+        ("cifar-10-batches-py/link", {"type": tarfile.SYMTYPE, "linkname": "/etc"}, "a link"),
+        ("cifar-10-batches-py/dev", {"type": tarfile.CHRTYPE}, "device"),
+    ],
+)
+def test_a_crafted_archive_is_refused_before_anything_is_written(
+    tmp_path, monkeypatch, name, fields, why
+):
+    from torchvision.datasets import CIFAR10
+
+    root = tmp_path / "deep" / "root"
+    root.mkdir(parents=True)
+    archive = _crafted_archive(
+        root / CIFAR10.filename,
+        lambda tar: (_member(tar, "cifar-10-batches-py/data_batch_1"), _member(tar, name, **fields)),
+    )
+    # The checksum matches: it vouches for the archive's identity, not for what it holds.
+    point_download_at(monkeypatch, dead_url(), hashlib.md5(archive.read_bytes()).hexdigest())
+    with pytest.raises(UserError, match=f"holds .*{why}.*refusing to unpack"):
+        load_data(DataSettings("cifar10", data_root=root, cache_dir=tmp_path / "cache"))
+    assert not (tmp_path / "deep" / "escaped").exists()
+    assert not (root / "cifar-10-batches-py").exists()  # nothing half-unpacked

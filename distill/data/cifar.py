@@ -159,20 +159,21 @@ def resize_uint8(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.Te
 
 
 def download(name: str, data_root: Path) -> None:
-    """Fetch and extract the official archive with torchvision's download code.
+    """Fetch the official archive with torchvision's download code; unpack it with
+    `extract_tar`, which refuses members that would land outside `data_root`.
 
     torchvision's dataset constructor is not used: it unpickles the batches with plain
     pickle.load and checks every file against the official md5 sums; the archive's own md5 (checked
     here) already vouches for the download and the files are then read with `_ArrayUnpickler`.
     """
     from torchvision.datasets import CIFAR10, CIFAR100
-    from torchvision.datasets.utils import download_and_extract_archive
+    from torchvision.datasets.utils import download_url
+
+    from distill.data.archive import extract_tar
 
     cls = CIFAR10 if name == "cifar10" else CIFAR100
     try:
-        download_and_extract_archive(
-            cls.url, str(data_root), filename=cls.filename, md5=cls.tgz_md5
-        )
+        download_url(cls.url, str(data_root), filename=cls.filename, md5=cls.tgz_md5)
     except Exception as e:
         reason = str(e).strip().splitlines()[0][:100] if str(e).strip() else type(e).__name__
         raise UserError(
@@ -180,6 +181,8 @@ def download(name: str, data_root: Path) -> None:
             "local folder holding cifar-10-batches-py / cifar-100-python, or an image folder, "
             "as --data"
         ) from None
+    # torchvision's extract_archive unpacks whatever the member list says (no filter).
+    extract_tar(data_root / cls.filename, data_root)
     if not cifar_complete(data_root / cls.base_folder, name):
         raise UserError(
             f"the {name} archive in {data_root} lacks files; delete "
