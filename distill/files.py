@@ -150,9 +150,38 @@ def _write_failed(path: Path, e: OSError) -> WriteError:
     )
 
 
+def _os_error_behind(e: BaseException) -> OSError | None:
+    """The OSError a writer's own exception stands for: torch.save, onnx.save and other C++
+    writers report a failed write (a full disk) as a RuntimeError, with the OSError, where there
+    is one, as its cause or context."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+# Less room than this after a failed write means the failure was the disk being full, whatever
+# the writer called it (a C++ writer's message names only the byte count it expected).
+FULL_DISK_BYTES = 1 << 20
+
+
+def _room(folder: Path) -> int:
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return FULL_DISK_BYTES
+    return st.f_bavail * st.f_frsize
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
     """Write `path` atomically: `write(tmp)` fills a temp file beside it (any writer that takes a
-    file name: torch.save, onnx.save, matplotlib), which is fsynced and renamed over `path`."""
+    file name: torch.save, onnx.save, matplotlib), which is fsynced and renamed over `path`.
+
+    Any failure of the writer that comes down to the file system (an OSError, or a writer's own
+    error over one, or any error while the disk has no room left) is a WriteError."""
     path = Path(path)
     _ensure_folder(path.parent)
     sweep_stale(path.parent)
@@ -163,16 +192,26 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
                 os.fsync(f.fileno())
             os.chmod(tmp, _permissions_of_a_new_file())
             os.replace(tmp, path)
-        except OSError as e:
-            raise _write_failed(path, e) from None
+        except Exception as e:
+            cause = _os_error_behind(e)
+            if cause is None and _room(path.parent) < FULL_DISK_BYTES:
+                cause = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            if cause is None:
+                raise
+            raise _write_failed(path, cause) from None
     return path
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """`torch.save` through `atomic_write`."""
+    """`torch.save` through `atomic_write`, into a Python file object, so that the system's
+    own error (ENOSPC) comes back rather than only torch's "unexpected pos" RuntimeError."""
     import torch
 
-    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    def save(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+
+    return atomic_write(path, save)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

@@ -63,13 +63,18 @@ def read_teachers(paths: Sequence[Path]) -> list[dict[str, Any]]:
     return ckpts
 
 
-def check_same_source(paths: Sequence[Path], ckpt: dict[str, Any], data: DataSettings) -> None:
-    """Refuse data from another place than the teacher's before decoding it: the split sizes
-    the teacher recorded would not fit it, and each fix would run into the next refusal."""
-    recorded = ckpt.get("data") or {}
-    theirs = str(recorded.get("source") or "")
-    if not theirs or _same_place(theirs, data.source):
-        return
+def load_teacher_data(paths: Sequence[Path], ckpt: dict[str, Any], data: DataSettings) -> Dataset:
+    """The data to distil on. A copy of the teacher's data in another place is the same data
+    (the content's digest decides, in `check_model_fits_data`); but data from another place that
+    the teacher's split does not even fit is named as other data, not as a split-size error
+    whose fix would run into the next refusal."""
+    try:
+        return load_data(data)
+    except UserError:
+        recorded = ckpt.get("data") or {}
+        theirs = str(recorded.get("source") or "")
+        if not theirs or _same_place(theirs, data.source):
+            raise
     sizes = ", ".join(
         f"{k.split('_')[0]} {recorded[k]:,}"
         for k in ("train_size", "val_size")
@@ -79,7 +84,7 @@ def check_same_source(paths: Sequence[Path], ckpt: dict[str, Any], data: DataSet
         f"teacher {paths[0]} was trained on other data: {theirs} ({sizes}, split seed "
         f"{recorded.get('split_seed')}), not {data.source}; distil on the teacher's data "
         f"(--data {theirs}) or train a teacher on yours"
-    )
+    ) from None
 
 
 def _same_place(a: str, b: str) -> bool:
@@ -124,11 +129,11 @@ def check_model_fits_data(
         a, b = recorded.get(key), dataset.info.get(key)
         if a is None or b is None or a == b:
             continue
-        if key == "source_id":  # a digest of the source's path and content
+        if key == "source_id":  # a digest of the decoded images, labels and classes
             raise UserError(
                 f"the data ({dataset.info.get('source')}) is not what {what} {path} was "
-                f"trained on ({recorded.get('source')}; another folder, or its files changed "
-                f"since); it must share the {what}'s validation split: pass its --data"
+                f"trained on ({recorded.get('source')}; its images, labels or classes differ); "
+                f"it must share the {what}'s validation split: pass its --data"
             )
         raise UserError(
             f"the data's {key} is {b!r} but {what} {path} was validated with {a!r}; it must "
@@ -196,12 +201,10 @@ def train_student(
         # before decoding any data (that writes a cache). A meta-device model costs no memory.
         with torch.device("meta"):
             check_budget(create_model(arch, len(ckpts[0]["classes"])), budget, f"--arch {arch}")
-        if isinstance(data, DataSettings):
-            check_same_source(paths, ckpts[0], data)
         return ckpts
 
     with training_run(run, checks) as ckpts:
-        dataset = data if isinstance(data, Dataset) else load_data(data)
+        dataset = data if isinstance(data, Dataset) else load_teacher_data(paths, ckpts[0], data)
         device = resolve_device(run.device)
         channels_last = recipe.channels_last
         teachers, records = load_teachers(

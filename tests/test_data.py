@@ -591,3 +591,127 @@ def test_loader_on_cuda_never_syncs(split):
     assert batches[0][0].device.type == "cuda" and batches[0][1].shape == (16, 5)
     again = list(cuda.epoch(0, start_step=1))
     assert all(torch.equal(a[0], b[0]) for a, b in zip(batches[1:], again, strict=True))
+
+
+# ---------------------------------------------------------------------------------------------
+# One decoder: every mode converted faithfully or refused by name, and a summary of what was done
+
+
+def test_wide_greyscale_is_scaled_not_clipped_and_exif_is_obeyed(tmp_path, capfd):
+    from PIL import Image
+
+    from distill.data import read_image
+
+    grey = tmp_path / "grey16.png"
+    Image.fromarray(np.full((8, 8), 32896, dtype=np.uint16)).save(grey)  # 128 * 257
+    assert Image.open(grey).mode.startswith("I")
+    assert np.all(read_image(grey, (8, 8)) == 128)  # convert("RGB") made it 255: white
+
+    # 4 wide, 2 high, left half red; orientation 6: shown turned a quarter clockwise (2 x 4)
+    pixels = np.zeros((2, 4, 3), dtype=np.uint8)
+    pixels[:, :2, 0] = 255
+    pixels[:, 2:, 2] = 255
+    turned = tmp_path / "turned.png"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(pixels).save(turned, exif=exif)
+    upright = read_image(turned, (4, 2))
+    assert upright[0, 0].tolist() == [255, 0, 0] and upright[3, 1].tolist() == [0, 0, 255]
+
+    floats = tmp_path / "float.tiff"
+    Image.fromarray(np.ones((4, 4), dtype=np.float32)).save(floats)
+    with pytest.raises(UserError, match=r"float\.tiff is a 'F' image"):
+        read_image(floats, (4, 4))
+
+    root = write_image_folder(tmp_path / "imgs", ("x", "y"), {"train": 3})
+    shutil.copy(grey, root / "train" / "x" / "grey16.png")
+    load_data(DataSettings(str(root), cache_dir=tmp_path / "cache", val_size=2))
+    assert "1 converted from 16-bit greyscale" in capfd.readouterr().err
+
+
+def test_links_and_hidden_folders_cannot_relabel_images(tmp_path, capfd):
+    root = write_image_folder(tmp_path / "imgs", ("x", "y"), {"train": 3})
+    settings = DataSettings(str(root), cache_dir=tmp_path / "cache", val_size=2)
+    (root / "train" / "z").symlink_to(root / "train" / "x", target_is_directory=True)
+    with pytest.raises(UserError, match=r"same file .* train/x and train/z"):
+        load_data(settings)
+    (root / "train" / "z").unlink()
+    (root / "train" / "x" / "again.png").symlink_to(root / "train" / "x" / "000.png")
+    (root / "train" / ".w").mkdir()
+    shutil.copy(root / "train" / "x" / "000.png", root / "train" / ".w")
+    ds = load_data(settings)
+    assert ds.classes == ("x", "y") and len(ds.train) + len(ds.val) == 6  # the link taken once
+    err = capfd.readouterr().err
+    assert "reached twice in one class" in err and "passed over" in err and ".w" in err
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda e: e | {"data": e["data"].astype(np.int64) + 200}, "int64 pixels, not bytes"),
+        (lambda e: e | {"labels": [str(y) for y in e["labels"]]}, "labels of type <U1"),
+    ],
+)
+def test_cifar_pixels_and_labels_are_checked_not_cast(tmp_path, change, message):
+    base = make_cifar_python(tmp_path / "src", per_class=2, test_per_class=0)
+    entry = read_pickle(base / "data_batch_1")
+    with open(base / "data_batch_1", "wb") as f:
+        pickle.dump(change(entry), f, protocol=2)
+    with pytest.raises(UserError, match=message):
+        load_data(DataSettings(str(base), cache_dir=tmp_path / "cache", val_size=10))
+
+
+def test_duplicate_class_names_are_refused(tmp_path):
+    names = ["cat", "dog", "cat"] + [f"c{i}" for i in range(7)]
+    base = make_cifar_python(tmp_path / "src", per_class=2, label_names=names)
+    with pytest.raises(UserError, match="class 'cat' appears twice"):
+        load_data(DataSettings(str(base), cache_dir=tmp_path / "cache", val_size=10))
+    root = tmp_path / "imgs"
+    write_image_folder(root, ("caf\u00e9", "cafe\u0301"), {"train": 2})  # the same word twice
+    with pytest.raises(UserError, match="appears twice"):
+        load_data(DataSettings(str(root), cache_dir=tmp_path / "cache", val_size=2))
+
+
+def _crafted_archive(path: Path, add) -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        add(tar)
+    return path
+
+
+def _member(tar: tarfile.TarFile, name: str, **fields) -> None:
+    import io
+
+    info = tarfile.TarInfo(name)
+    data = b"x" * 4 if not fields else b""
+    info.size = len(data)
+    for k, v in fields.items():
+        setattr(info, k, v)
+    tar.addfile(info, io.BytesIO(data))
+
+
+@pytest.mark.parametrize(
+    "name, fields, why",
+    [
+        ("cifar-10-batches-py/../../escaped", {}, r"leaves the folder"),
+        ("/tmp/escaped-absolute", {}, "absolute path"),
+        ("cifar-10-batches-py/link", {"type": tarfile.SYMTYPE, "linkname": "/etc"}, "a link"),
+        ("cifar-10-batches-py/dev", {"type": tarfile.CHRTYPE}, "device"),
+    ],
+)
+def test_a_crafted_archive_is_refused_before_anything_is_written(
+    tmp_path, monkeypatch, name, fields, why
+):
+    from torchvision.datasets import CIFAR10
+
+    root = tmp_path / "deep" / "root"
+    root.mkdir(parents=True)
+    archive = _crafted_archive(
+        root / CIFAR10.filename,
+        lambda tar: (_member(tar, "cifar-10-batches-py/data_batch_1"), _member(tar, name, **fields)),
+    )
+    # The checksum matches: it vouches for the archive's identity, not for what it holds.
+    point_download_at(monkeypatch, dead_url(), hashlib.md5(archive.read_bytes()).hexdigest())
+    with pytest.raises(UserError, match=f"holds .*{why}.*refusing to unpack"):
+        load_data(DataSettings("cifar10", data_root=root, cache_dir=tmp_path / "cache"))
+    assert not (tmp_path / "deep" / "escaped").exists()
+    assert not (root / "cifar-10-batches-py").exists()  # nothing half-unpacked

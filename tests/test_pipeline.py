@@ -283,3 +283,43 @@ def test_the_export_stage_honours_every_export_setting(finished_run, tiny_image_
     stage.run(False, {})
     for path in stage.outputs:
         assert read_metadata(path)["tta"] is True, path.name
+
+
+def _teacher_decision(config, data, out):
+    """What a rerun would do with the teacher stage, without running it."""
+    from distill.data import load_data
+    from distill.pipeline.stages import build_stages
+    from distill.pipeline.state import PipelineState, decide
+
+    settings = load_config("quick", config, {"data": {"source": str(data)}})
+    stages = build_stages(settings, out, lambda: load_data(settings.data), None, True)
+    return decide(stages[0], PipelineState.load(out, settings.to_dict()))[0]
+
+
+def test_the_data_is_known_by_its_content_not_its_place(finished_run, tiny_image_folder, tmp_path):
+    root, _, out, _ = finished_run
+    moved = tmp_path / "moved-data"
+    shutil.copytree(tiny_image_folder, moved)
+    # Another folder and another cache: the same images, so nothing is trained again.
+    config = write_toml(tmp_path / "p.toml", tmp_path / "other-cache")
+    copy = root / "moved"
+    shutil.copytree(out, copy)
+    result = runner.invoke(app, pipeline_args(moved, config, copy, quiet=False))
+    assert result.exit_code == 0, result.output
+    assert result.output.count("up to date, skipped") == len(STAGES), result.output
+    assert _teacher_decision(config, moved, copy) == "skip"
+
+    # An image added, then removed: the same bytes again are the same data.
+    extra = moved / "train" / "red" / "extra.png"
+    shutil.copy(moved / "train" / "blue" / "000.png", extra)
+    assert _teacher_decision(config, moved, copy) == "run"
+    extra.unlink()
+    assert _teacher_decision(config, moved, copy) == "skip"
+
+    # Images moved between classes, then a class lost: other data at the same path.
+    for name in ("000.png", "001.png"):
+        (moved / "train" / "blue" / name).rename(moved / "train" / "green" / f"b{name}")
+    assert _teacher_decision(config, moved, copy) == "run"
+    shutil.rmtree(moved / "train" / "yellow")
+    shutil.rmtree(moved / "test" / "yellow")
+    assert _teacher_decision(config, moved, copy) == "run"

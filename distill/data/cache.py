@@ -3,13 +3,16 @@ and read back with `torch.load(weights_only=True)`, never beside the data.
 
 The file is keyed by the source's path and fingerprint, and it carries a sha256 of its tensors:
 a cache whose bytes changed after it was written (a flipped bit, a truncated copy, an edit) is
-decoded again with one line saying so, never trained on.
+decoded again with one line saying so, never trained on. The same sha256 names the data
+(`Decoded.content_id`), so identifying it costs nothing beyond the check.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -37,18 +40,21 @@ def cached_decode(source: Source, settings: DataSettings) -> Decoded:
     if cached is not None:
         return cached
     decoded = decode(source, settings)
+    decoded = replace(decoded, sha256=checksum(_tensors(_tensor_fields(decoded))))
     write_cache(path, full_key, decoded, stale=f"{stem}-*.pt")
     return decoded
 
 
 def decode(source: Source, settings: DataSettings) -> Decoded:
     if source.kind == "image-folder":
-        splits = {
-            split: Split(
-                decode_images(files, settings.image_size), torch.tensor(labels, dtype=torch.int64)
-            )
-            for (split, files), labels in zip(source.image_files, source.image_labels, strict=True)
-        }
+        splits, done = {}, Counter()
+        for (split, files), labels in zip(source.image_files, source.image_labels, strict=True):
+            images, notes = decode_images(files, settings.image_size)
+            splits[split] = Split(images, torch.tensor(labels, dtype=torch.int64))
+            done += notes
+        if done:
+            said = "; ".join(f"{n:,} {what}" for what, n in sorted(done.items()))
+            note(f"images of {source.name} decoded to 8-bit RGB: {said}")
         return Decoded(source.classes, splits["train"], splits.get("test"))
     if source.download is not None and not cifar_complete(source.folder, source.kind):
         download(source.download, settings.data_root)
@@ -83,7 +89,10 @@ def read_cache(path: Path, key: str) -> Decoded | None:
         if obj["test_images"] is not None:
             test = Split(obj["test_images"], obj["test_labels"])
         decoded = Decoded(
-            tuple(obj["classes"]), Split(obj["train_images"], obj["train_labels"]), test
+            tuple(obj["classes"]),
+            Split(obj["train_images"], obj["train_labels"]),
+            test,
+            obj["sha256"],
         )
         labels = [s.labels for s in (decoded.train, decoded.test) if s is not None and len(s)]
         if any(int(y.min()) < 0 or int(y.max()) >= len(decoded.classes) for y in labels):
@@ -94,18 +103,24 @@ def read_cache(path: Path, key: str) -> Decoded | None:
         return None
 
 
+def _tensor_fields(decoded: Decoded) -> dict:
+    return {
+        "train_images": decoded.train.images,
+        "train_labels": decoded.train.labels,
+        "test_images": decoded.test.images if decoded.test is not None else None,
+        "test_labels": decoded.test.labels if decoded.test is not None else None,
+    }
+
+
 def write_cache(path: Path, key: str, decoded: Decoded, stale: str) -> None:
     obj = {
         "format": CACHE_FORMAT,
         "version": CACHE_VERSION,
         "key": key,
         "classes": list(decoded.classes),
-        "train_images": decoded.train.images,
-        "train_labels": decoded.train.labels,
-        "test_images": decoded.test.images if decoded.test is not None else None,
-        "test_labels": decoded.test.labels if decoded.test is not None else None,
+        **_tensor_fields(decoded),
+        "sha256": decoded.sha256,
     }
-    obj["sha256"] = checksum(_tensors(obj))
     try:
         atomic_save(obj, path)
     except UserError as e:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from distill.data.dataset import Decoded, Split
+from distill.data.dataset import Decoded, Split, check_class_names
 from distill.errors import UserError
 
 DATASET_NAMES = ("cifar10", "cifar100")
@@ -94,7 +94,10 @@ def read_cifar(folder: Path, kind: str, image_size: int) -> Decoded:
     names = meta.get(layout["names"])
     if not isinstance(names, list) or not names:
         raise UserError(f"{folder / layout['meta']} has no {layout['names']}; replace the file")
-    classes = tuple(str(n) for n in names)
+    classes = check_class_names(
+        [n.decode("latin1") if isinstance(n, bytes) else n for n in names],
+        f"{folder / layout['meta']}",
+    )
 
     def read(files: list[str]) -> Split:
         images, labels = [], []
@@ -107,8 +110,8 @@ def read_cifar(folder: Path, kind: str, image_size: int) -> Decoded:
                     f"{folder / f} is not a {layout['title']} batch (data, "
                     f"{layout['labels']}); replace the file"
                 )
-            images.append(np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32))
-            labels.append(np.asarray(lab, dtype=np.int64))
+            images.append(_pixels(data, folder / f).reshape(-1, 3, 32, 32))
+            labels.append(_labels(lab, folder / f, layout["labels"]))
         y = torch.from_numpy(np.concatenate(labels))
         if len(y) and (int(y.min()) < 0 or int(y.max()) >= len(classes)):
             raise UserError(f"{folder} has labels outside its {len(classes)} classes; replace it")
@@ -117,6 +120,29 @@ def read_cifar(folder: Path, kind: str, image_size: int) -> Decoded:
 
     test = read(layout["test"]) if all((folder / f).is_file() for f in layout["test"]) else None
     return Decoded(classes, read(layout["train"]), test)
+
+
+def _pixels(data: np.ndarray, path: Path) -> np.ndarray:
+    """uint8 pixels as they are; other integer types only when every value is a byte already
+    (a cast would wrap 256 to 0 without a word)."""
+    if data.dtype == np.uint8:
+        return data
+    if data.dtype.kind not in "iu" or (data.size and (data.min() < 0 or data.max() > 255)):
+        raise UserError(
+            f"{path} holds {data.dtype} pixels, not bytes 0..255; replace the file with a "
+            "uint8 CIFAR batch"
+        )
+    return data.astype(np.uint8)
+
+
+def _labels(lab: Any, path: Path, key: str) -> np.ndarray:
+    """Integer labels, as a list or an integer array; anything else (text, floats) refused."""
+    arr = np.asarray(lab)
+    if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "iu"):
+        raise UserError(
+            f"{path} has {key} of type {arr.dtype} (not whole numbers); replace the file"
+        )
+    return arr.astype(np.int64)
 
 
 def resize_uint8(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:
@@ -133,20 +159,21 @@ def resize_uint8(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.Te
 
 
 def download(name: str, data_root: Path) -> None:
-    """Fetch and extract the official archive with torchvision's download code.
+    """Fetch the official archive with torchvision's download code; unpack it with
+    `extract_tar`, which refuses members that would land outside `data_root`.
 
     torchvision's dataset constructor is not used: it unpickles the batches with plain
     pickle.load and checks every file against the official md5 sums; the archive's own md5 (checked
     here) already vouches for the download and the files are then read with `_ArrayUnpickler`.
     """
     from torchvision.datasets import CIFAR10, CIFAR100
-    from torchvision.datasets.utils import download_and_extract_archive
+    from torchvision.datasets.utils import download_url
+
+    from distill.data.archive import extract_tar
 
     cls = CIFAR10 if name == "cifar10" else CIFAR100
     try:
-        download_and_extract_archive(
-            cls.url, str(data_root), filename=cls.filename, md5=cls.tgz_md5
-        )
+        download_url(cls.url, str(data_root), filename=cls.filename, md5=cls.tgz_md5)
     except Exception as e:
         reason = str(e).strip().splitlines()[0][:100] if str(e).strip() else type(e).__name__
         raise UserError(
@@ -154,6 +181,8 @@ def download(name: str, data_root: Path) -> None:
             "local folder holding cifar-10-batches-py / cifar-100-python, or an image folder, "
             "as --data"
         ) from None
+    # torchvision's extract_archive unpacks whatever the member list says (no filter).
+    extract_tar(data_root / cls.filename, data_root)
     if not cifar_complete(data_root / cls.base_folder, name):
         raise UserError(
             f"the {name} archive in {data_root} lacks files; delete "

@@ -9,6 +9,7 @@ a subsample is validated on the same images.
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 
 import torch
@@ -42,6 +43,23 @@ class Split:
         return Split(self.images[idx], self.labels[idx])
 
 
+def check_class_names(names: list, where: str) -> tuple[str, ...]:
+    """Class names as text, each non-empty and distinct, also as the same letters written
+    another way (Unicode NFC: 'é' as one code point or as 'e' and an accent looks the same)."""
+    seen: dict[str, str] = {}
+    for name in names:
+        if not isinstance(name, str) or not name.strip():
+            raise UserError(f"{where}: class name {name!r} is not a non-empty text; fix the names")
+        key = unicodedata.normalize("NFC", name)
+        if key in seen:
+            raise UserError(
+                f"{where}: class {name!r} appears twice (as {seen[key]!r} too); class names "
+                "must be distinct: rename or merge them"
+            )
+        seen[key] = name
+    return tuple(names)
+
+
 @dataclass(frozen=True, eq=False)
 class Decoded:
     """Every image of a source, as decoded once and cached: the training and test splits."""
@@ -49,6 +67,16 @@ class Decoded:
     classes: tuple[str, ...]
     train: Split
     test: Split | None
+    sha256: str = ""  # of the tensors' bytes, as the cache records it
+
+    @property
+    def content_id(self) -> str:
+        """What the data is, whatever its path or cache: classes, labels and pixels."""
+        import hashlib
+        import json
+
+        text = json.dumps([list(self.classes), self.sha256])
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True, eq=False)
@@ -59,8 +87,8 @@ class Dataset:
     classes: tuple[str, ...]
     mean: tuple[float, float, float]  # per channel, [0,1] units, of the train split
     std: tuple[float, float, float]
-    # plain values: source, source_id, split_seed, train_size, val_size, test_size (0: none),
-    # num_classes, image_size, format
+    # plain values: source, source_id (a digest of the decoded content, not of the path),
+    # split_seed, train_size, val_size, test_size (0: none), num_classes, image_size, format
     info: dict
 
     @property
@@ -98,7 +126,7 @@ def load_data(settings: DataSettings) -> Dataset:
     mean, std = channel_stats(train.images)
     info = {
         "source": source.name,
-        "source_id": source.source_id,
+        "source_id": decoded.content_id,
         "format": source.kind,
         "split_seed": settings.split_seed,
         "train_size": len(train),

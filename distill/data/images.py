@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from distill.errors import UserError
 
@@ -34,29 +35,95 @@ _OPENABLE = frozenset(
 )
 
 
-def read_image(path: str | os.PathLike, size: tuple[int, int]) -> np.ndarray:
-    """uint8 [H, W, 3] RGB of `path`, resized to `size` (H, W) where it differs.
+# Modes PIL converts to RGB without losing what the image means: 8-bit grey, palette, bilevel,
+# alpha (dropped: the colour under it is kept, as torchvision's loader does), CMYK, YCbCr.
+_TO_RGB = frozenset({"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr"})
+# Integer modes of more than 8 bits (16-bit PNG and TIFF): PIL's convert("RGB") clips them at
+# 255, which turns a 16-bit image white, so they are scaled to 8 bits here instead.
+_WIDE_GREY = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
+# What a data summary calls each converted mode.
+_MODE_NAMES = {"1": "bilevel", "L": "greyscale", "P": "palette", "CMYK": "CMYK", "YCbCr": "YCbCr"}
 
-    Every reader of image files comes here (training's image folders, `distill predict`), so a
-    file is accepted or refused the same way everywhere: any mode (palette, grey, RGBA, CMYK,
-    16-bit) becomes three uint8 channels; an image of more than MAX_PIXELS pixels (a
-    decompression bomb: a small file that decodes to gigabytes) and a file that is not an image
-    are UserErrors naming it.
+
+def _mode_name(mode: str) -> str:
+    if mode in _WIDE_GREY:
+        return "16-bit greyscale"
+    if "A" in mode or mode == "RGBa":
+        return "with alpha"
+    return _MODE_NAMES.get(mode, mode)
+
+
+def _wide_grey_to_rgb(im: Image.Image) -> Image.Image:
+    """A 16-bit (or 32-bit integer holding 16-bit) grey image as 8-bit RGB, scaled, not clipped."""
+    grey = np.asarray(im).astype(np.int64)
+    if grey.size and (grey.min() < 0 or grey.max() > 65535):
+        raise ValueError(f"{im.mode} pixel values outside 0..65535")
+    eight = ((grey * 255 + 32767) // 65535).astype(np.uint8)  # rounded: 65535 -> 255, 257 -> 1
+    return Image.fromarray(eight, "L").convert("RGB")
+
+
+def to_rgb(im: Image.Image) -> tuple[Image.Image, list[str]]:
+    """`im` upright (by its EXIF orientation) in 8-bit RGB, and what was done to get there.
+
+    Every mode PIL opens is either converted faithfully or refused by name (floating point,
+    LAB, HSV and multi-channel 16-bit would need a choice of range the file does not state).
+    """
+    done = []
+    orientation = im.getexif().get(0x0112, 1)  # 0x0112: EXIF Orientation; 1 is upright
+    if orientation not in (1, None):
+        im = ImageOps.exif_transpose(im)
+        done.append("turned upright by its EXIF orientation")
+    if im.mode == "RGB":
+        return im, done
+    if im.mode in _WIDE_GREY:
+        rgb = _wide_grey_to_rgb(im)
+    elif im.mode in _TO_RGB:
+        rgb = im.convert("RGB")
+    else:
+        raise _Unsupported(im.mode)
+    return rgb, [*done, f"converted from {_mode_name(im.mode)}"]
+
+
+class _Unsupported(Exception):
+    def __init__(self, mode: str) -> None:
+        super().__init__(mode)
+        self.mode = mode
+
+
+def read_image(path: str | os.PathLike, size: tuple[int, int]) -> np.ndarray:
+    """uint8 [H, W, 3] RGB of `path`, upright, resized to `size` (H, W) where it differs."""
+    return read_image_noting(path, size)[0]
+
+
+def read_image_noting(
+    path: str | os.PathLike, size: tuple[int, int]
+) -> tuple[np.ndarray, list[str]]:
+    """`read_image` and what was done to the file on the way (for the data summary).
+
+    Every reader of image files comes here (training's image folders, `distill predict`, int8
+    calibration through the training data), so a file is accepted or refused the same way
+    everywhere (`to_rgb`); an image of more than MAX_PIXELS pixels (a decompression bomb: a
+    small file that decodes to gigabytes) and a file that is not an image are UserErrors
+    naming it.
     """
     try:
         with Image.open(path) as im:  # reads the header only: the size is known before decoding
             if im.width * im.height > MAX_PIXELS:
                 raise Image.DecompressionBombError(f"{im.width}x{im.height}")
-            if im.mode != "RGB":
-                im = im.convert("RGB")
+            im, done = to_rgb(im)
             if im.size != (size[1], size[0]):
                 # PIL widens the bilinear filter when shrinking, so downscaling does not alias.
                 im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-            return np.asarray(im)
+            return np.asarray(im), done
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):  # (warnings as errors)
         raise UserError(
             f"{path} has more than {MAX_PIXELS:,} pixels, the limit for an image (a guard against "
             "decompression bombs); downscale it or remove it"
+        ) from None
+    except _Unsupported as e:
+        raise UserError(
+            f"{path} is a {e.mode!r} image, which has no faithful 8-bit RGB form; save it as "
+            "8-bit RGB, greyscale or 16-bit greyscale, or remove it"
         ) from None
     except Exception as e:  # any failure to decode means the file is not an image we can use
         reason = str(e).strip().splitlines()[0][:80] if str(e).strip() else type(e).__name__
@@ -65,20 +132,27 @@ def read_image(path: str | os.PathLike, size: tuple[int, int]) -> np.ndarray:
         ) from None
 
 
-def decode_images(paths: Sequence[Path], size: int, chunk: int = 512) -> torch.Tensor:
+def decode_images(
+    paths: Sequence[Path], size: int, chunk: int = 512
+) -> tuple[torch.Tensor, Counter[str]]:
     """Decode files into one uint8 [N, 3, size, size] tensor with a thread pool (PIL releases the
-    GIL while decoding; chunks keep the pool's per-task overhead small)."""
+    GIL while decoding; chunks keep the pool's per-task overhead small), and how many files had
+    each thing done to them (`read_image_noting`)."""
     out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
+    done: Counter[str] = Counter()
 
-    def work(start: int) -> None:
+    def work(start: int) -> Counter[str]:
+        notes: Counter[str] = Counter()
         for i in range(start, min(start + chunk, len(paths))):
-            out[i] = read_image(paths[i], (size, size))
+            out[i], what = read_image_noting(paths[i], (size, size))
+            notes.update(what)
+        return notes
 
     pool = ThreadPoolExecutor(min(8, os.cpu_count() or 1))
     try:
-        for _ in pool.map(work, range(0, len(paths), chunk)):
-            pass
+        for notes in pool.map(work, range(0, len(paths), chunk)):
+            done += notes
     finally:
         # On a bad file, stop at once rather than decode the rest of the folder first.
         pool.shutdown(wait=True, cancel_futures=True)
-    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous(), done

@@ -1,6 +1,10 @@
 """Where a data set comes from: a dataset name to download, a CIFAR python folder, or an image
-folder; and a cheap fingerprint (file count, total bytes, newest mtime) that changes whenever the
-source may have changed, so a stale decode is never read back.
+folder; and a cheap fingerprint of its listing (every file's name below the root, size and
+mtime) that changes whenever the source may have changed, so a stale decode is never read back.
+
+The fingerprint only guards the cache. What identifies the data in checkpoints and pipeline
+stages is the digest of the decoded content (`cache.content_id`): a moved folder or cache is the
+same data, and a folder whose files changed back to the same bytes is the same data again.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from pathlib import Path
 
 from distill.console import note
 from distill.data.cifar import DATASET_NAMES, cifar_layout
+from distill.data.dataset import check_class_names
 from distill.data.images import is_image_name
 from distill.errors import UserError
 from distill.settings import DataSettings
@@ -23,14 +28,10 @@ class Source:
     name: str  # what info["source"] records: a dataset name or an absolute path
     folder: Path  # the folder read (for a download: where it is, or will be, extracted)
     download: str | None  # the dataset name when it comes from torchvision's download
-    fingerprint: str  # changes whenever the source's content may have changed
+    fingerprint: str  # changes whenever the source's content may have changed (cache key only)
     image_files: tuple[tuple[str, tuple[Path, ...]], ...] = ()  # image folders: (split, files)
     image_labels: tuple[tuple[int, ...], ...] = ()
     classes: tuple[str, ...] = ()
-
-    @property
-    def source_id(self) -> str:
-        return digest(f"{self.kind}|{self.name}|{self.fingerprint}")[:16]
 
 
 def digest(text: str) -> str:
@@ -79,9 +80,17 @@ def _refuse_cache_inside(cache_dir: Path, folder: Path) -> None:
 
 
 def _fingerprint(folder: Path) -> str:
-    """File count, total bytes and newest mtime under `folder`: cheap, and changes on any edit."""
-    files, size, newest = _files_under(str(folder))
-    return f"files={len(files)};bytes={size};mtime={newest}"
+    """Names (below `folder`), sizes and mtimes of its files: cheap, and changes on any edit,
+    move or rename, whatever the folders' own mtimes say."""
+    return _listing_digest(folder, _files_under(str(folder)))
+
+
+def _listing_digest(root: Path, files: list[Path]) -> str:
+    lines = []
+    for f in files:
+        st = f.stat()
+        lines.append(f"{f.relative_to(root).as_posix()}|{st.st_size}|{st.st_mtime_ns}")
+    return digest("\n".join(lines))
 
 
 def _visible(folder: str) -> list[os.DirEntry]:
@@ -90,24 +99,36 @@ def _visible(folder: str) -> list[os.DirEntry]:
         return sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
 
 
-def _files_under(folder: str) -> tuple[list[Path], int, int]:
-    """Visible files below `folder` (sorted), their total bytes, and the newest mtime of any file
-    or directory walked (moving a file between class folders changes only directory mtimes)."""
-    files, size, newest = [], 0, os.stat(folder).st_mtime_ns
+def _hidden_folders(folder: str) -> list[str]:
+    with os.scandir(folder) as it:
+        return sorted(e.name for e in it if e.name.startswith(".") and e.is_dir())
+
+
+def _files_under(folder: str, seen: set[str] | None = None) -> list[Path]:
+    """Visible files below `folder`, sorted; a folder reached again through a link (a loop, or a
+    second way to the same images) is walked once."""
+    seen = set() if seen is None else seen
+    real = os.path.realpath(folder)
+    if real in seen:
+        return []
+    seen.add(real)
+    files = []
     for e in _visible(folder):
         if e.is_dir():
-            sub, sub_size, sub_newest = _files_under(e.path)
-            files += sub
-            size, newest = size + sub_size, max(newest, sub_newest)
+            files += _files_under(e.path, seen)
         elif e.is_file():
-            st = e.stat()
             files.append(Path(e.path))
-            size, newest = size + st.st_size, max(newest, st.st_mtime_ns)
-    return files, size, newest
+    return files
 
 
 def scan_image_folder(root: Path) -> Source:
-    """List an image folder's files per split and class; decoding waits for a cache miss."""
+    """List an image folder's files per split and class; decoding waits for a cache miss.
+
+    Links are followed, but one file is one image: the same file reached twice in a class is
+    taken once (a note says so), and under two classes, or in both train and test, it is refused
+    (it would carry two labels, or be tested on after training on it). Hidden folders are not
+    classes; a note names any that were passed over.
+    """
     train_root = root / "train" if (root / "train").is_dir() else root
     test_root = root / "test" if train_root != root and (root / "test").is_dir() else None
     class_dirs = [e for e in _visible(str(train_root)) if e.is_dir()]
@@ -116,11 +137,13 @@ def scan_image_folder(root: Path) -> Source:
             f"{train_root} holds no class folders; an image folder needs <class>/<image files> "
             "(or train/<class>/... and test/<class>/...)"
         )
-    classes = tuple(e.name for e in class_dirs)
+    classes = check_class_names([e.name for e in class_dirs], f"the class folders of {train_root}")
     index = {name: i for i, name in enumerate(classes)}
     split_files, split_labels = [], []
-    size, newest = 0, os.stat(root).st_mtime_ns
     skipped: list[Path] = []
+    merged: list[Path] = []
+    owner: dict[str, tuple[str, str, Path]] = {}  # real path -> (split, class, first path)
+    hidden = [f"{train_root / name}" for name in _hidden_folders(str(train_root))]
     for split, split_root in (("train", train_root), ("test", test_root)):
         if split_root is None:
             continue
@@ -128,22 +151,33 @@ def scan_image_folder(root: Path) -> Source:
             class_dirs if split == "train" else [e for e in _visible(str(split_root)) if e.is_dir()]
         )
         files, labels = [], []
-        newest = max(newest, os.stat(split_root).st_mtime_ns)
         for e in dirs:
             if e.name not in index:
                 raise UserError(
                     f"test class folder {e.path} has no train/{e.name}; rename it to one of "
                     f"the training classes or remove it"
                 )
-            listed, found_size, found_newest = _files_under(e.path)
             found = []
-            for f in listed:
-                (found if is_image_name(f) else skipped).append(f)
+            for f in _files_under(e.path):
+                if not is_image_name(f):
+                    skipped.append(f)
+                    continue
+                real = os.path.realpath(f)
+                first = owner.setdefault(real, (split, e.name, f))
+                if first[2] == f:
+                    found.append(f)
+                elif first[:2] == (split, e.name):
+                    merged.append(f)
+                else:
+                    raise UserError(
+                        f"{f} and {first[2]} are the same file (through a link), in "
+                        f"{first[0]}/{first[1]} and {split}/{e.name}; an image has one label "
+                        "and one split: remove the link or copy the file"
+                    )
             if not found and split == "train":
                 raise UserError(f"class folder {e.path} holds no images; add images or remove it")
             files += found
             labels += [index[e.name]] * len(found)
-            size, newest = size + found_size, max(newest, found_newest)
         if not files:
             raise UserError(
                 f"{split_root} holds no images in class folders; add {split_root}/<class>/ "
@@ -151,13 +185,9 @@ def scan_image_folder(root: Path) -> Source:
             )
         split_files.append((split, tuple(files)))
         split_labels.append(tuple(labels))
-    if skipped:
-        note(
-            f"skipped {len(skipped)} file{'s' * (len(skipped) != 1)} in class folders that "
-            f"are not images by their extension (e.g. {skipped[0]})"
-        )
-    count = sum(len(f) for _, f in split_files)
-    fingerprint = f"files={count};bytes={size};mtime={newest};classes={digest('/'.join(classes))}"
+    _summarise_scan(skipped, merged, hidden)
+    listed = [f for _, files in split_files for f in files]
+    fingerprint = f"{_listing_digest(root, listed)};classes={digest(chr(0).join(classes))}"
     return Source(
         "image-folder",
         str(root),
@@ -168,3 +198,21 @@ def scan_image_folder(root: Path) -> Source:
         image_labels=tuple(split_labels),
         classes=classes,
     )
+
+
+def _summarise_scan(skipped: list[Path], merged: list[Path], hidden: list[str]) -> None:
+    def files(n: int) -> str:
+        return f"{n} file{'s' * (n != 1)}"
+
+    if skipped:
+        note(
+            f"skipped {files(len(skipped))} in class folders that are not images by their "
+            f"extension (e.g. {skipped[0]})"
+        )
+    if merged:
+        note(
+            f"took {files(len(merged))} reached twice in one class (through a link) once "
+            f"(e.g. {merged[0]})"
+        )
+    if hidden:
+        note(f"hidden folders are not classes; passed over {', '.join(hidden[:3])}")

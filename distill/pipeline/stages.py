@@ -24,6 +24,17 @@ from distill.settings import RunSettings
 from distill.typed import to_dict
 
 
+# Where the data lies and where its decode is cached say nothing about what it is.
+PLACE_FIELDS = ("source", "data_root", "cache_dir")
+
+
+def data_identity(s: PipelineSettings, dataset: Callable[[], Dataset]) -> dict[str, Any]:
+    """The training stages' data as their fingerprint sees it: the digest of the decoded
+    content (read from the cache, or decoded once) and the split settings, not the paths."""
+    fields = {k: v for k, v in to_dict(s.data).items() if k not in PLACE_FIELDS}
+    return {**fields, "content": dataset().info["source_id"]}
+
+
 def build_stages(
     s: PipelineSettings,
     run_dir: Path,
@@ -37,7 +48,7 @@ def build_stages(
     teacher, baseline, student, pruned = (
         run_dir / f"{n}.pt" for n in ("teacher", "baseline", "student", "pruned")
     )
-    data = to_dict(s.data)
+    data = data_identity(s, dataset)
 
     def run_settings(out: Path, resume: bool) -> RunSettings:
         # force: a stage that runs again replaces its own earlier output (atomically, at the end)
