@@ -22,13 +22,9 @@ CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 DEVICES = ("auto", "cpu", "cuda")
 
-# Where onnxruntime publishes onnxruntime-gpu built for CUDA 13 (its maintainers' instructions
-# in microsoft/onnxruntime#27944; nightly builds: the ort-cuda-13-nightly feed beside it).
-ORT_CUDA13_INDEX = "https://aiinfra.pkgs.visualstudio.com/PublicPackages/_packaging/onnxruntime-cuda-13/pypi/simple/"
-ORT_CUDA13_INSTALL = (
-    "pip uninstall -y onnxruntime onnxruntime-gpu && "
-    f"pip install --pre --index-url {ORT_CUDA13_INDEX} onnxruntime-gpu"
-)
+# onnxruntime-gpu on PyPI is built for CUDA 13, PyTorch's CUDA (1.31.1 requires
+# nvidia-cuda-runtime~=13.0); the CPU package must go first, both share one folder.
+ORT_CUDA13_INSTALL = "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu"
 
 # Progress callback: (images done, images in all).
 Progress = Callable[[int, int], None]
