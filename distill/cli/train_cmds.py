@@ -27,6 +27,7 @@ from distill.cli.common import (
 )
 from distill.errors import UserError
 from distill.flags import Flags, Group, with_settings
+from distill.runs import check_run_output
 from distill.settings import PruneSettings, Recipe
 
 # Training
@@ -54,8 +55,8 @@ def teacher_train_cmd(
     from distill.recipes import teacher_recipe
     from distill.supervised import train_on_labels
 
-    relaunched(nproc_per_node)
     run = run_settings(flags)
+    relaunched(nproc_per_node, run.device, lambda: check_run_output(run))
     resolved = teacher_recipe(recipe, **flags["recipe"])
     run_training(
         lambda: train_on_labels(
@@ -100,8 +101,8 @@ def student_cmd(
     from distill.settings import data_for_model
     from distill.student import train_student
 
-    relaunched(nproc_per_node)
     run = run_settings(flags)
+    relaunched(nproc_per_node, run.device, lambda: check_run_output(run))
     first = load_checkpoint(teacher[0])  # the split defaults to the teacher's own
     data = data_for_model(first.get("data") or {}, flags["data"], f"teacher {teacher[0]}")
     resolved = make_recipe(recipe, **flags["recipe"])
@@ -156,11 +157,11 @@ def prune_cmd(
     from distill.recipes import make_recipe
     from distill.settings import data_for_model
 
-    relaunched(nproc_per_node)
     prune = flags.build("prune")
     if not prune.budget:
         raise UserError("no --budget given; pass the pruned model's budget, e.g. --budget 2.5M")
     run = run_settings(flags)
+    relaunched(nproc_per_node, run.device, lambda: check_run_output(run))
     src = load_checkpoint(model)
     data = data_for_model(src.get("data") or {}, flags["data"], str(model))
     ckpt = run_training(
