@@ -12,9 +12,11 @@ checked when they are read (distill/launch.py).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
@@ -208,6 +210,39 @@ def agree(check: Callable[[], T]) -> T:
         error.rank = origin  # type: ignore[attr-defined]
         raise error  # this rank's very error where it had it (a failed write says what next)
     return result
+
+
+def check_shared(folder: Path) -> None:
+    """Every rank sees `folder` as rank 0 does: rank 0 writes a token there, every rank reads it.
+    Ranks on several nodes write one run folder (rank 0 writes, all read checkpoints and the
+    data cache), so it must be on a filesystem they share; one that is not is refused in one
+    line before any work, instead of ranks diverging on files only rank 0 has."""
+    from distill.files import temp_beside
+
+    if not active():
+        return
+    folder = Path(folder)
+    with contextlib.ExitStack() as stack:
+        token = None
+        if is_main():
+            path = stack.enter_context(temp_beside(folder / "shared-check"))
+            token = (path.name, os.urandom(8).hex())
+            path.write_text(token[1])
+        name, secret = broadcast(token)
+
+        def check() -> None:
+            try:
+                seen = (folder / name).read_text()
+            except OSError:
+                seen = None
+            if seen != secret:
+                raise UserError(
+                    f"{folder} is not the same folder on rank {rank()} (host "
+                    f"{launch.whoami()[0]}) as on rank 0: runs over several nodes need the run "
+                    "folder on a filesystem every node shares; put --out there"
+                )
+
+        agree(check)
 
 
 def relaunch(nproc: int, argv: list[str]) -> int:

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 import torch_pruning as tp
 
+from distill import distributed
 from distill.budget import count_macs, count_params
 from distill.device import exact_float32
 from distill.errors import UserError
@@ -244,6 +245,12 @@ def accumulate_gradients(
     model.zero_grad(set_to_none=True)
     for x, y in batches:
         F.cross_entropy(model(x).float(), hard_labels(y)).backward()
+    if distributed.active():
+        # Every rank must rank channels on the very same numbers, or the ranks would prune
+        # different networks: the all-reduced sum is identical on every rank.
+        for p in model.parameters():
+            if p.grad is not None:
+                distributed.all_reduce_sum(p.grad)
 
 
 def prune_to_budget(
