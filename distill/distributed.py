@@ -119,7 +119,10 @@ def error_prefix(message: str, origin: int | None) -> str | None:
     the ranks compare through the process group's store, waiting a few seconds at most.
     Without a process group every rank parsed the same command line: rank 0 speaks for all.
     """
-    me = rank()
+    try:
+        me = rank()
+    except UserError:  # the launcher's own variables are the mistake being printed
+        return ""
     if origin is not None:
         return None if me != 0 else ("" if origin == 0 else f"[rank {origin}] ")
     if not active():

@@ -42,7 +42,11 @@ def one_line_usage_errors() -> None:
             return
         from distill import distributed
 
-        if not distributed.is_main():  # under torchrun every rank parses: one line, from rank 0
+        try:
+            others = not distributed.is_main()
+        except UserError:  # WORLD_SIZE or RANK garbage: nobody else is listening
+            others = False
+        if others:  # under torchrun every rank parses: one line, from rank 0
             return
         ctx = getattr(e, "ctx", None)
         see = f"; see {ctx.command_path} --help" if ctx is not None else ""

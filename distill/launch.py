@@ -16,6 +16,7 @@ rank is spawned, ranks end with their launcher, and a lost peer is one line nami
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import sys
@@ -28,7 +29,9 @@ GRACE_S = 60  # after the launcher died: time to save a resumable state before e
 POLL_S = 1.0
 
 
-def env_int(name: str, default: int, lo: int, hi: int | None = None, what: str = "") -> int:
+def env_int(
+    name: str, default: int, lo: int, hi: int | None = None, unit: str = "", why: str = ""
+) -> int:
     """The environment variable `name` as an int in [lo, hi]; `default` when unset or empty."""
     raw = os.environ.get(name, "").strip()
     if not raw:
@@ -39,17 +42,15 @@ def env_int(name: str, default: int, lo: int, hi: int | None = None, what: str =
         value = None
     if value is None or value < lo or (hi is not None and value > hi):
         span = f"from {lo} to {hi}" if hi is not None else f"of at least {lo}"
-        raise UserError(
-            f"{name}={raw!r} is not a whole number {span}{what}; fix or unset it"
-        ) from None
+        raise UserError(f"{name}={raw!r} must be a whole number{unit} {span}{why}; fix or unset it")
     return value
 
 
 def world_from_env() -> tuple[int, int, int]:
     """(WORLD_SIZE, RANK, LOCAL_RANK) as a launcher set them, checked against each other."""
     world = env_int("WORLD_SIZE", 1, 1, 65536)
-    rank = env_int("RANK", 0, 0, world - 1, f" (WORLD_SIZE is {world})")
-    local = env_int("LOCAL_RANK", 0, 0, world - 1, f" (WORLD_SIZE is {world})")
+    rank = env_int("RANK", 0, 0, world - 1, why=f" (WORLD_SIZE is {world})")
+    local = env_int("LOCAL_RANK", 0, 0, world - 1, why=f" (WORLD_SIZE is {world})")
     return world, rank, local
 
 
@@ -57,7 +58,7 @@ def timeout_minutes() -> int:
     """How long a collective waits for the other ranks (DISTILL_DIST_TIMEOUT_MIN, default 10):
     long enough for rank 0 to write a ResNet34 snapshot or decode the data set while the others
     wait at a barrier; short enough that a lost rank ends the run in minutes, not hours."""
-    return env_int("DISTILL_DIST_TIMEOUT_MIN", 10, 1, 24 * 60, " of minutes")
+    return env_int("DISTILL_DIST_TIMEOUT_MIN", 10, 1, 24 * 60, unit=" of minutes")
 
 
 def physical_cores() -> int:
@@ -84,7 +85,7 @@ def check_nproc(nproc: int, device: str, warn) -> None:
             f"--nproc-per-node {nproc} would start {nproc} processes on {cores} cores; pass at "
             f"most {cores} (one per core) on a CPU"
         )
-    threads = env_int("OMP_NUM_THREADS", max(1, cores // nproc), 1, what=" of threads")
+    threads = env_int("OMP_NUM_THREADS", max(1, cores // nproc), 1, unit=" of threads")
     if gpus == 0 and nproc * threads > cores:
         warn(
             f"note: {nproc} processes x {threads} threads exceed the {cores} cores here; each "
@@ -133,13 +134,18 @@ def whoami() -> tuple[str, int]:
 
 
 def alive(pid: int) -> bool:
+    """Whether `pid` runs (a killed rank its launcher has not reaped yet is a zombie: gone)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return True
 
 
 def gone(peers: list[tuple[str, int]], me: int) -> list[int]:
@@ -151,7 +157,10 @@ def gone(peers: list[tuple[str, int]], me: int) -> list[int]:
 def lost_peer(peers: list[tuple[str, int]], me: int, error: BaseException) -> str:
     """One line for a collective that failed because a peer vanished, naming the ranks that are
     gone where this host can tell."""
-    first = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+    text = str(error).strip()
+    # gloo and NCCL start with the C++ source location: "[.../pair.cc:534] Connection closed..."
+    first = re.sub(r"^\[[^\]]*\]\s*", "", text.splitlines()[0])[:160] if text else ""
+    first = first or type(error).__name__
     missing = gone(peers, me)
     if missing:
         names = ", ".join(f"rank {r} (pid {peers[r][1]})" for r in missing)

@@ -52,7 +52,9 @@ def test_a_cuda_12_build_beside_cuda_13_torch_names_both(gpu_here):
     gpu_here.setattr(runtime, "_ort_cuda_build", lambda: "12.8")
     problem = cuda_problem()
     assert "built for CUDA 12.8" in problem and "uses CUDA 13.0" in problem
-    assert ORT_CUDA13_INSTALL in problem and "pip uninstall -y onnxruntime onnxruntime-gpu" in problem
+    assert (
+        ORT_CUDA13_INSTALL in problem and "pip uninstall -y onnxruntime onnxruntime-gpu" in problem
+    )
     said = []
     assert resolve_device("auto", said.append) == "cpu" and said[0].startswith("onnxruntime runs")
 

@@ -64,6 +64,9 @@ def main() -> None:
         typer.echo(f"[rank {distributed.rank()}] error: {lost}", err=True)  # not 65 lines of gloo
         sys.exit(1)
     finally:
+        # Leaving: a second SIGTERM (a launcher stopping its ranks) must not become a traceback
+        # in the middle of the interpreter's shutdown.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         distributed.shutdown()
 
 
