@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pickle
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+STARTED = time.monotonic()
 # CIFAR-10's classes in the official label order.
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
                    "ship", "truck")  # fmt: skip
@@ -36,35 +38,85 @@ def row(name: str, result: str) -> None:
     print(f"row\t{name}\t{result}", flush=True)
 
 
-def write_synthetic_cifar(root: Path, train_images: int, test_images: int = 1000) -> Path:
-    """Random uint8 images with balanced random labels in the official CIFAR-10 python layout
-    under `root`; returns `root` (what --data takes). For speed runs only: the pixel values do
-    not change the work, and the python format decodes in a moment where JPEGs would not."""
-    rng = np.random.default_rng(0)
+def write_cifar(
+    root: Path,
+    images: np.ndarray,
+    labels: np.ndarray,
+    classes: Sequence[str],
+    test: tuple[np.ndarray, np.ndarray] | None = None,
+) -> Path:
+    """uint8 images [N, 3*32*32] (CIFAR's channel-planar rows) and labels in the official
+    CIFAR-10 python layout under `root` (five training batches, the test batch when given);
+    returns `root` (what --data takes)."""
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True, exist_ok=True)
-
-    def batch(n: int) -> dict[str, Any]:
-        labels = rng.permutation(np.arange(n) % len(CIFAR10_CLASSES))
-        data = rng.integers(0, 256, size=(n, 3 * 32 * 32), dtype=np.uint8)
-        return {"data": data, "labels": [int(y) for y in labels]}
 
     def dump(name: str, obj: dict[str, Any]) -> None:
         with open(folder / name, "wb") as f:
             pickle.dump(obj, f, protocol=2)  # as the official files: dicts of arrays and lists
 
-    for i, n in enumerate(np.array_split(np.arange(train_images), 5), start=1):
-        dump(f"data_batch_{i}", batch(len(n)))
-    dump("test_batch", batch(test_images))
-    dump("batches.meta", {"label_names": list(CIFAR10_CLASSES)})
+    for i, part in enumerate(np.array_split(np.arange(len(labels)), 5), start=1):
+        dump(f"data_batch_{i}", {"data": images[part], "labels": [int(y) for y in labels[part]]})
+    if test is not None:
+        dump("test_batch", {"data": test[0], "labels": [int(y) for y in test[1]]})
+    dump("batches.meta", {"label_names": list(classes)})
     return root
 
 
-def distill(args: Sequence[str], timeout: float | None = None) -> subprocess.CompletedProcess:
-    """Run `python -m distill ARGS` (output passed through to ours); raise on a failure."""
+def write_synthetic_cifar(root: Path, train_images: int, test_images: int = 1000) -> Path:
+    """Random uint8 images with balanced random labels in the official CIFAR-10 python layout
+    under `root`; returns `root` (what --data takes). For speed runs only: the pixel values do
+    not change the work, and the python format decodes in a moment where JPEGs would not."""
+    rng = np.random.default_rng(0)
+
+    def batch(n: int) -> tuple[np.ndarray, np.ndarray]:
+        labels = rng.permutation(np.arange(n) % len(CIFAR10_CLASSES))
+        return rng.integers(0, 256, size=(n, 3 * 32 * 32), dtype=np.uint8), labels
+
+    return write_cifar(root, *batch(train_images), CIFAR10_CLASSES, batch(test_images))
+
+
+def unpack_subset(pack: Path, root: Path) -> Path:
+    """bench/gpu_carry.py's packed JPEGs as a CIFAR-10 python folder under `root` (real images
+    for the accuracy row, decoded once here; distill reads the python format in a moment)."""
+    from gpu_carry import read_subset
+
+    images, labels, classes = read_subset(pack)
+    if images.shape[1:] != (32, 32, 3):
+        raise SystemExit(f"{pack} holds {images.shape[1:]} images, not CIFAR's 32x32 RGB")
+    planar = images.transpose(0, 3, 1, 2).reshape(len(images), -1)  # CIFAR's layout: RRR..GGG..BBB
+    return write_cifar(root, np.ascontiguousarray(planar), labels, classes)
+
+
+class RowFailed(Exception):
+    """A distill command failed: the message is its own reason, from its stderr."""
+
+
+def distill(
+    args: Sequence[str], timeout: float | None = None, stdout: Any = None
+) -> subprocess.CompletedProcess:
+    """Run `python -m distill ARGS`, its output passed through to ours; a failure raises
+    RowFailed with the child's own words (its `error:` line, else its last line of stderr)."""
     cmd = [sys.executable, "-m", "distill", *map(str, args)]
     print("$ " + " ".join(cmd), flush=True)
-    return subprocess.run(cmd, check=True, timeout=timeout)
+    try:
+        done = subprocess.run(
+            cmd, stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired as e:
+        err = e.stderr or ""
+        sys.stderr.write(err.decode(errors="replace") if isinstance(err, bytes) else err)
+        raise
+    sys.stderr.write(done.stderr)
+    if done.returncode != 0:
+        raise RowFailed(f"distill {' '.join(map(str, args[:2]))}: {reason(done.stderr)}")
+    return done
+
+
+def reason(stderr: str) -> str:
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    ours = [line for line in lines if "error:" in line]
+    return (ours or lines or ["no error output"])[-1][:300]
 
 
 def train_run(
@@ -81,6 +133,7 @@ def train_run(
     nproc: int = 1,
     cache_dir: Path | None = None,
     extra: Sequence[str] = (),
+    timeout: float | None = None,
 ) -> dict[str, Any]:
     """`distill teacher train` with these flags; returns the checkpoint it wrote."""
     from distill.checkpoint import load_checkpoint
@@ -99,7 +152,7 @@ def train_run(
             args += [flag, value]
     if nproc > 1:
         args += ["--nproc-per-node", nproc]
-    distill([*args, *extra])
+    distill([*args, *extra], timeout=timeout)
     return load_checkpoint(out)
 
 
@@ -115,10 +168,18 @@ def layout(ckpt: dict[str, Any]) -> str:
 # Rows
 
 
+def time_left() -> float | None:
+    """Seconds this row may still run (gpu_check.sh's limit, ROW_LIMIT_S, less a margin for
+    reading the result), None without a limit."""
+    limit = os.environ.get("ROW_LIMIT_S")
+    return None if not limit else max(float(limit) - (time.monotonic() - STARTED) - 10, 5)
+
+
 def train_rows(args: argparse.Namespace) -> None:
     """Training images/s of the standard recipe's step (augmentation on the device, EMA, the
-    recipe's precision), eager then compiled; the last of `epochs` epochs counts (the first
-    holds cuDNN's autotuning and, compiled, the compilation)."""
+    recipe's precision), eager, or with --compile against the eager run's rate (one row each:
+    a cold compile must not take the eager number down with it); the last of `epochs` epochs
+    counts (the first holds cuDNN's autotuning and, compiled, the compilation)."""
     work = Path(args.work)
     common = {
         "recipe": "standard",
@@ -129,28 +190,37 @@ def train_rows(args: argparse.Namespace) -> None:
         "device": args.device,
         "cache_dir": args.cache_dir,
     }
-    eager = train_run(args.arch, args.data, work / f"{args.arch}.pt", **common)
-    rate = eager["history"][-1]["images_per_s"]
-    row(
-        f"train {args.arch}",
-        f"{rate:,.0f} img/s eager ({layout(eager)}, batch {args.batch_size}, "
-        f"epoch {len(eager['history'])} of {args.epochs}, {args.steps} steps)",
-    )
-    if not args.compile_too:
+    eager_file = work / f"{args.arch}.pt"
+    if not args.compile:
+        eager = train_run(args.arch, args.data, eager_file, **common, timeout=time_left())
+        rate = eager["history"][-1]["images_per_s"]
+        row(
+            f"train {args.arch}",
+            f"{rate:,.0f} img/s eager ({layout(eager)}, batch {args.batch_size}, "
+            f"epoch {len(eager['history'])} of {args.epochs}, {args.steps} steps)",
+        )
         return
+    name = f"train {args.arch} + compile"
     if args.device == "cpu":
-        row(f"train {args.arch} + compile", "skipped: distill compiles on CUDA only")
+        row(name, "skipped: distill compiles on CUDA only")
         return
-    compiled = train_run(
-        args.arch, args.data, work / f"{args.arch}-compiled.pt", **common, extra=["--compile"]
-    )
+    limit = time_left()
+    try:
+        compiled = train_run(
+            args.arch, args.data, work / f"{args.arch}-compiled.pt", **common,
+            extra=["--compile"], timeout=limit,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        row(name, f"compile took longer than {limit:.0f} s (a cold Inductor compile; not timed)")
+        return
     fast = compiled["history"][-1]["images_per_s"]
     first = compiled["history"][0]["seconds"]
-    row(
-        f"train {args.arch} + compile",
-        f"{fast:,.0f} img/s = {fast / rate:.2f}x eager (first epoch, compilation included: "
-        f"{first:.0f} s)",
-    )
+    vs = ""
+    if eager_file.is_file():
+        from distill.checkpoint import load_checkpoint
+
+        vs = f" = {fast / load_checkpoint(eager_file)['history'][-1]['images_per_s']:.2f}x eager"
+    row(name, f"{fast:,.0f} img/s{vs} (first epoch, compilation included: {first:.0f} s)")
 
 
 def accuracy_row(args: argparse.Namespace) -> None:
@@ -168,6 +238,7 @@ def accuracy_row(args: argparse.Namespace) -> None:
         device=args.device,
         cache_dir=args.cache_dir,
         extra=["--label-smoothing", "0.1"],
+        timeout=time_left(),
     )
     m, wall = ckpt["metrics"], time.perf_counter() - start
     rates = [h["images_per_s"] for h in ckpt["history"]]
@@ -184,12 +255,11 @@ def accuracy_row(args: argparse.Namespace) -> None:
 def eval_row(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "eval.json"
-        cmd = [sys.executable, "-m", "distill", "eval", args.model, "--device", args.device]
-        cmd += ["--json"] + (["--cache-dir", args.cache_dir] if args.cache_dir else [])
-        print("$ " + " ".join(map(str, cmd)), flush=True)
+        cmd = ["eval", args.model, "--device", args.device, "--json"]
+        cmd += ["--cache-dir", args.cache_dir] if args.cache_dir else []
         start = time.perf_counter()
         with open(out, "w") as f:
-            subprocess.run(list(map(str, cmd)), check=True, stdout=f)
+            distill(cmd, timeout=time_left(), stdout=f)
         wall = time.perf_counter() - start
         result = json.loads(out.read_text())
     row(
@@ -208,8 +278,9 @@ def bench_rows(args: argparse.Namespace) -> None:
         cmd += ["--seconds", args.seconds, "--out", out]
         if args.cache_dir:
             cmd += ["--cache-dir", args.cache_dir]
-        distill(cmd)
+        distill(cmd, timeout=time_left())
         record = json.loads(out.read_text())
+    left_out = "onnxruntime is left out on CUDA" in (record.get("note") or "")
     for bs in (int(b) for b in args.batch_sizes.split(",")):
         cells = [
             f"{r['engine']} {r['precision']} {r['p50_ms']:.3g} ms"
@@ -218,19 +289,27 @@ def bench_rows(args: argparse.Namespace) -> None:
         ]
         ratio = record["speedup"].get(str(bs))
         vs = f"; onnxruntime fp32 {ratio:.2f}x PyTorch fp32" if ratio else ""
+        vs += "; onnxruntime: no CUDA provider on this machine" if left_out else ""
         row(f"distill bench b{bs} ({args.device})", ", ".join(cells) + vs)
 
 
 def machine_line() -> str:
-    """GPUs, versions and onnxruntime's providers: where the table's numbers come from."""
-    import onnxruntime as ort
+    """GPUs, Python, torch and onnxruntime (its providers): where the table's numbers come from."""
+    import platform
+
     import torch
 
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     what = f"{len(gpus)} x {gpus[0]}" if gpus else "no GPU"
+    try:
+        import onnxruntime as ort
+
+        ort_line = f"onnxruntime {ort.__version__} ({', '.join(ort.get_available_providers())})"
+    except ImportError:
+        ort_line = "no onnxruntime"
     return (
-        f"{what}; torch {torch.__version__} (CUDA {torch.version.cuda}); onnxruntime "
-        f"{ort.__version__} ({', '.join(ort.get_available_providers())})"
+        f"{what}; Python {platform.python_version()}; torch {torch.__version__} "
+        f"(CUDA {torch.version.cuda}); {ort_line}"
     )
 
 
@@ -255,7 +334,7 @@ def main() -> None:
     t.add_argument("--steps", type=int, default=40, help="steps per epoch")
     t.add_argument("--epochs", type=int, default=2)
     t.add_argument("--val-size", type=int, default=1000)
-    t.add_argument("--compile-too", action="store_true", help="then the same with --compile")
+    t.add_argument("--compile", action="store_true", help="with --compile, against the eager run")
     common(t)
 
     a = sub.add_parser("accuracy", help="a short standard-recipe run on real data")
@@ -279,15 +358,26 @@ def main() -> None:
 
     sub.add_parser("machine", help="one line: GPUs, torch, CUDA, onnxruntime providers")
 
+    u = sub.add_parser("unpack", help="bench/gpu_carry.py's subset as a CIFAR python folder")
+    u.add_argument("pack", type=Path)
+    u.add_argument("root", type=Path)
+
     args = p.parse_args()
     if args.command == "machine":
         print(machine_line())
     elif args.command == "synthetic":
         print(write_synthetic_cifar(args.root, args.train_images, args.test_images))
+    elif args.command == "unpack":
+        print(unpack_subset(args.pack, args.root))
     else:
-        {"train": train_rows, "accuracy": accuracy_row, "eval": eval_row, "bench": bench_rows}[
-            args.command
-        ](args)
+        rows = {"train": train_rows, "accuracy": accuracy_row, "eval": eval_row}
+        rows["bench"] = bench_rows
+        try:
+            rows[args.command](args)
+        except RowFailed as e:
+            sys.exit(str(e))  # the row's reason, as gpu_check.sh shows it: the last line here
+        except subprocess.TimeoutExpired as e:
+            sys.exit(f"did not finish within {e.timeout:.0f} s")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ seeding and the backend switches that make fixed-shape training fast."""
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -72,6 +73,32 @@ def configure_for_training(device: torch.device) -> None:
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+
+
+@contextlib.contextmanager
+def exact_float32() -> Iterator[None]:
+    """float32 arithmetic for the block on CUDA: TF32 off (10-bit products would change logits
+    in the third digit) and cuDNN's deterministic kernels without the per-shape search, so an
+    accuracy recorded during training equals `distill eval` of the same weights. Training's
+    switches (`configure_for_training`) are restored after it. A no-op on the CPU."""
+    backends = torch.backends
+    saved = (
+        backends.cuda.matmul.allow_tf32,
+        backends.cudnn.allow_tf32,
+        backends.cudnn.deterministic,
+        backends.cudnn.benchmark,
+    )
+    backends.cuda.matmul.allow_tf32 = backends.cudnn.allow_tf32 = False
+    backends.cudnn.deterministic, backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        (
+            backends.cuda.matmul.allow_tf32,
+            backends.cudnn.allow_tf32,
+            backends.cudnn.deterministic,
+            backends.cudnn.benchmark,
+        ) = saved
 
 
 def seed_everything(seed: int) -> None:

@@ -5,32 +5,39 @@ single-process code, as the torchvision references' `utils.py` does.
 RANK, LOCAL_RANK and WORLD_SIZE; `init()` then joins the process group: NCCL on CUDA, gloo on
 CPU, every rank on `cuda:LOCAL_RANK`. Without those variables nothing changes: one process, and
 every helper here is a no-op. Only rank 0 writes files or prints (`is_main()`); collectives carry
-a timeout so a rank that died or went another way ends the run instead of hanging it.
+a timeout so a rank that died or went another way ends the run instead of hanging it. A mistake
+found on any rank is printed once, naming the rank (`error_prefix`); the launcher's variables are
+checked when they are read (distill/launch.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 import torch.distributed as torch_dist
 
+from distill import launch
 from distill.errors import UserError
 
-# How long a collective waits for the other ranks. Long enough for rank 0 to write a ResNet34
-# snapshot or decode the data set while the others wait at a barrier; short enough that a lost
-# rank ends the run in minutes, not hours.
-TIMEOUT = dt.timedelta(minutes=int(os.environ.get("DISTILL_DIST_TIMEOUT_MIN", "10")))
-
 T = TypeVar("T")
+ERROR_KEY = "distill/error/"  # + rank: the mistake a rank is about to print (see error_prefix)
+_peers: list[tuple[str, int]] = []  # (host, pid) of every rank, gathered when the group is joined
+
+
+def timeout() -> dt.timedelta:
+    """How long a collective waits for the other ranks (launch.timeout_minutes says why)."""
+    return dt.timedelta(minutes=launch.timeout_minutes())
 
 
 def launched() -> bool:
     """True under torchrun (or any launcher that sets WORLD_SIZE > 1)."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return launch.world_from_env()[0] > 1
 
 
 def active() -> bool:
@@ -38,15 +45,15 @@ def active() -> bool:
 
 
 def rank() -> int:
-    return torch_dist.get_rank() if active() else int(os.environ.get("RANK", "0"))
+    return torch_dist.get_rank() if active() else launch.world_from_env()[1]
 
 
 def world_size() -> int:
-    return torch_dist.get_world_size() if active() else int(os.environ.get("WORLD_SIZE", "1"))
+    return torch_dist.get_world_size() if active() else launch.world_from_env()[0]
 
 
 def local_rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", "0"))
+    return launch.world_from_env()[2]
 
 
 def is_main() -> bool:
@@ -60,12 +67,86 @@ def init(device_type: str) -> None:
     backend = "nccl" if device_type == "cuda" else "gloo"
     if device_type == "cuda":
         torch.cuda.set_device(local_rank())
-    torch_dist.init_process_group(backend=backend, timeout=TIMEOUT)
+    torch_dist.init_process_group(backend=backend, timeout=timeout())
+    _peers[:] = gather(launch.whoami())  # to name a rank that goes away (launch.lost_peer)
+    _share_compile_threads()
+
+
+def _share_compile_threads() -> None:
+    # Inductor starts a pool of compile workers per process sized to the whole machine: with a
+    # rank per GPU that is ranks x cores workers fighting over the cores during compilation.
+    try:
+        from torch._inductor import config
+    except ImportError:
+        return
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "0") or 0) or world_size()
+    share = max(1, launch.physical_cores() // per_node)
+    config.compile_threads = min(config.compile_threads, share)
 
 
 def shutdown() -> None:
     if active():
         torch_dist.destroy_process_group()
+
+
+def lost_peer_line(error: BaseException | None) -> str | None:
+    """One line naming the rank that went away when `error` is a collective that failed because a
+    peer vanished, or (`error` None: this rank was told to stop) when a peer on this host is gone;
+    None otherwise."""
+    if not _peers:
+        return None
+    if error is None:
+        if not launch.gone(_peers, rank()):
+            return None
+        return launch.lost_peer(_peers, rank(), RuntimeError("the launcher stopped this rank"))
+    if not isinstance(error, (RuntimeError, torch_dist.DistError)):
+        return None
+    text = str(error)
+    signs = ("Connection closed by peer", "Connection reset", "Broken pipe", "NCCL", "Gloo",
+             "gloo", "timed out", "Timed out", "socket", "DistNetworkError")  # fmt: skip
+    if not isinstance(error, torch_dist.DistError) and not any(s in text for s in signs):
+        return None
+    return launch.lost_peer(_peers, rank(), error)
+
+
+def error_prefix(message: str, origin: int | None) -> str | None:
+    """How this rank prints the mistake `message`: "" (no prefix), "[rank N] ", or None when
+    another rank prints it.
+
+    `origin`: the rank `agree` received it from (every rank holds it then: rank 0 prints it,
+    naming its origin). A mistake of this rank's own is printed by rank 0 as it is, and by
+    another rank with its rank, unless rank 0 reports the very same one (every rank found it):
+    the ranks compare through the process group's store, waiting a few seconds at most.
+    Without a process group every rank parsed the same command line: rank 0 speaks for all.
+    """
+    try:
+        me = rank()
+    except UserError:  # the launcher's own variables are the mistake being printed
+        return ""
+    if origin is not None:
+        return None if me != 0 else ("" if origin == 0 else f"[rank {origin}] ")
+    if not active():
+        return "" if me == 0 else None
+    store = _store()
+    if me == 0:
+        if store is not None:
+            store.set(ERROR_KEY + "0", message)
+        return ""
+    if store is not None:
+        try:
+            store.wait([ERROR_KEY + "0"], dt.timedelta(seconds=3))
+            if store.get(ERROR_KEY + "0").decode(errors="replace") == message:
+                return None
+        except Exception:  # rank 0 is elsewhere (or gone): this rank's line is the only one
+            pass
+    return f"[rank {me}] "
+
+
+def _store() -> Any:
+    try:
+        return torch_dist.distributed_c10d._get_default_store()
+    except Exception:
+        return None
 
 
 def barrier() -> None:
@@ -119,12 +200,52 @@ def agree(check: Callable[[], T]) -> T:
         result = check()
     except UserError as e:
         mine = e
-    errors = [e for e in gather(None if mine is None else str(mine)) if e is not None]
-    if mine is not None:
-        raise mine  # the very error, with its type (a failed write says what to do next)
+    if not active():
+        if mine is not None:
+            raise mine
+        return result
+    said = gather(None if mine is None else str(mine))
+    errors = [(r, e) for r, e in enumerate(said) if e is not None]
     if errors:
-        raise UserError(errors[0])
+        # Printed once, by rank 0, naming the first rank that found it (exits_on_user_error).
+        origin, message = errors[0]
+        error = mine if mine is not None and str(mine) == message else UserError(message)
+        error.rank = origin  # type: ignore[attr-defined]
+        raise error  # this rank's very error where it had it (a failed write says what next)
     return result
+
+
+def check_shared(folder: Path) -> None:
+    """Every rank sees `folder` as rank 0 does: rank 0 writes a token there, every rank reads it.
+    Ranks on several nodes write one run folder (rank 0 writes, all read checkpoints and the
+    data cache), so it must be on a filesystem they share; one that is not is refused in one
+    line before any work, instead of ranks diverging on files only rank 0 has."""
+    from distill.files import temp_beside
+
+    if not active():
+        return
+    folder = Path(folder)
+    with contextlib.ExitStack() as stack:
+        token = None
+        if is_main():
+            path = stack.enter_context(temp_beside(folder / "shared-check"))
+            token = (path.name, os.urandom(8).hex())
+            path.write_text(token[1])
+        name, secret = broadcast(token)
+
+        def check() -> None:
+            try:
+                seen = (folder / name).read_text()
+            except OSError:
+                seen = None
+            if seen != secret:
+                raise UserError(
+                    f"{folder} is not the same folder on rank {rank()} (host "
+                    f"{launch.whoami()[0]}) as on rank 0: runs over several nodes need the run "
+                    "folder on a filesystem every node shares; put --out there"
+                )
+
+        agree(check)
 
 
 def relaunch(nproc: int, argv: list[str]) -> int:

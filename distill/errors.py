@@ -18,8 +18,10 @@ def exits_on_user_error(fn):
         except UserError as e:
             from distill import distributed
 
-            if distributed.is_main():  # under torchrun: one line, from rank 0; exit 2 everywhere
-                typer.echo(f"error: {e}", err=True)
+            # Under torchrun: once, naming the rank that found it; exit 2 everywhere.
+            prefix = distributed.error_prefix(str(e), getattr(e, "rank", None))
+            if prefix is not None:
+                typer.echo(f"{prefix}error: {e}", err=True)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -40,7 +42,11 @@ def one_line_usage_errors() -> None:
             return
         from distill import distributed
 
-        if not distributed.is_main():  # under torchrun every rank parses: one line, from rank 0
+        try:
+            others = not distributed.is_main()
+        except UserError:  # WORLD_SIZE or RANK garbage: nobody else is listening
+            others = False
+        if others:  # under torchrun every rank parses: one line, from rank 0
             return
         ctx = getattr(e, "ctx", None)
         see = f"; see {ctx.command_path} --help" if ctx is not None else ""

@@ -21,6 +21,7 @@ from torch import nn
 
 from distill import distributed
 from distill.data import BatchLoader, Dataset, Split, load_data
+from distill.device import exact_float32
 from distill.errors import UserError
 from distill.settings import data_for_model
 
@@ -63,6 +64,7 @@ def flip_average(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor)
 
 
 @torch.inference_mode()
+@exact_float32()
 def evaluate(
     model: nn.Module,
     loader: BatchLoader,
@@ -71,7 +73,8 @@ def evaluate(
     tta: bool = False,
 ) -> EvalResult:
     """Loss, top-1, top-5, per-class accuracy and confusion on the loader's images, in eval mode
-    and float32; `reference(x)` (a teacher's logits) adds the top-1 agreement with it."""
+    and float32 (exact on CUDA: no TF32, deterministic cuDNN); `reference(x)` (a teacher's
+    logits) adds the top-1 agreement with it."""
     k, device = loader.num_classes, loader.device
     weights = next(model.parameters()).device
     if weights.type != device.type:  # (a model built on the CPU, batches on the GPU)

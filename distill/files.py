@@ -1,7 +1,8 @@
 """Every file distill writes goes through here: one atomic writer, one sha256, one rule for
 outputs, one lock per output, and temporary files that never outlive their process.
 
-- `atomic_write` writes a temp file beside the target (its name carries our pid), fsyncs it and
+- `atomic_write` writes a temp file beside the target (its name carries our pid and host name),
+  fsyncs it and
   renames it over the target: a reader never sees half a file, and a failed write (a full disk,
   a read-only folder) leaves the previous file as it was and raises a `WriteError` that says so.
 - `check_output` runs before any work: the output is not a folder, its folder can be written, and
@@ -11,7 +12,9 @@ outputs, one lock per output, and temporary files that never outlive their proce
   write the same file; the second one is told who holds it.
 - Temporary files and folders made here are removed on any exit the process sees (an exception,
   SIGTERM turned into one by the CLI, a normal exit); those of a process that was killed with -9
-  are swept by the next run (`sweep_stale`), recognised by the dead pid in their names.
+  are swept by the next run (`sweep_stale`), recognised by the dead pid in their names; on a
+  filesystem shared by several hosts only this host's are judged (another node's pid means
+  nothing here, and its live temp file must not be deleted).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import hashlib
 import os
 import re
 import shutil
+import socket
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -77,16 +81,24 @@ def remove_live_temps() -> None:
         _remove(path)
 
 
+def host_tag() -> str:
+    """This host's name as it appears in temp file names (letters, digits, - and _)."""
+    return re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:63] or "host"
+
+
 def _temp_name(target: Path) -> str:
-    return f".{target.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
+    return f".{target.name}.{os.getpid()}@{host_tag()}.{os.urandom(4).hex()}.tmp"
 
 
 def _stale_pid(name: str, pattern: re.Pattern[str]) -> bool:
     m = pattern.fullmatch(name)
-    return bool(m) and int(m.group("pid")) != os.getpid() and not _pid_alive(int(m.group("pid")))
+    if not m or m.groupdict().get("host") not in (None, host_tag()):
+        return False  # another host's: its pid cannot be checked from here
+    return int(m.group("pid")) != os.getpid() and not _pid_alive(int(m.group("pid")))
 
 
-_FILE_TEMP = re.compile(r"\..+\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp")
+# .NAME.PID@HOST.RANDOM.tmp (before host names: .NAME.PID.RANDOM.tmp, judged as this host's)
+_FILE_TEMP = re.compile(r"\..+\.(?P<pid>\d+)(@(?P<host>[A-Za-z0-9_-]+))?\.[0-9a-f]{8}\.tmp")
 _DIR_TEMP = re.compile(re.escape(TEMP_PREFIX) + r"[a-z0-9]+-(?P<pid>\d+)-.+")
 
 

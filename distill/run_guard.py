@@ -51,4 +51,7 @@ def training_run(run: RunSettings, checks: Callable[[], T] = lambda: None) -> It
                     stack.enter_context(output_lock(run.out))
             return result
 
-        yield distributed.agree(check)
+        result = distributed.agree(check)
+        if run.out is not None:
+            distributed.check_shared(run.out.parent)
+        yield result

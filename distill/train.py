@@ -119,8 +119,13 @@ def train_one_epoch(
         sums.correct += (logits.argmax(1) == hard_labels(y)).sum()
         sums.seen += len(y)
         synced = (step + 1) % SYNC_EVERY == 0 or step + 1 == steps
-        if synced and not math.isfinite(float(sums.loss) / sums.seen):  # host sync point
-            raise _Diverged(epoch, step)
+        if synced:
+            bad = not math.isfinite(float(sums.loss) / sums.seen)  # host sync point
+            # One rank's NaN stops every rank at this step: alone it would leave the others
+            # waiting in their next collective until the timeout.
+            (bad,) = distributed.any_rank([bad], t.device)
+            if bad:
+                raise _Diverged(epoch, step)
         if pause(step + 1, sums, synced):
             return step + 1
     return steps
@@ -231,8 +236,8 @@ def fit(
         **(identity or {}),
     }
     state = State()
-    if run.resume:
-        state = restore(t, state_file, run_identity, console)
+    if run.resume:  # a state file one rank cannot read is every rank's error
+        state = distributed.agree(lambda: restore(t, state_file, run_identity, console))
     channels_last = recipe.channels_last
     val_loader = eval_loader(data.val, data, device, channels_last)
 

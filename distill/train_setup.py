@@ -93,6 +93,11 @@ def make_trainer(
         )
     if recipe.sync_bn and world > 1:
         net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    if run.ddp_bf16_grads and world > 1 and not on_cuda:
+        raise UserError(
+            "--ddp-bf16-grads compresses the GPUs' gradient all-reduce (NCCL); on CPU processes "
+            "drop it"
+        )
     loader = BatchLoader.of(
         data,
         data.train,
@@ -116,9 +121,14 @@ def make_trainer(
     precision = choose_precision(device, recipe.amp)
     train_model: nn.Module = net
     if world > 1:
+        # Bucket views: gradients live in DDP's all-reduce buckets, no copy in or out per step.
         train_model = nn.parallel.DistributedDataParallel(
-            net, device_ids=[device.index] if on_cuda else None
+            net, device_ids=[device.index] if on_cuda else None, gradient_as_bucket_view=True
         )
+        if run.ddp_bf16_grads:
+            from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+            train_model.register_comm_hook(None, default_hooks.bf16_compress_hook)
     if recipe.compile and on_cuda:
         train_model = torch.compile(train_model)
     return Trainer(

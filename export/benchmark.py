@@ -44,7 +44,7 @@ from export.engines import (
 from export.machine import has_native_bf16, loadavg, peak_gflops, torch_threads
 from export.model_files import ModelFiles, resolve_files
 from export.record import environment, result_row, speedup, summarize
-from export.runtime import default_threads, resolve_device
+from export.runtime import bench_device, default_threads
 from export.timing import Timing, measure
 
 SPINNING_NOTE = (
@@ -58,7 +58,12 @@ SPINNING_NOTE = (
 
 
 def _engines(
-    files: ModelFiles, names: list[str], device: str, threads: int, notes: list[str]
+    files: ModelFiles,
+    names: list[str],
+    device: str,
+    threads: int,
+    notes: list[str],
+    onnxruntime_here: bool = True,
 ) -> list[Engine]:
     """Every engine and precision that can run here, in the order the rows are printed."""
     from export.wrappers import reference_module
@@ -76,7 +81,7 @@ def _engines(
                     "no PyTorch bf16 row: this CPU has no native bf16 (it would be emulated)"
                 )
         out += [pytorch_engine(module, p, device=device) for p in precisions]
-    if "onnxruntime" in names:
+    if "onnxruntime" in names and onnxruntime_here:
         wanted = ("fp32", "fp16") if device == "cuda" else ("fp32", "int8")
         for precision in wanted:
             if precision in by:
@@ -101,9 +106,10 @@ def _engines(
         if device != "cuda" and "int8" in by:
             out.append(openvino_engine(by["int8"], "int8", threads=threads))
     if not out:
+        why = "" if onnxruntime_here else f" ({notes[0]})"
         raise UserError(
             f"no engine of {', '.join(names)} can run {', '.join(p.name for p in by.values())} "
-            "here; add onnxruntime to --engines or pass the checkpoint"
+            f"here{why}; add onnxruntime to --engines or pass the checkpoint"
         )
     return out
 
@@ -132,11 +138,13 @@ def benchmark(
     siblings X.int8.onnx / X.fp16.onnx beside it) or a checkpoint (.pt, exported to a temp file
     first), measured in one run.
 
-    `device`: cpu, cuda, or auto (CUDA when onnxruntime and PyTorch can both use a GPU, else
-    the CPU, said in the note). `engines`: names or "pytorch,onnxruntime,openvino"; None: all
-    that are installed. `int8`: an int8 file that is not the sibling. `accuracy`: measure each
-    engine's top-1 on the model's validation split (rebuilt from the checkpoint's data record,
-    or from `data`); without the data the accuracy stays empty and the note says why.
+    `device`: cpu, cuda (PyTorch's GPU; onnxruntime joins when its CUDA provider can run
+    there, else it is left out, said in the note), or auto (CUDA when onnxruntime and PyTorch
+    can both use a GPU, else the CPU, said in the note). `engines`: names or
+    "pytorch,onnxruntime,openvino"; None: all that are installed. `int8`: an int8 file that
+    is not the sibling. `accuracy`: measure each engine's top-1 on the model's validation
+    split (rebuilt from the checkpoint's data record, or from `data`); without the data the
+    accuracy stays empty and the note says why.
 
     Returns a JSON-ready record: model, environment, timing, results (one row per engine,
     precision and batch size), accuracy, speedup (batch size -> PyTorch fp32 p50 / onnxruntime
@@ -146,7 +154,7 @@ def benchmark(
 
     path = Path(path)
     notes: list[str] = []
-    device = resolve_device(device, say=notes.append)
+    device, onnxruntime_here = bench_device(device, say=notes.append)
     if not batch_sizes or any(int(b) < 1 for b in batch_sizes):
         raise UserError(f"batch sizes {list(batch_sizes)} must be positive integers, e.g. 1,32,256")
     threads = threads or default_threads()
@@ -162,7 +170,7 @@ def benchmark(
         say("reading the model")
         files = resolve_files(path, checkpoint, int8, tmp)
         notes += files.notes
-        engine_list = _engines(files, names, device, threads, notes)
+        engine_list = _engines(files, names, device, threads, notes, onnxruntime_here)
         val = _accuracies(files, engine_list, accuracy, data, data_root, cache_dir, notes, say)
         say("probing peak GFLOP/s")
         peaks = peak_gflops(device, threads, timing.probe_seconds)

@@ -166,10 +166,21 @@ def matmul_peak_gflops(
     dtype: torch.dtype, threads: int, device: str = "cpu", seconds: float = 0.3, n: int = 1024
 ) -> float:
     """GFLOP/s of repeated n x n matrix products in PyTorch: the rate a well-blocked kernel
-    reaches on this machine at `threads` threads."""
+    reaches on this machine at `threads` threads.
+
+    On CUDA a 1024-cube product takes microseconds, so one product per synchronisation times
+    the launch and the sync; there the probe multiplies 8192-cubes, 20 per synchronisation."""
+    per_sync = 1
+    if device == "cuda":
+        n, per_sync = max(n, 8192), 20
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     c = torch.empty(n, n, device=device, dtype=dtype)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+    def run() -> None:
+        for _ in range(per_sync):
+            torch.mm(a, b, out=c)
+
     with torch_threads(threads), torch.inference_mode():
-        return _rate(lambda: torch.mm(a, b, out=c), 2 * n**3, seconds, sync)
+        return _rate(run, 2 * n**3 * per_sync, seconds, sync)

@@ -160,7 +160,9 @@ def environment(
         "loadavg": [round(v, 2) for v in load] if load else None,
         "load_limit": limit,
         "peak_gflops": peaks,
-        "peak_probe": "1024x1024 matmuls at the benchmark's thread count, best of PyTorch and "
+        "peak_probe": "8192x8192 matmuls, 20 per synchronisation"
+        if device == "cuda"
+        else "1024x1024 matmuls at the benchmark's thread count, best of PyTorch and "
         "onnxruntime for fp32 on CPU",
         "provider": ort_engines[0].detail.split(",")[0] if ort_engines else None,
         "onnxruntime_session": {

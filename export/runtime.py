@@ -22,13 +22,9 @@ CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 DEVICES = ("auto", "cpu", "cuda")
 
-# Where onnxruntime publishes onnxruntime-gpu built for CUDA 13 (its maintainers' instructions
-# in microsoft/onnxruntime#27944; nightly builds: the ort-cuda-13-nightly feed beside it).
-ORT_CUDA13_INDEX = "https://aiinfra.pkgs.visualstudio.com/PublicPackages/_packaging/onnxruntime-cuda-13/pypi/simple/"
-ORT_CUDA13_INSTALL = (
-    "pip uninstall -y onnxruntime onnxruntime-gpu && "
-    f"pip install --pre --index-url {ORT_CUDA13_INDEX} onnxruntime-gpu"
-)
+# onnxruntime-gpu on PyPI is built for CUDA 13, PyTorch's CUDA (1.31.1 requires
+# nvidia-cuda-runtime~=13.0); the CPU package must go first, both share one folder.
+ORT_CUDA13_INSTALL = "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu"
 
 # Progress callback: (images done, images in all).
 Progress = Callable[[int, int], None]
@@ -62,21 +58,23 @@ def _ort_cuda_build() -> str | None:
 def cuda_problem() -> str | None:
     """Why onnxruntime cannot run on a GPU here, with the fix; None when nothing is known wrong.
 
-    The checks are ordered from cause to symptom: no GPU for PyTorch; the CPU and GPU packages
-    both installed (they share the `onnxruntime` folder and overwrite each other's files); no
-    CUDA provider at all; a provider built for another CUDA major version than PyTorch's (it
-    cannot load beside PyTorch's libraries, and onnxruntime then falls back to the CPU without
-    an error).
+    The installed providers decide (`get_available_providers()`), not which distributions'
+    metadata are present: an onnxruntime-gpu whose CUDA provider is there is used however it
+    was installed. The checks are ordered from cause to symptom: no GPU for PyTorch; no CUDA
+    provider (the CPU package, or the CPU and GPU packages both installed, which share the
+    `onnxruntime` folder and overwrite each other's files); a provider built for another CUDA
+    major version than PyTorch's (it cannot load beside PyTorch's libraries, and onnxruntime
+    then falls back to the CPU without an error).
     """
     if not torch.cuda.is_available():
         return "PyTorch sees no CUDA GPU on this machine"
-    cpu_pkg, gpu_pkg = _installed("onnxruntime"), _installed("onnxruntime-gpu")
-    if cpu_pkg and gpu_pkg:
-        return (
-            f"onnxruntime {cpu_pkg} and onnxruntime-gpu {gpu_pkg} are both installed and "
-            f"overwrite each other's files; reinstall one: {ORT_CUDA13_INSTALL}"
-        )
     if CUDA not in ort.get_available_providers():
+        cpu_pkg, gpu_pkg = _installed("onnxruntime"), _installed("onnxruntime-gpu")
+        if cpu_pkg and gpu_pkg:
+            return (
+                f"onnxruntime {cpu_pkg} and onnxruntime-gpu {gpu_pkg} are both installed and the "
+                f"CPU package's files won; reinstall one: {ORT_CUDA13_INSTALL}"
+            )
         return (
             f"this onnxruntime {ort.__version__} has no CUDA provider (the CPU package); for "
             f"PyTorch's CUDA {torch.version.cuda}: {ORT_CUDA13_INSTALL}"
@@ -108,6 +106,23 @@ def resolve_device(device: str, say: Callable[[str], None] | None = None) -> str
     if say is not None and torch.cuda.is_available():
         say(f"onnxruntime runs on the CPU: {problem}")
     return "cpu"
+
+
+def bench_device(device: str, say: Callable[[str], None]) -> tuple[str, bool]:
+    """The device a benchmark of PyTorch and onnxruntime runs on, and whether onnxruntime can
+    run there. `--device cuda` needs only PyTorch's GPU: without onnxruntime's CUDA provider the
+    PyTorch CUDA rows are still measured and onnxruntime is left out, said through `say` (a
+    pipeline on a GPU machine with the default install must not fail at its bench stage)."""
+    if device != "cuda":
+        return resolve_device(device, say), True
+    if not torch.cuda.is_available():
+        raise UserError(
+            "--device cuda was asked for but PyTorch sees no CUDA GPU; use --device cpu"
+        )
+    problem = cuda_problem()
+    if problem is not None:
+        say(f"onnxruntime is left out on CUDA: {problem}")
+    return "cuda", problem is None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -326,3 +326,56 @@ def test_cuda_compares_like_with_like(with_data):
     pairs = {(r["engine"], r["precision"]) for r in record["results"]}
     assert ("pytorch", "fp32") in pairs and ("onnxruntime", "fp32") in pairs
     assert ("onnxruntime", "int8") not in pairs and "speedup" in record
+
+
+def no_onnxruntime_on_cuda(monkeypatch) -> None:
+    """A GPU for PyTorch and the CPU onnxruntime (the default install), simulated on a CPU: the
+    PyTorch rows run on the CPU but are asked for on CUDA."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "a simulated GPU")
+    monkeypatch.setattr(
+        "export.runtime.ort.get_available_providers", lambda: ["CPUExecutionProvider"]
+    )
+    cpu_engine = engines.pytorch_engine
+    monkeypatch.setattr(
+        "export.benchmark.pytorch_engine", lambda m, p, device: cpu_engine(m, p, device="cpu")
+    )
+    monkeypatch.setattr("export.benchmark.peak_gflops", lambda *a: {"fp32": 1.0, "fp16": 1.0})
+
+
+def test_cuda_without_onnxruntimes_provider_keeps_the_pytorch_rows(model, monkeypatch):
+    no_onnxruntime_on_cuda(monkeypatch)
+    record = benchmark(model["onnx"], [1], "cuda", timing=FAST, accuracy=False)
+    assert {(r["engine"], r["precision"]) for r in record["results"]} == {
+        ("pytorch", "fp32"),
+        ("pytorch", "fp16"),
+    }
+    assert "onnxruntime is left out on CUDA" in record["note"], record["note"]
+    assert "no CUDA provider" in record["note"]
+    with pytest.raises(UserError, match="onnxruntime is left out on CUDA"):  # nothing left to run
+        benchmark(model["onnx"], [1], "cuda", engines="onnxruntime", timing=FAST)
+
+
+def test_the_pipelines_bench_stage_on_cuda_keeps_the_pytorch_rows(model, monkeypatch):
+    from rich.console import Console
+
+    from distill.pipeline import load_config
+    from distill.pipeline.stages import _bench_stage
+
+    no_onnxruntime_on_cuda(monkeypatch)
+    settings = load_config(
+        "quick",
+        None,
+        {
+            "device": "cuda",
+            "data": {"source": "cifar10"},
+            "bench": {"batch_sizes": [1], "accuracy": False},
+        },
+    )
+    run_dir = model["onnx"].parent
+    monkeypatch.setattr("export.timing.Timing", lambda **kw: FAST)
+    _bench_stage([model["onnx"]], run_dir, settings, Console(quiet=True)).run(False, {})
+    cpu, cuda = json.loads((run_dir / "bench.json").read_text())
+    assert cpu["environment"]["device"] == "cpu" and cuda["environment"]["device"] == "cuda"
+    assert {r["engine"] for r in cuda["results"]} == {"pytorch"}

@@ -5,8 +5,10 @@ kd_overhead.py times, and prune_speed.py's choice of round_to."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,7 @@ from distill.data import DataSettings, load_data
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))  # the scripts import their siblings by name
 
+import gpu_carry  # noqa: E402
 import gpu_rows  # noqa: E402
 import kd_overhead  # noqa: E402
 import prune_speed  # noqa: E402
@@ -44,6 +47,76 @@ def test_synthetic_cifar_loads_as_cifar10(tmp_path: Path) -> None:
     assert data.classes == tuple(gpu_rows.CIFAR10_CLASSES)
     assert (len(data.train), len(data.val), len(data.test)) == (100, 20, 20)
     assert torch.bincount(data.val.labels).tolist() == [2] * 10  # balanced labels: stratifiable
+
+
+def test_the_carried_subset_is_the_images_byte_for_byte(tmp_path: Path, tiny_image_folder) -> None:
+    pack = tmp_path / gpu_carry.SUBSET
+    assert gpu_carry.pack_subset(tiny_image_folder / "train", pack, per_class=5) == 20
+    root = gpu_rows.unpack_subset(pack, tmp_path / "cifar")
+    data = load_data(DataSettings(str(root), val_size=4, cache_dir=tmp_path / "cache"))
+    folder = load_data(DataSettings(str(tiny_image_folder), val_size=4, cache_dir=tmp_path / "c2"))
+    assert data.classes == folder.classes and len(data.train) + len(data.val) == 20
+    # PNG here (lossless): every carried image is one of the folder's own.
+    theirs = {bytes(x.numpy()) for s in (folder.train, folder.val) for x in s.images}
+    assert all(bytes(x.numpy()) in theirs for s in (data.train, data.val) for x in s.images)
+    # torch-pruning travels as a zip that Python imports from the path alone.
+    zipped = gpu_carry.zip_package("torch_pruning", tmp_path)
+    code = "import torch_pruning as tp, sys; print(tp.__file__)"
+    env = os.environ | {"PYTHONPATH": str(zipped)}
+    where = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert where.stdout.startswith(str(zipped)), where.stderr
+
+
+def test_a_failed_row_says_why_in_distills_words(tmp_path: Path, monkeypatch) -> None:
+    with pytest.raises(gpu_rows.RowFailed, match="distill eval .*error: .*does not exist"):
+        gpu_rows.distill(["eval", str(tmp_path / "missing.pt")])
+
+    def cold_compile(*args, **kwargs):
+        raise subprocess.TimeoutExpired("distill", kwargs["timeout"])
+
+    monkeypatch.setattr(gpu_rows, "train_run", cold_compile)
+    monkeypatch.setenv("ROW_LIMIT_S", "100")
+    monkeypatch.setattr(gpu_rows, "STARTED", time.monotonic())
+    args = ["train", "--compile", "--data", "d", "--work", str(tmp_path), "--device", "cuda"]
+    monkeypatch.setattr(sys, "argv", ["gpu_rows.py", *args])
+    printed = []
+    monkeypatch.setattr(gpu_rows, "row", lambda name, result: printed.append((name, result)))
+    gpu_rows.main()
+    assert printed[0][0] == "train resnet18-5m + compile"
+    assert re.fullmatch(r"compile took longer than \d+ s \(a cold Inductor.*", printed[0][1])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU machine it would measure")
+def test_gpu_check_smoke_runs_every_row_with_the_carried_subset(tmp_path, tiny_image_folder):
+    carry = tmp_path / "carry"
+    make = [sys.executable, str(ROOT / "bench" / "gpu_carry.py"), "--out", str(carry)]
+    made = subprocess.run(
+        [*make, "--data", str(tiny_image_folder / "train"), "--per-class", "20"],
+        capture_output=True,
+        text=True,
+    )
+    assert made.returncode == 0, made.stderr
+    env = os.environ | {"OUT": str(tmp_path), "PY": sys.executable, "CARRY": str(carry)}
+    env |= {"GPU_CHECK_SMOKE": "1"}
+    env.pop("DATA", None)
+    done = subprocess.run(
+        ["bash", str(ROOT / "bench" / "gpu_check.sh")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,  # a hang guard: it takes well under 2 minutes on 2 quiet cores
+    )
+    assert done.returncode == 0, done.stderr
+    table = (tmp_path / "gpu_check.txt").read_text()
+    rows = [line for line in table.splitlines()[4:] if line.strip() and not line.startswith("log")]
+    names = ("train resnet18-quarter ", "KD step", "DKD step", "EMA of weights", "accuracy",
+             "distill eval", "distill bench b1", "distill bench b8", "DDP 2 vs 1",
+             "train resnet18-half ", "train resnet18-quarter + compile")  # fmt: skip
+    for name in names:
+        assert any(line.startswith(name) for line in rows), (name, table)
+    assert not any(w in table for w in ("FAILED", "TIMED OUT", "SKIPPED", "no result")), table
+    assert "subset/cifar-10-batches-py" in table  # the accuracy row read the carried images
+    assert "torch 2." in table.splitlines()[1]  # the machine's own torch, in the table
 
 
 def test_kd_overhead_times_every_variant() -> None:

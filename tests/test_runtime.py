@@ -9,7 +9,7 @@ import torch
 import export.machine as machine
 import export.runtime as runtime
 from distill.errors import UserError
-from export.runtime import ORT_CUDA13_INDEX, cuda_problem, resolve_device
+from export.runtime import ORT_CUDA13_INSTALL, cuda_problem, resolve_device
 
 
 @pytest.fixture
@@ -40,7 +40,7 @@ def test_without_a_gpu_auto_is_the_cpu_silently_and_cuda_is_refused():
 def test_cpu_package_beside_a_gpu_falls_back_in_one_line(gpu_here):
     said = []
     assert resolve_device("auto", said.append) == "cpu"
-    assert len(said) == 1 and "no CUDA provider" in said[0] and ORT_CUDA13_INDEX in said[0]
+    assert len(said) == 1 and "no CUDA provider" in said[0] and ORT_CUDA13_INSTALL in said[0]
     with pytest.raises(UserError) as info:
         resolve_device("cuda")
     assert "onnxruntime-gpu" in str(info.value) and "--device cpu" in str(info.value)
@@ -52,7 +52,9 @@ def test_a_cuda_12_build_beside_cuda_13_torch_names_both(gpu_here):
     gpu_here.setattr(runtime, "_ort_cuda_build", lambda: "12.8")
     problem = cuda_problem()
     assert "built for CUDA 12.8" in problem and "uses CUDA 13.0" in problem
-    assert ORT_CUDA13_INDEX in problem and "pip uninstall -y onnxruntime onnxruntime-gpu" in problem
+    assert (
+        ORT_CUDA13_INSTALL in problem and "pip uninstall -y onnxruntime onnxruntime-gpu" in problem
+    )
     said = []
     assert resolve_device("auto", said.append) == "cpu" and said[0].startswith("onnxruntime runs")
 
@@ -60,6 +62,13 @@ def test_a_cuda_12_build_beside_cuda_13_torch_names_both(gpu_here):
 def test_both_packages_installed_is_named(gpu_here):
     gpu_here.setattr(runtime, "_installed", lambda d: "1.32.0")
     assert "both installed" in cuda_problem()
+
+
+def test_a_cuda_provider_is_used_whatever_the_package_metadata_says(gpu_here):
+    # Metadata of both packages (a GPU build installed over the CPU one), but the provider works.
+    gpu_here.setattr(runtime, "_installed", lambda d: "1.32.0")
+    gpu_here.setattr(ort, "get_available_providers", lambda: [runtime.CUDA, runtime.CPU])
+    assert cuda_problem() is None and resolve_device("auto") == "cuda"
 
 
 def test_a_matching_build_is_chosen_by_auto(gpu_here):

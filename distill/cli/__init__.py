@@ -20,7 +20,7 @@ import sys
 
 import typer
 
-from distill import distributed
+from distill import distributed, launch
 from distill.cli import deploy_cmds, inspect_cmds, pipeline_cmd, train_cmds  # noqa: F401
 from distill.cli.common import app
 
@@ -36,19 +36,38 @@ def _terminate(signum, frame):
 
 
 def main() -> None:
+    from distill.errors import UserError
     from distill.files import sweep_stale
 
     signal.signal(signal.SIGTERM, _terminate)
     sweep_stale()  # temp folders of distill processes that were killed with -9
     try:
+        if distributed.launched():  # a rank: it ends with its launcher, even one killed with -9
+            launch.stop_with_launcher(distributed.rank())
         app()
+    except UserError as e:  # the launcher's variables, read before any command ran
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(2)
     except Terminated:
-        typer.echo("terminated: nothing half-written was left behind", err=True)
+        lost = distributed.lost_peer_line(None)
+        if lost is not None:  # the launcher stopped this rank because another one died
+            typer.echo(f"[rank {distributed.rank()}] error: {lost}", err=True)
+        else:
+            typer.echo("terminated: nothing half-written was left behind", err=True)
         sys.exit(143)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
+    except Exception as e:
+        lost = distributed.lost_peer_line(e)
+        if lost is None:
+            raise
+        typer.echo(f"[rank {distributed.rank()}] error: {lost}", err=True)  # not 65 lines of gloo
+        sys.exit(1)
     finally:
+        # Leaving: a second SIGTERM (a launcher stopping its ranks) must not become a traceback
+        # in the middle of the interpreter's shutdown.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         distributed.shutdown()
 
 

@@ -142,11 +142,17 @@ def resume_command() -> str:
     return shlex.join([*head, *args])
 
 
-def relaunched(nproc: int) -> bool:
+def relaunched(nproc: int, device: str = "auto", check: Callable[[], Any] = lambda: None) -> bool:
     """Relaunch this very command under torchrun when --nproc-per-node asks for more than one
-    process; the parent then only waits and exits with the children's code."""
+    process; the parent then only waits and exits with the children's code. Before any process
+    starts: more processes than GPUs (or far more than cores) is refused, more processes or
+    threads than cores is said, and `check()` (the command's own cheap checks) runs."""
+    from distill import launch
+
     if nproc <= 1 or distributed.launched():
         return False
+    launch.check_nproc(nproc, device, warn=lambda line: typer.echo(line, err=True))
+    check()
     argv, skip = [], False
     for a in sys.argv[1:]:
         if skip:

@@ -76,7 +76,7 @@ def pipeline_cmd(
         return
     if out is None:
         raise UserError("no run directory given; pass -o/--out DIR")
-    relaunched(nproc_per_node)
+    relaunched(nproc_per_node, settings.device)
     started = time.perf_counter()
     try:
         report = run_pipeline(settings, out, force=force, console=say, quiet=quiet)

@@ -28,6 +28,7 @@ from distill.cli.common import (
 )
 from distill.errors import UserError
 from distill.flags import Flags, Group, with_settings
+from distill.run_guard import check_run_output
 from distill.settings import PruneSettings, Recipe
 
 # Training
@@ -54,8 +55,8 @@ def teacher_train_cmd(
     erases what distillation transfers), `quick` 0.1 (measured better for short runs)."""
     from distill.api import train_teacher
 
-    relaunched(nproc_per_node)
     run = run_settings(flags)
+    relaunched(nproc_per_node, run.device, lambda: check_run_output(run))
     with training_command():
         ckpt = train_teacher(
             arch,
@@ -100,8 +101,8 @@ def student_cmd(
     default (README: What each choice is worth)."""
     from distill.api import train_student
 
-    relaunched(nproc_per_node)
     run = run_settings(flags)
+    relaunched(nproc_per_node, run.device, lambda: check_run_output(run))
     data = flags["data"]  # what was typed; the rest is the teacher's data and split
     with training_command():
         ckpt = train_student(
@@ -151,11 +152,11 @@ def prune_cmd(
     it recovers."""
     from distill.api import prune
 
-    relaunched(nproc_per_node)
     settings = flags.build("prune")
     if not settings.budget:
         raise UserError("no --budget given; pass the pruned model's budget, e.g. --budget 2.5M")
     run = run_settings(flags)
+    relaunched(nproc_per_node, run.device, lambda: check_run_output(run))
     data = flags["data"]  # what was typed; the rest is MODEL's data and split
     with training_command():
         ckpt = prune(

@@ -10,6 +10,7 @@ a subsample is validated on the same images.
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -106,21 +107,25 @@ def load_data(settings: DataSettings) -> Dataset:
 
     Raises UserError, with one line saying what to do, on anything the user can fix.
     """
+    from distill import distributed
     from distill.data.cache import cached_decode
     from distill.data.sources import resolve_source
     from distill.data.splits import channel_stats, split_indices
 
     if not settings.source:
         raise UserError("no data given; pass --data (cifar10, cifar100 or a folder)")
-    source = resolve_source(settings)
-    decoded = cached_decode(source, settings)
-    train_idx, val_idx = split_indices(
-        decoded.train.labels,
-        len(decoded.classes),
-        val_size=settings.val_size,
-        train_size=settings.train_size,
-        seed=settings.split_seed,
-        class_names=decoded.classes,
+    # Every step under `agree`: a folder one rank cannot see is every rank's one-line error.
+    source = distributed.agree(lambda: resolve_source(settings))
+    decoded = decode_once(lambda: cached_decode(source, settings))
+    train_idx, val_idx = distributed.agree(
+        lambda: split_indices(
+            decoded.train.labels,
+            len(decoded.classes),
+            val_size=settings.val_size,
+            train_size=settings.train_size,
+            seed=settings.split_seed,
+            class_names=decoded.classes,
+        )
     )
     train, val = decoded.train.take(train_idx), decoded.train.take(val_idx)
     mean, std = channel_stats(train.images)
@@ -136,3 +141,25 @@ def load_data(settings: DataSettings) -> Dataset:
         "image_size": settings.image_size,
     }
     return Dataset(train, val, decoded.test, decoded.classes, mean, std, info)
+
+
+def decode_once(decode: Callable[[], Decoded]) -> Decoded:
+    """`decode()` (download, decode, write or read the cache) under torchrun without every rank
+    downloading into the same folder at once: rank 0 goes first while the others wait, then the
+    first rank of every other node (a hit when the cache folder is shared with rank 0's, else its
+    node's one decode), then every other rank, which reads the cache its node wrote. Each turn is
+    an `agree`: a failure on the rank whose turn it is ends every rank with its line."""
+    from distill import distributed
+
+    if not distributed.active():
+        return decode()
+    box: dict[str, Decoded] = {}
+    me, first_of_node = distributed.rank(), distributed.local_rank() == 0
+    for mine in (me == 0, me != 0 and first_of_node, not first_of_node):
+
+        def turn(mine: bool = mine) -> None:
+            if mine:
+                box["decoded"] = decode()
+
+        distributed.agree(turn)
+    return box["decoded"]

@@ -18,7 +18,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.rule import Rule
 
-from distill import distributed
+from distill import distributed, launch
 from distill.console import make_console
 from distill.data import Dataset, load_data
 from distill.device import resolve_device
@@ -67,6 +67,7 @@ def run_pipeline(
     if distributed.is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
     distributed.barrier()
+    distributed.check_shared(run_dir)
     with output_lock(run_dir / "pipeline", enabled=distributed.is_main()):
         state = PipelineState.load(run_dir, settings.to_dict()) if distributed.is_main() else None
         loaded: dict[str, Dataset] = {}
@@ -80,8 +81,30 @@ def run_pipeline(
     return run_dir / "report.md"
 
 
+def _release_other_ranks() -> bool:
+    """After the last stage that needs every rank: the other ranks leave (the rank-0-only stages,
+    export, bench and report, take minutes, and ranks waiting for them at a barrier would trip
+    NCCL's watchdog), and rank 0 takes the machine's cores (torchrun gave each rank one thread:
+    the report's CPU latencies would be wrong by a large factor). Returns whether this rank
+    goes on."""
+    if not distributed.active():
+        return True
+    distributed.barrier()
+    distributed.shutdown()
+    if not distributed.is_main():
+        return False
+    import torch
+
+    torch.set_num_threads(launch.physical_cores())
+    return True
+
+
 def _run_stages(stages: Iterable[Stage], state: PipelineState | None, console: Console) -> None:
-    for stage in stages:
+    stages = list(stages)
+    last_shared = max((i for i, s in enumerate(stages) if s.every_rank), default=-1)
+    for i, stage in enumerate(stages):
+        if i == last_shared + 1 and not _release_other_ranks():
+            return
         # Rank 0 decides; every rank acts on the same decision.
         action, fp, why = distributed.broadcast(decide(stage, state) if state is not None else None)
         if action == "skip":

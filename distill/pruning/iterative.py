@@ -178,6 +178,7 @@ def _prune_phase(
     loader = eval_loader(dataset.val, dataset, device)
 
     def val_accuracy(model: CifarResNet) -> float:
+        _same_plan_on_every_rank(model)  # after each step, not after all the work
         return evaluate(model, loader).accuracy
 
     acc_before = val_accuracy(source_model)
@@ -192,7 +193,9 @@ def _prune_phase(
             ckpt = fit(
                 model,
                 replace(dataset, test=None),
-                replace(recipe, epochs=prune.epochs_per_step),
+                # Eager: every step's network has new widths, so --compile would compile anew
+                # for an epoch or two of training; the recovery phase below compiles once.
+                replace(recipe, epochs=prune.epochs_per_step, compile=False),
                 replace(run, out=None, resume=False, seed=run.seed + step.step, tensorboard=None),
                 kind="pruned",
                 arch=src["arch"],

@@ -17,7 +17,6 @@ every step and stops as soon as it holds; while it does not, it keeps stepping a
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import typing
@@ -30,7 +29,9 @@ import torch
 import torch.nn.functional as F
 import torch_pruning as tp
 
+from distill import distributed
 from distill.budget import count_macs, count_params
+from distill.device import exact_float32
 from distill.errors import UserError
 from distill.losses import hard_labels
 from distill.registry import build_model
@@ -244,6 +245,12 @@ def accumulate_gradients(
     model.zero_grad(set_to_none=True)
     for x, y in batches:
         F.cross_entropy(model(x).float(), hard_labels(y)).backward()
+    if distributed.active():
+        # Every rank must rank channels on the very same numbers, or the ranks would prune
+        # different networks: the all-reduced sum is identical on every rank.
+        for p in model.parameters():
+            if p.grad is not None:
+                distributed.all_reduce_sum(p.grad)
 
 
 def prune_to_budget(
@@ -312,17 +319,6 @@ def prune_to_budget(
     return current, history
 
 
-@contextlib.contextmanager
-def _exact_float32():
-    """TF32 off for the block: the comparison below must see float32 arithmetic on both sides."""
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
-
-
 def rebuild(model: CifarResNet, example_inputs: torch.Tensor) -> CifarResNet:
     """A fresh `CifarResNet` from `model`'s channel plan with its weights: proof that the plan and
     state dict alone describe it (what a checkpoint stores)."""
@@ -336,7 +332,7 @@ def rebuild(model: CifarResNet, example_inputs: torch.Tensor) -> CifarResNet:
     fresh.eval()
     # Summation order still differs between kernels: float32 noise, larger on a GPU.
     rtol, atol = (1e-3, 1e-4) if example_inputs.device.type == "cuda" else (1e-4, 1e-5)
-    with torch.inference_mode(), _exact_float32():
+    with torch.inference_mode(), exact_float32():
         if not torch.allclose(model(example_inputs), fresh(example_inputs), rtol=rtol, atol=atol):
             raise RuntimeError(
                 "the rebuilt channel plan computes something else than the pruned model"
