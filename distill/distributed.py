@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
-
-import torch
-import torch.distributed as torch_dist
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from distill.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 # How long a collective waits for the other ranks. Long enough for rank 0 to write a ResNet34
 # snapshot or decode the data set while the others wait at a barrier; short enough that a lost
@@ -33,16 +34,26 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def _dist():
+    """torch.distributed, imported on first use: `distill --help` and `--version` never load
+    torch, and no process group can exist before torch was imported."""
+    import torch.distributed
+
+    return torch.distributed
+
+
 def active() -> bool:
-    return torch_dist.is_available() and torch_dist.is_initialized()
+    if "torch.distributed" not in sys.modules:
+        return False
+    return _dist().is_available() and _dist().is_initialized()
 
 
 def rank() -> int:
-    return torch_dist.get_rank() if active() else int(os.environ.get("RANK", "0"))
+    return _dist().get_rank() if active() else int(os.environ.get("RANK", "0"))
 
 
 def world_size() -> int:
-    return torch_dist.get_world_size() if active() else int(os.environ.get("WORLD_SIZE", "1"))
+    return _dist().get_world_size() if active() else int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def local_rank() -> int:
@@ -57,26 +68,28 @@ def init(device_type: str) -> None:
     """Join the process group torchrun describes (no-op for a single process or when joined)."""
     if not launched() or active():
         return
+    import torch
+
     backend = "nccl" if device_type == "cuda" else "gloo"
     if device_type == "cuda":
         torch.cuda.set_device(local_rank())
-    torch_dist.init_process_group(backend=backend, timeout=TIMEOUT)
+    _dist().init_process_group(backend=backend, timeout=TIMEOUT)
 
 
 def shutdown() -> None:
     if active():
-        torch_dist.destroy_process_group()
+        _dist().destroy_process_group()
 
 
 def barrier() -> None:
     if active():
-        torch_dist.barrier()
+        _dist().barrier()
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum `t` over ranks in place (gloo takes CPU tensors, NCCL CUDA ones; `t` is either)."""
     if active():
-        torch_dist.all_reduce(t, op=torch_dist.ReduceOp.SUM)
+        _dist().all_reduce(t, op=_dist().ReduceOp.SUM)
     return t
 
 
@@ -85,6 +98,8 @@ def any_rank(flags: list[bool], device: torch.device) -> list[bool]:
     at this step, save a snapshot now) although each rank saw its own signal or clock."""
     if not active():
         return list(flags)
+    import torch
+
     t = torch.tensor([1.0 if f else 0.0 for f in flags], device=device)
     return [v > 0 for v in all_reduce_sum(t).tolist()]  # a host sync, every SYNC_EVERY steps
 
@@ -94,7 +109,7 @@ def broadcast(obj: T) -> T:
     if not active():
         return obj
     box = [obj]
-    torch_dist.broadcast_object_list(box, src=0)
+    _dist().broadcast_object_list(box, src=0)
     return box[0]
 
 
@@ -103,7 +118,7 @@ def gather(obj: T) -> list[T]:
     if not active():
         return [obj]
     out: list[Any] = [None] * world_size()
-    torch_dist.all_gather_object(out, obj)
+    _dist().all_gather_object(out, obj)
     return out
 
 

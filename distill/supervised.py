@@ -12,6 +12,7 @@ from distill.device import seed_everything
 from distill.registry import create_model, get_entry
 from distill.runs import training_run
 from distill.settings import Recipe, RunSettings
+from distill.timing import phase
 from distill.train import fit
 
 
@@ -35,7 +36,8 @@ def train_on_labels(
     with training_run(run, lambda: get_entry(arch)):
         dataset = data if isinstance(data, Dataset) else load_data(data)
         seed_everything(run.seed)
-        model = create_model(arch, dataset.num_classes)
+        with phase("model build"):
+            model = create_model(arch, dataset.num_classes)
         return fit(
             model,
             dataset,

@@ -47,6 +47,7 @@ from distill.resume import (
 )
 from distill.run_log import MetricsLog, announce, epoch_line, progress_bar, stats_text
 from distill.settings import Recipe, RunSettings
+from distill.timing import phase
 from distill.trainer import Objective, Sums, Trainer, make_trainer
 
 SYNC_EVERY = 20  # steps between host syncs: progress, the NaN check, the stop flag
@@ -162,7 +163,8 @@ def fit(
     distributed.init(device.type)
     configure_for_training(device)
     objective = objective or CrossEntropy(recipe.label_smoothing)
-    t = make_trainer(model, data, recipe, run, device, objective)
+    with phase("trainer build"):
+        t = make_trainer(model, data, recipe, run, device, objective)
     writes = run.out is not None and distributed.is_main()
     state_file = last_path(run.out) if run.out is not None else None
     log = MetricsLog(run.out, run.tensorboard) if writes else None
@@ -188,8 +190,9 @@ def fit(
         }
 
     def save_state(st: State) -> None:
-        snap = snapshot(st)  # every rank takes part (the RNG gather)
-        _written(lambda: atomic_save(snap, state_file) if writes else None, state_file)
+        with phase("resumable state save"):
+            snap = snapshot(st)  # every rank takes part (the RNG gather)
+            _written(lambda: atomic_save(snap, state_file) if writes else None, state_file)
 
     announce(console, t, data, recipe, run, state)
     stop = StopFlag()
@@ -237,16 +240,18 @@ def fit(
                     return wanted
 
                 try:
-                    reached, stopped = train_one_epoch(
-                        t, epoch, sums, start_step=first, on_step=on_step
-                    )
+                    with phase(f"epoch {epoch + 1} steps"):
+                        reached, stopped = train_one_epoch(
+                            t, epoch, sums, start_step=first, on_step=on_step
+                        )
                 except _Diverged as d:
                     raise _diverged(d, t, state_file, recipe) from None
                 if stopped:
                     save_state(mid_epoch(state, epoch, reached, sums))
                     raise TrainingInterrupted(state_file)
                 seconds = time.perf_counter() - t_epoch
-                val = evaluate(t.eval_model, val_loader)
+                with phase(f"epoch {epoch + 1} validation"):
+                    val = evaluate(t.eval_model, val_loader)
                 record = _epoch_record(t, epoch, sums, val, seconds, seen_before)
                 state.history.append(record)
                 console.print(epoch_line(record, recipe.epochs))
@@ -378,7 +383,8 @@ def _finish(
     if state.best["state"] is not None:
         net.load_state_dict(state.best["state"])
     teacher = getattr(t.objective, "teacher_logits", None)
-    val = evaluate(net, val_loader, reference=teacher)
+    with phase("final evaluation"):
+        val = evaluate(net, val_loader, reference=teacher)
     metrics: dict[str, Any] = {
         "val_accuracy": val.accuracy,
         "val_top5": val.top5,
@@ -404,5 +410,6 @@ def _finish(
     ckpt = on_finish(_checkpoint(net, data, recipe, kind, arch, state.history, meta, metrics))
     writes = run.out is not None and distributed.is_main()
     state_file = last_path(run.out) if run.out is not None else None
-    _written(lambda: atomic_save(ckpt, run.out) if writes else None, state_file)
+    with phase("checkpoint save"):
+        _written(lambda: atomic_save(ckpt, run.out) if writes else None, state_file)
     return ckpt

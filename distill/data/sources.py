@@ -24,7 +24,9 @@ class Source:
     folder: Path  # the folder read (for a download: where it is, or will be, extracted)
     download: str | None  # the dataset name when it comes from torchvision's download
     fingerprint: str  # changes whenever the source's content may have changed
-    image_files: tuple[tuple[str, tuple[Path, ...]], ...] = ()  # image folders: (split, files)
+    # image folders: (split, file paths); plain strings, as os.scandir gives them: 50,000 Path
+    # objects cost more than the scan itself, which every run does to check the cache.
+    image_files: tuple[tuple[str, tuple[str, ...]], ...] = ()
     image_labels: tuple[tuple[int, ...], ...] = ()
     classes: tuple[str, ...] = ()
 
@@ -90,7 +92,7 @@ def _visible(folder: str) -> list[os.DirEntry]:
         return sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
 
 
-def _files_under(folder: str) -> tuple[list[Path], int, int]:
+def _files_under(folder: str) -> tuple[list[str], int, int]:
     """Visible files below `folder` (sorted), their total bytes, and the newest mtime of any file
     or directory walked (moving a file between class folders changes only directory mtimes)."""
     files, size, newest = [], 0, os.stat(folder).st_mtime_ns
@@ -101,7 +103,7 @@ def _files_under(folder: str) -> tuple[list[Path], int, int]:
             size, newest = size + sub_size, max(newest, sub_newest)
         elif e.is_file():
             st = e.stat()
-            files.append(Path(e.path))
+            files.append(e.path)
             size, newest = size + st.st_size, max(newest, st.st_mtime_ns)
     return files, size, newest
 
@@ -120,7 +122,7 @@ def scan_image_folder(root: Path) -> Source:
     index = {name: i for i, name in enumerate(classes)}
     split_files, split_labels = [], []
     size, newest = 0, os.stat(root).st_mtime_ns
-    skipped: list[Path] = []
+    skipped: list[str] = []
     for split, split_root in (("train", train_root), ("test", test_root)):
         if split_root is None:
             continue
