@@ -6,6 +6,7 @@ covers. Also the child's peak resident memory and the training step's achieved G
 the CPU's measured fp32 peak.
 
   python bench/time_split.py                        # the one-epoch command (10,000 images)
+  python bench/time_split.py --compare              # ... and a DataLoader trainer, same epoch
   python bench/time_split.py --full                 # the same on every training image (memory)
   python bench/time_split.py --demo --out DIR       # the demo pipeline (15-20 min of CPU)
   python bench/time_split.py -- teacher train ...   # any distill command line
@@ -105,6 +106,11 @@ def main() -> None:
     p.add_argument("--train-size", type=int, default=10_000)
     p.add_argument("--full", action="store_true", help="every training image")
     p.add_argument("--demo", action="store_true", help="the quick pipeline (make demo)")
+    p.add_argument(
+        "--compare",
+        action="store_true",
+        help="also time bench/dataloader_trainer.py on the same images, from process start",
+    )
     p.add_argument("--out", type=Path, help="output folder (default: a temporary one)")
     p.add_argument("--cache-dir", type=Path, default=Path("~/.cache/distill").expanduser())
     p.add_argument("--json", type=Path, help="also write the results here")
@@ -138,8 +144,25 @@ def main() -> None:
             f"({peak:.0f} GFLOP/s)"
         )
         report |= {"images_per_s": speeds[-1], "gflops": gflops, "peak_gflops": peak}
+    if args.compare and not args.demo and not args.argv:
+        reference = dataloader_seconds(args.data, None if args.full else args.train_size)
+        print(
+            f"torchvision DataLoader trainer, the same epoch from process start to exit: "
+            f"{reference:.2f} s; distill is {reference / wall:.2f}x faster (SPEC 11: >= 2.5x)"
+        )
+        report |= {"dataloader_wall_s": reference, "vs_dataloader": reference / wall}
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
+
+
+def dataloader_seconds(data: Path, train_size: int | None) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, str(ROOT / "bench" / "dataloader_trainer.py"), "--data", str(data)]
+        cmd += ["--out", str(Path(tmp) / "m.pt")]
+        cmd += ["--train-size", str(train_size or 45_000)]
+        t0 = time.time()
+        subprocess.run(cmd, check=True, capture_output=True)
+        return time.time() - t0
 
 
 def _images_per_s(output: str) -> list[str]:

@@ -181,6 +181,8 @@ def fit(
         state = restore(t, state_file, run_identity, console)
     channels_last = recipe.channels_last
     val_loader = eval_loader(data.val, data, device, channels_last)
+    best_val: EvalResult | None = None  # the best weights' validation, when this process ran it
+    teacher = getattr(t.objective, "teacher_logits", None)
 
     def snapshot(st: State) -> dict[str, Any]:
         """Everything needed to continue at (st.epoch, st.step) exactly."""
@@ -250,14 +252,19 @@ def fit(
                     save_state(mid_epoch(state, epoch, reached, sums))
                     raise TrainingInterrupted(state_file)
                 seconds = time.perf_counter() - t_epoch
+                # The last epoch also measures the agreement with the teacher that the final
+                # checkpoint records, so that its validation serves as the final one.
+                last = epoch + 1 == recipe.epochs
                 with phase(f"epoch {epoch + 1} validation"):
-                    val = evaluate(t.eval_model, val_loader)
+                    val = evaluate(t.eval_model, val_loader, reference=teacher if last else None)
                 record = _epoch_record(t, epoch, sums, val, seconds, seen_before)
                 state.history.append(record)
                 console.print(epoch_line(record, recipe.epochs))
                 if log is not None:
                     log.write(state.history)
                 early = _after_validation(t, state, val, epoch)
+                if state.best["epoch"] == epoch + 1:
+                    best_val = val
                 state.epoch, state.step = epoch + 1, 0
                 done = epoch + 1 == recipe.epochs
                 (due,) = distributed.any_rank(
@@ -277,7 +284,7 @@ def fit(
         if log is not None:
             log.close()
     state.elapsed += time.perf_counter() - t_start
-    ckpt = _finish(t, state, data, val_loader, recipe, run, kind, arch, meta, on_finish)
+    ckpt = _finish(t, state, data, val_loader, recipe, run, kind, arch, meta, on_finish, best_val)
     if writes and state_file.exists() and not run.keep_last:
         state_file.unlink()
     return ckpt
@@ -377,14 +384,21 @@ def _finish(
     arch: str,
     meta: dict[str, Any] | None,
     on_finish: Callable[[dict[str, Any]], dict[str, Any]],
+    best_val: EvalResult | None = None,
 ) -> dict[str, Any]:
-    """Load the best weights, measure them, write and return the final checkpoint."""
+    """Load the best weights, measure them, write and return the final checkpoint. `best_val`:
+    their validation as the epoch measured it, reused when it holds all the checkpoint records
+    (validation is deterministic: a second pass over the same weights, the time of a whole
+    epoch's validation, would give the same numbers)."""
     net, device = t.net, t.device
     if state.best["state"] is not None:
         net.load_state_dict(state.best["state"])
     teacher = getattr(t.objective, "teacher_logits", None)
-    with phase("final evaluation"):
-        val = evaluate(net, val_loader, reference=teacher)
+    if best_val is not None and (teacher is None or best_val.agreement is not None):
+        val = best_val
+    else:
+        with phase("final evaluation"):
+            val = evaluate(net, val_loader, reference=teacher)
     metrics: dict[str, Any] = {
         "val_accuracy": val.accuracy,
         "val_top5": val.top5,

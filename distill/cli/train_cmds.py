@@ -51,8 +51,11 @@ def teacher_train_cmd(
     """Train a teacher (any architecture) from labels, label-smoothed as its recipe says for
     teachers unless --label-smoothing is given: `standard` not at all (over long runs smoothing
     erases what distillation transfers), `quick` 0.1 (measured better for short runs)."""
-    from distill.recipes import teacher_recipe
-    from distill.supervised import train_on_labels
+    from distill.timing import phase
+
+    with phase("imports: torch and training"):
+        from distill.recipes import teacher_recipe
+        from distill.supervised import train_on_labels
 
     relaunched(nproc_per_node)
     run = run_settings(flags)

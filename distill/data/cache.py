@@ -98,7 +98,9 @@ def read_cache(path: Path, key: str) -> Decoded | None:
     if not path.is_file():
         return None
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        # Mapped, not read: the checksum reads every byte once, and the splits copy out what they
+        # take, so the whole decode never sits in memory twice (and is unmapped once unused).
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         if obj.get("format") != CACHE_FORMAT or obj.get("version") != CACHE_VERSION:
             return None
         if obj.get("key") != key:  # a digest collision, however unlikely, is not a hit
