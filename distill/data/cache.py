@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from distill.console import make_console, note
 from distill.data.cifar import cifar_complete, download, read_cifar
 from distill.data.dataset import Decoded, Split
-from distill.data.decode import decode_files, usable_cores
+from distill.data.decode import SERIAL_BELOW, decode_files, usable_cores
 from distill.data.sources import Source, digest
 from distill.errors import UserError
 from distill.files import atomic_save
@@ -63,6 +63,8 @@ def decode(source: Source, settings: DataSettings) -> Decoded:
 
 def _decode_with_progress(files: tuple[str, ...], size: int) -> torch.Tensor:
     workers = usable_cores()
+    if len(files) < SERIAL_BELOW:  # a moment's work: nothing to watch
+        return decode_files(files, size, workers=1)
     note(
         f"decoding {len(files):,} images into the cache with {workers} "
         f"process{'es' * (workers > 1)} (once: later runs read the cache)"
