@@ -72,7 +72,7 @@ def split(wall: float, records: list[dict]) -> list[tuple[str, float]]:
     top = [
         r
         for r in records
-        if r["phase"] != "main" and (r["phase"].startswith("stage ") or not staged)
+        if r["phase"] != "main" and (r["phase"].startswith(("stage ", "imports")) or not staged)
     ]
     merged: dict[str, float] = {}
     for r in sorted(top, key=lambda r: r["offset"]):
@@ -80,6 +80,22 @@ def split(wall: float, records: list[dict]) -> list[tuple[str, float]]:
     rows += list(merged.items())
     rows.append(("other (locks, checks, printing, exit)", wall - sum(s for _, s in rows)))
     return rows
+
+
+def totals(records: list[dict]) -> dict[str, float]:
+    """Seconds by kind of work over the whole run, however the phases nest (a demo's stages)."""
+    kinds = {"data": "data: ", "training steps": " steps", "validation": " validation"}
+    out = dict.fromkeys([*kinds, "saves", "final evaluation"], 0.0)
+    for r in records:
+        name = r["phase"]
+        for kind, tag in kinds.items():
+            if name.startswith(tag) or name.endswith(tag):
+                out[kind] += r["seconds"]
+        if name.endswith("save"):
+            out["saves"] += r["seconds"]
+        if name == "final evaluation":
+            out["final evaluation"] += r["seconds"]
+    return out
 
 
 def step_gflops(arch: str, images_per_s: float) -> float:
@@ -131,9 +147,11 @@ def main() -> None:
     for what, seconds in split(wall, records):
         print(f"  {what:<40} {seconds:8.2f} s  {seconds / wall:6.1%}")
     print(f"  {'total, process start to exit':<40} {wall:8.2f} s")
+    print("by kind of work: " + ", ".join(f"{k} {v:.1f} s" for k, v in totals(records).items()))
     print(f"peak resident memory: {rss:.2f} GB")
     report: dict = {"argv": argv, "wall_s": wall, "peak_rss_gb": rss}
     report["split_s"] = dict(split(wall, records))
+    report["by_kind_s"] = totals(records)
     speeds = [float(w) for w in _images_per_s(output)]
     if speeds and not args.demo and not args.argv:
         precision = "bf16" if ", bf16" in output else "fp32"  # the plan line says which

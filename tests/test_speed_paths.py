@@ -95,6 +95,8 @@ def test_the_split_accounts_for_the_whole_wall_time():
     assert sum(rows.values()) == pytest.approx(7.0)
     staged = [*records, {"phase": "stage teacher", "offset": 0.6, "seconds": 6.0}]
     assert "epoch 1 steps" not in dict(time_split.split(7.0, staged))  # nested in the stage
+    by_kind = time_split.totals(staged)
+    assert by_kind["data"] == 0.2 and by_kind["training steps"] == 5.0
 
 
 def test_the_final_checkpoint_reuses_the_best_epochs_validation(
