@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from distill.errors import UserError
+
+if TYPE_CHECKING:  # torch is imported where it is used: the CLI parses budgets without it
+    import torch
+    from torch import nn
 
 DEFAULT_BUDGET = 5_000_000
 _SUFFIX = {"": 1, "k": 1_000, "m": 1_000_000, "g": 1_000_000_000}
@@ -41,6 +43,9 @@ def _macs_by_part(
 ) -> dict[str, int]:
     """Multiply-accumulates of one image's forward, by hooks on conv and linear layers, summed
     per part name (`part_of` maps a layer to its part; layers not in it count as "total")."""
+    import torch
+    from torch import nn
+
     macs: dict[str, int] = {}
 
     def hook(mod: nn.Module, _inp, out: torch.Tensor) -> None:
@@ -80,6 +85,8 @@ class StageCost:
 
 def stage_costs(model: nn.Module, input_size: tuple[int, ...] = (3, 32, 32)) -> list[StageCost]:
     """Params and MACs of the stem, each residual stage and the head of a CifarResNet."""
+    from torch import nn
+
     parts = [("stem", model.stem)]
     parts += [(f"stage{i + 1}", s) for i, s in enumerate(model.stages)]
     parts += [("head", nn.ModuleList([model.final, model.fc]))]

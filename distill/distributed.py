@@ -15,15 +15,16 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
-
-import torch
-import torch.distributed as torch_dist
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from distill import launch
 from distill.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 T = TypeVar("T")
 ERROR_KEY = "distill/error/"  # + rank: the mistake a rank is about to print (see error_prefix)
@@ -40,16 +41,26 @@ def launched() -> bool:
     return launch.world_from_env()[0] > 1
 
 
+def _dist():
+    """torch.distributed, imported on first use: `distill --help` and `--version` never load
+    torch, and no process group can exist before torch was imported."""
+    import torch.distributed
+
+    return torch.distributed
+
+
 def active() -> bool:
-    return torch_dist.is_available() and torch_dist.is_initialized()
+    if "torch.distributed" not in sys.modules:
+        return False
+    return _dist().is_available() and _dist().is_initialized()
 
 
 def rank() -> int:
-    return torch_dist.get_rank() if active() else launch.world_from_env()[1]
+    return _dist().get_rank() if active() else launch.world_from_env()[1]
 
 
 def world_size() -> int:
-    return torch_dist.get_world_size() if active() else launch.world_from_env()[0]
+    return _dist().get_world_size() if active() else launch.world_from_env()[0]
 
 
 def local_rank() -> int:
@@ -64,10 +75,12 @@ def init(device_type: str) -> None:
     """Join the process group torchrun describes (no-op for a single process or when joined)."""
     if not launched() or active():
         return
+    import torch
+
     backend = "nccl" if device_type == "cuda" else "gloo"
     if device_type == "cuda":
         torch.cuda.set_device(local_rank())
-    torch_dist.init_process_group(backend=backend, timeout=timeout())
+    _dist().init_process_group(backend=backend, timeout=timeout())
     _peers[:] = gather(launch.whoami())  # to name a rank that goes away (launch.lost_peer)
     _share_compile_threads()
 
@@ -86,7 +99,7 @@ def _share_compile_threads() -> None:
 
 def shutdown() -> None:
     if active():
-        torch_dist.destroy_process_group()
+        _dist().destroy_process_group()
 
 
 def lost_peer_line(error: BaseException | None) -> str | None:
@@ -99,12 +112,12 @@ def lost_peer_line(error: BaseException | None) -> str | None:
         if not launch.gone(_peers, rank()):
             return None
         return launch.lost_peer(_peers, rank(), RuntimeError("the launcher stopped this rank"))
-    if not isinstance(error, (RuntimeError, torch_dist.DistError)):
+    if not isinstance(error, (RuntimeError, _dist().DistError)):
         return None
     text = str(error)
     signs = ("Connection closed by peer", "Connection reset", "Broken pipe", "NCCL", "Gloo",
              "gloo", "timed out", "Timed out", "socket", "DistNetworkError")  # fmt: skip
-    if not isinstance(error, torch_dist.DistError) and not any(s in text for s in signs):
+    if not isinstance(error, _dist().DistError) and not any(s in text for s in signs):
         return None
     return launch.lost_peer(_peers, rank(), error)
 
@@ -144,20 +157,20 @@ def error_prefix(message: str, origin: int | None) -> str | None:
 
 def _store() -> Any:
     try:
-        return torch_dist.distributed_c10d._get_default_store()
+        return _dist().distributed_c10d._get_default_store()
     except Exception:
         return None
 
 
 def barrier() -> None:
     if active():
-        torch_dist.barrier()
+        _dist().barrier()
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum `t` over ranks in place (gloo takes CPU tensors, NCCL CUDA ones; `t` is either)."""
     if active():
-        torch_dist.all_reduce(t, op=torch_dist.ReduceOp.SUM)
+        _dist().all_reduce(t, op=_dist().ReduceOp.SUM)
     return t
 
 
@@ -166,6 +179,8 @@ def any_rank(flags: list[bool], device: torch.device) -> list[bool]:
     at this step, save a snapshot now) although each rank saw its own signal or clock."""
     if not active():
         return list(flags)
+    import torch
+
     t = torch.tensor([1.0 if f else 0.0 for f in flags], device=device)
     return [v > 0 for v in all_reduce_sum(t).tolist()]  # a host sync, every SYNC_EVERY steps
 
@@ -175,7 +190,7 @@ def broadcast(obj: T) -> T:
     if not active():
         return obj
     box = [obj]
-    torch_dist.broadcast_object_list(box, src=0)
+    _dist().broadcast_object_list(box, src=0)
     return box[0]
 
 
@@ -184,7 +199,7 @@ def gather(obj: T) -> list[T]:
     if not active():
         return [obj]
     out: list[Any] = [None] * world_size()
-    torch_dist.all_gather_object(out, obj)
+    _dist().all_gather_object(out, obj)
     return out
 
 

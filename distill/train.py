@@ -47,6 +47,7 @@ from distill.resume import (
     training_state,
 )
 from distill.settings import Recipe, RunSettings
+from distill.timing import phase
 from distill.train_setup import Objective, Sums, Trainer, make_trainer
 
 SYNC_EVERY = 20  # steps between host syncs: progress, the NaN check, the stop flag
@@ -223,7 +224,8 @@ def fit(
     distributed.init(device.type)
     configure_for_training(device)
     objective = objective or CrossEntropy(recipe.label_smoothing)
-    t = make_trainer(model, data, recipe, run, device, objective)
+    with phase("trainer build"):
+        t = make_trainer(model, data, recipe, run, device, objective)
     writes = run.out is not None and distributed.is_main()
     state_file = last_path(run.out) if run.out is not None else None
     log = MetricsLog(run.out, run.tensorboard) if writes else None
@@ -240,6 +242,8 @@ def fit(
         state = distributed.agree(lambda: restore(t, state_file, run_identity, console))
     channels_last = recipe.channels_last
     val_loader = eval_loader(data.val, data, device, channels_last)
+    best_val: EvalResult | None = None  # the best weights' validation, when this process ran it
+    teacher = getattr(t.objective, "teacher_logits", None)
 
     def snapshot(st: State) -> dict[str, Any]:
         """Everything needed to continue at (st.epoch, st.step) exactly."""
@@ -249,8 +253,9 @@ def fit(
         }
 
     def save_state(st: State) -> None:
-        snap = snapshot(st)  # every rank takes part (the RNG gather)
-        _written(lambda: atomic_save(snap, state_file) if writes else None, state_file)
+        with phase("resumable state save"):
+            snap = snapshot(st)  # every rank takes part (the RNG gather)
+            _written(lambda: atomic_save(snap, state_file) if writes else None, state_file)
 
     announce(console, t, data, recipe, run, state)
     stop = StopFlag()
@@ -268,7 +273,10 @@ def fit(
                 watch.begin(epoch, step, sums.seen, recipe.epochs)
                 while step < steps:
                     try:
-                        step = train_one_epoch(t, epoch, sums, start_step=step, pause=watch.pause)
+                        with phase(f"epoch {epoch + 1} steps"):
+                            step = train_one_epoch(
+                                t, epoch, sums, start_step=step, pause=watch.pause
+                            )
                     except _Diverged as d:
                         raise _diverged(d, t, state_file, recipe) from None
                     if watch.stopping:
@@ -278,13 +286,19 @@ def fit(
                         save_state(mid_epoch(state, epoch, step, sums))
                         watch.saved()
                 seconds = time.perf_counter() - watch.epoch_started
-                val = evaluate(t.eval_model, val_loader)
+                # The last epoch also measures the agreement with the teacher that the final
+                # checkpoint records, so that its validation serves as the final one.
+                last = epoch + 1 == recipe.epochs
+                with phase(f"epoch {epoch + 1} validation"):
+                    val = evaluate(t.eval_model, val_loader, reference=teacher if last else None)
                 record = _epoch_record(t, epoch, sums, val, seconds, watch.seen_before)
                 state.history.append(record)
                 console.print(epoch_line(record, recipe.epochs))
                 if log is not None:
                     log.write(state.history)
                 early = _after_validation(t, state, val, epoch)
+                if state.best["epoch"] == epoch + 1:
+                    best_val = val
                 state.epoch, state.step = epoch + 1, 0
                 done = epoch + 1 == recipe.epochs
                 if watch.save_due(final=done):
@@ -301,7 +315,7 @@ def fit(
         if log is not None:
             log.close()
     state.elapsed += time.perf_counter() - t_start
-    ckpt = _finish(t, state, data, val_loader, recipe, run, kind, arch, meta, on_finish)
+    ckpt = _finish(t, state, data, val_loader, recipe, run, kind, arch, meta, on_finish, best_val)
     if writes and state_file.exists() and not run.keep_last:
         state_file.unlink()
     return ckpt
@@ -404,13 +418,21 @@ def _finish(
     arch: str,
     meta: dict[str, Any] | None,
     on_finish: Callable[[dict[str, Any]], dict[str, Any]],
+    best_val: EvalResult | None = None,
 ) -> dict[str, Any]:
-    """Load the best weights, measure them, write and return the final checkpoint."""
+    """Load the best weights, measure them, write and return the final checkpoint. `best_val`:
+    their validation as the epoch measured it, reused when it holds all the checkpoint records
+    (validation is deterministic: a second pass over the same weights, the time of a whole
+    epoch's validation, would give the same numbers)."""
     net, device = t.net, t.device
     if state.best["state"] is not None:
         net.load_state_dict(state.best["state"])
     teacher = getattr(t.objective, "teacher_logits", None)
-    val = evaluate(net, val_loader, reference=teacher)
+    if best_val is not None and (teacher is None or best_val.agreement is not None):
+        val = best_val
+    else:
+        with phase("final evaluation"):
+            val = evaluate(net, val_loader, reference=teacher)
     metrics: dict[str, Any] = {
         "val_accuracy": val.accuracy,
         "val_top5": val.top5,
@@ -437,5 +459,6 @@ def _finish(
     ckpt = on_finish(_checkpoint(net, data, recipe, kind, arch, state.history, meta, metrics))
     writes = run.out is not None and distributed.is_main()
     state_file = last_path(run.out) if run.out is not None else None
-    _written(lambda: atomic_save(ckpt, run.out) if writes else None, state_file)
+    with phase("checkpoint save"):
+        _written(lambda: atomic_save(ckpt, run.out) if writes else None, state_file)
     return ckpt

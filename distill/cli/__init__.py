@@ -38,6 +38,9 @@ def _terminate(signum, frame):
 def main() -> None:
     from distill.errors import UserError
     from distill.files import sweep_stale
+    from distill.timing import mark
+
+    mark("main")  # everything before this is interpreter start-up and imports
 
     signal.signal(signal.SIGTERM, _terminate)
     sweep_stale()  # temp folders of distill processes that were killed with -9

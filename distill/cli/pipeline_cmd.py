@@ -59,8 +59,11 @@ def pipeline_cmd(
     nproc_per_node: int = NPROC,
 ) -> None:
     """Teacher -> baseline -> KD student -> prune -> export -> bench -> report, resumable."""
-    from distill.pipeline import describe, load_config, run_pipeline, to_toml
-    from distill.resume import TrainingInterrupted
+    from distill.timing import phase
+
+    with phase("imports: torch and training"):
+        from distill.pipeline import describe, load_config, run_pipeline, to_toml
+        from distill.resume import TrainingInterrupted
 
     flags_data = {"source": data, "data_root": data_root, "cache_dir": cache_dir}
     overrides: dict[str, Any] = {"data": {k: v for k, v in flags_data.items() if v is not None}}

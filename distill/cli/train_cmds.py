@@ -28,7 +28,6 @@ from distill.cli.common import (
 )
 from distill.errors import UserError
 from distill.flags import Flags, Group, with_settings
-from distill.run_guard import check_run_output
 from distill.settings import PruneSettings, Recipe
 
 # Training
@@ -53,9 +52,14 @@ def teacher_train_cmd(
     """Train a teacher (any architecture) from labels, label-smoothed as its recipe says for
     teachers unless --label-smoothing is given: `standard` not at all (over long runs smoothing
     erases what distillation transfers), `quick` 0.1 (measured better for short runs)."""
-    from distill.api import train_teacher
+    from distill.timing import phase
+
+    with phase("imports: torch and training"):
+        from distill.api import train_teacher
 
     run = run_settings(flags)
+    from distill.run_guard import check_run_output  # (imports torch: not for --help)
+
     relaunched(nproc_per_node, run.device, lambda: check_run_output(run))
     with training_command():
         ckpt = train_teacher(
@@ -102,6 +106,8 @@ def student_cmd(
     from distill.api import train_student
 
     run = run_settings(flags)
+    from distill.run_guard import check_run_output  # (imports torch: not for --help)
+
     relaunched(nproc_per_node, run.device, lambda: check_run_output(run))
     data = flags["data"]  # what was typed; the rest is the teacher's data and split
     with training_command():
@@ -156,6 +162,8 @@ def prune_cmd(
     if not settings.budget:
         raise UserError("no --budget given; pass the pruned model's budget, e.g. --budget 2.5M")
     run = run_settings(flags)
+    from distill.run_guard import check_run_output  # (imports torch: not for --help)
+
     relaunched(nproc_per_node, run.device, lambda: check_run_output(run))
     data = flags["data"]  # what was typed; the rest is MODEL's data and split
     with training_command():

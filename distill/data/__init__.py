@@ -4,6 +4,7 @@ that augments whole batches on the training device (SPEC 8).
 - `sources`: what `--data` names (cifar10/cifar100 downloads, CIFAR python folders, image
   folders) and a fingerprint of its content;
 - `cifar`, `images`: decoding the python format and image files;
+- `decode`: an image folder decoded once, on every core, with progress;
 - `cache`: the decoded source on disk, checksummed;
 - `splits`: seeded stratified splits and channel statistics;
 - `dataset`: `load_data` -> `Dataset` (train/val/test `Split`s, classes, mean/std, a record);

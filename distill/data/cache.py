@@ -16,15 +16,17 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from distill.console import note
+from distill.console import make_console, note
 from distill.data.cifar import cifar_complete, download, read_cifar
 from distill.data.dataset import Decoded, Split
-from distill.data.images import decode_images
+from distill.data.decode import SERIAL_BELOW, decode_files, usable_cores
 from distill.data.sources import Source, digest
 from distill.errors import UserError
 from distill.files import atomic_save
 from distill.settings import DataSettings
+from distill.timing import phase
 
 CACHE_FORMAT = "distill-data-cache"
 CACHE_VERSION = 2  # 2: a sha256 of the tensors' bytes
@@ -36,12 +38,15 @@ def cached_decode(source: Source, settings: DataSettings) -> Decoded:
     stem = f"{slug}-{digest(key)[:10]}"
     path = settings.cache_dir / "data" / f"{stem}-{digest(source.fingerprint)[:10]}.pt"
     full_key = f"{key}|{source.fingerprint}"
-    cached = read_cache(path, full_key)
+    with phase("data: cache check"):
+        cached = read_cache(path, full_key)
     if cached is not None:
         return cached
-    decoded = decode(source, settings)
-    decoded = replace(decoded, sha256=checksum(_tensors(_tensor_fields(decoded))))
-    write_cache(path, full_key, decoded, stale=f"{stem}-*.pt")
+    with phase("data: decode"):
+        decoded = decode(source, settings)
+        decoded = replace(decoded, sha256=checksum(_tensors(_tensor_fields(decoded))))
+    with phase("data: cache write"):
+        write_cache(path, full_key, decoded, stale=f"{stem}-*.pt")
     return decoded
 
 
@@ -49,7 +54,7 @@ def decode(source: Source, settings: DataSettings) -> Decoded:
     if source.kind == "image-folder":
         splits, done = {}, Counter()
         for (split, files), labels in zip(source.image_files, source.image_labels, strict=True):
-            images, notes = decode_images(files, settings.image_size)
+            images, notes = _decode_with_progress(files, settings.image_size)
             splits[split] = Split(images, torch.tensor(labels, dtype=torch.int64))
             done += notes
         if done:
@@ -59,6 +64,29 @@ def decode(source: Source, settings: DataSettings) -> Decoded:
     if source.download is not None and not cifar_complete(source.folder, source.kind):
         download(source.download, settings.data_root)
     return read_cifar(source.folder, source.kind, settings.image_size)
+
+
+def _decode_with_progress(files: tuple[str, ...], size: int) -> tuple[torch.Tensor, Counter[str]]:
+    workers = usable_cores()
+    if len(files) < SERIAL_BELOW:  # a moment's work: nothing to watch
+        return decode_files(files, size, workers=1)
+    note(
+        f"decoding {len(files):,} images into the cache with {workers} "
+        f"process{'es' * (workers > 1)} (once: later runs read the cache)"
+    )
+    console = make_console(stderr=True)
+    with Progress(
+        TextColumn("decoding"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("decode", total=len(files))
+        return decode_files(
+            files, size, workers=workers, on_progress=lambda n: progress.update(task, completed=n)
+        )
 
 
 def _tensors(obj: dict) -> list[torch.Tensor]:
@@ -77,7 +105,9 @@ def read_cache(path: Path, key: str) -> Decoded | None:
     if not path.is_file():
         return None
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        # Mapped, not read: the checksum reads every byte once, and the splits copy out what they
+        # take, so the whole decode never sits in memory twice (and is unmapped once unused).
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         if obj.get("format") != CACHE_FORMAT or obj.get("version") != CACHE_VERSION:
             return None
         if obj.get("key") != key:  # a digest collision, however unlikely, is not a hit

@@ -111,24 +111,27 @@ def load_data(settings: DataSettings) -> Dataset:
     from distill.data.cache import cached_decode
     from distill.data.sources import resolve_source
     from distill.data.splits import channel_stats, split_indices
+    from distill.timing import phase
 
     if not settings.source:
         raise UserError("no data given; pass --data (cifar10, cifar100 or a folder)")
     # Every step under `agree`: a folder one rank cannot see is every rank's one-line error.
-    source = distributed.agree(lambda: resolve_source(settings))
+    with phase("data: scan the source"):
+        source = distributed.agree(lambda: resolve_source(settings))
     decoded = decode_once(lambda: cached_decode(source, settings))
-    train_idx, val_idx = distributed.agree(
-        lambda: split_indices(
-            decoded.train.labels,
-            len(decoded.classes),
-            val_size=settings.val_size,
-            train_size=settings.train_size,
-            seed=settings.split_seed,
-            class_names=decoded.classes,
+    with phase("data: split"):
+        train_idx, val_idx = distributed.agree(
+            lambda: split_indices(
+                decoded.train.labels,
+                len(decoded.classes),
+                val_size=settings.val_size,
+                train_size=settings.train_size,
+                seed=settings.split_seed,
+                class_names=decoded.classes,
+            )
         )
-    )
-    train, val = decoded.train.take(train_idx), decoded.train.take(val_idx)
-    mean, std = channel_stats(train.images)
+        train, val = decoded.train.take(train_idx), decoded.train.take(val_idx)
+        mean, std = channel_stats(train.images)
     info = {
         "source": source.name,
         "source_id": decoded.content_id,

@@ -5,13 +5,8 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections import Counter
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps
 
 from distill.errors import UserError
@@ -27,7 +22,7 @@ warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 def is_image_name(path: str | os.PathLike) -> bool:
     """Whether the file's extension is one PIL opens: what a folder of images is made of, for
     training and prediction alike (a Thumbs.db or notes.txt beside the images is not one)."""
-    return Path(path).suffix.lower() in _OPENABLE
+    return os.path.splitext(path)[1].lower() in _OPENABLE
 
 
 _OPENABLE = frozenset(
@@ -130,29 +125,3 @@ def read_image_noting(
         raise UserError(
             f"{path} is not a readable image ({reason}); remove it or replace it with an image"
         ) from None
-
-
-def decode_images(
-    paths: Sequence[Path], size: int, chunk: int = 512
-) -> tuple[torch.Tensor, Counter[str]]:
-    """Decode files into one uint8 [N, 3, size, size] tensor with a thread pool (PIL releases the
-    GIL while decoding; chunks keep the pool's per-task overhead small), and how many files had
-    each thing done to them (`read_image_noting`)."""
-    out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
-    done: Counter[str] = Counter()
-
-    def work(start: int) -> Counter[str]:
-        notes: Counter[str] = Counter()
-        for i in range(start, min(start + chunk, len(paths))):
-            out[i], what = read_image_noting(paths[i], (size, size))
-            notes.update(what)
-        return notes
-
-    pool = ThreadPoolExecutor(min(8, os.cpu_count() or 1))
-    try:
-        for notes in pool.map(work, range(0, len(paths), chunk)):
-            done += notes
-    finally:
-        # On a bad file, stop at once rather than decode the rest of the folder first.
-        pool.shutdown(wait=True, cancel_futures=True)
-    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous(), done

@@ -29,7 +29,9 @@ class Source:
     folder: Path  # the folder read (for a download: where it is, or will be, extracted)
     download: str | None  # the dataset name when it comes from torchvision's download
     fingerprint: str  # changes whenever the source's content may have changed (cache key only)
-    image_files: tuple[tuple[str, tuple[Path, ...]], ...] = ()  # image folders: (split, files)
+    # image folders: (split, file paths); plain strings, as os.scandir gives them: 50,000 Path
+    # objects cost more than the scan itself, which every run does to check the cache.
+    image_files: tuple[tuple[str, tuple[str, ...]], ...] = ()
     image_labels: tuple[tuple[int, ...], ...] = ()
     classes: tuple[str, ...] = ()
 
@@ -85,11 +87,11 @@ def _fingerprint(folder: Path) -> str:
     return _listing_digest(folder, _files_under(str(folder)))
 
 
-def _listing_digest(root: Path, files: list[Path]) -> str:
-    lines = []
+def _listing_digest(root: Path, files: list[str]) -> str:
+    lines, cut = [], len(str(root)) + 1  # every path is below root: its name relative to root
     for f in files:
-        st = f.stat()
-        lines.append(f"{f.relative_to(root).as_posix()}|{st.st_size}|{st.st_mtime_ns}")
+        st = os.stat(f)
+        lines.append(f"{f[cut:]}|{st.st_size}|{st.st_mtime_ns}")
     return digest("\n".join(lines))
 
 
@@ -104,7 +106,7 @@ def _hidden_folders(folder: str) -> list[str]:
         return sorted(e.name for e in it if e.name.startswith(".") and e.is_dir())
 
 
-def _files_under(folder: str, seen: set[str] | None = None) -> list[Path]:
+def _files_under(folder: str, seen: set[str] | None = None) -> list[str]:
     """Visible files below `folder`, sorted; a folder reached again through a link (a loop, or a
     second way to the same images) is walked once."""
     seen = set() if seen is None else seen
@@ -117,7 +119,7 @@ def _files_under(folder: str, seen: set[str] | None = None) -> list[Path]:
         if e.is_dir():
             files += _files_under(e.path, seen)
         elif e.is_file():
-            files.append(Path(e.path))
+            files.append(e.path)
     return files
 
 
@@ -140,9 +142,9 @@ def scan_image_folder(root: Path) -> Source:
     classes = check_class_names([e.name for e in class_dirs], f"the class folders of {train_root}")
     index = {name: i for i, name in enumerate(classes)}
     split_files, split_labels = [], []
-    skipped: list[Path] = []
-    merged: list[Path] = []
-    owner: dict[str, tuple[str, str, Path]] = {}  # real path -> (split, class, first path)
+    skipped: list[str] = []
+    merged: list[str] = []
+    owner: dict[str, tuple[str, str, str]] = {}  # real path -> (split, class, first path)
     hidden = [f"{train_root / name}" for name in _hidden_folders(str(train_root))]
     for split, split_root in (("train", train_root), ("test", test_root)):
         if split_root is None:
@@ -200,7 +202,7 @@ def scan_image_folder(root: Path) -> Source:
     )
 
 
-def _summarise_scan(skipped: list[Path], merged: list[Path], hidden: list[str]) -> None:
+def _summarise_scan(skipped: list[str], merged: list[str], hidden: list[str]) -> None:
     def files(n: int) -> str:
         return f"{n} file{'s' * (n != 1)}"
 

@@ -27,6 +27,7 @@ from distill.files import check_folder, file_sha256, output_lock
 from distill.pipeline.config import PipelineSettings, load_config, to_toml
 from distill.pipeline.stages import build_stages, describe
 from distill.pipeline.state import STATE_FILE, PipelineState, Stage, decide
+from distill.timing import phase
 
 __all__ = ["PipelineSettings", "describe", "load_config", "run_pipeline", "to_toml"]
 
@@ -124,7 +125,8 @@ def _run_stages(stages: Iterable[Stage], state: PipelineState | None, console: C
         started = time.perf_counter()
         try:
             if stage.every_rank or distributed.is_main():
-                stage.run(resume, {"stage": stage.name, "fingerprint": fp})
+                with phase(f"stage {stage.name}"):
+                    stage.run(resume, {"stage": stage.name, "fingerprint": fp})
         finally:
             seconds = prior + time.perf_counter() - started
             if state is not None:
