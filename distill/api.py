@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -78,6 +78,7 @@ def train_teacher(
     *,
     recipe: str | Recipe = "standard",
     quiet: bool = True,
+    on_epoch: Callable[[dict[str, Any]], bool] | None = None,
     **overrides: Any,
 ) -> dict[str, Any]:
     """Train `arch` on the labels of `data` (cifar10, cifar100 or a folder); return its
@@ -85,7 +86,8 @@ def train_teacher(
 
     A teacher is label-smoothed as its recipe says for teachers (`teacher_label_smoothing`:
     none for `standard`, 0.1 for `quick`) unless `label_smoothing=` says otherwise, as with
-    `distill teacher train`.
+    `distill teacher train`. `on_epoch(record)` runs after each epoch's validation (a
+    study's pruner); True ends training there, keeping the best weights so far.
     """
     from distill.recipes import teacher_recipe
     from distill.supervised import train_on_labels
@@ -96,7 +98,9 @@ def train_teacher(
     run = _run(out, quiet, given["run"])
     resolved = teacher_recipe(recipe, **given["recipe"])
     settings = build(DataSettings, {"source": _source(data), **given["data"]})
-    return train_on_labels(arch, settings, resolved, run, console=_console(quiet))
+    return train_on_labels(
+        arch, settings, resolved, run, console=_console(quiet), on_epoch=on_epoch
+    )
 
 
 def train_student(
@@ -109,6 +113,7 @@ def train_student(
     kd: str | Mapping[str, Any] | KDSettings | None = None,
     recipe: str | Recipe = "standard",
     quiet: bool = True,
+    on_epoch: Callable[[dict[str, Any]], bool] | None = None,
     **overrides: Any,
 ) -> dict[str, Any]:
     """Distil `arch` from `teacher` (a checkpoint path, or several: the mean of their logits);
@@ -117,6 +122,7 @@ def train_student(
     `data` defaults to the teacher's data and split. `budget` (e.g. "5M") is checked before the
     first step. `kd`: "hinton" or "dkd", a mapping of KDSettings fields
     (`{"method": "dkd", "beta": 4}`), or a KDSettings; None: KDSettings' defaults (Hinton).
+    `on_epoch` as in `train_teacher`.
     """
     from distill.checkpoint import load_checkpoint
     from distill.recipes import make_recipe
@@ -140,6 +146,7 @@ def train_student(
         _kd(kd),
         parse_budget(budget),
         console=_console(quiet),
+        on_epoch=on_epoch,
     )
 
 

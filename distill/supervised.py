@@ -3,6 +3,7 @@ against (same architecture, recipe and epochs; only the objective differs)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console
@@ -25,6 +26,7 @@ def train_on_labels(
     console: Console | None = None,
     stop_after_steps: int | None = None,
     provenance: dict[str, Any] | None = None,
+    on_epoch: Callable[[dict[str, Any]], bool] | None = None,
 ) -> dict[str, Any]:
     """Train `arch` on labels alone; return its checkpoint (also written to `run.out`).
 
@@ -46,4 +48,5 @@ def train_on_labels(
             meta={"pipeline": provenance} if provenance else None,
             console=console,
             stop_after_steps=stop_after_steps,
+            on_epoch=on_epoch,
         )

@@ -6,7 +6,8 @@ builds them from the settings dataclasses) -> one library call a user could make
 - `train_cmds`: teacher train, student, prune;
 - `inspect_cmds`: models, budget, eval, report;
 - `deploy_cmds`: predict, bench (`export onnx` is export/cli.py's);
-- `pipeline_cmd`: pipeline.
+- `pipeline_cmd`: pipeline;
+- `sweep_cmd`: sweep (a study of trials over a search space).
 
 A user's mistake (a UserError) is one line on stderr and exit code 2; an interruption of a
 training command prints the exact command that resumes it.
@@ -20,7 +21,13 @@ import sys
 import typer
 
 from distill import distributed
-from distill.cli import deploy_cmds, inspect_cmds, pipeline_cmd, train_cmds  # noqa: F401
+from distill.cli import (  # noqa: F401
+    deploy_cmds,
+    inspect_cmds,
+    pipeline_cmd,
+    sweep_cmd,
+    train_cmds,
+)
 from distill.cli.common import app
 
 __all__ = ["app", "main"]

@@ -1,0 +1,177 @@
+"""What a sweep found: the trials table, the best trial or the Pareto front, the confirmation,
+and plots drawn with Optuna's matplotlib visualisations (`distill sweep --show`, `distill
+report`)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from distill.errors import UserError
+from distill.sweep import study as studies
+from distill.sweep.confirm import RESULT
+from distill.sweep.launch import JOB_FILE
+from distill.sweep.trial import MODEL
+
+SECOND = {"top1+params": "params", "top1+macs": "MACs", "top1+latency": "ms/image"}
+
+
+def is_sweep(folder: Path) -> bool:
+    return (Path(folder) / JOB_FILE).is_file()
+
+
+def load(folder: Path) -> tuple[dict[str, Any], Any]:
+    """(the sweep's job record, its study) of a sweep folder."""
+    import optuna
+
+    folder = Path(folder)
+    if not is_sweep(folder):
+        raise UserError(f"{folder} holds no sweep ({JOB_FILE} missing); pass a distill sweep --out")
+    job = json.loads((folder / JOB_FILE).read_text())
+    url = job["settings"].get("storage") or str(folder / studies.JOURNAL)
+    storage = studies.open_storage(url, int(job["settings"].get("heartbeat", 20)))
+    try:
+        study = optuna.load_study(study_name=studies.STUDY_NAME, storage=storage)
+    except KeyError:
+        raise UserError(f"{url} holds no distill sweep yet; run distill sweep first") from None
+    return job, study
+
+
+def rows(study: Any, objective: str = "top1") -> list[dict[str, Any]]:
+    """One row per trial, in order."""
+    out = []
+    for t in study.get_trials(deepcopy=False):
+        a = t.user_attrs
+        if a.get("surplus"):
+            continue
+        note = a.get("infeasible") or a.get("error") or ""
+        if a.get("resumed_from"):
+            r = a["resumed_from"]
+            note = (
+                note + "; " if note else ""
+            ) + f"resumed at epoch {r['epoch'] + 1} step {r['step']}"
+        if t.system_attrs.get("failed_trial") is not None:
+            note = (note + "; " if note else "") + f"retry of {t.system_attrs['failed_trial']}"
+        settings = {k: v for k, v in t.params.items() if k != "arch"}
+        out.append({
+            "trial": t.number,
+            "state": "infeasible" if a.get("infeasible") else t.state.name.lower(),
+            "arch": t.params.get("arch", "?"),
+            "params": a.get("params"),
+            "macs": a.get("macs"),
+            "settings": settings,
+            "best_epoch": a.get("best_epoch"),
+            "val_top1": a.get("val_top1") if t.values is None else t.values[0],
+            "second": t.values[1] if t.values is not None and len(t.values) > 1 else None,
+            "folder": a.get("folder"),
+            "note": note,
+        })  # fmt: skip
+    return out
+
+
+def best(study: Any) -> list[Any]:
+    """The best trial, or the Pareto front (best top-1 first)."""
+    from optuna.trial import TrialState
+
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        return []
+    if len(study.directions) > 1:
+        return sorted(study.best_trials, key=lambda t: -t.values[0])
+    return [study.best_trial]
+
+
+def varying(study_rows: list[dict[str, Any]]) -> list[str]:
+    """Settings that differ between trials (the table shows only those)."""
+    keys: dict[str, set[str]] = {}
+    for r in study_rows:
+        for k, v in r["settings"].items():
+            keys.setdefault(k, set()).add(repr(v))
+    return [k for k, vs in keys.items() if len(vs) > 1]
+
+
+def plots(study: Any, folder: Path) -> list[Path]:
+    """Optimisation history, Pareto front, parameter importances and top-1 vs params, as PNGs in
+    `folder`; those the study cannot draw yet (too few trials) are left out."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna.visualization.matplotlib as ovm
+    from optuna.trial import TrialState
+
+    folder.mkdir(parents=True, exist_ok=True)
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not done:
+        return []
+    multi = len(study.directions) > 1
+    top1 = (lambda t: t.values[0]) if multi else None
+    drawn = []
+
+    def save(name: str, draw) -> None:
+        try:
+            ax = draw()
+        except (ValueError, RuntimeError, ZeroDivisionError):  # too few trials for this plot
+            plt.close("all")
+            return
+        fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+        fig.set_size_inches(7, 4.5)
+        fig.tight_layout()
+        path = folder / f"{name}.png"
+        fig.savefig(path, dpi=110)
+        plt.close("all")
+        drawn.append(path)
+
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        save(
+            "history",
+            lambda: ovm.plot_optimization_history(study, target=top1, target_name="val top-1"),
+        )
+        if multi:
+            save("pareto", lambda: ovm.plot_pareto_front(study))
+        if len(done) >= 2 and len(study.best_trials[0].params) > 1:
+            save(
+                "importances",
+                lambda: ovm.plot_param_importances(study, target=top1, target_name="val top-1"),
+            )
+        save("top1_vs_params", lambda: _top1_vs_params(study))
+    return drawn
+
+
+def _top1_vs_params(study: Any):
+    import matplotlib.pyplot as plt
+    from optuna.trial import TrialState
+
+    fig, ax = plt.subplots()
+    for state, marker in ((TrialState.COMPLETE, "o"), (TrialState.PRUNED, "x")):
+        ts = [t for t in study.get_trials(deepcopy=False, states=(state,))
+              if t.user_attrs.get("params") and not t.user_attrs.get("infeasible")
+              and t.user_attrs.get("val_top1") is not None]  # fmt: skip
+        ax.scatter([t.user_attrs["params"] / 1e6 for t in ts],
+                   [100 * t.user_attrs["val_top1"] for t in ts],
+                   marker=marker, label=state.name.lower())  # fmt: skip
+    ax.set_xlabel("parameters (M)")
+    ax.set_ylabel("val top-1 (%)")
+    ax.set_title("top-1 vs parameters")
+    ax.legend()
+    return ax
+
+
+def confirmation(folder: Path) -> dict[str, Any] | None:
+    path = Path(folder) / RESULT
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def export_hint(folder: Path, trial: Any) -> str:
+    path = Path(folder) / trial.user_attrs.get("folder", "?") / MODEL
+    return f"distill export onnx {path}"
+
+
+def fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return "-" if math.isnan(v) else f"{v:.3g}"
+    return str(v)
