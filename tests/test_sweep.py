@@ -264,7 +264,7 @@ def _free_port() -> int:
 def postgres():
     """A throwaway PostgreSQL server from the distribution's packages (as root: run as the
     postgres user); skipped with the reason where none can be started."""
-    pytest.importorskip("psycopg2", reason="psycopg2 is not installed")
+    pytest.importorskip("psycopg", reason="psycopg (PostgreSQL driver) is not installed")
     bins = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
     if not bins:
         pytest.skip("no PostgreSQL server installed (apt-get install postgresql)")
