@@ -4,7 +4,6 @@ trials are ordinary distill runs), and `distill sweep --show` of what it found."
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import typer
 from rich.table import Table
@@ -72,71 +71,20 @@ def sweep_cmd(
 
 
 def show_sweep(folder: Path) -> None:
-    from distill.budget import format_count
     from distill.sweep import results
 
     job, study = results.load(folder)
     objective = job["settings"]["objective"]
-    rows = results.rows(study, objective)
-    keys = results.varying(rows)
+    columns, rows = results.table(study, objective)
     table = Table(title=f"sweep {folder}: {len(rows)} trials ({objective})")
-    for name in ("#", "arch", "params", "MACs", *keys, "best ep", "val top-1"):
-        table.add_column(name, justify="right" if name not in ("arch",) else "left")
-    second = results.SECOND.get(objective)
-    if second:
-        table.add_column(second, justify="right")
-    table.add_column("state")
-    table.add_column("note")
-    for r in rows:
-        cells = [
-            str(r["trial"]), r["arch"],
-            format_count(r["params"]) if r["params"] else "-",
-            format_count(r["macs"]) if r["macs"] else "-",
-            *[results.fmt(r["settings"].get(k, "-")) for k in keys],
-            str(r["best_epoch"] or "-"),
-            f"{r['val_top1']:.2%}" if isinstance(r["val_top1"], float) else "-",
-        ]  # fmt: skip
-        if second:
-            cells.append(results.fmt(r["second"]) if r["second"] is not None else "-")
-        cells += [r["state"], r["note"]]
-        table.add_row(*cells)
+    for name in columns:
+        table.add_column(name, justify="left" if name in ("arch", "state", "note") else "right")
+    for row in rows:
+        table.add_row(*row)
     console.print(table)
-    best = results.best(study)
-    if not best:
-        console.print("no finished trial yet")
-        return
-    if len(best) == 1:
-        t = best[0]
-        console.print(
-            f"best: trial {t.number}, val top-1 {t.values[0]:.2%}, {t.params.get('arch')}, "
-            f"{_settings(t.params)}"
-        )
-    else:
-        console.print(f"Pareto front (val top-1 vs {second}):")
-        for t in best:
-            console.print(
-                f"  trial {t.number}: {t.values[0]:.2%}, {results.fmt(t.values[1])} {second}"
-            )
-    conf = results.confirmation(folder)
-    chosen = best[0]
-    if conf:
-        for c in conf["candidates"]:
-            console.print(
-                f"confirmed trial {c['trial']}: val top-1 {c['val_mean']:.2%} +- {c['val_std']:.2%} "
-                f"over {len(c['runs'])} seeds"
-            )
-        console.print(
-            f"winner: trial {conf['winner']}, held-out top-1 {conf['holdout_mean']:.2%} +- "
-            f"{conf['holdout_std']:.2%} on {conf['holdout']}"
-        )
-        chosen = study.trials[conf["winner"]]
+    lines = results.summary(study, Path(folder), objective)
     paths = results.plots(study, Path(folder) / "plots")
     if paths:
-        console.print("plots: " + ", ".join(str(p) for p in paths))
-    console.print(f"to ONNX: {results.export_hint(folder, chosen)}")
-
-
-def _settings(params: dict[str, Any]) -> str:
-    from distill.sweep.results import fmt
-
-    return ", ".join(f"{k} {fmt(v)}" for k, v in params.items() if k != "arch")
+        lines.insert(-1, "plots: " + ", ".join(str(p) for p in paths))
+    for line in lines:
+        console.print(line, highlight=False)

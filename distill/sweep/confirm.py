@@ -103,23 +103,27 @@ def confirm(job: SweepJob, study: Any, *, say=print) -> dict[str, Any]:
     rows = []
     for t in candidates(study, job.settings.confirm_top):
         runs = [{"seed": 0, "path": str(job.out / t.user_attrs["folder"] / trials.MODEL),
-                 "val_top1": t.values[0]}]  # fmt: skip
+                 "val_top1": t.values[0],
+                 "train_seconds": t.user_attrs.get("train_seconds")}]  # fmt: skip
         for seed in range(1, job.settings.seeds + 1):
             path = job.out / CONFIRM / f"{t.number:04d}-seed{seed}" / trials.MODEL
             say(f"confirming trial {t.number} with seed {seed} ({path.parent})")
             ckpt = trials.train(job, t.params, path, seed=seed)
             runs.append({"seed": seed, "path": str(path),
-                         "val_top1": ckpt["metrics"]["val_accuracy"]})  # fmt: skip
+                         "val_top1": ckpt["metrics"]["val_accuracy"],
+                         "train_seconds": ckpt["metrics"]["train_seconds"]})  # fmt: skip
         vals = [r["val_top1"] for r in runs]
         rows.append({
             "trial": t.number, "params": t.params, "runs": runs,
             "val_mean": statistics.fmean(vals),
+            "train_seconds": statistics.fmean(r["train_seconds"] or 0.0 for r in runs),
             "val_std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
         })  # fmt: skip
     if not rows:
         raise UserError("no finished trial to confirm yet; run the sweep to --trials first")
     winner = max(rows, key=lambda r: r["val_mean"])
     held = [score(Path(r["path"]), split, data, job.device) for r in winner["runs"]]
+    base = baseline(job, winner, split, data, say)
     result = {
         "candidates": rows,
         "winner": winner["trial"],
@@ -127,6 +131,33 @@ def confirm(job: SweepJob, study: Any, *, say=print) -> dict[str, Any]:
         "holdout_top1": held,
         "holdout_mean": statistics.fmean(held),
         "holdout_std": statistics.stdev(held) if len(held) > 1 else 0.0,
+        "baseline": base,
     }
     atomic_write_text(job.out / RESULT, json.dumps(result, indent=1) + "\n")
     return result
+
+
+def baseline(
+    job: SweepJob, winner: dict[str, Any], split: Split, data: Dataset, say
+) -> dict[str, Any]:
+    """The winner's architecture trained by its named recipe's defaults for as many epochs
+    (the same training time, to a few percent), with the same seeds, scored the same way: what
+    the search itself gained."""
+    keep = ("arch", "recipe", "epochs")
+    params = {k: v for k, v in winner["params"].items() if k in keep}
+    runs = []
+    for seed in range(job.settings.seeds + 1):
+        path = job.out / CONFIRM / f"baseline-seed{seed}" / trials.MODEL
+        say(f"baseline: {params} with seed {seed} ({path.parent})")
+        ckpt = trials.train(job, params, path, seed=seed)
+        m = ckpt["metrics"]
+        runs.append({"seed": seed, "path": str(path), "val_top1": m["val_accuracy"],
+                     "holdout_top1": score(path, split, data, job.device),
+                     "train_seconds": m["train_seconds"]})  # fmt: skip
+    return {
+        "params": params,
+        "runs": runs,
+        "val_mean": statistics.fmean(r["val_top1"] for r in runs),
+        "holdout_mean": statistics.fmean(r["holdout_top1"] for r in runs),
+        "train_seconds": statistics.fmean(r["train_seconds"] for r in runs),
+    }

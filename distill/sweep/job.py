@@ -115,6 +115,12 @@ def make_job(
         values,
         label=lambda n: flags.get(n, n) if n in given else f"{where}: [sweep] {n}",
     )
+    searched_kd = [d.name for d in space.dims if d.name.startswith("kd.")]
+    if searched_kd and not teachers:
+        raise UserError(
+            f"{where}: space {searched_kd[0]} is a distillation setting and no --teacher is given; "
+            "pass --teacher t.pt, or drop [space.kd] to search label-only models"
+        )
     job = SweepJob(
         out=Path(out),
         space_file=space_file,

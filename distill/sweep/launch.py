@@ -27,8 +27,8 @@ WORKERS = "workers"
 def check_before_trials(job: SweepJob) -> None:
     """What would otherwise fail in every trial, checked once: at least one architecture fits
     the budget, and the held-out split the confirmation needs exists."""
-    from distill.sweep.worker import _num_classes
     from distill.sweep.trial import feasibility
+    from distill.sweep.worker import _num_classes
 
     num_classes = _num_classes(job)
     verdicts = [feasibility(job, a, num_classes) for a in job.space["arch"].choices]

@@ -71,6 +71,73 @@ def rows(study: Any, objective: str = "top1") -> list[dict[str, Any]]:
     return out
 
 
+def table(study: Any, objective: str) -> tuple[list[str], list[list[str]]]:
+    """The trials table as text cells: (column names, rows), for a terminal or Markdown."""
+    from distill.budget import format_count
+
+    study_rows = rows(study, objective)
+    keys = varying(study_rows)
+    second = SECOND.get(objective)
+    columns = ["#", "arch", "params", "MACs", *keys, "best epoch", "val top-1"]
+    columns += [second] if second else []
+    columns += ["state", "note"]
+    cells = []
+    for r in study_rows:
+        row = [
+            str(r["trial"]), r["arch"],
+            format_count(r["params"]) if r["params"] else "-",
+            format_count(r["macs"]) if r["macs"] else "-",
+            *[fmt(r["settings"].get(k, "-")) for k in keys],
+            str(r["best_epoch"] or "-"),
+            f"{r['val_top1']:.2%}" if isinstance(r["val_top1"], float) else "-",
+        ]  # fmt: skip
+        if second:
+            row.append(fmt(r["second"]) if r["second"] is not None else "-")
+        cells.append([*row, r["state"], r["note"]])
+    return columns, cells
+
+
+def summary(study: Any, folder: Path, objective: str) -> list[str]:
+    """The best trial or the Pareto front, the confirmation and the winner's path to ONNX, as
+    sentences."""
+    found = best(study)
+    if not found:
+        return ["no finished trial yet"]
+    second = SECOND.get(objective)
+    if len(found) == 1:
+        t = found[0]
+        lines = [f"best: trial {t.number}, val top-1 {t.values[0]:.2%}, {t.params.get('arch')}, "
+                 f"{settings_text(t.params)}"]  # fmt: skip
+    else:
+        points = [f"trial {t.number} {t.values[0]:.2%} at {fmt(t.values[1])}" for t in found]
+        lines = [f"Pareto front (val top-1 vs {second}): " + "; ".join(points)]
+    chosen = found[0]
+    conf = confirmation(folder)
+    if conf:
+        for c in conf["candidates"]:
+            lines.append(f"confirmed trial {c['trial']}: val top-1 {c['val_mean']:.2%} +- "
+                         f"{c['val_std']:.2%} over {len(c['runs'])} seeds")  # fmt: skip
+        lines.append(f"winner: trial {conf['winner']}, held-out top-1 {conf['holdout_mean']:.2%}"
+                     f" +- {conf['holdout_std']:.2%} on {conf['holdout']}")  # fmt: skip
+        base = conf.get("baseline")
+        if base:
+            won = next(c for c in conf["candidates"] if c["trial"] == conf["winner"])
+            gain = 100 * (conf["holdout_mean"] - base["holdout_mean"])
+            lines.append(
+                f"the recipe's defaults ({base['params']['arch']}, "
+                f"{settings_text(base['params'])}): val top-1 {base['val_mean']:.2%}, held-out "
+                f"{base['holdout_mean']:.2%} in {base['train_seconds']:.0f} s a run; the winner "
+                f"gains {gain:+.1f} points held out in {won['train_seconds']:.0f} s a run"
+            )
+        chosen = study.trials[conf["winner"]]
+    lines.append(f"to ONNX: {export_hint(folder, chosen)}")
+    return lines
+
+
+def settings_text(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {fmt(v)}" for k, v in params.items() if k != "arch")
+
+
 def best(study: Any) -> list[Any]:
     """The best trial, or the Pareto front (best top-1 first)."""
     from optuna.trial import TrialState
@@ -91,7 +158,7 @@ def varying(study_rows: list[dict[str, Any]]) -> list[str]:
     return [k for k, vs in keys.items() if len(vs) > 1]
 
 
-def plots(study: Any, folder: Path) -> list[Path]:
+def plots(study: Any, folder: Path, prefix: str = "") -> list[Path]:
     """Optimisation history, Pareto front, parameter importances and top-1 vs params, as PNGs in
     `folder`; those the study cannot draw yet (too few trials) are left out."""
     import matplotlib
@@ -118,7 +185,7 @@ def plots(study: Any, folder: Path) -> list[Path]:
         fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
         fig.set_size_inches(7, 4.5)
         fig.tight_layout()
-        path = folder / f"{name}.png"
+        path = folder / f"{prefix}{name}.png"
         fig.savefig(path, dpi=110)
         plt.close("all")
         drawn.append(path)

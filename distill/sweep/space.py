@@ -32,7 +32,8 @@ from distill.typed import build, type_name
 
 # Recipe fields a space may not set: the recipe's name is `recipe`, `lr_batch` follows the
 # batch (an explicit lr is the lr of the trial's global batch), augmentation is its own table.
-NOT_SEARCHED = ("name", "lr_batch", "augment")
+# A trial is a student or a label-only model: a teacher's smoothing never applies.
+NOT_SEARCHED = ("name", "lr_batch", "augment", "teacher_label_smoothing")
 TABLES: dict[str, type] = {"augment": AugmentSettings, "kd": KDSettings}
 RANGE_KEYS = ("low", "high", "log", "step")
 Kind = Literal["float", "int", "choice", "fixed"]
@@ -184,7 +185,8 @@ def _dimension(name: str, value: Any, cls: type, field: str, where: str) -> Dime
         valid = ", ".join(prefix + n for n in names)
         extra = "" if prefix else ", [space.augment] and [space.kd] tables"
         raise UserError(
-            f"{label} is not a setting a sweep can search; {hint}valid: arch, recipe, {valid}{extra}"
+            f"{label} is not a setting a sweep can search; {hint}valid: arch, recipe, "
+            f"{valid}{extra}"
         )
     tp = _plain_type(typing.get_type_hints(cls)[field])
     if isinstance(value, Mapping):
@@ -283,3 +285,31 @@ def _check_together(space: SearchSpace, where: str) -> None:
                 f"{where}: space kd.alpha reaches {top} but Hinton's alpha is a fraction; keep "
                 'it at most 1 or search kd.method = "dkd" only'
             )
+
+
+def reference_rows() -> list[tuple[str, str, str, str]]:
+    """(key, type, forms, meaning) of every key a space file may hold: the README's table."""
+    from distill.sweep.settings import SweepSettings
+
+    rows = [
+        ("[space] arch", "string", "value, list", "A registered architecture or FAMILY@BUDGET "
+         "(resnet18@0.4M, resnet18@5M,600MMAC); each is checked against the budget before it "
+         "trains."),
+        ("[space] recipe", "string", "value, list",
+         f"The named recipe the other keys override: {', '.join(RECIPES)}."),
+    ]  # fmt: skip
+    for prefix, cls in (("[space] ", Recipe), ("[space.augment] ", AugmentSettings),
+                        ("[space.kd] ", KDSettings)):  # fmt: skip
+        hints = typing.get_type_hints(cls)
+        for f in fields(cls):
+            if f.name in NOT_SEARCHED:
+                continue
+            tp = _plain_type(hints[f.name])
+            forms = "value, list, {low, high, log, step}" if tp in (int, float) else "value, list"
+            rows.append((prefix + f.name, type_name(tp), forms, f.metadata.get("help", "")))
+    hints = typing.get_type_hints(SweepSettings)
+    for f in fields(SweepSettings):
+        shown = f.metadata.get("shown") or ("none" if f.default is None else str(f.default))
+        rows.append((f"[sweep] {f.name}", type_name(_plain_type(hints[f.name])),
+                     f"default {shown}", f.metadata.get("help", "")))  # fmt: skip
+    return rows

@@ -146,9 +146,11 @@ def _pid_alive(pid: int) -> bool:
 def is_abandoned(trial: Any, heartbeat: int, now: float | None = None) -> bool:
     """A running trial whose worker died on this host, or that has been silent too long."""
     who = trial.user_attrs.get("worker") or {}
-    if who.get("host") == socket.gethostname() and isinstance(who.get("pid"), int):
-        if not _pid_alive(who["pid"]) or who["pid"] == os.getpid():
-            return True
+    pid = who.get("pid")
+    # A pid of this very process: a trial it ran before a crash it survived (it asks anew).
+    here = who.get("host") == socket.gethostname() and isinstance(pid, int)
+    if here and (not _pid_alive(pid) or pid == os.getpid()):
+        return True
     beat = trial.user_attrs.get("heartbeat")
     if beat is None and trial.datetime_start is not None:
         beat = trial.datetime_start.timestamp()

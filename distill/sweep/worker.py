@@ -20,6 +20,7 @@ from distill.errors import UserError
 from distill.sweep import study as studies
 from distill.sweep import trial as trials
 from distill.sweep.job import SweepJob
+from distill.sweep.space import resolve
 
 # The space proposing this many infeasible points in a row means it has (almost) no others.
 MAX_INFEASIBLE_IN_A_ROW = 100
@@ -123,6 +124,7 @@ def _run_one(
     folder = trials.trial_folder(job.out, number)
     path = folder / trials.MODEL
     single = len(job.settings.directions) == 1
+    epochs = resolve(params, trials.DEFAULT_RECIPE).recipe.epochs
     pruned = False
 
     def on_epoch(rec: dict[str, Any]) -> bool:
@@ -130,7 +132,8 @@ def _run_one(
         decision = False
         if trial is not None and single:
             trial.report(float(rec["val_accuracy"]), int(rec["epoch"]))
-            decision = trial.should_prune()
+            # After the last epoch there is nothing left to save: the trial is complete.
+            decision = int(rec["epoch"]) < epochs and trial.should_prune()
         pruned = bool(distributed.broadcast(decision))
         return pruned
 
