@@ -96,6 +96,17 @@ def test_a_study_of_three_trials_leaves_checkpoints_that_eval_agrees_with(
     shown = runner.invoke(app, ["sweep", "--show", str(out)])
     assert shown.exit_code == 0 and "best: trial" in shown.output
     assert (out / "plots" / "history.png").exists()
+    report = runner.invoke(app, ["report", str(out)])
+    assert report.exit_code == 0 and "## Sweep" in (out / "report.md").read_text()
+    # The pipeline takes the winner's architecture and recipe.
+    from distill.pipeline.config import parse
+
+    best = study.best_trial
+    config = parse({"teacher": {"arch": "resnet18@0.08M", "recipe": "quick"},
+                    "student": {"from_sweep": str(out)}, "data": {"source": "x"},
+                    "prune": {"enabled": False}})  # fmt: skip
+    assert config.student.arch == best.params["arch"]
+    assert config.student.recipe.lr_at(32) == pytest.approx(best.params["lr"])
 
 
 def test_two_workers_finish_the_trials_between_them_each_once(tiny_image_folder, tmp_path):

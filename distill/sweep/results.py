@@ -242,3 +242,42 @@ def fmt(v: Any) -> str:
     if isinstance(v, float):
         return "-" if math.isnan(v) else f"{v:.3g}"
     return str(v)
+
+
+def winner(folder: Path) -> tuple[int, dict[str, Any]]:
+    """(trial number, params) of a sweep's winner: the confirmed one, else the best trial (two
+    objectives: the front's best top-1)."""
+    _, study = load(folder)
+    conf = confirmation(folder)
+    if conf:
+        t = study.trials[conf["winner"]]
+        return t.number, dict(t.params)
+    found = best(study)
+    if not found:
+        raise UserError(f"the sweep in {folder} has no finished trial yet; run it first")
+    return found[0].number, dict(found[0].params)
+
+
+def as_pipeline_tables(params: dict[str, Any]) -> dict[str, Any]:
+    """A trial's params as pipeline tables: [student] (arch, recipe, recipe fields, augment)
+    and [kd]."""
+    from distill.sweep.trial import DEFAULT_RECIPE
+
+    student: dict[str, Any] = {
+        "arch": params["arch"],
+        "recipe": params.get("recipe", DEFAULT_RECIPE),
+    }
+    kd: dict[str, Any] = {}
+    augment: dict[str, Any] = {}
+    for key, value in params.items():
+        if key in ("arch", "recipe"):
+            continue
+        group, _, name = key.rpartition(".")
+        {"kd": kd, "augment": augment, "": student}[group][name] = value
+    if augment:
+        student["augment"] = augment
+    if "lr" in student:  # the trial's lr was the lr of its own batch (one process)
+        from distill.recipes import get_recipe
+
+        student["lr_batch"] = student.get("batch_size", get_recipe(student["recipe"]).batch_size)
+    return {"student": student, **({"kd": kd} if kd else {})}
