@@ -80,7 +80,9 @@ def test_a_study_of_three_trials_leaves_checkpoints_that_eval_agrees_with(
     extra = ["--trials", "3", "--teacher", str(teacher), "--pruner", "none"]
     if storage == "sqlite":
         extra += ["--storage", f"sqlite:///{tmp_path / 'study.db'}"]
-    result = runner.invoke(app, sweep_args(tiny_image_folder, tmp_path, space_file(tmp_path), *extra))
+    result = runner.invoke(
+        app, sweep_args(tiny_image_folder, tmp_path, space_file(tmp_path), *extra)
+    )
     assert result.exit_code == 0, result.output
     out = tmp_path / "sw"
     assert (out / "study.log").exists() == (storage == "journal")

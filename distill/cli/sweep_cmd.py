@@ -47,6 +47,7 @@ def sweep_cmd(
     """Search architectures (FAMILY@BUDGET), recipes and KD settings with an Optuna study whose
     trials are ordinary distill runs, each in its own folder under --out. Workers, processes and
     nodes share the study through its storage; the same command continues an interrupted sweep."""
+    from distill.resume import TrainingInterrupted
     from distill.sweep.job import make_job
     from distill.sweep.launch import run_sweep
 
@@ -66,7 +67,15 @@ def sweep_cmd(
         nproc_per_node,
     )  # fmt: skip
     console.print(f"sweep {out}: {job.settings.trials} trials, study in {job.storage_url}")
-    run_sweep(job, say=console.print)
+    try:
+        run_sweep(job, say=console.print)
+    except TrainingInterrupted:
+        typer.echo(
+            "interrupted: the running trial's state is saved in its folder; run the same command "
+            "to continue the sweep",
+            err=True,
+        )
+        raise typer.Exit(130) from None
     show_sweep(out)
 
 

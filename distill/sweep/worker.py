@@ -186,6 +186,8 @@ def main(argv: list[str]) -> int:
     """A worker process: the job file is written by `distill sweep`."""
     import torch
 
+    from distill.resume import TrainingInterrupted
+
     job = SweepJob.from_json(Path(argv[0]).read_text())
     threads = os.environ.get("DISTILL_SWEEP_THREADS")
     if threads:
@@ -195,6 +197,9 @@ def main(argv: list[str]) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
+    except TrainingInterrupted:
+        print("interrupted: the trial's state is saved in its folder", file=sys.stderr, flush=True)
+        return 130
     finally:
         distributed.shutdown()
     return 0
