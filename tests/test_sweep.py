@@ -319,3 +319,11 @@ def test_two_workers_finish_a_postgresql_study(postgres, tiny_image_folder, tmp_
     assert result.returncode == 0, result.stderr + result.stdout
     trials = [t for t in study_of(tmp_path / "sw").get_trials() if not t.user_attrs.get("surplus")]
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+
+
+def test_the_scaling_bench_times_the_study_engine_per_trial(tmp_path):
+    sys.path.insert(0, str(ROOT / "bench"))
+    from sweep_scaling import engine_seconds
+
+    seconds = engine_seconds(tmp_path, trials=3, epochs=2)
+    assert 0 < seconds["median"] <= seconds["max"]
