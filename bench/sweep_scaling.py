@@ -107,7 +107,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         data = args.data or tiny_folder(root)
         space = root / "space.toml"
         space.write_text(SPACE.replace("EPOCHS", str(args.epochs)))
-        extra = ["--val-size", str(args.val_size), "--cache-dir", str(root / "cache")]
+        extra = ["--val-size", str(args.val_size)]
+        if not args.data:  # a real data set keeps its decoded cache where every run finds it
+            extra += ["--cache-dir", str(root / "cache")]
         if args.train_size:
             extra += ["--train-size", str(args.train_size)]
         sweep_seconds(data, root / "warm", space, 1, 1, extra)  # decodes and caches the data
