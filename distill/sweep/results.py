@@ -46,7 +46,7 @@ def rows(study: Any, objective: str = "top1") -> list[dict[str, Any]]:
         a = t.user_attrs
         if a.get("surplus"):
             continue
-        note = a.get("infeasible") or a.get("error") or ""
+        note = a.get("infeasible") or a.get("error") or a.get("stopped") or ""
         if a.get("resumed_from"):
             r = a["resumed_from"]
             note = (

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from distill.sweep import study as studies
 from distill.sweep import trial as trials
 from distill.sweep.job import SweepJob
 from distill.sweep.space import resolve
+from distill.train import TrainingDiverged
 
 # The space proposing this many infeasible points in a row means it has (almost) no others.
 MAX_INFEASIBLE_IN_A_ROW = 100
@@ -33,6 +35,8 @@ def counted(t: Any) -> bool:
 
     if t.user_attrs.get("infeasible") or t.user_attrs.get("surplus"):
         return False
+    if t.state == TrialState.FAIL:  # diverged: a result; killed: it is taken up again
+        return "error" in t.user_attrs
     return t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 
 
@@ -147,16 +151,21 @@ def _run_one(
             f"trial {trial.number} ({folder}): {shown}"
             + (f"; resuming at {resumed}" if resumed else "")
         )
-    beat = studies.beating(study, trial, job.settings.heartbeat) if main else _nothing()
+    beat = studies.beating(study, trial, job.settings.heartbeat) if main else nullcontext()
     try:
         with beat:
             ckpt = trials.train(job, params, path, on_epoch=on_epoch, quiet=quiet)
             values = trials.objective_values(job, ckpt, path) if main and not pruned else None
-    except UserError as e:  # a diverged trial, an lr the model cannot take: the sweep goes on
+    except UserError as e:
+        diverged = isinstance(e, TrainingDiverged)
         if main:
-            trial.set_user_attr("error", str(e))
+            trial.set_user_attr("error" if diverged else "stopped", str(e))
             study.tell(trial, state=TrialState.FAIL)
-            say(f"trial {trial.number} failed: {e}")
+        if not diverged:  # a mistake every trial would repeat: the sweep stops with it
+            raise
+        # An lr the model cannot take is a result of the search (it counts as a trial).
+        if main:
+            say(f"trial {trial.number} diverged: {e}")
         return
     if not main:
         return
@@ -168,14 +177,6 @@ def _run_one(
     else:
         study.tell(trial, values)
         say(f"trial {trial.number} finished: val top-1 {values[0]:.2%}")
-
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
 
 
 def _short(v: Any) -> str:
