@@ -40,12 +40,6 @@ def counted(t: Any) -> bool:
     return t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 
 
-def finished(t: Any) -> bool:
-    from optuna.trial import TrialState
-
-    return counted(t) and t.state != TrialState.RUNNING
-
-
 def _num_classes(job: SweepJob) -> int:
     from distill.checkpoint import load_checkpoint
     from distill.data import load_data
