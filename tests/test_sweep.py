@@ -327,3 +327,16 @@ def test_the_scaling_bench_times_the_study_engine_per_trial(tmp_path):
 
     seconds = engine_seconds(tmp_path, trials=3, epochs=2)
     assert 0 < seconds["median"] <= seconds["max"]
+
+
+def test_two_objectives_give_a_pareto_front(tiny_image_folder, tmp_path):
+    args = sweep_args(tiny_image_folder, tmp_path, space_file(tmp_path), "--trials", "2",
+                      "--objective", "top1+params")  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    study = study_of(tmp_path / "sw")
+    assert len(study.directions) == 2 and study.best_trials
+    for t in study.get_trials(states=(TrialState.COMPLETE,)):
+        assert t.values[1] == t.user_attrs["params"]  # the second objective: its parameters
+    assert "Pareto front" in result.output
+    assert (tmp_path / "sw" / "plots" / "pareto.png").exists()
