@@ -200,13 +200,28 @@ def plots(study: Any, folder: Path, prefix: str = "") -> list[Path]:
         )
         if multi:
             save("pareto", lambda: ovm.plot_pareto_front(study))
-        if len(done) >= 2 and len(study.best_trials[0].params) > 1:
+        searched = _searched(done)
+        if len(done) >= 2 and searched:
             save(
                 "importances",
-                lambda: ovm.plot_param_importances(study, target=top1, target_name="val top-1"),
+                lambda: ovm.plot_param_importances(
+                    study, params=searched, target=top1, target_name="val top-1"
+                ),
             )
         save("top1_vs_params", lambda: _top1_vs_params(study))
     return drawn
+
+
+def _searched(done: list[Any]) -> list[str]:
+    """The params that were searched (a fixed value is a one-choice categorical)."""
+    from optuna.distributions import CategoricalDistribution
+
+    dists = done[0].distributions
+    return [
+        k
+        for k, d in dists.items()
+        if not (isinstance(d, CategoricalDistribution) and len(d.choices) == 1)
+    ]
 
 
 def _top1_vs_params(study: Any):
