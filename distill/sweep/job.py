@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -164,4 +164,4 @@ def _with_identity(job: SweepJob) -> SweepJob:
         "data": {k: _place(v) for k, v in sorted(job.data.items()) if k not in WHERE_ONLY},
         "max_epochs": job.space.max_epochs(),
     }
-    return SweepJob(**{**job.__dict__, "identity": identity})
+    return replace(job, identity=identity)
