@@ -49,7 +49,7 @@ def sweep_args(folder: Path, tmp_path: Path, space: Path, *extra: str) -> list[s
             "--out", str(tmp_path / "sw"), *extra]  # fmt: skip
 
 
-def study_of(out: Path, storage: str | None = None):
+def study_of(out: Path):
     from distill.sweep.results import load
 
     return load(out)[1]

@@ -20,7 +20,7 @@ from distill.data import Dataset, Split
 from distill.errors import UserError
 from distill.files import atomic_write_text
 from distill.sweep import trial as trials
-from distill.sweep.job import SweepJob
+from distill.sweep.job import Say, SweepJob
 
 CONFIRM = "confirm"
 RESULT = "confirm.json"
@@ -96,7 +96,7 @@ def candidates(study: Any, k: int) -> list[Any]:
     return sorted(pool, key=lambda t: t.values[0], reverse=True)[:k]
 
 
-def confirm(job: SweepJob, study: Any, *, say=print) -> dict[str, Any]:
+def confirm(job: SweepJob, study: Any, *, say: Say = print) -> dict[str, Any]:
     """Retrain the best trials with seeds 1..S, pick the best mean, score it held out; the
     result is also written to OUT/confirm.json. Rerunning continues where it stopped."""
     split, data, where = holdout_split(job)
@@ -138,7 +138,7 @@ def confirm(job: SweepJob, study: Any, *, say=print) -> dict[str, Any]:
 
 
 def baseline(
-    job: SweepJob, winner: dict[str, Any], split: Split, data: Dataset, say
+    job: SweepJob, winner: dict[str, Any], split: Split, data: Dataset, say: Say
 ) -> dict[str, Any]:
     """The winner's architecture trained by its named recipe's defaults for as many epochs
     (the same training time, to a few percent), with the same seeds, scored the same way: what

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from distill.sweep.space import SearchSpace, parse_space
 from distill.typed import build, flag_of, to_dict
 
 PRESETS = Path(__file__).resolve().parent / "presets"
+Say = Callable[[str], Any]  # where a sweep's progress lines go (a console's print)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from typing import Any
 from distill.errors import UserError
 from distill.files import atomic_write_text
 from distill.sweep import study as studies
-from distill.sweep.job import SweepJob
+from distill.sweep.job import Say, SweepJob
 
 JOB_FILE = "sweep.json"
 WORKERS = "workers"
@@ -43,7 +43,7 @@ def check_before_trials(job: SweepJob) -> None:
         holdout_split(job)  # refuses, with what to do, when no image is left for it
 
 
-def run_sweep(job: SweepJob, *, say=print, quiet: bool = True) -> Any:
+def run_sweep(job: SweepJob, *, say: Say = print, quiet: bool = True) -> Any:
     """Run the study to `--trials` finished trials (and confirm the best); return the study."""
     check_before_trials(job)
     study = studies.open_study(job.settings, job.storage_url, job.identity)
@@ -88,7 +88,7 @@ def worker_command(job_file: Path, nproc: int) -> list[str]:
     return [*head, "-m", "distill.sweep.worker", str(job_file)]
 
 
-def run_workers(job: SweepJob, say=print) -> None:
+def run_workers(job: SweepJob, say: Say = print) -> None:
     logs = job.out / WORKERS
     logs.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="distill-sweep-") as tmp:

@@ -20,7 +20,7 @@ from distill import distributed
 from distill.errors import UserError
 from distill.sweep import study as studies
 from distill.sweep import trial as trials
-from distill.sweep.job import SweepJob
+from distill.sweep.job import Say, SweepJob
 from distill.sweep.space import resolve
 from distill.train import TrainingDiverged
 
@@ -87,7 +87,7 @@ def _next_order(job: SweepJob, study: Any, num_classes: int) -> dict[str, Any] |
         return {"trial": trial, "number": number, "params": params}
 
 
-def work(job: SweepJob, *, quiet: bool = True, say=print) -> int:
+def work(job: SweepJob, *, quiet: bool = True, say: Say = print) -> int:
     """Run trials until the study holds `--trials` of them; return how many this worker ran."""
     from distill.device import resolve_device
 
@@ -115,7 +115,7 @@ def _run_one(
     number: int,
     params: dict[str, Any],
     quiet: bool,
-    say,
+    say: Say,
 ) -> None:
     from optuna.trial import TrialState
 
