@@ -26,7 +26,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, Literal
 
 from distill.errors import UserError
-from distill.recipes import RECIPES, get_recipe
+from distill.recipes import RECIPES, get_recipe, make_recipe
 from distill.settings import AugmentSettings, KDSettings, Recipe
 from distill.typed import build, type_name
 
@@ -129,8 +129,6 @@ def resolve(params: Mapping[str, Any], default_recipe: str) -> TrialSettings:
     }
     augment = {k.split(".", 1)[1]: v for k, v in params.items() if k.startswith("augment.")}
     kd = {k.split(".", 1)[1]: v for k, v in params.items() if k.startswith("kd.")}
-    from distill.recipes import make_recipe
-
     recipe = make_recipe(base, **recipe_values, augment=replace(base.augment, **augment))
     return TrialSettings(
         arch=str(params["arch"]),
