@@ -212,7 +212,7 @@ def test_pruning_cuts_a_poor_curve_and_an_infeasible_point_never_trains(
 def test_a_wrong_space_file_is_one_line_before_any_trial(tiny_image_folder, tmp_path):
     cases = {
         'arch = ["resnet18@0.05M"]\nlr = { low = 0.8, high = 0.05 }': "below high",
-        'arch = ["resnet18@0.05M"]\nlearning_rate = 0.1': "did you mean",
+        'arch = ["resnet18@0.05M"]\nweight_decays = 0.1': "did you mean weight_decay",
         'arch = ["resnet99"]': "resnet99",
         'arch = ["resnet18@0.05M"]\nrecipe = ["quick", "fastest"]': "unknown recipe",
         'arch = ["resnet18@0.05M"]\nbatch_size = { low = 16.5, high = 64 }': "integer",
