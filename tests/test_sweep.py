@@ -340,3 +340,21 @@ def test_two_objectives_give_a_pareto_front(tiny_image_folder, tmp_path):
         assert t.values[1] == t.user_attrs["params"]  # the second objective: its parameters
     assert "Pareto front" in result.output
     assert (tmp_path / "sw" / "plots" / "pareto.png").exists()
+
+
+def test_the_documented_spaces_read_as_written(tmp_path):
+    import re
+
+    from distill.sweep.job import read_space_file
+
+    issue = ('[space]\narch = ["resnet18@0.2M", "resnet18@0.4M"]\n'
+             'lr = { low = 0.05, high = 0.8, log = true }\nepochs = 2\nbatch_size = 64\n'
+             'recipe = "quick"\n')  # fmt: skip
+    readme = (ROOT / "README.md").read_text()
+    shown = re.search(r"```\n(\[space\]\n.*?)```", readme, re.DOTALL).group(1)
+    for text in (issue, shown):
+        (tmp_path / "s.toml").write_text(text)
+        space, _ = read_space_file(str(tmp_path / "s.toml"))
+        assert space["arch"].kind == "choice" and space["lr"].log
+    for preset in ("cpu", "gpu"):
+        assert read_space_file(preset)[0].names()[0] == "arch"
