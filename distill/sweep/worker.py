@@ -196,6 +196,9 @@ def main(argv: list[str]) -> int:
         print("interrupted: the trial's state is saved in its folder", file=sys.stderr, flush=True)
         return 130
     finally:
+        # Every rank leaves the process group together: one tearing it down while another
+        # still uses it aborts the process at exit.
+        distributed.barrier()
         distributed.shutdown()
     return 0
 
