@@ -96,6 +96,7 @@ def train_teacher(
     console: Console | None = None,
     provenance: Mapping[str, Any] | None = None,
     stop_after_steps: int | None = None,
+    on_epoch: Callable[[dict[str, Any]], bool] | None = None,
     **overrides: Any,
 ) -> dict[str, Any]:
     """Train `arch` on the labels of `data` (cifar10, cifar100, a folder, or settings); return
@@ -108,6 +109,8 @@ def train_teacher(
     settings whole (the CLI's and the pipeline's), else built from `out`, `quiet` and overrides.
     `provenance`: the pipeline stage that asked (recorded in the checkpoint);
     `stop_after_steps` simulates a Ctrl-C after that many steps (tests of resume).
+    `on_epoch(record)` runs after each epoch's validation (a study's pruner); True ends
+    training there, keeping the best weights so far.
     """
     from distill.data import load_data
     from distill.device import seed_everything
@@ -136,6 +139,7 @@ def train_teacher(
             meta={"pipeline": dict(provenance)} if provenance else None,
             console=console or _console(run.quiet),
             stop_after_steps=stop_after_steps,
+            on_epoch=on_epoch,
         )
 
 
@@ -153,6 +157,7 @@ def train_student(
     console: Console | None = None,
     provenance: Mapping[str, Any] | None = None,
     stop_after_steps: int | None = None,
+    on_epoch: Callable[[dict[str, Any]], bool] | None = None,
     **overrides: Any,
 ) -> dict[str, Any]:
     """Distil `arch` from `teacher` (a checkpoint path, or several: the mean of their logits);
@@ -161,7 +166,8 @@ def train_student(
     `data` defaults to the teacher's data and split; overrides of data fields apply to it.
     `budget` (e.g. "5M") is checked before the first step. `kd`: "hinton" or "dkd", a mapping of
     KDSettings fields (`{"method": "dkd", "beta": 4}`), or a KDSettings; None: KDSettings'
-    defaults (Hinton). `recipe`, `run`, `provenance`, `stop_after_steps` as in `train_teacher`.
+    defaults (Hinton). `recipe`, `run`, `provenance`, `stop_after_steps`, `on_epoch` as in
+    `train_teacher`.
     """
     from distill.student import train_student as distil
 
@@ -181,6 +187,7 @@ def train_student(
         console=console or _console(run.quiet),
         stop_after_steps=stop_after_steps,
         provenance=dict(provenance) if provenance else None,
+        on_epoch=on_epoch,
     )
 
 

@@ -31,7 +31,20 @@ def pipeline_settings_table() -> str:
     return "\n".join(lines)
 
 
-TABLES: dict[str, Callable[[], str]] = {"pipeline-settings": pipeline_settings_table}
+def sweep_space_table() -> str:
+    """Every key of a `distill sweep --space` file: type, the forms it takes, meaning."""
+    from distill.sweep.space import reference_rows
+
+    lines = ["| key | type | forms | meaning |", "|---|---|---|---|"]
+    for key, kind, forms, meaning in reference_rows():
+        lines.append(f"| `{_cell(key)}` | {_cell(kind)} | {_cell(forms)} | {_cell(meaning)} |")
+    return "\n".join(lines)
+
+
+TABLES: dict[str, Callable[[], str]] = {
+    "pipeline-settings": pipeline_settings_table,
+    "sweep-space": sweep_space_table,
+}
 
 
 def _block(name: str) -> re.Pattern[str]:

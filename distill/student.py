@@ -12,7 +12,7 @@ for teachers.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -186,6 +186,7 @@ def train_student(
     console: Console | None = None,
     stop_after_steps: int | None = None,
     provenance: dict[str, Any] | None = None,
+    on_epoch: Callable[[dict[str, Any]], bool] | None = None,
 ) -> dict[str, Any]:
     """Distil `arch` from the teacher(s) and return its checkpoint (also written to `run.out`).
 
@@ -237,6 +238,7 @@ def train_student(
             },
             console=console,
             stop_after_steps=stop_after_steps,
+            on_epoch=on_epoch,
         )
 
 

@@ -210,12 +210,15 @@ def fit(
     console: Console | None = None,
     stop_after_steps: int | None = None,
     on_finish: Callable[[dict[str, Any]], dict[str, Any]] = lambda ckpt: ckpt,
+    on_epoch: Callable[[dict[str, Any]], bool] | None = None,
 ) -> dict[str, Any]:
     """Train `model`, validate each epoch, return (and write to `run.out`) the best checkpoint.
 
     `meta` adds checkpoint fields (teachers, kd, pruning); `identity` adds what a resumed run
     must share with the saved one beyond architecture, recipe, data and seed; `on_finish`
-    completes the final checkpoint before it is written. `run.out=None`
+    completes the final checkpoint before it is written. `on_epoch(record)` runs on every rank
+    after each epoch's validation (a study's pruner); True ends training there like an early
+    stop, keeping the best weights so far. `run.out=None`
     trains in memory only (pruning's fine-tuning between steps). `stop_after_steps` simulates a
     Ctrl-C after that many optimizer steps (tests of resume).
     """
@@ -299,6 +302,7 @@ def fit(
                 early = _after_validation(t, state, val, epoch)
                 if state.best["epoch"] == epoch + 1:
                     best_val = val
+                cut = on_epoch is not None and on_epoch(record)
                 state.epoch, state.step = epoch + 1, 0
                 done = epoch + 1 == recipe.epochs
                 if watch.save_due(final=done):
@@ -308,6 +312,9 @@ def fit(
                     console.print(
                         f"early stop: val loss has not improved for {state.bad_epochs} epochs"
                     )
+                    break
+                if cut and not done:
+                    console.print(f"stopped after epoch {epoch + 1}: its curve was cut short")
                     break
         if run.keep_last:  # the final training state, kept to train on from it later
             save_state(state)

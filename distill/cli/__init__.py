@@ -7,7 +7,8 @@ builds them from the settings dataclasses) -> one library call a user could make
 - `inspect_cmds`: models, budget, eval, report;
 - `deploy_cmds`: predict, bench; `show`: how they print their results;
 - `export_cmd`: export onnx, a sub-app that `python -m export` runs too;
-- `pipeline_cmd`: pipeline.
+- `pipeline_cmd`: pipeline;
+- `sweep_cmd`: sweep (a study of trials over a search space).
 
 A user's mistake (a UserError) is one line on stderr and exit code 2; an interruption of a
 training command prints the exact command that resumes it.
@@ -21,7 +22,13 @@ import sys
 import typer
 
 from distill import distributed, launch
-from distill.cli import deploy_cmds, inspect_cmds, pipeline_cmd, train_cmds  # noqa: F401
+from distill.cli import (  # noqa: F401
+    deploy_cmds,
+    inspect_cmds,
+    pipeline_cmd,
+    sweep_cmd,
+    train_cmds,
+)
 from distill.cli.common import app
 
 __all__ = ["app", "main"]

@@ -135,6 +135,22 @@ def _stage(name: str, table: Any, where: str) -> StageSettings:
     return StageSettings(arch, recipe)
 
 
+def _from_sweep(values: dict[str, Any], where: str) -> dict[str, Any]:
+    """`[student] from_sweep = "runs/sweep"`: the sweep winner's architecture, recipe and KD
+    settings replace the student's and [kd]'s (keys the sweep did not search stay)."""
+    student = values.get("student")
+    if not isinstance(student, Mapping) or "from_sweep" not in student:
+        return values
+    from distill.sweep.results import as_pipeline_tables, winner
+
+    folder = coerce(
+        student["from_sweep"], str, "from_sweep", lambda k: _label(where, f"student.{k}")
+    )
+    _, params = winner(Path(folder).expanduser())
+    rest = {k: v for k, v in student.items() if k != "from_sweep"}
+    return merge({**values, "student": rest}, as_pipeline_tables(params))
+
+
 def parse(values: Mapping[str, Any], where: str = "") -> PipelineSettings:
     """PipelineSettings from nested tables (a preset merged with a TOML file and flags)."""
     values = dict(values)
@@ -145,6 +161,7 @@ def parse(values: Mapping[str, Any], where: str = "") -> PipelineSettings:
             f"unknown pipeline setting {_label(where, unknown[0])}; valid ones: "
             f"{', '.join(sorted(known))}"
         )
+    values = _from_sweep(values, where)
     for stage in ("teacher", "student"):
         if stage not in values:
             raise UserError(f"the pipeline needs a [{stage}] table (arch and recipe)")
@@ -267,6 +284,15 @@ def reference_rows() -> list[tuple[str, str, str, str]]:
     walk(DataSettings, "data.")
     rows.append(
         ("teacher.arch / student.arch", "a string", "preset", "Architecture name or FAMILY@BUDGET.")
+    )
+    rows.append(
+        (
+            "student.from_sweep",
+            "a path",
+            "—",
+            "A distill sweep folder: its winner's architecture, recipe and KD settings replace "
+            "the student's and [kd]'s (the confirmed winner, else the best trial).",
+        )
     )
     rows.append(
         (

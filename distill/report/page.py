@@ -18,6 +18,7 @@ from distill.report.output import MARK, PLOTS, is_ours, slug
 from distill.report.provenance import provenance
 from distill.report.pruning import plot_trajectory, pruning_lines, steps_table, trajectory
 from distill.report.records import Collection, Model
+from distill.report.sweep import has_models, sweep_section
 from distill.report.tables import render_table
 from distill.report.tradeoff import plot_accuracy_vs_latency, plot_accuracy_vs_params
 
@@ -31,6 +32,7 @@ OUR_PLOTS = (
     "confusion_*.png",
     "pruning_*.png",
     "curves_*.png",
+    "sweep_*.png",
 )
 
 Section = tuple[list[str], list[Path | None]]
@@ -152,8 +154,14 @@ def write_report(run_dir: Path, force: bool = False) -> Path:
     A report.md the tool did not write (the user's own) is only replaced with `force`."""
     run_dir = Path(run_dir)
     check_output(run_dir / "report.md", force, (".md",), flag="report", ours=is_ours)
-    col = collect_models(run_dir)
     plots = run_dir / PLOTS
+    sweep = sweep_section(run_dir, plots)
+    if sweep[0] and not has_models(run_dir):  # a sweep folder: its models are its trials'
+        lines = [MARK, f"# Sweep report: `{run_dir.resolve().name}`", "", *sweep[0]]
+        report = run_dir / "report.md"
+        atomic_write(report, lambda tmp: Path(tmp).write_text("\n".join(lines), encoding="utf-8"))
+        return report
+    col = collect_models(run_dir)
     lines = [MARK, f"# Distillation report: `{run_dir.resolve().name}`", ""]
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines += [f"_{len(col.models)} model files, written {now}._", ""]
@@ -173,6 +181,7 @@ def write_report(run_dir: Path, force: bool = False) -> Path:
         pruning_section(col, plots, notes),
         (latency_section(col.bench, latency_pngs), list(latency_pngs.values())),
         curves_section(col, plots),
+        sweep,
     ]
     written = {png.name for _, pngs in sections for png in pngs if png is not None}
     lines += [line for section, _ in sections for line in section]
