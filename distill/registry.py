@@ -9,7 +9,7 @@ so every path that takes a registered name takes a fitted one.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from distill.errors import UserError
 from distill.fit import fit_plan, is_fitted, parse_fit_name
@@ -88,8 +88,10 @@ def model_config(name: str, num_classes: int = 10) -> ResNetConfig:
     return get_entry(name).plan(num_classes)
 
 
-def create_model(name: str, num_classes: int = 10) -> CifarResNet:
-    return CifarResNet(model_config(name, num_classes))
+def create_model(name: str, num_classes: int = 10, stem: str = "cifar") -> CifarResNet:
+    """The registered (or fitted) `name` with `stem` ("cifar" or "imagenet", see
+    distill/stems.py); the channel plan is the same for both."""
+    return CifarResNet(replace(model_config(name, num_classes), stem=stem))
 
 
 def build_model(config: ResNetConfig | dict) -> CifarResNet:

@@ -24,8 +24,12 @@ if TYPE_CHECKING:
     from distill.trainer import Sums, Trainer
 from distill.files import atomic_write_text
 
-# A GPU-sized run on a CPU: more image passes than this gets one warning line before it starts.
+# A GPU-sized run on a CPU: more image passes than this, or more forward MACs over the run than
+# CPU_WARN_MACS, gets one warning line before it starts. The demo's teacher (resnet18-quarter,
+# 35M MACs, 12 epochs of 45,000 images) is 1.9e13 and trains in minutes on 2 cores; resnet34
+# for 4 such epochs is 2.1e14, hours.
 CPU_WARN_IMAGE_PASSES = 3_000_000
+CPU_WARN_MACS = 5e13
 # Fewer optimizer steps than this in a whole run teach a network from scratch next to nothing
 # (a 1,000-image run at the standard recipe's batch of 512 is 2 steps an epoch): say so.
 FEW_STEPS = 50
@@ -124,26 +128,41 @@ def announce(
 ) -> None:
     """One line with the plan before the first step; one warning when a GPU-sized run starts on
     a CPU (the user may mean it: never an error)."""
+    from distill.budget import count_macs
+
     world = distributed.world_size()
     where = f"{t.device}" + (f" x {world} processes" if world > 1 else "")
     start = f", resuming at epoch {state.epoch + 1}" if state.epoch or state.step else ""
+    _, h, w = data.input_size
+    stem = getattr(getattr(t.net, "config", None), "stem", None)
+    shape = f"{h}x{w}" + (f", {stem} stem" if stem else "")
     console.print(
-        f"training on {len(data.train):,} images (val {len(data.val):,}): {recipe.name} recipe, "
-        f"{recipe.epochs} epochs x {len(t.loader)} steps of {recipe.batch_size * world} images, "
+        f"training on {len(data.train):,} images at {shape} (val {len(data.val):,}): "
+        f"{recipe.name} recipe, {plural(recipe.epochs, 'epoch')} x "
+        f"{plural(len(t.loader), 'step')} of {recipe.batch_size * world} images, "
         f"peak lr {recipe.lr_at(recipe.batch_size * world):.3g}, {where}, {t.precision.name}"
         + start
     )
     steps = recipe.epochs * len(t.loader)
     if steps < FEW_STEPS:
         console.print(
-            f"[yellow]warning:[/] only {steps} optimizer step{'s' * (steps != 1)} in this run "
-            f"({recipe.epochs} epochs x {len(t.loader)}), too few to learn much; raise --epochs "
+            f"[yellow]warning:[/] only {plural(steps, 'optimizer step')} in this run "
+            f"({plural(recipe.epochs, 'epoch')} x {len(t.loader)}), too few to learn much; raise --epochs "
             f"or lower --batch-size ({recipe.batch_size} per process now)"
         )
     passes = recipe.epochs * len(data.train)
-    if t.device.type == "cpu" and passes > CPU_WARN_IMAGE_PASSES:
+    if t.device.type != "cpu":
+        return
+    macs = count_macs(t.net, tuple(data.input_size)) * passes
+    if passes > CPU_WARN_IMAGE_PASSES or macs > CPU_WARN_MACS:
         console.print(
-            f"[yellow]warning:[/] the {recipe.name} recipe ({recipe.epochs} epochs x "
-            f"{len(data.train):,} images) is sized for a GPU and will take many hours on this "
-            "CPU; --recipe quick trains in minutes"
+            f"[yellow]warning:[/] {plural(recipe.epochs, 'epoch')} x {len(data.train):,} images "
+            f"x {macs / passes / 1e6:,.0f}M MACs ({macs / 1e12:,.0f} TMACs) is sized for a GPU "
+            "and will take hours on this CPU; --recipe quick, a smaller --arch, --train-size or "
+            "a smaller --image-size trains in minutes"
         )
+
+
+def plural(n: int, word: str) -> str:
+    """ "1 epoch", "4 epochs" """
+    return f"{n:,} {word}{'s' * (n != 1)}"

@@ -60,7 +60,13 @@ class DataSettings:
     split_seed: int = setting(0, "Seed of the validation split; keep it fixed across stages.")
     data_root: Path = setting(Path(CACHE_HOME), "Where cifar10/cifar100 are downloaded.")
     cache_dir: Path = setting(Path(CACHE_HOME), "Decoded uint8 cache (never beside the data).")
-    image_size: int = setting(32, "Image-folder images are resized to this side.", cli=False)
+    image_size: int = setting(
+        32,
+        "Side of the square images a model sees. An image folder's images are resized on their "
+        "shorter side and centre-cropped to it (what evaluation and prediction see); training "
+        "then augments with the recipe's pad-and-crop or random-resized-crop. CIFAR is "
+        "resized from 32 when it differs.",
+    )
 
     def __post_init__(self) -> None:
         whole_numbers_as_floats(self)
@@ -77,6 +83,7 @@ class DataSettings:
 
 
 SPLIT_FIELDS = ("val_size", "split_seed")  # a model's validation split: students must share it
+CARRIED_FIELDS = ("image_size",)  # followed unless told otherwise (a student may choose its own)
 
 
 def data_for_model(record: Mapping[str, Any], given: Mapping[str, Any], what: str) -> DataSettings:
@@ -97,6 +104,9 @@ def data_for_model(record: Mapping[str, Any], given: Mapping[str, Any], what: st
             )
         if ours is None and theirs is not None:
             values[key] = theirs
+    for key in CARRIED_FIELDS:
+        if values.get(key) is None and record.get(key) is not None:
+            values[key] = record[key]
     if not values.get("source"):
         if not record.get("source"):
             raise UserError(f"{what} does not record its data source; pass --data")

@@ -12,6 +12,7 @@ from distill.device import seed_everything
 from distill.registry import create_model, get_entry
 from distill.runs import training_run
 from distill.settings import Recipe, RunSettings
+from distill.stems import choose_stem
 from distill.train import fit
 
 
@@ -25,17 +26,19 @@ def train_on_labels(
     console: Console | None = None,
     stop_after_steps: int | None = None,
     provenance: dict[str, Any] | None = None,
+    stem: str = "auto",
 ) -> dict[str, Any]:
     """Train `arch` on labels alone; return its checkpoint (also written to `run.out`).
 
     `kind`: "teacher", or "student" for a label-only baseline. `provenance`: the pipeline stage
-    that asked for it (recorded in the checkpoint). A teacher's recipe should not
+    that asked for it (recorded in the checkpoint). `stem`: auto, cifar or imagenet
+    (distill/stems.py). A teacher's recipe should not
     smooth labels as the recipe says for teachers (distill.recipes.teacher_recipe).
     """
     with training_run(run, lambda: get_entry(arch)):
         dataset = data if isinstance(data, Dataset) else load_data(data)
         seed_everything(run.seed)
-        model = create_model(arch, dataset.num_classes)
+        model = create_model(arch, dataset.num_classes, choose_stem(stem, dataset.input_size[1]))
         return fit(
             model,
             dataset,

@@ -103,7 +103,7 @@ NPROC = typer.Option(
     "torchrun; the global batch is --batch-size x processes and the lr follows it.",
     min=1,
 )
-DATA = Group(DataSettings, skip=("image_size",))
+DATA = Group(DataSettings)
 RUN = Group(RunSettings)
 RECIPE_FLAGS = Group(Recipe, shown_default="the recipe's")
 KD = Group(KDSettings)
@@ -112,13 +112,14 @@ THEIRS = {
     "val_size": "Images held out for validation; an explicit value must match the model's.",
     "split_seed": "Seed of the validation split; an explicit value must match the model's.",
 }
+THEIRS_TOO = ("source", "val_size", "split_seed", "image_size")
 
 
 def theirs(whose: str, **kwargs: Any) -> Group:
     return Group(
         DataSettings,
         help=THEIRS,
-        defaults={k: whose for k in ("source", "val_size", "split_seed")},
+        defaults={k: whose for k in THEIRS_TOO},
         **kwargs,
     )
 

@@ -74,7 +74,7 @@ def teacher_train_cmd(
     "--temperature 2 --out runs/s.pt",
 )
 @with_settings(
-    data=theirs("the teacher's", skip=("image_size",)),
+    data=theirs("the teacher's"),
     recipe=RECIPE_FLAGS,
     kd=KD,
     run=RUN,
@@ -132,7 +132,7 @@ def student_cmd(
 )
 @with_settings(
     prune=Group(PruneSettings),
-    data=theirs("MODEL's", skip=("image_size",)),
+    data=theirs("MODEL's"),
     recipe=Group(Recipe, skip=("epochs",), shown_default="the recipe's"),
     kd=KD,
     run=RUN,

@@ -45,7 +45,8 @@ def decode(source: Source, settings: DataSettings) -> Decoded:
     if source.kind == "image-folder":
         splits = {
             split: Split(
-                decode_images(files, settings.image_size), torch.tensor(labels, dtype=torch.int64)
+                decode_images(files, settings.image_size, where=f"{source.name} ({split})"),
+                torch.tensor(labels, dtype=torch.int64),
             )
             for (split, files), labels in zip(source.image_files, source.image_labels, strict=True)
         }

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from distill.console import note
+from distill.data.resize import fit_to, size_note
 from distill.errors import UserError
 
 # PIL's own default limit (Image.MAX_IMAGE_PIXELS, about 9459 x 9459), pinned so that a change
@@ -34,8 +36,12 @@ _OPENABLE = frozenset(
 )
 
 
-def read_image(path: str | os.PathLike, size: tuple[int, int]) -> np.ndarray:
-    """uint8 [H, W, 3] RGB of `path`, resized to `size` (H, W) where it differs.
+def read_image(
+    path: str | os.PathLike, size: tuple[int, int], seen: list[tuple[int, int]] | None = None
+) -> np.ndarray:
+    """uint8 [H, W, 3] RGB of `path` at `size` (H, W): resized on its shorter side and
+    centre-cropped where it differs (distill/data/resize.py). `seen` collects each file's own
+    (width, height).
 
     Every reader of image files comes here (training's image folders, `distill predict`), so a
     file is accepted or refused the same way everywhere: any mode (palette, grey, RGBA, CMYK,
@@ -49,10 +55,9 @@ def read_image(path: str | os.PathLike, size: tuple[int, int]) -> np.ndarray:
                 raise Image.DecompressionBombError(f"{im.width}x{im.height}")
             if im.mode != "RGB":
                 im = im.convert("RGB")
-            if im.size != (size[1], size[0]):
-                # PIL widens the bilinear filter when shrinking, so downscaling does not alias.
-                im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-            return np.asarray(im)
+            if seen is not None:
+                seen.append(im.size)  # list.append is atomic: decode_images' threads share it
+            return np.asarray(fit_to(im, size))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):  # (warnings as errors)
         raise UserError(
             f"{path} has more than {MAX_PIXELS:,} pixels, the limit for an image (a guard against "
@@ -65,14 +70,18 @@ def read_image(path: str | os.PathLike, size: tuple[int, int]) -> np.ndarray:
         ) from None
 
 
-def decode_images(paths: Sequence[Path], size: int, chunk: int = 512) -> torch.Tensor:
+def decode_images(
+    paths: Sequence[Path], size: int, chunk: int = 512, where: str = "the folder"
+) -> torch.Tensor:
     """Decode files into one uint8 [N, 3, size, size] tensor with a thread pool (PIL releases the
-    GIL while decoding; chunks keep the pool's per-task overhead small)."""
+    GIL while decoding; chunks keep the pool's per-task overhead small). One note says what was
+    done to the images of another size."""
     out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
+    seen: list[tuple[int, int]] = []
 
     def work(start: int) -> None:
         for i in range(start, min(start + chunk, len(paths))):
-            out[i] = read_image(paths[i], (size, size))
+            out[i] = read_image(paths[i], (size, size), seen)
 
     pool = ThreadPoolExecutor(min(8, os.cpu_count() or 1))
     try:
@@ -81,4 +90,7 @@ def decode_images(paths: Sequence[Path], size: int, chunk: int = 512) -> torch.T
     finally:
         # On a bad file, stop at once rather than decode the rest of the folder first.
         pool.shutdown(wait=True, cancel_futures=True)
+    said = size_note(seen, size, where)
+    if said:
+        note(said)
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
