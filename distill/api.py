@@ -77,11 +77,13 @@ def train_teacher(
     out: PathLike | None = None,
     *,
     recipe: str | Recipe = "standard",
+    stem: str = "auto",
     quiet: bool = True,
     **overrides: Any,
 ) -> dict[str, Any]:
     """Train `arch` on the labels of `data` (cifar10, cifar100 or a folder); return its
     checkpoint, also written to `out` when given (with `NAME.metrics.csv` beside it).
+    `image_size=96` trains at 96x96; `stem`: auto, cifar or imagenet (distill/stems.py).
 
     A teacher is label-smoothed as its recipe says for teachers (`teacher_label_smoothing`:
     none for `standard`, 0.1 for `quick`) unless `label_smoothing=` says otherwise, as with
@@ -96,7 +98,9 @@ def train_teacher(
     run = _run(out, quiet, given["run"])
     resolved = teacher_recipe(recipe, **given["recipe"])
     settings = build(DataSettings, {"source": _source(data), **given["data"]})
-    return train_on_labels(arch, settings, resolved, run, console=_console(quiet))
+    return train_on_labels(
+        arch, settings, resolved, run, console=_console(quiet), stem=_stem(stem)
+    )
 
 
 def train_student(
@@ -108,13 +112,15 @@ def train_student(
     budget: str | int = DEFAULT_BUDGET,
     kd: str | Mapping[str, Any] | KDSettings | None = None,
     recipe: str | Recipe = "standard",
+    stem: str = "auto",
     quiet: bool = True,
     **overrides: Any,
 ) -> dict[str, Any]:
     """Distil `arch` from `teacher` (a checkpoint path, or several: the mean of their logits);
     return the student's checkpoint, also written to `out` when given.
 
-    `data` defaults to the teacher's data and split. `budget` (e.g. "5M") is checked before the
+    `data` defaults to the teacher's data, split and image size (`image_size=` may differ: the
+    teacher sees the batch resized to its own). `budget` (e.g. "5M") is checked before the
     first step. `kd`: "hinton" or "dkd", a mapping of KDSettings fields
     (`{"method": "dkd", "beta": 4}`), or a KDSettings; None: KDSettings' defaults (Hinton).
     """
@@ -140,6 +146,7 @@ def train_student(
         _kd(kd),
         parse_budget(budget),
         console=_console(quiet),
+        stem=_stem(stem),
     )
 
 
@@ -151,13 +158,14 @@ def prune(
     teacher: PathLike | Sequence[PathLike] | None = None,
     data: PathLike | None = None,
     kd: str | Mapping[str, Any] | KDSettings | None = None,
-    recipe: str | Recipe = "standard",
+    recipe: str | Recipe | None = None,
     quiet: bool = True,
     **overrides: Any,
 ) -> dict[str, Any]:
     """Prune the checkpoint `model` to `budget` parameters, distilling from `teacher` (default:
     the unpruned model itself) between steps and while it recovers; return the pruned
-    checkpoint, written to `out`.
+    checkpoint, written to `out`. `recipe`, the training subsample and the image size default
+    to the model's own.
 
     Overrides: PruneSettings fields (`steps`, `epochs_per_step`, `importance`, `round_to`, and
     `epochs`: the recovery epochs), then recipe, data and run fields, as `distill prune` takes
@@ -165,7 +173,8 @@ def prune(
     """
     from distill.checkpoint import load_checkpoint
     from distill.pruning import prune_checkpoint
-    from distill.recipes import make_recipe
+    from distill.recipes import make_recipe, model_recipe
+    from distill.settings import PRUNE_CARRIES
 
     prune_fields = tuple(
         f.name for f in fields(PruneSettings) if f.name not in ("budget", "enabled")
@@ -183,11 +192,12 @@ def prune(
     settings = build(PruneSettings, {"budget": _budget_text(budget), **given["prune"]})
     run = _run(out, quiet, given["run"])
     src = load_checkpoint(model)
+    given_data = _with_source(given["data"], data)
     return prune_checkpoint(
         model,
         settings,
-        data=data_for_model(src.get("data") or {}, _with_source(given["data"], data), str(model)),
-        recipe=make_recipe(recipe, **given["recipe"]),
+        data=data_for_model(src.get("data") or {}, given_data, str(model), PRUNE_CARRIES),
+        recipe=make_recipe(recipe or model_recipe(src), **given["recipe"]),
         run=run,
         kd=_kd(kd),
         teacher_paths=_paths(teacher, "teacher") if teacher is not None else [],
@@ -314,6 +324,12 @@ def _kd(kd: str | Mapping[str, Any] | KDSettings | None) -> KDSettings:
         return kd or KDSettings()
     values = {"method": kd} if isinstance(kd, str) else kd
     return build(KDSettings, values, label=lambda name: f"kd {name}")
+
+
+def _stem(stem: str) -> str:
+    if stem not in ("auto", "cifar", "imagenet"):
+        raise UserError(f"stem must be auto, cifar or imagenet, got {stem!r}")
+    return stem
 
 
 def _budget_text(budget: str | int) -> str:

@@ -120,3 +120,10 @@ def teacher_recipe(recipe: str | Recipe = "standard", **overrides: Any) -> Recip
     place of its label smoothing, unless `overrides` set it."""
     base = get_recipe(recipe) if isinstance(recipe, str) else recipe
     return make_recipe(base, **({"label_smoothing": base.teacher_label_smoothing} | overrides))
+
+
+def model_recipe(ckpt: dict[str, Any]) -> Recipe:
+    """The recipe a checkpoint was trained with (what `distill prune` continues with), or
+    `standard` when it records none. An explicit lr it was given stays tied to its batch."""
+    record = ckpt.get("recipe")
+    return Recipe.from_dict(record) if record else get_recipe("standard")

@@ -84,11 +84,21 @@ class DataSettings:
 
 SPLIT_FIELDS = ("val_size", "split_seed")  # a model's validation split: students must share it
 CARRIED_FIELDS = ("image_size",)  # followed unless told otherwise (a student may choose its own)
+# A pruned model continues on its source's training images too (a model trained on a 2,000-image
+# subsample must not recover on all 45,000 by default).
+PRUNE_CARRIES = (*CARRIED_FIELDS, "train_size")
 
 
-def data_for_model(record: Mapping[str, Any], given: Mapping[str, Any], what: str) -> DataSettings:
+def data_for_model(
+    record: Mapping[str, Any],
+    given: Mapping[str, Any],
+    what: str,
+    carry: tuple[str, ...] = CARRIED_FIELDS,
+) -> DataSettings:
     """The data to evaluate, distil from, prune or export a model on: the source and split the
-    model recorded (`record` is its checkpoint's `data`), with `given` settings on top.
+    model recorded (`record` is its checkpoint's `data`), with `given` settings on top. The
+    fields in `carry` (the image size; pruning adds the training subsample) follow the model's
+    unless given.
 
     An explicit split that differs from the model's is refused: its validation images would
     overlap the model's training images and inflate every accuracy measured on them.
@@ -104,7 +114,7 @@ def data_for_model(record: Mapping[str, Any], given: Mapping[str, Any], what: st
             )
         if ours is None and theirs is not None:
             values[key] = theirs
-    for key in CARRIED_FIELDS:
+    for key in carry:
         if values.get(key) is None and record.get(key) is not None:
             values[key] = record[key]
     if not values.get("source"):

@@ -96,6 +96,15 @@ def arch_option(default: str) -> Any:
 
 
 RECIPE = typer.Option("standard", help="Named training recipe (README: Recipes).")
+
+
+def stem_option() -> Any:
+    from distill.stems import STEM_HELP
+
+    return typer.Option("auto", help=STEM_HELP)
+
+
+StemName = Literal["auto", "cifar", "imagenet"]
 NPROC = typer.Option(
     1,
     "--nproc-per-node",

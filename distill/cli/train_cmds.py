@@ -15,6 +15,7 @@ from distill.cli.common import (
     RECIPE_FLAGS,
     RUN,
     RecipeName,
+    StemName,
     arch_option,
     command,
     console,
@@ -22,10 +23,12 @@ from distill.cli.common import (
     relaunched,
     run_settings,
     run_training,
+    stem_option,
     teacher_app,
     theirs,
 )
 from distill.errors import UserError
+from distill.run_log import plural
 from distill.flags import Flags, Group, with_settings
 from distill.settings import PruneSettings, Recipe
 
@@ -45,6 +48,7 @@ from distill.settings import PruneSettings, Recipe
 def teacher_train_cmd(
     flags: Flags,
     arch: str = arch_option("resnet34"),
+    stem: StemName = stem_option(),
     recipe: RecipeName = RECIPE,
     nproc_per_node: int = NPROC,
 ) -> None:
@@ -59,7 +63,7 @@ def teacher_train_cmd(
     resolved = teacher_recipe(recipe, **flags["recipe"])
     run_training(
         lambda: train_on_labels(
-            arch, flags.build("data"), resolved, run, console=quiet_console(run)
+            arch, flags.build("data"), resolved, run, console=quiet_console(run), stem=stem
         ),
         run.out,
     )
@@ -85,6 +89,7 @@ def student_cmd(
         ..., "--teacher", help="Teacher checkpoint; repeat for an ensemble (mean of logits)."
     ),
     arch: str = arch_option("resnet18-5m"),
+    stem: StemName = stem_option(),
     budget: str = typer.Option("5M", help="Parameter budget, checked before the first step."),
     recipe: RecipeName = RECIPE,
     nproc_per_node: int = NPROC,
@@ -116,6 +121,7 @@ def student_cmd(
             flags.build("kd"),
             limit,
             console=quiet_console(run),
+            stem=stem,
         ),
         run.out,
     )
@@ -146,15 +152,22 @@ def prune_cmd(
         help="Teacher for KD while recovering; repeat for an ensemble. Without it the "
         "unpruned MODEL itself is the teacher.",
     ),
-    recipe: RecipeName = RECIPE,
+    recipe: RecipeName | None = typer.Option(
+        None,
+        help="Named recipe of the recovery (README: Recipes).",
+        show_default="MODEL's own, as it recorded",
+    ),
     nproc_per_node: int = NPROC,
 ) -> None:
     """Prune MODEL to a parameter budget (torch-pruning, global, round_to=8), distilling while
-    it recovers."""
+    it recovers.
+
+    The recovery continues with MODEL's own recipe, training subsample and image size unless
+    flags say otherwise."""
     from distill.checkpoint import load_checkpoint
     from distill.pruning import prune_checkpoint
-    from distill.recipes import make_recipe
-    from distill.settings import data_for_model
+    from distill.recipes import make_recipe, model_recipe
+    from distill.settings import PRUNE_CARRIES, data_for_model
 
     relaunched(nproc_per_node)
     prune = flags.build("prune")
@@ -162,13 +175,13 @@ def prune_cmd(
         raise UserError("no --budget given; pass the pruned model's budget, e.g. --budget 2.5M")
     run = run_settings(flags)
     src = load_checkpoint(model)
-    data = data_for_model(src.get("data") or {}, flags["data"], str(model))
+    data = data_for_model(src.get("data") or {}, flags["data"], str(model), PRUNE_CARRIES)
     ckpt = run_training(
         lambda: prune_checkpoint(
             model,
             prune,
             data=data,
-            recipe=make_recipe(recipe, **flags["recipe"]),
+            recipe=make_recipe(recipe or model_recipe(src), **flags["recipe"]),
             run=run,
             kd=flags.build("kd"),
             teacher_paths=teacher or [],
@@ -178,7 +191,7 @@ def prune_cmd(
     )
     r = ckpt["pruning"]
     console.print(
-        f"pruned in {r['steps']} steps: {r['params_before']:,} -> {r['params_after']:,} params, "
+        f"pruned in {plural(r['steps'], 'step')}: {r['params_before']:,} -> {r['params_after']:,} params, "
         f"{format_count(r['macs_before'])} -> {format_count(r['macs_after'])} MACs; val top-1 "
         f"{r['val_accuracy_before']:.2%} before, {r['val_accuracy_pruned']:.2%} right after "
         f"pruning, {r['val_accuracy_after']:.2%} after recovery"
