@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from torch import nn
+
 from distill.errors import UserError
 from distill.fit import fit_plan, is_fitted, parse_fit_name
 from students.resnet import CifarResNet, ResNetConfig
@@ -94,8 +96,13 @@ def create_model(name: str, num_classes: int = 10, stem: str = "cifar") -> Cifar
     return CifarResNet(replace(model_config(name, num_classes), stem=stem))
 
 
-def build_model(config: ResNetConfig | dict) -> CifarResNet:
-    """Rebuild a model from a channel plan (a checkpoint's `model_config`)."""
+def build_model(config: ResNetConfig | dict) -> nn.Module:
+    """Rebuild a model from a channel plan (a checkpoint's `model_config`), or from the name of
+    an imported torchvision/timm architecture (teachers/imported.py)."""
+    from teachers.imported import build_imported, is_imported
+
+    if isinstance(config, dict) and is_imported(config):
+        return build_imported(config)
     if isinstance(config, dict):
         config = ResNetConfig.from_dict(config)
     return CifarResNet(config)

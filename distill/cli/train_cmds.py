@@ -70,6 +70,45 @@ def teacher_train_cmd(
 
 
 @command(
+    teacher_app,
+    name="import",
+    epilog="Examples:\n\n"
+    "  distill teacher import torchvision:resnet50 --weights resnet50.pth --data D "
+    "--image-size 96 --out t.pt\n\n"
+    "  distill teacher import timm:convnext_nano --weights model.safetensors --data D "
+    "--epochs 2 --out t.pt",
+)
+@with_settings(data=DATA, recipe=RECIPE_FLAGS, run=RUN)
+def teacher_import_cmd(
+    flags: Flags,
+    architecture: str = typer.Argument(
+        ..., help="torchvision:NAME or timm:NAME (timm: pip install 'distill\\[timm]')."
+    ),
+    weights: Path = typer.Option(
+        ..., help="The model's state dict (.pth, .pt or .safetensors); nothing is downloaded."
+    ),
+    recipe: RecipeName = typer.Option("finetune", help="Named training recipe (README: Recipes)."),
+    nproc_per_node: int = NPROC,
+) -> None:
+    """Import a pretrained torchvision or timm model as a teacher: its classifier replaced for
+    the data's classes, fine-tuned on the data (the finetune recipe: lr 0.01, 5 epochs), written
+    as a distill teacher checkpoint with the data's normalisation. Students of any architecture
+    then learn from it, at its input size or their own."""
+    from distill.importing import import_teacher
+    from distill.recipes import teacher_recipe
+
+    relaunched(nproc_per_node)
+    run = run_settings(flags)
+    resolved = teacher_recipe(recipe, **flags["recipe"])
+    run_training(
+        lambda: import_teacher(
+            architecture, weights, flags.build("data"), resolved, run, console=quiet_console(run)
+        ),
+        run.out,
+    )
+
+
+@command(
     name="student",
     epilog="Examples:\n\n"
     "  distill student --teacher t.pt --arch resnet18-5m --data cifar10 --out s.pt\n\n"
