@@ -41,6 +41,7 @@ from distill.pruning.search import (
     rebuild,
 )
 from distill.registry import build_model
+from teachers.imported import is_imported
 from distill.resume import TrainingInterrupted, last_path
 from distill.runs import training_run
 from distill.settings import KDSettings, PruneSettings, Recipe, RunSettings, kd_record, resolve_kd
@@ -82,6 +83,12 @@ def prune_checkpoint(
     def checks() -> tuple[dict[str, Any], CifarResNet, int, list[dict[str, Any]]]:
         limit = parse_budget(prune.budget)
         src = load_checkpoint(model_path)
+        if is_imported(src["model_config"]):
+            raise UserError(
+                f"{model_path} is an imported {src['arch']}; pruning rebuilds registry "
+                "architectures only: distil it into a student (distill student --teacher "
+                f"{model_path}) and prune that"
+            )
         model = model_from_checkpoint(src)
         if count_params(model) <= limit:
             raise UserError(
