@@ -166,3 +166,30 @@ def announce(
 def plural(n: int, word: str) -> str:
     """ "1 epoch", "4 epochs" """
     return f"{n:,} {word}{'s' * (n != 1)}"
+
+
+def failure_warning(ckpt: dict[str, Any]) -> str | None:
+    """A loud line when a finished run learned nothing: val top-1 at chance (1/classes) or a
+    val loss that is not finite; None otherwise. The exit status stays 0: the file is valid,
+    only the model is not useful."""
+    import math
+
+    m, recipe = ckpt.get("metrics") or {}, ckpt.get("recipe") or {}
+    classes = len(ckpt.get("classes") or ()) or 1
+    acc, loss = m.get("val_accuracy"), m.get("val_loss")
+    chance = isinstance(acc, float) and acc <= 1.1 / classes
+    if not chance and (not isinstance(loss, float) or math.isfinite(loss)):
+        return None
+    what = (
+        f"val top-1 {acc:.1%} is chance for {classes} classes"
+        if chance
+        else f"the val loss is {loss}"
+    )
+    batch = recipe.get("batch_size") or 1
+    steps = (ckpt.get("data") or {}).get("train_size", 0) // batch * (m.get("epochs_run") or 0)
+    return (
+        f"[bold red]warning: this model learned nothing:[/] {what}. Likely causes: too few "
+        f"steps ({plural(steps, 'step')} here: raise --epochs or lower --batch-size), an lr too "
+        f"high for the batch ({recipe.get('lr', '?')} at {batch}: try a third of it with --lr), "
+        "or BatchNorm statistics from too few steps (validation uses their running averages)"
+    )

@@ -168,6 +168,7 @@ def relaunched(nproc: int) -> bool:
 def run_training(train: Callable[[], dict[str, Any]], out: Path | None) -> dict[str, Any]:
     """Run a training call; turn an interruption into the command that resumes it (exit 130)."""
     from distill.resume import TrainingInterrupted
+    from distill.run_log import failure_warning
     from distill.train import OutputNotWritten
 
     try:
@@ -194,6 +195,9 @@ def run_training(train: Callable[[], dict[str, Any]], out: Path | None) -> dict[
         f"[green]saved[/] {out}: {ckpt['arch']}, {m['params']:,} params, "
         f"val top-1 {m['val_accuracy']:.2%} (top-5 {m.get('val_top5', float('nan')):.2%}){test}"
     )
+    warning = failure_warning(ckpt)
+    if warning:
+        console.print(warning)
     return ckpt
 
 
