@@ -187,9 +187,15 @@ def failure_warning(ckpt: dict[str, Any]) -> str | None:
     )
     batch = recipe.get("batch_size") or 1
     steps = (ckpt.get("data") or {}).get("train_size", 0) // batch * (m.get("epochs_run") or 0)
+    try:  # the peak lr this run used (per process batch; several processes scale it alike)
+        from distill.settings import Recipe
+
+        shown = f"{Recipe.from_dict(recipe).lr_at(batch):.3g}"
+    except UserError:
+        shown = "?"
     return (
         f"[bold red]warning: this model learned nothing:[/] {what}. Likely causes: too few "
         f"steps ({plural(steps, 'step')} here: raise --epochs or lower --batch-size), an lr too "
-        f"high for the batch ({recipe.get('lr', '?')} at {batch}: try a third of it with --lr), "
+        f"high for the batch ({shown} at {batch}: try a third of it with --lr), "
         "or BatchNorm statistics from too few steps (validation uses their running averages)"
     )

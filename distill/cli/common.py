@@ -201,13 +201,19 @@ def run_training(train: Callable[[], dict[str, Any]], out: Path | None) -> dict[
     return ckpt
 
 
-def run_settings(flags: Flags) -> RunSettings:
-    """A training command's run settings, refused before any work when they cannot be met."""
+def run_settings(flags: Flags, name: str) -> RunSettings:
+    """A training command's run settings, refused before any work when they cannot be met.
+    Without --out the checkpoint goes to a new numbered folder, `runs/NAME`, `runs/NAME2`, ..."""
+    from dataclasses import replace
+
+    from distill.run_folders import next_run
     from distill.run_log import check_tensorboard
 
     run = flags.build("run")
-    if run.out is None:  # the library trains in memory then; a command would save nothing
-        raise UserError("no --out given; pass the checkpoint to write, e.g. --out runs/model.pt")
+    if run.out is None:  # the library trains in memory then; a command saves a numbered run
+        run = replace(run, out=next_run(name))
+        if distributed.is_main():
+            console.print(f"no --out given: writing {run.out}")
     if run.tensorboard is not None:
         check_tensorboard()  # before the data is decoded and the output locked
     return run

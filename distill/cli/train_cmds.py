@@ -59,7 +59,7 @@ def teacher_train_cmd(
     from distill.supervised import train_on_labels
 
     relaunched(nproc_per_node)
-    run = run_settings(flags)
+    run = run_settings(flags, "teacher")
     resolved = teacher_recipe(recipe, **flags["recipe"])
     run_training(
         lambda: train_on_labels(
@@ -98,7 +98,7 @@ def teacher_import_cmd(
     from distill.recipes import teacher_recipe
 
     relaunched(nproc_per_node)
-    run = run_settings(flags)
+    run = run_settings(flags, "teacher")
     resolved = teacher_recipe(recipe, **flags["recipe"])
     run_training(
         lambda: import_teacher(
@@ -145,7 +145,7 @@ def student_cmd(
     from distill.student import train_student
 
     relaunched(nproc_per_node)
-    run = run_settings(flags)
+    run = run_settings(flags, "student")
     first = load_checkpoint(teacher[0])  # the split defaults to the teacher's own
     data = data_for_model(first.get("data") or {}, flags["data"], f"teacher {teacher[0]}")
     resolved = make_recipe(recipe, **flags["recipe"])
@@ -212,7 +212,7 @@ def prune_cmd(
     prune = flags.build("prune")
     if not prune.budget:
         raise UserError("no --budget given; pass the pruned model's budget, e.g. --budget 2.5M")
-    run = run_settings(flags)
+    run = run_settings(flags, "pruned")
     src = load_checkpoint(model)
     data = data_for_model(src.get("data") or {}, flags["data"], str(model), PRUNE_CARRIES)
     ckpt = run_training(
