@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from distill.checkpoint import load_checkpoint
 from distill.errors import UserError
 from distill.report.collect import collect_models
 from distill.report.models import Model
@@ -45,7 +46,14 @@ def compare(targets: list[Path]) -> list[Row]:
     rows: dict[Path, Row] = {}
     for target in targets:
         for folder, only in _folders(Path(target)):
-            models = collect_models(folder).models
+            try:
+                models = collect_models(folder).models
+            except UserError:
+                if only is not None:  # a file named on the command line must be read
+                    raise
+                continue  # a subfolder of other .pt files (a data cache): not a run
+            if only is not None and only not in {m.path.name for m in models}:
+                load_checkpoint(folder / only)  # says why it was skipped
             for m in models:
                 if m.is_onnx or (only is not None and m.path.name != only):
                     continue

@@ -107,17 +107,20 @@ def progress_bar(console: Console) -> Progress:
     )
 
 
-def stats_text(sums: Sums, seen_before: int, t_epoch: float) -> str:
+def stats_text(sums: Sums, seen_before: int, t_epoch: float, kd: bool = False) -> str:
     rate = (sums.seen - seen_before) * distributed.world_size() / (time.perf_counter() - t_epoch)
     return (
-        f"loss {float(sums.loss) / sums.seen:.3f}  "
+        f"{'objective' if kd else 'loss'} {float(sums.loss) / sums.seen:.3f}  "
         f"acc {float(sums.correct) / sums.seen:6.1%}  {rate:,.0f} img/s"
     )
 
 
-def epoch_line(r: dict[str, Any], epochs: int) -> str:
+def epoch_line(r: dict[str, Any], epochs: int, kd: bool = False) -> str:
+    """`kd`: the training loss is the distillation objective, not a cross-entropy comparable
+    with the val loss: say so."""
+    name = "objective" if kd else "loss"
     return (
-        f"epoch {r['epoch']:>3}/{epochs}  train loss {r['train_loss']:.3f} "
+        f"epoch {r['epoch']:>3}/{epochs}  train {name} {r['train_loss']:.3f} "
         f"acc {r['train_accuracy']:6.1%}  val loss {r['val_loss']:.3f} "
         f"acc {r['val_accuracy']:6.1%}  {r['images_per_s']:,.0f} img/s  {r['seconds']:.0f}s"
     )

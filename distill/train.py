@@ -196,6 +196,7 @@ def fit(
         _written(lambda: atomic_save(snap, state_file) if writes else None, state_file)
 
     announce(console, t, data, recipe, run, state)
+    kd = hasattr(t.objective, "teacher_logits")  # the loss shown is the KD objective
     stop = StopFlag()
     t_start = time.perf_counter()
     last_save = t_start
@@ -231,7 +232,7 @@ def fit(
                     )
                     if not synced:  # one process checks every step; several, at syncs only
                         return wanted and not distributed.active()
-                    stats = stats_text(sums, seen_before, t_epoch)
+                    stats = stats_text(sums, seen_before, t_epoch, kd)
                     progress.update(task, completed=step, stats=stats)
                     due = time.perf_counter() - last_save > STATE_SAVE_SECONDS and step < steps
                     wanted, due = distributed.any_rank([wanted, due], device)
@@ -253,7 +254,7 @@ def fit(
                 val = evaluate(t.eval_model, val_loader)
                 record = _epoch_record(t, epoch, sums, val, seconds, seen_before)
                 state.history.append(record)
-                console.print(epoch_line(record, recipe.epochs))
+                console.print(epoch_line(record, recipe.epochs, kd))
                 if log is not None:
                     log.write(state.history)
                 early = _after_validation(t, state, val, epoch)

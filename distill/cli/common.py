@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import typer
+import typer.core
 
 from distill import __version__, distributed
 from distill.console import make_console
@@ -34,8 +35,22 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+# `distill --help` lists the commands in the order a user runs them, not registration order.
+WORKFLOW = (
+    "teacher", "student", "prune", "export", "predict", "eval", "bench", "compare", "report",
+    "pipeline", "models", "budget",
+)  # fmt: skip
+
+
+class _WorkflowOrder(typer.core.TyperGroup):
+    def list_commands(self, ctx: Any) -> list[str]:
+        names = super().list_commands(ctx)
+        return sorted(names, key=lambda n: WORKFLOW.index(n) if n in WORKFLOW else len(WORKFLOW))
+
+
 one_line_usage_errors()
 app = typer.Typer(
+    cls=_WorkflowOrder,
     help="Distil and compress small-image classifiers under a hard parameter budget.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
