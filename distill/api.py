@@ -98,9 +98,7 @@ def train_teacher(
     run = _run(out, quiet, given["run"])
     resolved = teacher_recipe(recipe, **given["recipe"])
     settings = build(DataSettings, {"source": _source(data), **given["data"]})
-    return train_on_labels(
-        arch, settings, resolved, run, console=_console(quiet), stem=_stem(stem)
-    )
+    return train_on_labels(arch, settings, resolved, run, console=_console(quiet), stem=_stem(stem))
 
 
 def train_student(

@@ -168,7 +168,9 @@ def _malformed(ckpt: dict[str, Any]) -> str | None:
         if not isinstance(config.get("name"), str):
             return "model_config names no architecture"
         if config.get("num_classes") != len(classes):
-            return f"model_config predicts {config.get('num_classes')!r} classes, not {len(classes)}"
+            return (
+                f"model_config predicts {config.get('num_classes')!r} classes, not {len(classes)}"
+            )
         return None if isinstance(ckpt.get("state_dict"), dict) else "state_dict is missing"
     widths = [config.get("stem_width"), *(config.get("widths") or [None])]
     widths += [w for stage in config.get("inner") or [] for block in stage for w in block]

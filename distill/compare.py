@@ -94,7 +94,9 @@ def _row(m: Model, siblings: tuple[Model, ...]) -> Row:
         params=m.params,
         macs=m.macs,
         image_size=size[1],
-        recipe=f"{recipe.get('name', '?')}, {epochs} ep" if epochs else str(recipe.get("name", "?")),
+        recipe=f"{recipe.get('name', '?')}, {epochs} ep"
+        if epochs
+        else str(recipe.get("name", "?")),
         kd=str(kd.get("method", "")) if m.ckpt.get("teachers") else "",
         val_accuracy=m.val_accuracy,
         int8_accuracy=max(int8) if int8 else None,
@@ -129,3 +131,33 @@ def plot_rows(rows: list[Row], path: Path) -> Path | None:
 
 def _label(r: Row) -> str:
     return f"{r.path.parent.name}/{r.path.name}" if r.path.parent.name else r.path.name
+
+
+RIGHT = ("params", "MACs", "size", "val top-1", "int8 top-1", "latency b1")
+
+
+def rows_table(rows: list[Row], title: str):
+    """The rows as a rich table (`distill compare`, the pipeline's closing table)."""
+    from rich.table import Table
+
+    from distill.budget import format_count
+
+    table = Table(title=title)
+    heads = ("model", "role", "arch", "params", "MACs", "size", "recipe", "KD")
+    for col in (*heads, "val top-1", "int8 top-1", "latency b1"):
+        table.add_column(col, justify="right" if col in RIGHT else "left")
+    for r in rows:
+        table.add_row(
+            str(r.path),
+            r.role,
+            r.arch,
+            f"{r.params:,}" if r.params else "-",
+            format_count(r.macs) if r.macs else "-",
+            f"{r.image_size}px" if r.image_size else "-",
+            r.recipe,
+            r.kd or "-",
+            f"{r.val_accuracy:.2%}" if r.val_accuracy is not None else "-",
+            f"{r.int8_accuracy:.2%}" if r.int8_accuracy is not None else "-",
+            f"{r.latency_ms:.2f} ms" if r.latency_ms else "-",
+        )
+    return table

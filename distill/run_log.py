@@ -150,8 +150,8 @@ def announce(
     if steps < FEW_STEPS:
         console.print(
             f"[yellow]warning:[/] only {plural(steps, 'optimizer step')} in this run "
-            f"({plural(recipe.epochs, 'epoch')} x {len(t.loader)}), too few to learn much; raise --epochs "
-            f"or lower --batch-size ({recipe.batch_size} per process now)"
+            f"({plural(recipe.epochs, 'epoch')} x {len(t.loader)}), too few to learn much; raise "
+            f"--epochs or lower --batch-size ({recipe.batch_size} per process now)"
         )
     passes = recipe.epochs * len(data.train)
     if t.device.type != "cpu":

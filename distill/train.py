@@ -89,8 +89,8 @@ def train_one_epoch(
     """Train steps `start_step`.. of `epoch`, adding to `sums`; return (step reached, stopped).
 
     After every step `on_step(step, sums, synced)` runs; `synced` is True every SYNC_EVERY steps
-    (every step on a CPU) and at the epoch's last, after the loss was read back and checked finite. When `on_step`
-    returns True the epoch stops there (a stop was requested).
+    (every step on a CPU) and at the epoch's last, after the loss was read back and checked
+    finite. When `on_step` returns True the epoch stops there (a stop was requested).
     """
     t.model.train()
     steps = len(t.loader)

@@ -107,7 +107,9 @@ def predict(
         run = checkpoint_runner(meta, device)
     else:
         precision = meta.get("precision", "fp32")
-        run = open_engine(onnx_path, engine, precision=precision, device=device, threads=threads).run
+        run = open_engine(
+            onnx_path, engine, precision=precision, device=device, threads=threads
+        ).run
     logits = batched_logits(run, images, batch_size=BATCH_SIZE)
     probs = softmax(logits)
     k = min(top_k, len(classes))

@@ -78,7 +78,9 @@ def parse_spec(spec: str) -> tuple[str, str]:
 def build_imported(config: dict[str, Any] | ImportedConfig) -> ImportedModel:
     """The model a checkpoint's `model_config` describes, with fresh weights."""
     if isinstance(config, dict):
-        config = ImportedConfig(str(config["source"]), str(config["name"]), int(config["num_classes"]))
+        config = ImportedConfig(
+            str(config["source"]), str(config["name"]), int(config["num_classes"])
+        )
     return ImportedModel(config)
 
 

@@ -105,8 +105,9 @@ def test_own_data_at_its_own_size_through_every_command(folder64, tmp_path):
 
     # Pruning continues with the model's recipe, subsample and size: nothing but the budget.
     result = runner.invoke(
-        app, ["prune", str(s), "--budget", "0.5M", "--steps", "1", "--cache-dir", str(cache)]
-        + ["--device", "cpu", "-o", str(p)]
+        app,
+        ["prune", str(s), "--budget", "0.5M", "--steps", "1", "--cache-dir", str(cache)]
+        + ["--device", "cpu", "-o", str(p)],
     )
     assert result.exit_code == 0, result.output
     pruned = load_checkpoint(p)

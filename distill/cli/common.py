@@ -17,7 +17,7 @@ import typer.core
 
 from distill import __version__, distributed
 from distill.console import make_console
-from distill.errors import UserError, exits_on_user_error, one_line_usage_errors
+from distill.errors import exits_on_user_error, one_line_usage_errors
 from distill.flags import Flags, Group
 from distill.recipes import RECIPES
 from distill.settings import (

@@ -198,7 +198,7 @@ def compare_cmd(
     """Compare runs in one table, best val top-1 first: model, params, MACs, image size,
     recipe, KD method, val top-1, int8 top-1 and batch-1 latency where an export or a
     bench.json beside the checkpoint measured them."""
-    from distill.compare import compare, plot_rows
+    from distill.compare import compare, plot_rows, rows_table
     from distill.files import check_output
 
     if plot is not None:
@@ -207,32 +207,13 @@ def compare_cmd(
     if as_json:
         typer.echo(json.dumps([r.as_dict() for r in rows], indent=2))
     else:
-        table = Table(title=f"{len(rows)} model{'s' * (len(rows) != 1)}, best val top-1 first")
-        heads = ("model", "role", "arch", "params", "MACs", "size", "recipe", "KD")
-        for col in (*heads, "val top-1", "int8 top-1", "latency b1"):
-            table.add_column(col, justify="right" if col in RIGHT else "left")
-        for r in rows:
-            table.add_row(
-                str(r.path),
-                r.role,
-                r.arch,
-                f"{r.params:,}" if r.params else "-",
-                format_count(r.macs) if r.macs else "-",
-                f"{r.image_size}px" if r.image_size else "-",
-                r.recipe,
-                r.kd or "-",
-                f"{r.val_accuracy:.2%}" if r.val_accuracy is not None else "-",
-                f"{r.int8_accuracy:.2%}" if r.int8_accuracy is not None else "-",
-                f"{r.latency_ms:.2f} ms" if r.latency_ms else "-",
-            )
+        title = f"{len(rows)} model{'s' * (len(rows) != 1)}, best val top-1 first"
+        table = rows_table(rows, title)
         console.print(table)
     if plot is not None:
         drawn = plot_rows(rows, plot)
         if drawn is not None and not as_json:
             console.print(f"[green]wrote[/] {drawn}")
-
-
-RIGHT = ("params", "MACs", "size", "val top-1", "int8 top-1", "latency b1")
 
 
 @command(

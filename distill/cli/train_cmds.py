@@ -28,8 +28,8 @@ from distill.cli.common import (
     theirs,
 )
 from distill.errors import UserError
-from distill.run_log import plural
 from distill.flags import Flags, Group, with_settings
+from distill.run_log import plural
 from distill.settings import PruneSettings, Recipe
 
 # Training
@@ -230,7 +230,8 @@ def prune_cmd(
     )
     r = ckpt["pruning"]
     console.print(
-        f"pruned in {plural(r['steps'], 'step')}: {r['params_before']:,} -> {r['params_after']:,} params, "
+        f"pruned in {plural(r['steps'], 'step')}: {r['params_before']:,} -> "
+        f"{r['params_after']:,} params, "
         f"{format_count(r['macs_before'])} -> {format_count(r['macs_after'])} MACs; val top-1 "
         f"{r['val_accuracy_before']:.2%} before, {r['val_accuracy_pruned']:.2%} right after "
         f"pruning, {r['val_accuracy_after']:.2%} after recovery"

@@ -41,13 +41,13 @@ from distill.pruning.search import (
     rebuild,
 )
 from distill.registry import build_model
-from teachers.imported import is_imported
 from distill.resume import TrainingInterrupted, last_path
 from distill.runs import training_run
 from distill.settings import KDSettings, PruneSettings, Recipe, RunSettings, kd_record, resolve_kd
 from distill.student import check_model_fits_data, load_teachers, read_teachers, teacher_record
 from distill.train import fit
 from students.resnet import CifarResNet
+from teachers.imported import is_imported
 
 
 class PruningInterrupted(UserError):

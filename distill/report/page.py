@@ -20,6 +20,7 @@ from distill.report.provenance import provenance
 from distill.report.pruning import plot_trajectory, pruning_lines, steps_table, trajectory
 from distill.report.tables import render_table
 from distill.report.tradeoff import plot_accuracy_vs_latency, plot_accuracy_vs_params
+from distill.ship import ship_line
 
 # The PNG names this module writes; any other file of these shapes in plots/ is a stale one of
 # ours (a model no longer here) and is removed. Files of other names are never touched.
@@ -157,6 +158,8 @@ def write_report(run_dir: Path, force: bool = False) -> Path:
     lines = [MARK, f"# Distillation report: `{run_dir.resolve().name}`", ""]
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines += [f"_{len(col.models)} model files, written {now}._", ""]
+    shipped = ship_line(col.models)
+    lines += [f"**{shipped}**", ""] if shipped else []
     headline = kd_gain_lines(col.models) + pruning_lines(col.models)
     lines += [f"- {line}" for line in headline] + ([""] if headline else [])
     lines += [data_note(col.models), "", "## Models", "", render_table(col.models), ""]
