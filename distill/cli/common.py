@@ -8,12 +8,14 @@ import inspect
 import os
 import shlex
 import sys
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 import typer
 import typer.core
+import typer.models
 
 from distill import __version__, distributed
 from distill.console import make_console
@@ -79,9 +81,18 @@ def command(group: typer.Typer = app, name: str | None = None, **kwargs: Any):
 
     def deco(fn):
         kwargs.setdefault("help", _paragraphs(fn.__doc__))
+        _switches_without_metavar(fn)
         return group.command(name, **kwargs)(exits_on_user_error(fn))
 
     return deco
+
+
+def _switches_without_metavar(fn: Callable) -> None:
+    """A switch takes no value: --help shows `--tta`, not `--tta <bool>`."""
+    for p in inspect.signature(fn, eval_str=True).parameters.values():
+        boolean = p.annotation is bool or bool in typing.get_args(p.annotation)
+        if isinstance(p.default, typer.models.OptionInfo) and boolean:
+            p.default.metavar = p.default.metavar or " "
 
 
 def _paragraphs(doc: str | None) -> str | None:
