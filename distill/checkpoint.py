@@ -69,6 +69,7 @@ def new_checkpoint(
     pruning: dict[str, Any] | None = None,
     pipeline: dict[str, Any] | None = None,
     origin: dict[str, Any] | None = None,
+    tracking: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -93,6 +94,7 @@ def new_checkpoint(
         "pruning": pruning,
         "pipeline": pipeline,  # the pipeline stage that made it: {stage, fingerprint}
         "origin": origin,  # an imported model's starting weights: {weights, sha256}
+        "tracking": tracking,  # its MLflow run: {mlflow_uri, run_id}
         "versions": library_versions(),
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }

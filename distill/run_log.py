@@ -62,8 +62,9 @@ def check_tensorboard() -> None:
 
 
 class MetricsLog:
-    def __init__(self, out: Path, tensorboard: Path | None = None) -> None:
+    def __init__(self, out: Path, tensorboard: Path | None = None, tracker: Any = None) -> None:
         self.csv = metrics_path(out)
+        self.tracker = tracker  # distill.tracking.Tracker, or None
         self.writer = None
         if tensorboard is not None:
             check_tensorboard()
@@ -79,6 +80,8 @@ class MetricsLog:
         w.writeheader()
         w.writerows(history)
         atomic_write_text(self.csv, buf.getvalue())
+        if self.tracker is not None:
+            self.tracker.epochs(history)
         if self.writer is not None:
             for row in history[self._logged :]:
                 for key in COLUMNS[1:]:

@@ -388,6 +388,11 @@ class RunSettings:
         None,
         "Also log the metrics to TensorBoard in this folder (pip install distill[tensorboard]).",
     )
+    mlflow: str | None = setting(
+        None,
+        "Also track the run in MLflow: params, per-epoch metrics, the checkpoint and later its "
+        "ONNX files; a server URL or sqlite:///runs.db offline (pip install distill[mlflow]).",
+    )
 
     def __post_init__(self) -> None:
         whole_numbers_as_floats(self)

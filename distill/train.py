@@ -47,6 +47,7 @@ from distill.resume import (
 )
 from distill.run_log import MetricsLog, announce, epoch_line, progress_bar, stats_text
 from distill.settings import Recipe, RunSettings
+from distill.tracking import Tracker
 from distill.trainer import Objective, Sums, Trainer, make_trainer
 
 # Steps between host syncs (progress, the NaN check, the stop flag) on a GPU, where a sync
@@ -169,7 +170,11 @@ def fit(
     t = make_trainer(model, data, recipe, run, device, objective)
     writes = run.out is not None and distributed.is_main()
     state_file = last_path(run.out) if run.out is not None else None
-    log = MetricsLog(run.out, run.tensorboard) if writes else None
+    tracker = None
+    if writes and run.mlflow:
+        tracker = Tracker(run.mlflow, run.out.stem, _params(kind, arch, recipe, data, meta))
+        meta = {**(meta or {}), "tracking": tracker.record}
+    log = MetricsLog(run.out, run.tensorboard, tracker) if writes else None
     run_identity = {
         "architecture": t.net.channel_plan().to_dict(),
         "recipe": recipe.to_dict(),
@@ -273,14 +278,41 @@ def fit(
                     break
         if run.keep_last:  # the final training state, kept to train on from it later
             save_state(state)
+    except BaseException:
+        if tracker is not None:
+            tracker.abandon()
+        raise
     finally:
         if log is not None:
             log.close()
     state.elapsed += time.perf_counter() - t_start
-    ckpt = _finish(t, state, data, val_loader, recipe, run, kind, arch, meta, on_finish)
+    try:
+        ckpt = _finish(t, state, data, val_loader, recipe, run, kind, arch, meta, on_finish)
+    except BaseException:
+        if tracker is not None:
+            tracker.abandon()
+        raise
+    if tracker is not None:
+        tracker.finish(run.out, ckpt["metrics"])
     if writes and state_file.exists() and not run.keep_last:
         state_file.unlink()
     return ckpt
+
+
+def _params(
+    kind: str, arch: str, recipe: Recipe, data: Dataset, meta: dict[str, Any] | None
+) -> dict[str, Any]:
+    """What a tracking run records as its params: what the checkpoint says it learned from."""
+    extra = {k: meta[k] for k in ("kd", "origin") if meta and meta.get(k)}
+    teachers = [t["arch"] for t in (meta or {}).get("teachers") or []]
+    return {
+        "kind": kind,
+        "arch": arch,
+        "recipe": recipe.to_dict(),
+        "data": data.info,
+        **({"teachers": ",".join(teachers)} if teachers else {}),
+        **extra,
+    }
 
 
 def _epoch_record(

@@ -225,3 +225,35 @@ def test_a_timm_teacher_is_imported_from_a_safetensors_file(tiny_image_folder, t
     assert result.exit_code == 0, result.output
     ckpt = load_checkpoint(t)
     assert ckpt["model_config"]["source"] == "timm" and ckpt["input_size"] == [3, 32, 32]
+
+
+def test_a_run_is_tracked_in_mlflow_and_read_back(tiny_image_folder, tmp_path):
+    pytest.importorskip("mlflow")
+    pytest.importorskip("sqlalchemy")
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'runs.db'}"
+    t = tmp_path / "t.pt"
+    args = ["teacher", "train", "--arch", "resnet18-quarter", "--data", str(tiny_image_folder)]
+    args += ["--val-size", "20", "--cache-dir", str(tmp_path / "c"), *QUICK, "--epochs", "2"]
+    result = runner.invoke(app, [*args, "--mlflow", uri, "-o", str(t)])
+    assert result.exit_code == 0, result.output
+    record = load_checkpoint(t)["tracking"]
+    result = runner.invoke(app, ["export", "onnx", str(t), "--cache-dir", str(tmp_path / "c")])
+    assert result.exit_code == 0, result.output
+
+    client = MlflowClient(tracking_uri=uri)
+    run = client.get_run(record["run_id"])
+    assert run.info.status == "FINISHED" and run.info.run_name == "t"
+    assert (
+        run.data.params["recipe.name"] == "quick" and run.data.params["arch"] == "resnet18-quarter"
+    )
+    history = client.get_metric_history(run.info.run_id, "val_accuracy")
+    assert [m.step for m in history] == [1, 2]
+    assert run.data.metrics["final_val_accuracy"] == pytest.approx(
+        load_checkpoint(t)["metrics"]["val_accuracy"]
+    )
+    files = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert files == {"t.pt", "onnx"}
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "onnx")] == ["onnx/t.onnx"]
+    assert not (tmp_path / "mlruns").exists()  # artefacts beside the database

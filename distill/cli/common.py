@@ -242,6 +242,10 @@ def run_settings(flags: Flags, name: str) -> RunSettings:
             console.print(f"no --out given: writing {run.out}")
     if run.tensorboard is not None:
         check_tensorboard()  # before the data is decoded and the output locked
+    if run.mlflow is not None:
+        from distill.tracking import check_mlflow
+
+        check_mlflow()
     return run
 
 
