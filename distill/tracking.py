@@ -124,9 +124,8 @@ def log_files(record: dict[str, Any] | None, files: list[Path]) -> bool:
     except Exception as e:  # the file is written; tracking is a copy, not the result
         from distill.console import note
 
-        note(
-            f"could not add {', '.join(f.name for f in files)} to MLflow run {record['run_id']}: {e}"
-        )
+        names = ", ".join(f.name for f in files)
+        note(f"could not add {names} to MLflow run {record['run_id']}: {e}")
         return False
     return True
 
