@@ -5,6 +5,8 @@ weights saved to a file: nothing is downloaded), and runs compared in one table.
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -142,6 +144,16 @@ def test_own_data_at_its_own_size_through_every_command(folder64, tmp_path):
     assert "3 models, best val top-1 first" in result.output and plot.stat().st_size > 1000
     one_line_error(runner.invoke(app, ["compare", str(tmp_path), "--plot", str(plot)]), "--force")
 
+    # A folder of runs, each in its own subfolder: the report compares them.
+    runs = tmp_path / "runs"
+    for name, f in (("teacher", t), ("student", s)):
+        (runs / name).mkdir(parents=True)
+        shutil.copy(f, runs / name / f.name)
+    result = runner.invoke(app, ["report", str(runs)])
+    assert result.exit_code == 0, result.output
+    text = (runs / "report.md").read_text()
+    assert "## Runs in subfolders" in text and "`teacher/t.pt`" in text and "`student/s.pt`" in text
+
 
 @pytest.fixture(scope="module")
 def shufflenet_weights(tmp_path_factory):
@@ -257,3 +269,24 @@ def test_a_run_is_tracked_in_mlflow_and_read_back(tiny_image_folder, tmp_path):
     assert files == {"t.pt", "onnx"}
     assert [a.path for a in client.list_artifacts(run.info.run_id, "onnx")] == ["onnx/t.onnx"]
     assert not (tmp_path / "mlruns").exists()  # artefacts beside the database
+
+
+def test_the_file_to_ship_is_the_fastest_within_half_a_point():
+    from distill.report.models import Model
+    from distill.ship import ship_line
+
+    def onnx(name, precision, acc, size, ms):
+        return Model(
+            Path(name), "kd", "x", 1, 1, acc, None, size, precision, "s.pt", None, None, ms
+        )
+
+    models = [
+        Model(Path("t.pt"), "teacher", "t", 1, 1, 0.9, None, 40_000),
+        onnx("s.onnx", "fp32", 0.812, 4000, 1.0),
+        onnx("s.int8.onnx", "int8", 0.808, 1000, 0.25),
+        onnx("p.int8.onnx", "int8", 0.70, 500, 0.1),  # faster, but 11 points worse
+    ]
+    assert ship_line(models) == (
+        "ship s.int8.onnx: 80.8% val top-1, 0.25 ms at batch 1 on this CPU, 4.0x smaller than "
+        "its fp32 export"
+    )
