@@ -196,6 +196,8 @@ def test_an_imported_torchvision_teacher_teaches_a_student_at_another_size(
     result = runner.invoke(app, ["compare", str(t), str(s)])
     assert result.exit_code == 0, result.output
     assert "torchvision:shufflenet_v2_x0_5" in result.output and "finetune, 1 ep" in result.output
+    result = runner.invoke(app, ["budget", str(t)])  # its own parts, not a CIFAR ResNet's stages
+    assert result.exit_code == 0 and "conv1" in result.output and "stage1" not in result.output
     pruned = tmp_path / "p.pt"
     one_line_error(
         runner.invoke(app, ["prune", str(t), "--budget", "0.5M", "-o", str(pruned)]),
