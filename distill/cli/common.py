@@ -69,7 +69,9 @@ def _root(
     """Distil and compress small-image classifiers under a hard parameter budget."""
 
 
-teacher_app = typer.Typer(help="Train teacher models.", no_args_is_help=True)
+teacher_app = typer.Typer(
+    help="Train a teacher, or import a pretrained torchvision/timm one.", no_args_is_help=True
+)
 app.add_typer(teacher_app, name="teacher")
 # `distill export onnx`; the same sub-app runs as `python -m export` (export/__main__.py).
 app.add_typer(export_app, name="export")
