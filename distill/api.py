@@ -50,6 +50,7 @@ __all__ = [
     "bench",
     "evaluate",
     "export_onnx",
+    "import_teacher",
     "load_model",
     "prune",
     "train_student",
@@ -92,6 +93,7 @@ def train_teacher(
     recipe: str | Recipe = "standard",
     run: RunSettings | None = None,
     kind: str = "teacher",
+    stem: str = "auto",
     quiet: bool = True,
     console: Console | None = None,
     provenance: Mapping[str, Any] | None = None,
@@ -101,6 +103,7 @@ def train_teacher(
 ) -> dict[str, Any]:
     """Train `arch` on the labels of `data` (cifar10, cifar100, a folder, or settings); return
     its checkpoint, also written to `out` when given (with `NAME.metrics.csv` beside it).
+    `image_size=96` trains at 96x96; `stem`: auto, cifar or imagenet (distill/stems.py).
 
     `recipe` by name is resolved here, with the overrides: a teacher (`kind="teacher"`) is
     label-smoothed as its recipe says for teachers (`teacher_label_smoothing`: none for
@@ -117,6 +120,7 @@ def train_teacher(
     from distill.recipes import make_recipe, teacher_recipe
     from distill.registry import create_model, get_entry
     from distill.run_guard import training_run
+    from distill.stems import choose_stem
     from distill.train import fit
 
     given = _split(
@@ -130,7 +134,9 @@ def train_teacher(
         dataset = settings if isinstance(settings, Dataset) else load_data(settings)
         seed_everything(run.seed)
         return fit(
-            create_model(arch, dataset.num_classes),
+            create_model(
+                arch, dataset.num_classes, choose_stem(_stem(stem), dataset.input_size[1])
+            ),
             dataset,
             resolved,
             run,
@@ -143,6 +149,42 @@ def train_teacher(
         )
 
 
+def import_teacher(
+    spec: str,
+    weights: PathLike,
+    data: PathLike | DataSettings | Dataset,
+    out: PathLike | None = None,
+    *,
+    recipe: str | Recipe = "finetune",
+    run: RunSettings | None = None,
+    quiet: bool = True,
+    console: Console | None = None,
+    stop_after_steps: int | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """A pretrained `torchvision:NAME` or `timm:NAME` with the user's state dict (`weights`; nothing
+    is downloaded), its classifier replaced for `data`'s classes and fine-tuned on them (the
+    `finetune` recipe by default); return the teacher checkpoint, also written to `out`.
+    Overrides and `run` as in `train_teacher`."""
+    from distill.importing import import_teacher as fine_tune
+    from distill.recipes import teacher_recipe
+
+    given = _split(
+        overrides, "import_teacher", recipe=RECIPE_FIELDS, data=DATA_FIELDS, run=RUN_FIELDS
+    )
+    run = _run(out, quiet, given["run"], run)
+    resolved = teacher_recipe(recipe, **given["recipe"]) if isinstance(recipe, str) else recipe
+    return fine_tune(
+        spec,
+        weights,
+        _data(data, given["data"]),
+        resolved,
+        run,
+        console=console or _console(run.quiet),
+        stop_after_steps=stop_after_steps,
+    )
+
+
 def train_student(
     teacher: PathLike | Sequence[PathLike],
     arch: str,
@@ -153,6 +195,7 @@ def train_student(
     kd: str | Mapping[str, Any] | KDSettings | None = None,
     recipe: str | Recipe = "standard",
     run: RunSettings | None = None,
+    stem: str = "auto",
     quiet: bool = True,
     console: Console | None = None,
     provenance: Mapping[str, Any] | None = None,
@@ -163,7 +206,8 @@ def train_student(
     """Distil `arch` from `teacher` (a checkpoint path, or several: the mean of their logits);
     return the student's checkpoint, also written to `out` when given.
 
-    `data` defaults to the teacher's data and split; overrides of data fields apply to it.
+    `data` defaults to the teacher's data, split and image size (`image_size=` may differ: the
+    teacher sees the batch resized to its own); overrides of data fields apply to it.
     `budget` (e.g. "5M") is checked before the first step. `kd`: "hinton" or "dkd", a mapping of
     KDSettings fields (`{"method": "dkd", "beta": 4}`), or a KDSettings; None: KDSettings'
     defaults (Hinton). `recipe`, `run`, `provenance`, `stop_after_steps`, `on_epoch` as in
@@ -188,6 +232,7 @@ def train_student(
         stop_after_steps=stop_after_steps,
         provenance=dict(provenance) if provenance else None,
         on_epoch=on_epoch,
+        stem=_stem(stem),
     )
 
 
@@ -199,7 +244,7 @@ def prune(
     teacher: PathLike | Sequence[PathLike] | None = None,
     data: PathLike | DataSettings | Dataset | None = None,
     kd: str | Mapping[str, Any] | KDSettings | None = None,
-    recipe: str | Recipe = "standard",
+    recipe: str | Recipe | None = None,
     run: RunSettings | None = None,
     quiet: bool = True,
     console: Console | None = None,
@@ -208,13 +253,17 @@ def prune(
 ) -> dict[str, Any]:
     """Prune the checkpoint `model` to `budget` parameters, distilling from `teacher` (default:
     the unpruned model itself) between steps and while it recovers; return the pruned
-    checkpoint, written to `out`.
+    checkpoint, written to `out`. `recipe`, the training subsample and the image size default
+    to the model's own.
 
     `budget`: "2.5M", or PruneSettings whole. Overrides: PruneSettings fields (`steps`,
     `epochs_per_step`, `importance`, `round_to`, and `epochs`: the recovery epochs), then
     recipe, data and run fields, as `distill prune` takes them. `kd` as in `train_student`.
     """
+    from distill.checkpoint import load_checkpoint
     from distill.pruning import prune_checkpoint
+    from distill.recipes import model_recipe
+    from distill.settings import PRUNE_CARRIES
 
     prune_fields = tuple(
         f.name for f in fields(PruneSettings) if f.name not in ("budget", "enabled")
@@ -236,11 +285,12 @@ def prune(
     run = _run(out, quiet, given["run"], run)
     if run.out is None:
         raise UserError("prune writes a checkpoint: pass out, e.g. out='runs/p.pt'")
+    src = load_checkpoint(model)
     return prune_checkpoint(
         model,
         settings,
-        data=_model_data(Path(model), str(model), data, given["data"]),
-        recipe=_recipe(recipe, given["recipe"]),
+        data=_model_data(Path(model), str(model), data, given["data"], PRUNE_CARRIES),
+        recipe=_recipe(recipe or model_recipe(src), given["recipe"]),
         run=run,
         kd=_kd(kd),
         teacher_paths=_paths(teacher, "teacher") if teacher else [],
@@ -424,7 +474,7 @@ def _data(data: Any, given: Mapping[str, Any]) -> DataSettings | Dataset:
 
 
 def _model_data(
-    path: Path, what: str, data: Any, given: Mapping[str, Any]
+    path: Path, what: str, data: Any, given: Mapping[str, Any], carries: Any = None
 ) -> DataSettings | Dataset:
     """A model's own data and split (a teacher's, a model to prune) unless told otherwise:
     a student validates on its teacher's validation split, never on its training images."""
@@ -433,7 +483,9 @@ def _model_data(
     from distill.checkpoint import load_checkpoint
 
     recorded = load_checkpoint(path).get("data") or {}
-    return data_for_model(recorded, _with_source(given, data), what)
+    if carries is None:
+        return data_for_model(recorded, _with_source(given, data), what)
+    return data_for_model(recorded, _with_source(given, data), what, carries)
 
 
 def _recipe(recipe: str | Recipe, given: Mapping[str, Any]) -> Recipe:
@@ -458,6 +510,12 @@ def _kd(kd: str | Mapping[str, Any] | KDSettings | None) -> KDSettings:
         return kd or KDSettings()
     values = {"method": kd} if isinstance(kd, str) else kd
     return build(KDSettings, values, label=lambda name: f"kd {name}")
+
+
+def _stem(stem: str) -> str:
+    if stem not in ("auto", "cifar", "imagenet"):
+        raise UserError(f"stem must be auto, cifar or imagenet, got {stem!r}")
+    return stem
 
 
 def _budget_text(budget: str | int) -> str:

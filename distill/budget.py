@@ -84,12 +84,17 @@ class StageCost:
 
 
 def stage_costs(model: nn.Module, input_size: tuple[int, ...] = (3, 32, 32)) -> list[StageCost]:
-    """Params and MACs of the stem, each residual stage and the head of a CifarResNet."""
+    """Params and MACs of the stem, each residual stage and the head of a CifarResNet; of each
+    top-level part that has parameters for another architecture (an imported teacher)."""
     from torch import nn
 
-    parts = [("stem", model.stem)]
-    parts += [(f"stage{i + 1}", s) for i, s in enumerate(model.stages)]
-    parts += [("head", nn.ModuleList([model.final, model.fc]))]
+    if hasattr(model, "stem"):
+        parts = [("stem", model.stem)]
+        parts += [(f"stage{i + 1}", s) for i, s in enumerate(model.stages)]
+        parts += [("head", nn.ModuleList([model.final, model.fc]))]
+    else:
+        net = getattr(model, "net", model)
+        parts = [(n, m) for n, m in net.named_children() if count_params(m)]
     part_of = {m: name for name, part in parts for m in part.modules()}
     macs = _macs_by_part(model, input_size, part_of)
     return [StageCost(name, count_params(part), macs.get(name, 0)) for name, part in parts]

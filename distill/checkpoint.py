@@ -21,6 +21,7 @@ from torch import nn
 from distill.errors import UserError
 from distill.files import atomic_save
 from distill.registry import build_model
+from teachers.imported import is_imported
 
 FORMAT = "distill-checkpoint"
 FORMAT_VERSION = 1
@@ -67,6 +68,8 @@ def new_checkpoint(
     kd: dict[str, Any] | None = None,
     pruning: dict[str, Any] | None = None,
     pipeline: dict[str, Any] | None = None,
+    origin: dict[str, Any] | None = None,
+    tracking: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -90,6 +93,8 @@ def new_checkpoint(
         "data": dict(data),
         "pruning": pruning,
         "pipeline": pipeline,  # the pipeline stage that made it: {stage, fingerprint}
+        "origin": origin,  # an imported model's starting weights: {weights, sha256}
+        "tracking": tracking,  # its MLflow run: {mlflow_uri, run_id}
         "versions": library_versions(),
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
@@ -161,6 +166,14 @@ def _malformed(ckpt: dict[str, Any]) -> str | None:
     config = ckpt.get("model_config")
     if not isinstance(config, dict):
         return "model_config is missing"
+    if is_imported(config):
+        if not isinstance(config.get("name"), str):
+            return "model_config names no architecture"
+        if config.get("num_classes") != len(classes):
+            return (
+                f"model_config predicts {config.get('num_classes')!r} classes, not {len(classes)}"
+            )
+        return None if isinstance(ckpt.get("state_dict"), dict) else "state_dict is missing"
     widths = [config.get("stem_width"), *(config.get("widths") or [None])]
     widths += [w for stage in config.get("inner") or [] for block in stage for w in block]
     if not all(isinstance(w, int) and 0 < w <= MAX_WIDTH for w in widths):

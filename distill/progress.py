@@ -24,8 +24,12 @@ if TYPE_CHECKING:
     from distill.train_setup import Sums, Trainer
 from distill.files import atomic_write_text
 
-# A GPU-sized run on a CPU: more image passes than this gets one warning line before it starts.
+# A GPU-sized run on a CPU: more image passes than this, or more forward MACs over the run than
+# CPU_WARN_MACS, gets one warning line before it starts. The demo's teacher (resnet18-quarter,
+# 35M MACs, 12 epochs of 45,000 images) is 1.9e13 and trains in minutes on 2 cores; resnet34
+# for 4 such epochs is 2.1e14, hours.
 CPU_WARN_IMAGE_PASSES = 3_000_000
+CPU_WARN_MACS = 5e13
 # Fewer optimizer steps than this in a whole run teach a network from scratch next to nothing
 # (a 1,000-image run at the standard recipe's batch of 512 is 2 steps an epoch): say so.
 FEW_STEPS = 50
@@ -58,8 +62,9 @@ def check_tensorboard() -> None:
 
 
 class MetricsLog:
-    def __init__(self, out: Path, tensorboard: Path | None = None) -> None:
+    def __init__(self, out: Path, tensorboard: Path | None = None, tracker: Any = None) -> None:
         self.csv = metrics_path(out)
+        self.tracker = tracker  # distill.tracking.Tracker, or None
         self.writer = None
         if tensorboard is not None:
             check_tensorboard()
@@ -75,6 +80,8 @@ class MetricsLog:
         w.writeheader()
         w.writerows(history)
         atomic_write_text(self.csv, buf.getvalue())
+        if self.tracker is not None:
+            self.tracker.epochs(history)
         if self.writer is not None:
             for row in history[self._logged :]:
                 for key in COLUMNS[1:]:
@@ -103,17 +110,20 @@ def progress_bar(console: Console) -> Progress:
     )
 
 
-def stats_text(sums: Sums, seen_before: int, t_epoch: float) -> str:
+def stats_text(sums: Sums, seen_before: int, t_epoch: float, kd: bool = False) -> str:
     rate = (sums.seen - seen_before) * distributed.world_size() / (time.perf_counter() - t_epoch)
     return (
-        f"loss {float(sums.loss) / sums.seen:.3f}  "
+        f"{'objective' if kd else 'loss'} {float(sums.loss) / sums.seen:.3f}  "
         f"acc {float(sums.correct) / sums.seen:6.1%}  {rate:,.0f} img/s"
     )
 
 
-def epoch_line(r: dict[str, Any], epochs: int) -> str:
+def epoch_line(r: dict[str, Any], epochs: int, kd: bool = False) -> str:
+    """`kd`: the training loss is the distillation objective, not a cross-entropy comparable
+    with the val loss: say so."""
+    name = "objective" if kd else "loss"
     return (
-        f"epoch {r['epoch']:>3}/{epochs}  train loss {r['train_loss']:.3f} "
+        f"epoch {r['epoch']:>3}/{epochs}  train {name} {r['train_loss']:.3f} "
         f"acc {r['train_accuracy']:6.1%}  val loss {r['val_loss']:.3f} "
         f"acc {r['val_accuracy']:6.1%}  {r['images_per_s']:,.0f} img/s  {r['seconds']:.0f}s"
     )
@@ -124,25 +134,74 @@ def announce(
 ) -> None:
     """One line with the plan before the first step; one warning when a GPU-sized run starts on
     a CPU (the user may mean it: never an error)."""
+    from distill.budget import count_macs
+
     world = distributed.world_size()
     where = f"{t.device}" + (f" x {world} processes" if world > 1 else "")
     start = f", resuming at epoch {state.epoch + 1}" if state.epoch or state.step else ""
+    _, h, w = data.input_size
+    stem = getattr(getattr(t.net, "config", None), "stem", None)
+    shape = f"{h}x{w}" + (f", {stem} stem" if stem else "")
     console.print(
-        f"training on {len(data.train):,} images (val {len(data.val):,}): {recipe.name} recipe, "
-        f"{recipe.epochs} epochs x {len(t.loader)} steps of {recipe.batch_size * world} images, "
-        f"peak lr {recipe.peak_lr(world):.3g}, {where}, {t.precision.name}" + start
+        f"training on {len(data.train):,} images at {shape} (val {len(data.val):,}): "
+        f"{recipe.name} recipe, {plural(recipe.epochs, 'epoch')} x "
+        f"{plural(len(t.loader), 'step')} of {recipe.batch_size * world} images, "
+        f"peak lr {recipe.peak_lr(world):.3g}, {where}, {t.precision.name}"
+        + start
     )
     steps = recipe.epochs * len(t.loader)
     if steps < FEW_STEPS:
         console.print(
-            f"[yellow]warning:[/] only {steps} optimizer step{'s' * (steps != 1)} in this run "
-            f"({recipe.epochs} epochs x {len(t.loader)}), too few to learn much; raise --epochs "
-            f"or lower --batch-size ({recipe.batch_size} per process now)"
+            f"[yellow]warning:[/] only {plural(steps, 'optimizer step')} in this run "
+            f"({plural(recipe.epochs, 'epoch')} x {len(t.loader)}), too few to learn much; raise "
+            f"--epochs or lower --batch-size ({recipe.batch_size} per process now)"
         )
     passes = recipe.epochs * len(data.train)
-    if t.device.type == "cpu" and passes > CPU_WARN_IMAGE_PASSES:
+    if t.device.type != "cpu":
+        return
+    macs = count_macs(t.net, tuple(data.input_size)) * passes
+    if passes > CPU_WARN_IMAGE_PASSES or macs > CPU_WARN_MACS:
         console.print(
-            f"[yellow]warning:[/] the {recipe.name} recipe ({recipe.epochs} epochs x "
-            f"{len(data.train):,} images) is sized for a GPU and will take many hours on this "
-            "CPU; --recipe quick trains in minutes"
+            f"[yellow]warning:[/] {plural(recipe.epochs, 'epoch')} x {len(data.train):,} images "
+            f"x {macs / passes / 1e6:,.0f}M MACs ({macs / 1e12:,.0f} TMACs) is sized for a GPU "
+            "and will take hours on this CPU; --recipe quick, a smaller --arch, --train-size or "
+            "a smaller --image-size trains in minutes"
         )
+
+
+def plural(n: int, word: str) -> str:
+    """ "1 epoch", "4 epochs" """
+    return f"{n:,} {word}{'s' * (n != 1)}"
+
+
+def failure_warning(ckpt: dict[str, Any]) -> str | None:
+    """A loud line when a finished run learned nothing: val top-1 at chance (1/classes) or a
+    val loss that is not finite; None otherwise. The exit status stays 0: the file is valid,
+    only the model is not useful."""
+    import math
+
+    m, recipe = ckpt.get("metrics") or {}, ckpt.get("recipe") or {}
+    classes = len(ckpt.get("classes") or ()) or 1
+    acc, loss = m.get("val_accuracy"), m.get("val_loss")
+    chance = isinstance(acc, float) and acc <= 1.1 / classes
+    if not chance and (not isinstance(loss, float) or math.isfinite(loss)):
+        return None
+    what = (
+        f"val top-1 {acc:.1%} is chance for {classes} classes"
+        if chance
+        else f"the val loss is {loss}"
+    )
+    batch = recipe.get("batch_size") or 1
+    steps = (ckpt.get("data") or {}).get("train_size", 0) // batch * (m.get("epochs_run") or 0)
+    try:  # the peak lr this run used (per process batch; several processes scale it alike)
+        from distill.settings import Recipe
+
+        shown = f"{Recipe.from_dict(recipe).lr_at(batch):.3g}"
+    except UserError:
+        shown = "?"
+    return (
+        f"[bold red]warning: this model learned nothing:[/] {what}. Likely causes: too few "
+        f"steps ({plural(steps, 'step')} here: raise --epochs or lower --batch-size), an lr too "
+        f"high for the batch ({shown} at {batch}: try a third of it with --lr), "
+        "or BatchNorm statistics from too few steps (validation uses their running averages)"
+    )

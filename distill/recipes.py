@@ -94,6 +94,22 @@ RECIPES: dict[str, Recipe] = {
             teacher_label_smoothing=0.1,
             augment=CROP_FLIP,
         ),
+        # Fine-tuning a pretrained model (`distill teacher import`): its features are already
+        # good, so a tenth of a from-scratch lr (the usual transfer-learning choice), a few
+        # epochs, no warm-up restarts of what it learned, light weight decay. Smoothed as a
+        # teacher for the short-run reason above.
+        Recipe(
+            "finetune",
+            epochs=5,
+            batch_size=64,
+            lr=0.01,
+            nesterov=True,
+            weight_decay=1e-4,
+            schedule="cosine",
+            label_smoothing=0.1,
+            teacher_label_smoothing=0.1,
+            augment=CROP_FLIP,
+        ),
     )
 }
 
@@ -120,3 +136,10 @@ def teacher_recipe(recipe: str | Recipe = "standard", **overrides: Any) -> Recip
     place of its label smoothing, unless `overrides` set it."""
     base = get_recipe(recipe) if isinstance(recipe, str) else recipe
     return make_recipe(base, **({"label_smoothing": base.teacher_label_smoothing} | overrides))
+
+
+def model_recipe(ckpt: dict[str, Any]) -> Recipe:
+    """The recipe a checkpoint was trained with (what `distill prune` continues with), or
+    `standard` when it records none. An explicit lr it was given stays tied to its batch."""
+    record = ckpt.get("recipe")
+    return Recipe.from_dict(record) if record else get_recipe("standard")

@@ -10,6 +10,10 @@ so every path that takes a registered name takes a fitted one.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+from torch import nn
+
 from distill.errors import UserError
 from distill.sizing import fit_plan, is_fitted, parse_fit_name
 from students.catalog import CATALOG, ModelEntry
@@ -63,12 +67,19 @@ def model_config(name: str, num_classes: int = 10) -> ResNetConfig:
     return get_entry(name).plan(num_classes)
 
 
-def create_model(name: str, num_classes: int = 10) -> CifarResNet:
-    return CifarResNet(model_config(name, num_classes))
+def create_model(name: str, num_classes: int = 10, stem: str = "cifar") -> CifarResNet:
+    """The registered (or fitted) `name` with `stem` ("cifar" or "imagenet", see
+    distill/stems.py); the channel plan is the same for both."""
+    return CifarResNet(replace(model_config(name, num_classes), stem=stem))
 
 
-def build_model(config: ResNetConfig | dict) -> CifarResNet:
-    """Rebuild a model from a channel plan (a checkpoint's `model_config`)."""
+def build_model(config: ResNetConfig | dict) -> nn.Module:
+    """Rebuild a model from a channel plan (a checkpoint's `model_config`), or from the name of
+    an imported torchvision/timm architecture (teachers/imported.py)."""
+    from teachers.imported import build_imported, is_imported
+
+    if isinstance(config, dict) and is_imported(config):
+        return build_imported(config)
     if isinstance(config, dict):
         config = ResNetConfig.from_dict(config)
     return CifarResNet(config)

@@ -60,7 +60,13 @@ class DataSettings:
     split_seed: int = setting(0, "Seed of the validation split; keep it fixed across stages.")
     data_root: Path = setting(Path(CACHE_HOME), "Where cifar10/cifar100 are downloaded.")
     cache_dir: Path = setting(Path(CACHE_HOME), "Decoded uint8 cache (never beside the data).")
-    image_size: int = setting(32, "Image-folder images are resized to this side.", cli=False)
+    image_size: int = setting(
+        32,
+        "Side of the square images a model sees. An image folder's images are resized on their "
+        "shorter side and centre-cropped to it (what evaluation and prediction see); training "
+        "then augments with the recipe's pad-and-crop or random-resized-crop. CIFAR is "
+        "resized from 32 when it differs.",
+    )
 
     def __post_init__(self) -> None:
         whole_numbers_as_floats(self)
@@ -77,11 +83,22 @@ class DataSettings:
 
 
 SPLIT_FIELDS = ("val_size", "split_seed")  # a model's validation split: students must share it
+CARRIED_FIELDS = ("image_size",)  # followed unless told otherwise (a student may choose its own)
+# A pruned model continues on its source's training images too (a model trained on a 2,000-image
+# subsample must not recover on all 45,000 by default).
+PRUNE_CARRIES = (*CARRIED_FIELDS, "train_size")
 
 
-def data_for_model(record: Mapping[str, Any], given: Mapping[str, Any], what: str) -> DataSettings:
+def data_for_model(
+    record: Mapping[str, Any],
+    given: Mapping[str, Any],
+    what: str,
+    carry: tuple[str, ...] = CARRIED_FIELDS,
+) -> DataSettings:
     """The data to evaluate, distil from, prune or export a model on: the source and split the
-    model recorded (`record` is its checkpoint's `data`), with `given` settings on top.
+    model recorded (`record` is its checkpoint's `data`), with `given` settings on top. The
+    fields in `carry` (the image size; pruning adds the training subsample) follow the model's
+    unless given.
 
     An explicit split that differs from the model's is refused: its validation images would
     overlap the model's training images and inflate every accuracy measured on them.
@@ -97,6 +114,9 @@ def data_for_model(record: Mapping[str, Any], given: Mapping[str, Any], what: st
             )
         if ours is None and theirs is not None:
             values[key] = theirs
+    for key in carry:
+        if values.get(key) is None and record.get(key) is not None:
+            values[key] = record[key]
     if not values.get("source"):
         if not record.get("source"):
             raise UserError(f"{what} does not record its data source; pass --data")
@@ -387,6 +407,11 @@ class RunSettings:
     # slow links between nodes, and costs a rounding of every gradient to 8 mantissa bits.
     ddp_bf16_grads: bool = setting(
         False, "Several GPU processes: all-reduce gradients in bf16 (half the traffic)."
+    )
+    mlflow: str | None = setting(
+        None,
+        "Also track the run in MLflow: params, per-epoch metrics, the checkpoint and later its "
+        "ONNX files; a server URL or sqlite:///runs.db offline (pip install distill[mlflow]).",
     )
 
     def __post_init__(self) -> None:

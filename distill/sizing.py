@@ -98,7 +98,12 @@ def plan_cost(config: ResNetConfig, input_size: tuple[int, ...] = FIT_INPUT) -> 
 
     preact = config.block == "preact"
     h, w = input_size[1], input_size[2]
-    conv(config.in_channels, config.stem_width, 3, h * w, bn=not preact)
+    if config.stem == "imagenet":  # 7x7 stride 2 then a 3x3 stride-2 max-pool (no MACs counted)
+        h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1
+        conv(config.in_channels, config.stem_width, 7, h * w, bn=not preact)
+        h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1
+    else:
+        conv(config.in_channels, config.stem_width, 3, h * w, bn=not preact)
     c_in = config.stem_width
     for i, (c_out, stage) in enumerate(zip(config.widths, config.inner, strict=True)):
         for j, inner in enumerate(stage):

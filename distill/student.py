@@ -28,8 +28,10 @@ from distill.errors import UserError
 from distill.files import file_sha256
 from distill.losses import DistillationObjective
 from distill.registry import create_model, get_entry
+from distill.resized import at_size
 from distill.run_guard import training_run
 from distill.settings import KDSettings, Recipe, RunSettings, kd_record, resolve_kd
+from distill.stems import choose_stem
 from distill.train import fit
 
 # Per-channel mean/std in [0,1] units. A teacher trained on another subsample of the same images
@@ -47,7 +49,7 @@ def read_teachers(paths: Sequence[Path]) -> list[dict[str, Any]]:
     ckpts = [load_checkpoint(p) for p in paths]
     first = ckpts[0]
     for path, ckpt in zip(paths[1:], ckpts[1:], strict=True):
-        for key in ("classes", "input_size"):
+        for key in ("classes",):
             if ckpt[key] != first[key]:
                 raise UserError(
                     f"teacher {path} has {key} {_short(ckpt[key])} but {paths[0]} has "
@@ -95,11 +97,12 @@ def _same_place(a: str, b: str) -> bool:
 
 
 def check_model_fits_data(
-    path: Path, ckpt: dict[str, Any], dataset: Dataset, what: str = "teacher"
+    path: Path, ckpt: dict[str, Any], dataset: Dataset, what: str = "teacher", resizes: bool = False
 ) -> None:
     """Refuse a model (a teacher, a model to prune) whose classes, input size, normalisation or
     validation split differ from the data's: training on it would mix up classes, or validate on
-    images the model was trained on."""
+    images the model was trained on. `resizes`: the model sees the batch resized to its own
+    size (a teacher), so only the channels must agree."""
     classes = list(dataset.classes)
     fix = f"use the data {what} {path} was trained on"
     if ckpt["model_config"]["num_classes"] != dataset.num_classes:
@@ -112,12 +115,15 @@ def check_model_fits_data(
             f"{what} {path} has classes {_short(ckpt['classes'])} but the data has "
             f"{_short(classes)}; {fix}"
         )
-    if list(ckpt["input_size"]) != list(dataset.input_size):
+    size = list(ckpt["input_size"])
+    if (size[:1] if resizes else size) != list(dataset.input_size)[: 1 if resizes else 3]:
         raise UserError(
             f"{what} {path} takes {ckpt['input_size']} inputs but the data is "
             f"{list(dataset.input_size)}; {fix}"
         )
-    for stat in ("mean", "std"):
+    for stat in ("mean", "std") if size == list(dataset.input_size) else ():
+        # (at another size the statistics differ by the resizing; the teacher's input is
+        # moved to its own normalisation, distill/resized.py)
         theirs, ours = ckpt[stat], getattr(dataset, stat)
         if max(abs(a - b) for a, b in zip(theirs, ours, strict=True)) > NORM_TOLERANCE:
             raise UserError(
@@ -167,8 +173,10 @@ def load_teachers(
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     checkpoints = read_teachers(paths) if checkpoints is None else checkpoints
     for path, ckpt in zip(paths, checkpoints, strict=True):
-        check_model_fits_data(path, ckpt, dataset)
+        check_model_fits_data(path, ckpt, dataset, resizes=True)
         model = model_from_checkpoint(ckpt).to(device, memory_format=memory_format)
+        norm = (dataset.mean, dataset.std)
+        model = at_size(model, ckpt, dataset.input_size, norm).to(device)
         modules.append(model.eval().requires_grad_(False))
         records.append(teacher_record(path, ckpt))
     return modules, records
@@ -187,13 +195,17 @@ def train_student(
     stop_after_steps: int | None = None,
     provenance: dict[str, Any] | None = None,
     on_epoch: Callable[[dict[str, Any]], bool] | None = None,
+    stem: str = "auto",
 ) -> dict[str, Any]:
     """Distil `arch` from the teacher(s) and return its checkpoint (also written to `run.out`).
 
     `data` must be on the teachers' validation split (`distill.settings.data_for_model` of the
-    first teacher's `data` record builds such settings).
+    first teacher's `data` record builds such settings); its image size may differ from the
+    teachers' (each sees the batch resized to its own). `stem`: auto, cifar or imagenet.
     """
     paths = [Path(p) for p in teacher_paths]
+    side = data.image_size if isinstance(data, DataSettings) else data.input_size[1]
+    stem = choose_stem(stem, side)
 
     def checks() -> list[dict[str, Any]]:
         get_entry(arch)
@@ -201,7 +213,8 @@ def train_student(
         # The budget needs only the class count, which the teachers already tell: check it
         # before decoding any data (that writes a cache). A meta-device model costs no memory.
         with torch.device("meta"):
-            check_budget(create_model(arch, len(ckpts[0]["classes"])), budget, f"--arch {arch}")
+            student = create_model(arch, len(ckpts[0]["classes"]), stem)
+            check_budget(student, budget, f"--arch {arch}")
         return ckpts
 
     with training_run(run, checks) as ckpts:
@@ -218,7 +231,7 @@ def train_student(
                 text = f"{acc:.2%}" if isinstance(acc, float) and math.isfinite(acc) else "n/a"
                 console.print(f"teacher {r['path']}: {r['arch']}, val top-1 {text}")
         seed_everything(run.seed)
-        model = create_model(arch, dataset.num_classes)
+        model = create_model(arch, dataset.num_classes, stem)
         kd = resolve_kd(kd, recipe.epochs, dataset.num_classes)
         objective = DistillationObjective(
             tuple(teachers), kd, recipe.label_smoothing, choose_precision(device, recipe.amp)

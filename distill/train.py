@@ -48,9 +48,13 @@ from distill.resume import (
 )
 from distill.settings import Recipe, RunSettings
 from distill.timing import phase
+from distill.tracking import Tracker
 from distill.train_setup import Objective, Sums, Trainer, make_trainer
 
-SYNC_EVERY = 20  # steps between host syncs: progress, the NaN check, the stop flag
+# Steps between host syncs (progress, the NaN check, the stop flag) on a GPU, where a sync
+# stalls the queue of kernels. A CPU step is synchronous anyway: sync every step there, so the
+# progress bar moves with each one instead of once a minute.
+SYNC_EVERY = 20
 
 
 class TrainingDiverged(UserError):
@@ -87,12 +91,14 @@ def train_one_epoch(
     """Train steps `start_step`.. of `epoch`, adding to `sums`; return the step reached.
 
     After every step `pause(step, sums, synced)` may end the call early (to save the state, or
-    to stop); `synced` is True every SYNC_EVERY steps and at the epoch's last, after the loss
+    to stop); `synced` is True every SYNC_EVERY steps (every step on a CPU) and at the epoch's
+    last, after the loss
     was read back and checked finite. Calling again from the step reached continues the epoch
     exactly: each step's batch and augmentation are seeded by (epoch, step).
     """
     t.model.train()
     steps = len(t.loader)
+    every = 1 if t.device.type == "cpu" else SYNC_EVERY
     for step, (x, y) in enumerate(t.loader.epoch(epoch, start_step), start=start_step):
         with autocast(t.device, t.precision):
             logits = t.model(x)
@@ -119,7 +125,7 @@ def train_one_epoch(
         sums.loss += loss.detach().double() * len(y)
         sums.correct += (logits.argmax(1) == hard_labels(y)).sum()
         sums.seen += len(y)
-        synced = (step + 1) % SYNC_EVERY == 0 or step + 1 == steps
+        synced = (step + 1) % every == 0 or step + 1 == steps
         if synced:
             bad = not math.isfinite(float(sums.loss) / sums.seen)  # host sync point
             # One rank's NaN stops every rank at this step: alone it would leave the others
@@ -150,8 +156,10 @@ class _Watch:
         steps: int,
         stop_after_steps: int | None,
         state: State,
+        kd: bool,
     ) -> None:
         self.progress, self.stop, self.device, self.steps = progress, stop, device, steps
+        self.kd = kd  # the loss shown is a KD objective
         self.task = progress.add_task("training", total=steps, stats="")
         self.stop_after_steps = stop_after_steps
         self.first_step = state.epoch * steps + state.step
@@ -173,7 +181,7 @@ class _Watch:
         if not synced:  # one process checks every step; several, at syncs only
             self.stopping = wanted and not distributed.active()
             return self.stopping
-        stats = stats_text(sums, self.seen_before, self.epoch_started)
+        stats = stats_text(sums, self.seen_before, self.epoch_started, self.kd)
         self.progress.update(self.task, completed=step, stats=stats)
         due = self._seconds_since_save() > STATE_SAVE_SECONDS and step < self.steps
         self.stopping, due = distributed.any_rank([wanted, due], self.device)
@@ -231,7 +239,11 @@ def fit(
         t = make_trainer(model, data, recipe, run, device, objective)
     writes = run.out is not None and distributed.is_main()
     state_file = last_path(run.out) if run.out is not None else None
-    log = MetricsLog(run.out, run.tensorboard) if writes else None
+    tracker = None
+    if writes and run.mlflow:
+        tracker = Tracker(run.mlflow, run.out.stem, _params(kind, arch, recipe, data, meta))
+        meta = {**(meta or {}), "tracking": tracker.record}
+    log = MetricsLog(run.out, run.tensorboard, tracker) if writes else None
     run_identity = {
         "architecture": t.net.channel_plan().to_dict(),
         "recipe": recipe.to_dict(),
@@ -261,12 +273,13 @@ def fit(
             _written(lambda: atomic_save(snap, state_file) if writes else None, state_file)
 
     announce(console, t, data, recipe, run, state)
+    kd = hasattr(t.objective, "teacher_logits")  # the loss shown is the KD objective
     stop = StopFlag()
     t_start = time.perf_counter()
     steps = len(t.loader)
     try:
         with stop.installed(), progress_bar(console) as progress:
-            watch = _Watch(progress, stop, device, steps, stop_after_steps, state)
+            watch = _Watch(progress, stop, device, steps, stop_after_steps, state, kd)
             for epoch in range(state.epoch, recipe.epochs):
                 sums = Sums.zeros(device)
                 step = state.step if epoch == state.epoch else 0
@@ -296,7 +309,7 @@ def fit(
                     val = evaluate(t.eval_model, val_loader, reference=teacher if last else None)
                 record = _epoch_record(t, epoch, sums, val, seconds, watch.seen_before)
                 state.history.append(record)
-                console.print(epoch_line(record, recipe.epochs))
+                console.print(epoch_line(record, recipe.epochs, kd))
                 if log is not None:
                     log.write(state.history)
                 early = _after_validation(t, state, val, epoch)
@@ -318,14 +331,43 @@ def fit(
                     break
         if run.keep_last:  # the final training state, kept to train on from it later
             save_state(state)
+    except BaseException:
+        if tracker is not None:
+            tracker.abandon()
+        raise
     finally:
         if log is not None:
             log.close()
     state.elapsed += time.perf_counter() - t_start
-    ckpt = _finish(t, state, data, val_loader, recipe, run, kind, arch, meta, on_finish, best_val)
+    try:
+        ckpt = _finish(
+            t, state, data, val_loader, recipe, run, kind, arch, meta, on_finish, best_val
+        )
+    except BaseException:
+        if tracker is not None:
+            tracker.abandon()
+        raise
+    if tracker is not None:
+        tracker.finish(run.out, ckpt["metrics"])
     if writes and state_file.exists() and not run.keep_last:
         state_file.unlink()
     return ckpt
+
+
+def _params(
+    kind: str, arch: str, recipe: Recipe, data: Dataset, meta: dict[str, Any] | None
+) -> dict[str, Any]:
+    """What a tracking run records as its params: what the checkpoint says it learned from."""
+    extra = {k: meta[k] for k in ("kd", "origin") if meta and meta.get(k)}
+    teachers = [t["arch"] for t in (meta or {}).get("teachers") or []]
+    return {
+        "kind": kind,
+        "arch": arch,
+        "recipe": recipe.to_dict(),
+        "data": data.info,
+        **({"teachers": ",".join(teachers)} if teachers else {}),
+        **extra,
+    }
 
 
 def _epoch_record(

@@ -178,8 +178,14 @@ def benchmark(
         env = environment(device, threads, engine_list, peaks, limit)
         results = []
         rng = np.random.default_rng(0)
-        for bs in batch_sizes:
-            say(f"batch {bs}")
+        # Each batch size times every engine for at least min_seconds: say what is left.
+        per_size = len(engine_list) * timing.min_seconds
+        for i, bs in enumerate(batch_sizes):
+            left = (len(batch_sizes) - i) * per_size
+            say(
+                f"batch {bs} ({i + 1} of {len(batch_sizes)}: {len(engine_list)} engines, "
+                f"at least {left:.0f} s of timing left)"
+            )
             x = rng.random((bs, *files.meta["input_size"]), dtype=np.float32)
             runners = {e.label: e.prepare(x) for e in engine_list}
             before = loadavg()

@@ -209,6 +209,9 @@ def export_onnx(
             write_metadata(tmp, metadata)
 
     atomic_write(out, build)
+    from distill.tracking import log_files
+
+    log_files(ckpt.get("tracking"), [out])  # the checkpoint's tracking run, when it has one
     return ExportReport(
         path=out,
         precision=precision,

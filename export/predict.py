@@ -1,4 +1,5 @@
-"""`distill predict`: classify image files with an exported ONNX model.
+"""`distill predict`: classify image files with an exported ONNX model (or a checkpoint, run by
+PyTorch).
 
 Everything the model needs comes from the file's checked metadata: class names, input size and
 the [0,1] range (normalisation is inside the graph). Images of any size and mode (grayscale,
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from distill.console import note
 from distill.data.images import is_image_name, read_image
 from distill.errors import UserError
 from export.engines import open_engine
@@ -47,15 +49,21 @@ def image_files(paths: Sequence[str | os.PathLike]) -> list[Path]:
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(
+            visible = [
                 f
                 for f in p.rglob("*")
-                if f.is_file()
-                and is_image_name(f)
-                and not any(part.startswith(".") for part in f.relative_to(p).parts)
-            )
+                if f.is_file() and not any(part.startswith(".") for part in f.relative_to(p).parts)
+            ]
+            found = sorted(f for f in visible if is_image_name(f))
             if not found:
                 raise UserError(f"{p} holds no image files; pass images or folders of images")
+            skipped = [f for f in visible if not is_image_name(f)]
+            if skipped:
+                note(
+                    f"skipped {len(skipped):,} file{'s' * (len(skipped) != 1)} in {p} that "
+                    f"{'are' if len(skipped) != 1 else 'is'} not an image by extension "
+                    f"(e.g. {skipped[0].name})"
+                )
             files += found
         elif p.is_file():
             files.append(p)
@@ -81,7 +89,13 @@ def predict(
     """
     if top_k < 1:
         raise UserError(f"--top-k {top_k} must be at least 1")
-    meta = read_metadata(onnx_path)
+    from_checkpoint = Path(onnx_path).suffix == ".pt"
+    if from_checkpoint:
+        from distill.checkpoint import load_checkpoint
+
+        meta = load_checkpoint(onnx_path)
+    else:
+        meta = read_metadata(onnx_path)
     classes = meta["classes"]
     _, height, width = meta["input_size"]
     files = image_files(paths)
@@ -89,10 +103,14 @@ def predict(
         raise UserError("no images given; pass image files or folders of images")
     pixels = np.stack([read_image(f, (height, width)) for f in files])
     images = torch.from_numpy(pixels).permute(0, 3, 1, 2)
-    runner = open_engine(
-        onnx_path, engine, precision=meta.get("precision", "fp32"), device=device, threads=threads
-    )
-    logits = batched_logits(runner.run, images, batch_size=BATCH_SIZE)
+    if from_checkpoint:
+        run = checkpoint_runner(meta, device)
+    else:
+        precision = meta.get("precision", "fp32")
+        run = open_engine(
+            onnx_path, engine, precision=precision, device=device, threads=threads
+        ).run
+    logits = batched_logits(run, images, batch_size=BATCH_SIZE)
     probs = softmax(logits)
     k = min(top_k, len(classes))
     order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
@@ -103,6 +121,22 @@ def predict(
         )
         for f, p, idx in zip(files, probs, order, strict=True)
     ]
+
+
+def checkpoint_runner(ckpt: dict, device: str):
+    """A checkpoint's model as an engine's `run`: [0,1] float32 NCHW in, logits out (the module
+    an export traces, so a .pt predicts what its .onnx predicts)."""
+    from distill.device import resolve_device
+    from export.wrappers import reference_module
+
+    where = resolve_device(device)
+    module = reference_module(ckpt).to(where)
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return module(torch.from_numpy(batch).to(where)).float().cpu().numpy()
+
+    return run
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

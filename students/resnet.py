@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 BLOCK_TYPES = ("basic", "bottleneck", "preact", "se")
+STEMS = ("cifar", "imagenet")
 BOTTLENECK_EXPANSION = 4
 SE_REDUCTION = 16
 
@@ -39,8 +40,13 @@ class ResNetConfig:
     # projection shortcut: pruning can shrink both sides of a projection to the same width, and
     # the shapes alone would then rebuild an identity.
     projections: tuple[tuple[int, int], ...] = ()
+    # "cifar": 3x3 stride-1 conv (SPEC 2); "imagenet": 7x7 stride-2 conv then 3x3 stride-2
+    # max-pool, a quarter of the side before the first stage (distill/stems.py says when).
+    stem: str = "cifar"
 
     def __post_init__(self) -> None:
+        if self.stem not in STEMS:
+            raise ValueError(f"unknown stem {self.stem!r}; expected one of {STEMS}")
         if self.block not in BLOCK_TYPES:
             raise ValueError(f"unknown block type {self.block!r}; expected one of {BLOCK_TYPES}")
         if self.downsample not in ("conv", "maxpool"):
@@ -221,21 +227,30 @@ class PreActBlock(nn.Module):
         return out + skip
 
 
+def make_stem(config: ResNetConfig) -> nn.Sequential:
+    """The CIFAR stem (3x3, stride 1, no pooling) or the ImageNet one (7x7 stride 2, then a
+    3x3 stride-2 max-pool). A pre-activation net's stem is the bare conv: its first block
+    applies the BN-ReLU."""
+    c_in, c_out = config.in_channels, config.stem_width
+    kernel, stride = (7, 2) if config.stem == "imagenet" else (3, 1)
+    conv = nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, bias=False)
+    layers: list[nn.Module] = [conv]
+    if config.block != "preact":
+        layers += [nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+    if config.stem == "imagenet":
+        layers.append(nn.MaxPool2d(3, 2, 1))
+    return nn.Sequential(*layers)
+
+
 class CifarResNet(nn.Module):
-    """3x3 stride-1 stem (no max-pool), residual stages, global average pool, linear head."""
+    """Stem (CIFAR: 3x3 stride 1, no max-pool), residual stages, global average pool, linear
+    head."""
 
     def __init__(self, config: ResNetConfig) -> None:
         super().__init__()
         self.config = config
         preact = config.block == "preact"
-        if preact:
-            self.stem = nn.Sequential(
-                nn.Conv2d(config.in_channels, config.stem_width, 3, 1, 1, bias=False)
-            )
-        else:
-            self.stem = nn.Sequential(
-                *conv_bn(config.in_channels, config.stem_width, 3), nn.ReLU(inplace=True)
-            )
+        self.stem = make_stem(config)
         c_in = config.stem_width
         stages = []
         for i, (c_out, stage_inner) in enumerate(zip(config.widths, config.inner, strict=True)):
@@ -303,4 +318,5 @@ class CifarResNet(nn.Module):
             dropout=cfg.dropout,
             in_channels=cfg.in_channels,
             projections=tuple(projections),
+            stem=cfg.stem,
         )

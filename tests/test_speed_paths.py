@@ -36,8 +36,8 @@ def _image_files(root: Path) -> list[str]:
 def test_several_decode_workers_give_the_bytes_of_one(tiny_image_folder):
     files = _image_files(tiny_image_folder) * 8  # enough for several chunks per worker
     done = []
-    one, _ = decode_files(files, 32, workers=1)
-    several, _ = decode_files(files, 32, workers=2, chunk=7, on_progress=done.append)
+    one, *_ = decode_files(files, 32, workers=1)
+    several, *_ = decode_files(files, 32, workers=2, chunk=7, on_progress=done.append)
     assert one.dtype == torch.uint8 and one.shape == (len(files), 3, 32, 32)
     assert torch.equal(one, several)
     assert done == sorted(done) and done[-1] == len(files)  # progress counts every image once

@@ -174,7 +174,6 @@ MISMATCHES = {
         "classes": [*d.classes, "extra"],
         "num_classes": d.num_classes + 1,
     },
-    "input size": lambda d: {"input_size": [3, 64, 64]},
     "mean": lambda d: {"mean": [m + 0.05 for m in d.mean]},
     "std": lambda d: {"std": [s * 1.5 for s in d.std]},
     "source": lambda d: {"data": d.info | {"source_id": "0123456789abcdef"}},
@@ -182,7 +181,6 @@ MISMATCHES = {
 MESSAGE = {
     "classes": "classes",
     "number of classes": "5 classes",
-    "input size": "[3, 64, 64]",
     "mean": "mean",
     "std": "std",
     "source": "--data",

@@ -9,15 +9,18 @@ import inspect
 import os
 import shlex
 import sys
+import typing
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 import typer
+import typer.core
+import typer.models
 
 from distill import __version__, distributed
 from distill.console import make_console
-from distill.errors import UserError, exits_on_user_error, one_line_usage_errors
+from distill.errors import exits_on_user_error, one_line_usage_errors
 from distill.flags import Flags, Group
 from distill.recipes import RECIPES
 from distill.settings import (
@@ -40,8 +43,22 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+# `distill --help` lists the commands in the order a user runs them, not registration order.
+WORKFLOW = (
+    "teacher", "student", "prune", "export", "predict", "eval", "bench", "compare", "report",
+    "pipeline", "models", "budget",
+)  # fmt: skip
+
+
+class _WorkflowOrder(typer.core.TyperGroup):
+    def list_commands(self, ctx: Any) -> list[str]:
+        names = super().list_commands(ctx)
+        return sorted(names, key=lambda n: WORKFLOW.index(n) if n in WORKFLOW else len(WORKFLOW))
+
+
 one_line_usage_errors()
 app = typer.Typer(
+    cls=_WorkflowOrder,
     help="Distil and compress small-image classifiers under a hard parameter budget.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -58,7 +75,9 @@ def _root(
     """Distil and compress small-image classifiers under a hard parameter budget."""
 
 
-teacher_app = typer.Typer(help="Train teacher models.", no_args_is_help=True)
+teacher_app = typer.Typer(
+    help="Train a teacher, or import a pretrained torchvision/timm one.", no_args_is_help=True
+)
 app.add_typer(teacher_app, name="teacher")
 # `distill export onnx`; the same sub-app runs as `python -m export` (export/__main__.py).
 app.add_typer(_export_app(), name="export")
@@ -70,9 +89,18 @@ def command(group: typer.Typer = app, name: str | None = None, **kwargs: Any):
 
     def deco(fn):
         kwargs.setdefault("help", _paragraphs(fn.__doc__))
+        _switches_without_metavar(fn)
         return group.command(name, **kwargs)(exits_on_user_error(fn))
 
     return deco
+
+
+def _switches_without_metavar(fn: Callable) -> None:
+    """A switch takes no value: --help shows `--tta`, not `--tta <bool>`."""
+    for p in inspect.signature(fn, eval_str=True).parameters.values():
+        boolean = p.annotation is bool or bool in typing.get_args(p.annotation)
+        if isinstance(p.default, typer.models.OptionInfo) and boolean:
+            p.default.metavar = p.default.metavar or " "
 
 
 def _paragraphs(doc: str | None) -> str | None:
@@ -102,6 +130,15 @@ def arch_option(default: str) -> Any:
 
 
 RECIPE = typer.Option("standard", help="Named training recipe (README: Recipes).")
+
+
+def stem_option() -> Any:
+    from distill.stems import STEM_HELP
+
+    return typer.Option("auto", help=STEM_HELP)
+
+
+StemName = Literal["auto", "cifar", "imagenet"]
 NPROC = typer.Option(
     1,
     "--nproc-per-node",
@@ -109,7 +146,7 @@ NPROC = typer.Option(
     "torchrun; the global batch is --batch-size x processes and the lr follows it.",
     min=1,
 )
-DATA = Group(DataSettings, skip=("image_size",))
+DATA = Group(DataSettings)
 RUN = Group(RunSettings)
 RECIPE_FLAGS = Group(Recipe, shown_default="the recipe's")
 KD = Group(KDSettings)
@@ -118,13 +155,14 @@ THEIRS = {
     "val_size": "Images held out for validation; an explicit value must match the model's.",
     "split_seed": "Seed of the validation split; an explicit value must match the model's.",
 }
+THEIRS_TOO = ("source", "val_size", "split_seed", "image_size")
 
 
 def theirs(whose: str, **kwargs: Any) -> Group:
     return Group(
         DataSettings,
         help=THEIRS,
-        defaults={k: whose for k in ("source", "val_size", "split_seed")},
+        defaults={k: whose for k in THEIRS_TOO},
         **kwargs,
     )
 
@@ -195,23 +233,39 @@ def training_command() -> Iterator[None]:
 
 
 def print_saved(ckpt: dict[str, Any], out: Path | None) -> None:
+    """The result line, and a loud warning after it when the run learned nothing."""
+    from distill.progress import failure_warning
+
     m = ckpt["metrics"]
     test = f", test top-1 {m['test_accuracy']:.2%}" if "test_accuracy" in m else ""
     console.print(
         f"[green]saved[/] {out}: {ckpt['arch']}, {m['params']:,} params, "
         f"val top-1 {m['val_accuracy']:.2%} (top-5 {m.get('val_top5', float('nan')):.2%}){test}"
     )
+    warning = failure_warning(ckpt)
+    if warning:
+        console.print(warning)
 
 
-def run_settings(flags: Flags) -> RunSettings:
-    """A training command's run settings, refused before any work when they cannot be met."""
+def run_settings(flags: Flags, name: str) -> RunSettings:
+    """A training command's run settings, refused before any work when they cannot be met.
+    Without --out the checkpoint goes to a new numbered folder, `runs/NAME`, `runs/NAME2`, ..."""
+    from dataclasses import replace
+
     from distill.progress import check_tensorboard
+    from distill.run_folders import next_run
 
     run = flags.build("run")
-    if run.out is None:  # the library trains in memory then; a command would save nothing
-        raise UserError("no --out given; pass the checkpoint to write, e.g. --out runs/model.pt")
+    if run.out is None:  # the library trains in memory then; a command saves a numbered run
+        run = replace(run, out=next_run(name))
+        if distributed.is_main():
+            console.print(f"no --out given: writing {run.out}")
     if run.tensorboard is not None:
         check_tensorboard()  # before the data is decoded and the output locked
+    if run.mlflow is not None:
+        from distill.tracking import check_mlflow
+
+        check_mlflow()
     return run
 
 

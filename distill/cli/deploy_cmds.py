@@ -20,10 +20,13 @@ from distill.settings import BenchSettings
     name="predict",
     epilog="Examples:\n\n  distill predict runs/s.onnx cat.jpg dog.png\n\n"
     "  distill predict runs/s.int8.onnx photos/ --top-k 5 --json > predictions.json\n\n"
-    "  distill predict runs/s.onnx photos/ --engine openvino",
+    "  distill predict runs/s.onnx photos/ --engine openvino\n\n"
+    "  distill predict runs/s.pt cat.jpg   (a checkpoint, run by PyTorch)",
 )
 def predict_cmd(
-    model: Path = typer.Argument(..., help="An .onnx file written by distill export."),
+    model: Path = typer.Argument(
+        ..., help="An .onnx file written by distill export, or a checkpoint .pt (run by PyTorch)."
+    ),
     images: list[Path] = typer.Argument(..., help="Image files or folders (searched recursively)."),
     top_k: int = typer.Option(3, "--top-k", help="Classes to show per image.", min=1),
     engine: Literal["onnxruntime", "ort", "openvino"] = typer.Option(
@@ -36,7 +39,9 @@ def predict_cmd(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
-    """Classify images of any size and mode; class names and input size come from the file."""
+    """Classify images of any size and mode; class names and input size come from the file.
+    Images are resized on their shorter side and centre-cropped to the model's input, as in
+    training."""
     from distill.cli.show import show_predictions
     from export.predict import predict
 

@@ -184,6 +184,39 @@ def eval_cmd(
 
 
 @command(
+    name="compare",
+    epilog="Examples:\n\n  distill compare runs/t.pt runs/s.pt runs/p.pt\n\n"
+    "  distill compare runs/   (every run folder under runs/)\n\n"
+    "  distill compare runs/ --plot compare.png --json",
+)
+def compare_cmd(
+    runs: list[Path] = typer.Argument(..., help="Checkpoints or run folders (searched deep)."),
+    plot: Path = typer.Option(None, help="Also draw val top-1 against MACs into this PNG."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing --plot file."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Compare runs in one table, best val top-1 first: model, params, MACs, image size,
+    recipe, KD method, val top-1, int8 top-1 and batch-1 latency where an export or a
+    bench.json beside the checkpoint measured them."""
+    from distill.compare import compare, plot_rows, rows_table
+    from distill.files import check_output
+
+    if plot is not None:
+        check_output(plot, force, (".png",), flag="--plot")
+    rows = compare(runs)
+    if as_json:
+        typer.echo(json.dumps([r.as_dict() for r in rows], indent=2))
+    else:
+        title = f"{len(rows)} model{'s' * (len(rows) != 1)}, best val top-1 first"
+        table = rows_table(rows, title)
+        console.print(table)
+    if plot is not None:
+        drawn = plot_rows(rows, plot)
+        if drawn is not None and not as_json:
+            console.print(f"[green]wrote[/] {drawn}")
+
+
+@command(
     name="report",
     epilog="Examples:\n\n  distill report runs/demo\n\n"
     "  distill report my-models/   (any folder of distill .pt / .onnx files)",

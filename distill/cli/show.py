@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from distill.console import make_console
@@ -62,6 +63,16 @@ def show_bench(record: dict) -> None:
     peaks = ", ".join(f"{k} {v:,.0f}" for k, v in (env.get("peak_gflops") or {}).items())
     if peaks:
         console.print(f"GFLOP/s: achieved / this machine's matmul peak at its precision ({peaks})")
+    over = [r for r in record["results"] if r.get("peak_gflops") and r["gflops"] > r["peak_gflops"]]
+    if over:
+        # The achieved rate counts a direct convolution's multiply-adds; an engine that computes
+        # fewer (Winograd, fused int8 paths) or a probe that ran before the cores clocked up
+        # shows a rate above the probe's. Not a faster-than-hardware result.
+        console.print(
+            f"{len(over)} row{'s' * (len(over) != 1)} above the peak: the rate counts a direct "
+            "convolution's multiply-adds, and an engine may compute fewer (Winograd) than that; "
+            "the matmul probe is a lower bound of the peak, not a ceiling"
+        )
     timing = record.get("timing") or {}
     if timing.get("onnxruntime_spinning"):
         console.print(f"onnxruntime intra-op spinning {timing['onnxruntime_spinning']}")
@@ -84,4 +95,5 @@ def show_bench(record: dict) -> None:
             "rerun on a quiet machine before quoting them"
         )
     if record.get("note"):
-        console.print(f"[yellow]{record['note']}")
+        # Plain text from the record: "pip install 'distill[openvino]'" is not a style tag.
+        console.print(f"[yellow]{escape(record['note'])}")

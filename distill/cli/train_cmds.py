@@ -15,6 +15,7 @@ from distill.cli.common import (
     RECIPE_FLAGS,
     RUN,
     RecipeName,
+    StemName,
     arch_option,
     command,
     console,
@@ -22,12 +23,14 @@ from distill.cli.common import (
     quiet_console,
     relaunched,
     run_settings,
+    stem_option,
     teacher_app,
     theirs,
     training_command,
 )
 from distill.errors import UserError
 from distill.flags import Flags, Group, with_settings
+from distill.progress import plural
 from distill.settings import PruneSettings, Recipe
 
 # Training
@@ -46,6 +49,7 @@ from distill.settings import PruneSettings, Recipe
 def teacher_train_cmd(
     flags: Flags,
     arch: str = arch_option("resnet34"),
+    stem: StemName = stem_option(),
     recipe: RecipeName = RECIPE,
     nproc_per_node: int = NPROC,
 ) -> None:
@@ -57,13 +61,58 @@ def teacher_train_cmd(
     with phase("imports: torch and training"):
         from distill.api import train_teacher
 
-    run = run_settings(flags)
+    run = run_settings(flags, "teacher")
     from distill.run_guard import check_run_output  # (imports torch: not for --help)
 
     relaunched(nproc_per_node, run.device, lambda: check_run_output(run))
     with training_command():
         ckpt = train_teacher(
             arch,
+            flags.build("data"),
+            recipe=recipe,
+            run=run,
+            console=quiet_console(run),
+            stem=stem,
+            **flags["recipe"],
+        )
+    print_saved(ckpt, run.out)
+
+
+@command(
+    teacher_app,
+    name="import",
+    epilog="Examples:\n\n"
+    "  distill teacher import torchvision:resnet50 --weights resnet50.pth --data D "
+    "--image-size 96 --out t.pt\n\n"
+    "  distill teacher import timm:convnext_nano --weights model.safetensors --data D "
+    "--epochs 2 --out t.pt",
+)
+@with_settings(data=DATA, recipe=RECIPE_FLAGS, run=RUN)
+def teacher_import_cmd(
+    flags: Flags,
+    architecture: str = typer.Argument(
+        ..., help="torchvision:NAME or timm:NAME (timm: pip install 'distill\\[timm]')."
+    ),
+    weights: Path = typer.Option(
+        ..., help="The model's state dict (.pth, .pt or .safetensors); nothing is downloaded."
+    ),
+    recipe: RecipeName = typer.Option("finetune", help="Named training recipe (README: Recipes)."),
+    nproc_per_node: int = NPROC,
+) -> None:
+    """Import a pretrained torchvision or timm model as a teacher: its classifier replaced for
+    the data's classes, fine-tuned on the data (the finetune recipe: lr 0.01, 5 epochs), written
+    as a distill teacher checkpoint with the data's normalisation. Students of any architecture
+    then learn from it, at its input size or their own."""
+    from distill.api import import_teacher
+
+    run = run_settings(flags, "teacher")
+    from distill.run_guard import check_run_output  # (imports torch: not for --help)
+
+    relaunched(nproc_per_node, run.device, lambda: check_run_output(run))
+    with training_command():
+        ckpt = import_teacher(
+            architecture,
+            weights,
             flags.build("data"),
             recipe=recipe,
             run=run,
@@ -82,7 +131,7 @@ def teacher_train_cmd(
     "--temperature 2 --out runs/s.pt",
 )
 @with_settings(
-    data=theirs("the teacher's", skip=("image_size",)),
+    data=theirs("the teacher's"),
     recipe=RECIPE_FLAGS,
     kd=KD,
     run=RUN,
@@ -93,6 +142,7 @@ def student_cmd(
         ..., "--teacher", help="Teacher checkpoint; repeat for an ensemble (mean of logits)."
     ),
     arch: str = arch_option("resnet18-5m"),
+    stem: StemName = stem_option(),
     budget: str = typer.Option("5M", help="Parameter budget, checked before the first step."),
     recipe: RecipeName = RECIPE,
     nproc_per_node: int = NPROC,
@@ -105,7 +155,7 @@ def student_cmd(
     default (README: What each choice is worth)."""
     from distill.api import train_student
 
-    run = run_settings(flags)
+    run = run_settings(flags, "student")
     from distill.run_guard import check_run_output  # (imports torch: not for --help)
 
     relaunched(nproc_per_node, run.device, lambda: check_run_output(run))
@@ -121,6 +171,7 @@ def student_cmd(
             run=run,
             console=quiet_console(run),
             **flags["recipe"],
+            stem=stem,
             **data,
         )
     print_saved(ckpt, run.out)
@@ -137,7 +188,7 @@ def student_cmd(
 )
 @with_settings(
     prune=Group(PruneSettings),
-    data=theirs("MODEL's", skip=("image_size",)),
+    data=theirs("MODEL's"),
     recipe=Group(Recipe, skip=("epochs",), shown_default="the recipe's"),
     kd=KD,
     run=RUN,
@@ -151,17 +202,24 @@ def prune_cmd(
         help="Teacher for KD while recovering; repeat for an ensemble. Without it the "
         "unpruned MODEL itself is the teacher.",
     ),
-    recipe: RecipeName = RECIPE,
+    recipe: RecipeName | None = typer.Option(
+        None,
+        help="Named recipe of the recovery (README: Recipes).",
+        show_default="MODEL's own, as it recorded",
+    ),
     nproc_per_node: int = NPROC,
 ) -> None:
     """Prune MODEL to a parameter budget (torch-pruning, global, round_to=8), distilling while
-    it recovers."""
+    it recovers.
+
+    The recovery continues with MODEL's own recipe, training subsample and image size unless
+    flags say otherwise."""
     from distill.api import prune
 
     settings = flags.build("prune")
     if not settings.budget:
         raise UserError("no --budget given; pass the pruned model's budget, e.g. --budget 2.5M")
-    run = run_settings(flags)
+    run = run_settings(flags, "pruned")
     from distill.run_guard import check_run_output  # (imports torch: not for --help)
 
     relaunched(nproc_per_node, run.device, lambda: check_run_output(run))
@@ -182,7 +240,8 @@ def prune_cmd(
     print_saved(ckpt, run.out)
     r = ckpt["pruning"]
     console.print(
-        f"pruned in {r['steps']} steps: {r['params_before']:,} -> {r['params_after']:,} params, "
+        f"pruned in {plural(r['steps'], 'step')}: {r['params_before']:,} -> "
+        f"{r['params_after']:,} params, "
         f"{format_count(r['macs_before'])} -> {format_count(r['macs_after'])} MACs; val top-1 "
         f"{r['val_accuracy_before']:.2%} before, {r['val_accuracy_pruned']:.2%} right after "
         f"pruning, {r['val_accuracy_after']:.2%} after recovery"

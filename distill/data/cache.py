@@ -22,6 +22,7 @@ from distill.console import make_console, note
 from distill.data.cifar import cifar_complete, download, read_cifar
 from distill.data.dataset import Decoded, Split
 from distill.data.decode import SERIAL_BELOW, decode_files, usable_cores
+from distill.data.resize import size_note
 from distill.data.sources import Source, digest
 from distill.errors import UserError
 from distill.files import atomic_save
@@ -54,9 +55,12 @@ def decode(source: Source, settings: DataSettings) -> Decoded:
     if source.kind == "image-folder":
         splits, done = {}, Counter()
         for (split, files), labels in zip(source.image_files, source.image_labels, strict=True):
-            images, notes = _decode_with_progress(files, settings.image_size)
+            images, notes, sizes = _decode_with_progress(files, settings.image_size)
             splits[split] = Split(images, torch.tensor(labels, dtype=torch.int64))
             done += notes
+            said = size_note(sizes, settings.image_size, f"{source.name} ({split})")
+            if said:
+                note(said)
         if done:
             said = "; ".join(f"{n:,} {what}" for what, n in sorted(done.items()))
             note(f"images of {source.name} decoded to 8-bit RGB: {said}")
@@ -66,7 +70,9 @@ def decode(source: Source, settings: DataSettings) -> Decoded:
     return read_cifar(source.folder, source.kind, settings.image_size)
 
 
-def _decode_with_progress(files: tuple[str, ...], size: int) -> tuple[torch.Tensor, Counter[str]]:
+def _decode_with_progress(
+    files: tuple[str, ...], size: int
+) -> tuple[torch.Tensor, Counter[str], list[tuple[int, int]]]:
     workers = usable_cores()
     if len(files) < SERIAL_BELOW:  # a moment's work: nothing to watch
         return decode_files(files, size, workers=1)

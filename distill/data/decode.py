@@ -32,14 +32,15 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _decode_chunk(paths: Sequence[str], size: int) -> tuple[np.ndarray, Counter[str]]:
+def _decode_chunk(paths: Sequence[str], size: int) -> tuple[np.ndarray, Counter[str], list]:
     out = np.empty((len(paths), 3, size, size), dtype=np.uint8)
     notes: Counter[str] = Counter()
+    seen: list[tuple[int, int]] = []
     for i, path in enumerate(paths):
-        image, done = read_image_noting(path, (size, size))
+        image, done = read_image_noting(path, (size, size), seen)
         out[i] = image.transpose(2, 0, 1)
         notes.update(done)
-    return out, notes
+    return out, notes, seen
 
 
 def decode_files(
@@ -49,22 +50,25 @@ def decode_files(
     workers: int | None = None,
     on_progress: Callable[[int], None] = lambda done: None,
     chunk: int = CHUNK,
-) -> tuple[torch.Tensor, Counter[str]]:
-    """uint8 [N, 3, size, size] of `paths` (RGB, resized where they differ), decoded by `workers`
-    processes (default: every usable core), and how many files had each thing done to them on
-    the way (`read_image_noting`: for the data summary). `on_progress(images done)` runs in
+) -> tuple[torch.Tensor, Counter[str], list[tuple[int, int]]]:
+    """uint8 [N, 3, size, size] of `paths` (RGB, at `size` where they differ), decoded by
+    `workers` processes (default: every usable core); how many files had each thing done to
+    them on the way (`read_image_noting`: for the data summary); each file's own (width,
+    height). `on_progress(images done)` runs in
     this process after each chunk. A file that is not a readable image raises its UserError
     here, and the chunks not yet started are dropped."""
     out = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
     notes: Counter[str] = Counter()
+    sizes: list[tuple[int, int]] = []
     workers = workers or usable_cores()
     if workers == 1 or len(paths) < SERIAL_BELOW:
         for start in range(0, len(paths), chunk):
-            block, done = _decode_chunk(paths[start : start + chunk], size)
+            block, done, seen = _decode_chunk(paths[start : start + chunk], size)
             out[start : start + chunk] = torch.from_numpy(block)
             notes += done
+            sizes += seen
             on_progress(min(start + chunk, len(paths)))
-        return out, notes
+        return out, notes, sizes
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
     done = 0
@@ -78,12 +82,13 @@ def decode_files(
                 finished, _ = wait(pending, return_when=FIRST_EXCEPTION)
                 for future in finished:
                     start = pending.pop(future)
-                    block, said = future.result()  # re-raises a worker's UserError
+                    block, said, seen = future.result()  # re-raises a worker's UserError
                     out[start : start + len(block)] = torch.from_numpy(block)
                     notes += said
+                    sizes += seen
                     done += len(block)
                 on_progress(done)
         finally:
             # On a bad file, stop at once rather than decode the rest of the folder first.
             pool.shutdown(wait=True, cancel_futures=True)
-    return out, notes
+    return out, notes, sizes

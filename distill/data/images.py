@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps
 
+from distill.data.resize import fit_to
 from distill.errors import UserError
 
 # PIL's own default limit (Image.MAX_IMAGE_PIXELS, about 9459 x 9459), pinned so that a change
@@ -86,14 +87,16 @@ class _Unsupported(Exception):
 
 
 def read_image(path: str | os.PathLike, size: tuple[int, int]) -> np.ndarray:
-    """uint8 [H, W, 3] RGB of `path`, upright, resized to `size` (H, W) where it differs."""
+    """uint8 [H, W, 3] RGB of `path`, upright, at `size` (H, W): resized on its shorter side and
+    centre-cropped where it differs (distill/data/resize.py)."""
     return read_image_noting(path, size)[0]
 
 
 def read_image_noting(
-    path: str | os.PathLike, size: tuple[int, int]
+    path: str | os.PathLike, size: tuple[int, int], seen: list[tuple[int, int]] | None = None
 ) -> tuple[np.ndarray, list[str]]:
-    """`read_image` and what was done to the file on the way (for the data summary).
+    """`read_image` and what was done to the file on the way (for the data summary); `seen`
+    collects each file's own (width, height).
 
     Every reader of image files comes here (training's image folders, `distill predict`, int8
     calibration through the training data), so a file is accepted or refused the same way
@@ -106,10 +109,9 @@ def read_image_noting(
             if im.width * im.height > MAX_PIXELS:
                 raise Image.DecompressionBombError(f"{im.width}x{im.height}")
             im, done = to_rgb(im)
-            if im.size != (size[1], size[0]):
-                # PIL widens the bilinear filter when shrinking, so downscaling does not alias.
-                im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-            return np.asarray(im), done
+            if seen is not None:
+                seen.append(im.size)
+            return np.asarray(fit_to(im, size)), done
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):  # (warnings as errors)
         raise UserError(
             f"{path} has more than {MAX_PIXELS:,} pixels, the limit for an image (a guard against "

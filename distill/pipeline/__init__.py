@@ -79,6 +79,8 @@ def run_pipeline(
             return loaded["d"]
 
         _run_stages(build_stages(settings, run_dir, dataset, console, quiet), state, console)
+    if distributed.is_main():
+        _results(run_dir, console)
     return run_dir / "report.md"
 
 
@@ -98,6 +100,18 @@ def _release_other_ranks() -> bool:
 
     torch.set_num_threads(launch.physical_cores())
     return True
+
+
+def _results(run_dir: Path, console: Console) -> None:
+    """The run's last lines: every model in one table, then the file to ship."""
+    from distill.compare import compare, rows_table
+    from distill.report.collect import collect_models
+    from distill.ship import ship_line
+
+    console.print(rows_table(compare([run_dir]), "results, best val top-1 first"))
+    line = ship_line(collect_models(run_dir).models)
+    if line:
+        console.print(f"[bold green]{line}[/]")
 
 
 def _run_stages(stages: Iterable[Stage], state: PipelineState | None, console: Console) -> None:

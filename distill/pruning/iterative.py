@@ -47,6 +47,7 @@ from distill.settings import KDSettings, PruneSettings, Recipe, RunSettings, kd_
 from distill.student import check_model_fits_data, load_teachers, read_teachers, teacher_record
 from distill.train import fit
 from students.resnet import CifarResNet
+from teachers.imported import is_imported
 
 
 class PruningInterrupted(UserError):
@@ -82,6 +83,12 @@ def prune_checkpoint(
     def checks() -> tuple[dict[str, Any], CifarResNet, int, list[dict[str, Any]]]:
         limit = parse_budget(prune.budget)
         src = load_checkpoint(model_path)
+        if is_imported(src["model_config"]):
+            raise UserError(
+                f"{model_path} is an imported {src['arch']}; pruning rebuilds registry "
+                "architectures only: distil it into a student (distill student --teacher "
+                f"{model_path}) and prune that"
+            )
         model = model_from_checkpoint(src)
         if count_params(model) <= limit:
             raise UserError(

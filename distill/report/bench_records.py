@@ -173,4 +173,20 @@ def batch1_latency(records: tuple[BenchRecord, ...]) -> dict[str, dict[str, Any]
                 "cpu": rec.hardware,
                 "threads": rec.threads,
             }
+        # An fp32 file's bench times its int8 sibling (NAME.int8.onnx) too: that row is the
+        # sibling's latency, so the int8 file gets its point in the accuracy-vs-latency plot.
+        int8 = rec.find("onnxruntime", 1, "int8")
+        sibling = Path(rec.file).with_suffix("").name + ".int8.onnx"
+        if rec.precision != "int8" and int8 is not None and int8.precision == "int8":
+            out.setdefault(
+                sibling,
+                {
+                    "p50_ms": int8.p50_ms,
+                    "noise": int8.noise,
+                    "speedup": None,
+                    "speedup_noise": None,
+                    "cpu": rec.hardware,
+                    "threads": rec.threads,
+                },
+            )
     return out

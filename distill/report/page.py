@@ -7,6 +7,7 @@ import datetime as dt
 from collections.abc import Sequence
 from pathlib import Path
 
+from distill.errors import UserError
 from distill.files import atomic_write, check_output
 from distill.report.class_plots import plot_confusion, plot_kd_gain, plot_per_class
 from distill.report.classes import class_table, collect_scores, gain_line, gains
@@ -18,9 +19,11 @@ from distill.report.output import MARK, PLOTS, is_ours, slug
 from distill.report.provenance import provenance
 from distill.report.pruning import plot_trajectory, pruning_lines, steps_table, trajectory
 from distill.report.records import Collection, Model
+from distill.report.runs import runs_section
 from distill.report.sweep import has_models, sweep_section
 from distill.report.tables import render_table
 from distill.report.tradeoff import plot_accuracy_vs_latency, plot_accuracy_vs_params
+from distill.ship import ship_line
 
 # The PNG names this module writes; any other file of these shapes in plots/ is a stale one of
 # ours (a model no longer here) and is removed. Files of other names are never touched.
@@ -161,10 +164,21 @@ def write_report(run_dir: Path, force: bool = False) -> Path:
         report = run_dir / "report.md"
         atomic_write(report, lambda tmp: Path(tmp).write_text("\n".join(lines), encoding="utf-8"))
         return report
-    col = collect_models(run_dir)
+    try:
+        col = collect_models(run_dir)
+    except UserError:
+        # A folder of runs (runs/teacher, runs/student2, ...) holds no model itself: compare
+        # the runs.
+        section, pngs = runs_section(run_dir, plots)
+        if not section:
+            raise
+        title = [MARK, f"# Runs in `{run_dir.resolve().name}`", ""]
+        return _write(run_dir, title + section, {p.name for p in pngs if p is not None})
     lines = [MARK, f"# Distillation report: `{run_dir.resolve().name}`", ""]
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines += [f"_{len(col.models)} model files, written {now}._", ""]
+    shipped = ship_line(col.models)
+    lines += [f"**{shipped}**", ""] if shipped else []
     headline = kd_gain_lines(col.models) + pruning_lines(col.models)
     lines += [f"- {line}" for line in headline] + ([""] if headline else [])
     lines += [data_note(col.models), "", "## Models", "", render_table(col.models), ""]
@@ -176,6 +190,7 @@ def write_report(run_dir: Path, force: bool = False) -> Path:
         for device in ("cpu", "cuda")
     }
     sections = [
+        runs_section(run_dir, plots),
         tradeoff_section(col, plots),
         class_section(col, plots, notes),
         pruning_section(col, plots, notes),
@@ -188,10 +203,14 @@ def write_report(run_dir: Path, force: bool = False) -> Path:
     lines += provenance(col)
     if notes:
         lines += ["## Missing or skipped", "", *[f"- {n}" for n in notes], ""]
+    return _write(run_dir, lines, written)
+
+
+def _write(run_dir: Path, lines: list[str], written: set[str]) -> Path:
     report = run_dir / "report.md"
     atomic_write(report, lambda tmp: Path(tmp).write_text("\n".join(lines), encoding="utf-8"))
     # Plots of models no longer here would linger unlinked: remove our own stale names only.
-    for old in [old for pattern in OUR_PLOTS for old in plots.glob(pattern)]:
+    for old in [old for pattern in OUR_PLOTS for old in (run_dir / PLOTS).glob(pattern)]:
         if old.name not in written:
             old.unlink(missing_ok=True)
     return report

@@ -1,0 +1,54 @@
+"""`distill report` over a folder of runs: the models in its subfolders (`runs/teacher`,
+`runs/student2`, ...) compared in one table and one plot, as `distill compare` shows them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from distill.compare import Row, compare, plot_rows
+from distill.errors import UserError
+
+
+def subfolder_rows(run_dir: Path) -> list[Row]:
+    """Every checkpoint below `run_dir` but not in it, best val top-1 first."""
+    try:
+        rows = compare([run_dir])
+    except UserError:  # nothing anywhere below
+        return []
+    return [r for r in rows if r.path.parent.resolve() != run_dir.resolve()]
+
+
+def runs_section(run_dir: Path, plots: Path) -> tuple[list[str], list[Path | None]]:
+    rows = subfolder_rows(run_dir)
+    if not rows:
+        return [], []
+    png = plot_rows(rows, plots / "accuracy_vs_compute_of_runs.png")
+    lines = [
+        "## Runs in subfolders",
+        "",
+        f"{len(rows)} checkpoints in the folders below this one, best val top-1 first "
+        "(`distill compare` prints the same).",
+        "",
+        "| model | role | arch | params | MACs | size | recipe | KD | val top-1 | int8 top-1 "
+        "| latency b1 |",
+        "|---|---|---|---:|---:|---:|---|---|---:|---:|---:|",
+    ]
+    for r in rows:
+        cells = [
+            f"`{r.path.relative_to(run_dir)}`",
+            r.role,
+            r.arch,
+            f"{r.params:,}" if r.params else "-",
+            f"{r.macs / 1e6:,.1f}M" if r.macs else "-",
+            f"{r.image_size}px" if r.image_size else "-",
+            r.recipe,
+            r.kd or "-",
+            f"{r.val_accuracy:.2%}" if r.val_accuracy is not None else "-",
+            f"{r.int8_accuracy:.2%}" if r.int8_accuracy is not None else "-",
+            f"{r.latency_ms:.2f} ms" if r.latency_ms else "-",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    if png is not None:
+        lines += [f"![Accuracy vs compute of the runs]({png.parent.name}/{png.name})", ""]
+    return lines, [png]
