@@ -23,8 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from distill import distributed
+from distill.data import Dataset
 from distill.data.loader import Batch, _seed
-from distill.device import Precision, autocast
+from distill.device import Precision, autocast, choose_precision
 from distill.errors import UserError
 from distill.kd.feature_losses import (
     Connector,
@@ -40,7 +41,7 @@ from distill.kd.feature_losses import (
 from distill.kd.logit_losses import dist_loss, mlkd_loss, standardize
 from distill.kd.taps import FeatureTaps, feature_shapes, points
 from distill.losses import dkd_loss, ensemble_logits, hinton_kd_loss
-from distill.settings import LOGIT_METHODS, KDSettings
+from distill.settings import LOGIT_METHODS, KDSettings, Recipe
 
 FEATURE_METHODS = ("crd", "fitnet", "at", "reviewkd")
 AT_P = 2.0  # AT's exponent of the activations (mdistiller CFG.AT.P)
@@ -60,13 +61,13 @@ def _paired(n_student: int, n_teacher: int) -> list[tuple[int, int]]:
 
 def tap_points(method: str, student: nn.Module, teacher: nn.Module, kd: KDSettings):
     """(student points, teacher points) a method reads."""
+    if method not in FEATURE_METHODS:
+        return [], []
     pairs = _paired(_stages(student), _stages(teacher))
     if method == "fitnet":
         return [f"stage{kd.hint_stage}"], [f"stage{kd.hint_stage}"]
     if method == "at":
         return [f"stage{s}" for s, _ in pairs], [f"stage{t}" for _, t in pairs]
-    if method == "crd":
-        return ["pool"], ["pool"]
     if method == "reviewkd":  # student outputs, teacher pre-activations (mdistiller's choice)
         return [f"stage{s}" for s, _ in pairs] + ["pool"], [f"preact{t}" for _, t in pairs] + [
             "pool"
@@ -217,6 +218,12 @@ class KDObjective(nn.Module):
             self._record(False)
         return logits, self._logit_loss(logits, self.teacher_logits(x), y, progress)
 
+    def close(self) -> None:
+        """Take the taps off the models (the end of the run that trained with them)."""
+        for taps in (self._student_taps, self._teacher_taps):
+            if taps is not None:
+                taps.remove()
+
     def _record(self, on: bool) -> None:
         """Taps keep tensors only inside `forward_train`."""
         for taps in (self._student_taps, self._teacher_taps):
@@ -332,3 +339,30 @@ def check_method(kd: KDSettings, n_teachers: int, student: nn.Module, teacher: n
         n = min(_stages(student), _stages(teacher))
         if kd.hint_stage > n:
             raise UserError(f"--hint-stage {kd.hint_stage} is past the last stage; use 1 to {n}")
+
+
+def make_objective(
+    student: nn.Module,
+    teachers: Sequence[nn.Module],
+    kd: KDSettings,
+    dataset: Dataset,
+    recipe: Recipe,
+    device: torch.device,
+    seed: int,
+) -> KDObjective:
+    """The objective of `student` distilled on `dataset` with `recipe` (`kd` resolved)."""
+    if kd.method == "mlkd" and recipe.augment.mixes:
+        raise UserError(
+            "--kd mlkd aligns a weak and a strong view of the same images, which Mixup/CutMix "
+            "blend; choose a recipe without mixing, or another method"
+        )
+    return KDObjective(
+        student,
+        teachers,
+        kd,
+        input_size=tuple(dataset.input_size),
+        train_labels=dataset.train.labels,
+        label_smoothing=recipe.label_smoothing,
+        precision=choose_precision(device, recipe.amp),
+        seed=seed,
+    )
