@@ -274,7 +274,8 @@ LOGIT_METHODS = ("hinton", "dkd", "dist", "mlkd")  # the ones logit standardisat
 class KDSettings:
     method: KD_METHODS = setting(
         "hinton",
-        "Distillation method: " + "; ".join(f"{k}: {v}" for k, v in KD_METHOD_HELP.items()) + ".",
+        "Distillation method: " + ", ".join(KD_METHOD_HELP) + " (`distill kd-methods` describes "
+        "each and measures its cost).",
         flag="--kd",
     )
     alpha: float | None = setting(

@@ -69,10 +69,9 @@ def tap_points(method: str, student: nn.Module, teacher: nn.Module, kd: KDSettin
     if method == "at":
         return [f"stage{s}" for s, _ in pairs], [f"stage{t}" for _, t in pairs]
     if method == "reviewkd":  # student outputs, teacher pre-activations (mdistiller's choice)
-        return [f"stage{s}" for s, _ in pairs] + ["pool"], [f"preact{t}" for _, t in pairs] + [
-            "pool"
-        ]
-    return [], []
+        student_points = [f"stage{s}" for s, _ in pairs] + ["pool"]
+        return student_points, [f"preact{t}" for _, t in pairs] + ["pool"]
+    return ["pool"], ["pool"]  # crd
 
 
 class KDObjective(nn.Module):
