@@ -72,8 +72,10 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("runs/kd-study"))
     p.add_argument("--train-size", type=int, default=2000)
     p.add_argument("--val-size", type=int, default=1000)
-    p.add_argument("--epochs", type=int, default=3, help="student epochs")
-    p.add_argument("--teacher-epochs", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=4, help="student epochs")
+    p.add_argument("--teacher-epochs", type=int, default=10)
+    # The quick recipe's batch of 256 would make 8 steps an epoch of this subset.
+    p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--seed", type=int, default=None, help="run this seed only")
     p.add_argument("--only", nargs="*", help="run only these methods")
@@ -96,7 +98,7 @@ def main() -> None:
     )
     teacher = args.out / "teacher.pt"
     if not teacher.exists():
-        recipe = make_recipe("quick", epochs=args.teacher_epochs)
+        recipe = make_recipe("quick", epochs=args.teacher_epochs, batch_size=args.batch_size)
         started = time.perf_counter()
         train_on_labels(ARCH, data, recipe, RunSettings(teacher, "cpu", quiet=True))
         print(f"teacher: {time.perf_counter() - started:.0f} s", flush=True)
@@ -109,7 +111,7 @@ def main() -> None:
             if key in load().get("runs", {}):
                 continue
             out = args.out / f"{name.replace(' ', '_').replace('+', 'and')}-s{seed}.pt"
-            recipe = make_recipe("quick", epochs=args.epochs)
+            recipe = make_recipe("quick", epochs=args.epochs, batch_size=args.batch_size)
             run = RunSettings(out, "cpu", seed=seed, quiet=True, force=True)
             started = time.perf_counter()
             if kd is None:
@@ -138,7 +140,8 @@ def table(results: dict[str, Any], args: argparse.Namespace) -> str:
     hinton_s = statistics.fmean(of("hinton", "seconds")) if of("hinton", "seconds") else None
     hinton_m = statistics.fmean(of("hinton", "peak_rss_mb")) if of("hinton", "seconds") else None
     lines = [
-        f"Student {ARCH}, {args.epochs} epochs of the quick recipe on {args.train_size:,} "
+        f"Student {ARCH}, {args.epochs} epochs of the quick recipe at batch {args.batch_size} "
+        f"on {args.train_size:,} "
         f"CIFAR-10 JPEGs, validated on {args.val_size:,}; teacher {ARCH} x "
         f"{args.teacher_epochs} epochs ({results.get('teacher', 0):.2%}). Mean (min-max) over "
         "the seeds; time and peak memory of a whole run relative to Hinton's.",
