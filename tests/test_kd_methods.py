@@ -118,7 +118,7 @@ def test_method_modules_stay_out_of_the_student_and_resume_bit_identical(
     assert set(whole["state_dict"]) == set(student.state_dict())
     assert whole["metrics"]["params"] == count_params(student)
     onnx_file = tmp_path / "s.onnx"
-    result = runner.invoke(app, ["export", str(tmp_path / "a.pt"), "--out", str(onnx_file)])
+    result = runner.invoke(app, ["export", "onnx", str(tmp_path / "a.pt"), "-o", str(onnx_file)])
     assert result.exit_code == 0, result.output
     graph = onnx.load(str(onnx_file)).graph
     onnx_params = sum(
