@@ -21,7 +21,7 @@ from pathlib import Path
 
 from distill.checkpoint import load_checkpoint
 from distill.data import DataSettings, load_data
-from distill.settings import AugmentSettings, KD_METHOD_HELP, KDSettings, Recipe, RunSettings
+from distill.settings import KD_METHOD_HELP, AugmentSettings, KDSettings, Recipe, RunSettings
 from distill.student import train_student
 from distill.supervised import train_on_labels
 

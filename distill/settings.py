@@ -259,10 +259,12 @@ KD_METHODS = Literal["hinton", "dkd", "dist", "mlkd", "crd", "fitnet", "at", "re
 KD_METHOD_HELP: dict[str, str] = {
     "hinton": "soft targets at temperature T (Hinton et al. 2015)",
     "dkd": "decoupled target and non-target KD (Zhao et al., CVPR 2022)",
-    "dist": "inter- and intra-class Pearson correlation of probabilities (Huang et al., NeurIPS 2022)",
+    "dist": "inter- and intra-class Pearson correlation of probabilities "
+    "(Huang et al., NeurIPS 2022)",
     "mlkd": "instance, batch and class alignment at 5 temperatures on a weak and a strong view "
     "(Jin et al., CVPR 2023)",
-    "crd": "contrastive embeddings against a memory bank of the training set (Tian et al., ICLR 2020)",
+    "crd": "contrastive embeddings against a memory bank of the training set "
+    "(Tian et al., ICLR 2020)",
     "fitnet": "one stage's feature map through a trained connector (Romero et al., ICLR 2015)",
     "at": "spatial attention maps of every stage (Zagoruyko & Komodakis, ICLR 2017)",
     "reviewkd": "fused multi-stage features, hierarchical context loss (Chen et al., CVPR 2021)",

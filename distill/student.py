@@ -5,8 +5,8 @@ architecture name and output path, the teacher files, the parameter budget (befo
 even decoded), the data source against the teachers' own, then the decoded data against the
 teachers (classes, input size, normalisation and the validation split, which must be the
 teachers' own or its images were in their training set). Training itself is `distill.train.fit`
-with the method's `KDObjective` (distill/kd/objective.py), so recipes, progress, resume and checkpoints behave exactly as
-for teachers.
+with the method's `KDObjective` (distill/kd/objective.py), so recipes, progress, resume and
+checkpoints behave exactly as for teachers.
 """
 
 from __future__ import annotations

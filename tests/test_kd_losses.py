@@ -43,8 +43,8 @@ def test_standardized_kd_gradient_flows_through_the_normalisation():
     s = S.double().clone().requires_grad_(True)
 
     def loss(x):
-        return hinton_kd_loss(standardize(x).double(), standardize(T).double(), torch.tensor([0, 2, 3]),
-                              alpha=1.0, temperature=2.0)  # fmt: skip
+        zs, zt = standardize(x).double(), standardize(T).double()
+        return hinton_kd_loss(zs, zt, torch.tensor([0, 2, 3]), alpha=1.0, temperature=2.0)
 
     # The gradient of a z-scored row sums to zero and is orthogonal to the row: a student
     # cannot lower the loss by shifting or scaling its logits.

@@ -187,9 +187,9 @@ def test_student_cli_runs_every_method(method, tiny_image_folder, tiny_dataset, 
                                        tmp_path):  # fmt: skip
     out = tmp_path / "s.pt"
     extra = ["--crd-negatives", "16"] if method == "crd" else []
+    data = data_args(tiny_image_folder, tiny_dataset, tmp_path / "cache", train_size=16)
     args = ["student", "--teacher", str(teacher_file), "--arch", TINY, "--kd", method,
-            "--out", str(out), *quick_args(), *extra,
-            *data_args(tiny_image_folder, tiny_dataset, tmp_path / "cache", train_size=16)]  # fmt: skip
+            "--out", str(out), *quick_args(), *extra, *data]  # fmt: skip
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     ckpt = load_checkpoint(out)
@@ -243,3 +243,12 @@ def test_mlkd_strong_view_is_made_on_the_loader_and_reproducible(tiny_dataset):
     assert torch.equal(a.strong, b.strong) and not torch.equal(a.strong, a.x)
     assert torch.equal(a.x, plain.x)  # the weak view is the batch it always was
     assert plain.strong is None and a.index.shape == (8,)
+
+
+def test_pipeline_takes_every_method_from_its_kd_table(tiny_image_folder):
+    from distill.pipeline.config import load_config
+
+    data = {"data": {"source": str(tiny_image_folder)}}
+    for method in KD_METHOD_HELP:
+        settings = load_config("quick", None, data | {"kd": {"method": method, "alpha": 2.0}})
+        assert (settings.kd.method, settings.kd.alpha) == (method, 2.0)

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distill.errors import UserError
 from distill.data.loader import Batch
+from distill.errors import UserError
 from distill.kd.objective import KDObjective
 from distill.losses import dkd_loss, hinton_kd_loss
 from distill.settings import KDSettings, resolve_kd
@@ -266,7 +266,8 @@ def test_config_defaults_and_refusals():
     ):
         with pytest.raises(UserError):
             build(KDSettings, bad)
-    with pytest.raises(UserError, match="one of hinton, dkd, dist, mlkd, crd, fitnet, at, reviewkd"):
+    methods = "one of hinton, dkd, dist, mlkd, crd, fitnet, at, reviewkd"
+    with pytest.raises(UserError, match=methods):
         build(KDSettings, {"method": "rkd"})
     for bad in (dict(crd_momentum=1.5), dict(crd_negatives=0), dict(hint_stage=0)):
         with pytest.raises(UserError):

@@ -11,8 +11,8 @@ from typing import NamedTuple
 import torch
 
 from distill.augment import augment_batch
-from distill.kd.views import strong_view
 from distill.data.dataset import Dataset, Split
+from distill.kd.views import strong_view
 from distill.settings import AugmentSettings
 
 

@@ -17,7 +17,6 @@ from torch import nn
 
 from distill import distributed
 
-
 # ---------------------------------------------------------------------------------------------
 # FitNet (Romero et al., "FitNets: Hints for Thin Deep Nets", ICLR 2015)
 

@@ -282,9 +282,7 @@ class KDObjective(nn.Module):
             term = self._crd_loss(fs["pool"], ft["pool"], batch.index)
         return ce + w * kd.alpha * term
 
-    def _crd_loss(
-        self, f_s: torch.Tensor, f_t: torch.Tensor, index: torch.Tensor
-    ) -> torch.Tensor:
+    def _crd_loss(self, f_s: torch.Tensor, f_t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         v_s, v_t = self.embed_s(f_s), self.embed_t(f_t)
         if self._generator is None:  # made on first use, on the bank's device
             self._generator = torch.Generator(device=index.device)

@@ -45,9 +45,11 @@ def training_step(
     optimizer: torch.optim.Optimizer,
     steps: int,
     precision,
+    after_step: Callable[[], None] | None = None,
 ) -> Callable[[], None]:
-    """A call that runs `steps` training steps the way `train_one_epoch` does and returns once
-    they have finished (a sync point on CUDA: kernels run asynchronously)."""
+    """A call that runs `steps` training steps the way `train_one_epoch` does (`after_step`, e.g.
+    an EMA update, after each) and returns once they have finished (a sync point on CUDA:
+    kernels run asynchronously)."""
     device = batch.x.device
     scaler = torch.amp.GradScaler(device.type) if precision.scaler else None
 
@@ -63,6 +65,8 @@ def training_step(
             else:
                 loss.backward()
                 optimizer.step()
+            if after_step is not None:
+                after_step()
         if device.type == "cuda":
             torch.cuda.synchronize()
 
