@@ -250,5 +250,14 @@ def test_pipeline_takes_every_method_from_its_kd_table(tiny_image_folder):
 
     data = {"data": {"source": str(tiny_image_folder)}}
     for method in KD_METHOD_HELP:
-        settings = load_config("quick", None, data | {"kd": {"method": method, "alpha": 2.0}})
-        assert (settings.kd.method, settings.kd.alpha) == (method, 2.0)
+        settings = load_config("quick", None, data | {"kd": {"method": method, "alpha": 0.5}})
+        assert (settings.kd.method, settings.kd.alpha) == (method, 0.5)
+
+
+def test_weights_published_for_cifar100_are_flagged_on_other_class_counts():
+    from distill.settings import kd_notes
+
+    assert "CIFAR-100" in kd_notes(KDSettings("crd"), 10)[0]
+    assert kd_notes(KDSettings("crd"), 100) == []
+    assert kd_notes(KDSettings("crd", alpha=0.5), 10) == []  # the user chose it
+    assert kd_notes(KDSettings("dkd"), 10) == []  # scaled instead (resolve_kd)

@@ -297,20 +297,22 @@ class KDObjective(nn.Module):
         self.bank.update(v_s, v_t, index)
         return loss
 
-    # The negatives' generator is part of the resumable state, so a resumed run draws the same.
+    # The negatives' generators (one per rank, as the CPU RNG states of `.last.pt` are) are
+    # part of the resumable state, so a resumed run draws the same negatives. Every rank calls
+    # `state_dict()` when a resumable state is taken (the gather is a collective).
     def get_extra_state(self) -> dict:
         if self.kd.method != "crd":
             return {}
-        if self._generator is None:
-            return {"seed": self._generator_seed}
-        return {"generator": self._generator.get_state()}
+        mine = self._generator.get_state() if self._generator is not None else None
+        return {"generators": distributed.gather(mine)}
 
     def set_extra_state(self, state: dict) -> None:
-        if self.kd.method != "crd" or not state:
+        states = state.get("generators") or []
+        rank = distributed.rank()
+        if self.kd.method != "crd" or rank >= len(states) or states[rank] is None:
             return
-        if "generator" in state:
-            self._generator = torch.Generator(device=self.bank.student.device)
-            self._generator.set_state(state["generator"])
+        self._generator = torch.Generator(device=self.bank.student.device)
+        self._generator.set_state(states[rank])
 
 
 def _as_map(shape: Sequence[int]) -> tuple[int, int, int]:
