@@ -14,14 +14,14 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
-from test_student import TINY, assert_one_line_error, data_args, make_teacher, quick_args, small
+from test_student import TINY, assert_one_line_error, data_args, make_teacher, quick_args
 from typer.testing import CliRunner
 
 import distill.pruning.run as prune_run
 from distill.budget import count_params
 from distill.checkpoint import load_checkpoint, model_from_checkpoint
 from distill.cli import app
-from distill.data import BatchLoader
+from distill.data import BatchLoader, Split
 from distill.kd.feature_losses import MemoryBank
 from distill.kd.objective import KDObjective
 from distill.kd.taps import FeatureTaps, feature_shapes, points
@@ -84,6 +84,14 @@ def test_taps_follow_a_changed_channel_plan():
 # The objective's modules: trained, resumable, never part of the student
 
 
+def balanced(dataset, per_class: int = 4):
+    """The dataset with `per_class` training images of each class."""
+    labels = dataset.train.labels
+    keep = torch.cat([torch.nonzero(labels == c)[:per_class, 0] for c in range(4)])
+    train = Split(dataset.train.images[keep], labels[keep])
+    return replace(dataset, train=train)
+
+
 @pytest.fixture(scope="module")
 def teacher_file(tmp_path_factory, tiny_dataset) -> Path:
     return make_teacher(tmp_path_factory.mktemp("kd") / "t.pt", tiny_dataset, arch="resnet18-half")
@@ -95,7 +103,7 @@ def test_method_modules_stay_out_of_the_student_and_resume_bit_identical(
 ):
     recipe = make_recipe("quick", epochs=3, batch_size=8)  # 2 steps an epoch
     kd = KDSettings(method, **(FAST_CRD if method == "crd" else {}))
-    dataset = small(tiny_dataset)
+    dataset = balanced(tiny_dataset)  # CRD draws its negatives from the other classes
 
     def distil(out, resume=False, stop_after_steps=None):
         run = RunSettings(out, "cpu", resume=resume, quiet=True)
@@ -164,11 +172,11 @@ def test_recovery_of_a_pruned_student_sizes_its_connectors_to_the_new_plan(
     monkeypatch.setattr(prune_run, "make_objective", spy)
     recipe = replace(make_recipe("quick", epochs=1, batch_size=8), channels_last=False)
     prune_checkpoint(
-        source, PruneSettings("400k", steps=1, epochs_per_step=1),
-        data=small(tiny_dataset, 32), recipe=recipe, kd=KDSettings(method),
+        source, PruneSettings("400k", steps=2, epochs_per_step=1),
+        data=balanced(tiny_dataset, 8), recipe=recipe, kd=KDSettings(method),
         run=RunSettings(tmp_path / "p.pt", "cpu", quiet=True),
     )  # fmt: skip
-    assert len(built) == 2  # after the prune step, and for the recovery
+    assert len(built) == 2  # after the first prune step, and for the recovery
     for objective, widths in built:
         if method == "fitnet":
             assert objective.connector.conv.in_channels == widths[1]  # stage 2, the hint

@@ -123,6 +123,9 @@ class KDObjective(nn.Module):
             self.bank = MemoryBank(kd.crd_dim, len(train_labels), kd.crd_temperature,
                                    kd.crd_momentum)  # fmt: skip
             labels = train_labels.long().cpu()
+            if len(labels.unique()) < 2:
+                raise UserError("--kd crd draws negatives from other classes; the training "
+                                "images hold one class: use another method")  # fmt: skip
             order = torch.argsort(labels, stable=True)
             counts = torch.bincount(labels, minlength=int(labels.max()) + 1)
             self.register_buffer("labels", labels, persistent=False)
