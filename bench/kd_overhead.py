@@ -30,8 +30,11 @@ from typing import Any
 import torch
 
 from distill.budget import count_macs, count_params
-from distill.device import autocast, choose_precision, configure_for_training, resolve_device
-from distill.losses import CrossEntropy, DistillationObjective
+from distill.data.loader import Batch
+from distill.device import choose_precision, configure_for_training, resolve_device
+from distill.kd.objective import KDObjective
+from distill.kd.table import training_step
+from distill.losses import CrossEntropy
 from distill.optim import EMA
 from distill.registry import create_model
 from distill.settings import KDSettings, resolve_kd
@@ -54,27 +57,9 @@ def step_runner(
 ) -> Callable[[], None]:
     """A call that runs `steps` training steps the way `train_one_epoch` does and returns once
     they have finished (a sync point on CUDA: kernels run asynchronously)."""
-    device = images.device
-    scaler = torch.amp.GradScaler(device.type) if precision.scaler else None
-
-    def run() -> None:
-        for _ in range(steps):
-            with autocast(device, precision):
-                loss = objective(student(images), labels, images, 1.0)
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
-            if ema is not None:
-                ema.update(student)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    return run
+    batch = Batch(images, labels, torch.arange(len(labels), device=images.device))
+    after = (lambda: ema.update(student)) if ema is not None else None
+    return training_step(student, objective, batch, optimizer, steps, precision, after)
 
 
 def measure_variants(
@@ -110,10 +95,11 @@ def measure_variants(
     labels = torch.randint(0, 10, (batch_size,), device=dev)
     optimizer = torch.optim.SGD(student.parameters(), lr=1e-3, momentum=0.9, nesterov=True)
 
-    def kd(method: str) -> DistillationObjective:
+    def kd(method: str) -> KDObjective:
         # Warm-up epochs change a scalar weight only, not the work: resolve for a 1-epoch run.
         settings = resolve_kd(KDSettings(method=method), 1, 10)
-        return DistillationObjective((teacher,), settings, 0.0, precision)
+        return KDObjective(student, (teacher,), settings, input_size=(3, 32, 32),
+                           precision=precision)  # fmt: skip
 
     def runner(name: str) -> Callable[[], None]:
         objective = kd(name) if name in ("hinton", "dkd") else CrossEntropy()

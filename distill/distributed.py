@@ -174,6 +174,17 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
+    """Every rank's `t` concatenated along dim 0, in rank order (equal shapes on every rank)."""
+    if not active():
+        return t
+    import torch
+
+    parts = [torch.empty_like(t) for _ in range(world_size())]
+    _dist().all_gather(parts, t.contiguous())
+    return torch.cat(parts)
+
+
 def any_rank(flags: list[bool], device: torch.device) -> list[bool]:
     """Each flag True when it is True on any rank: decisions every rank must take together (stop
     at this step, save a snapshot now) although each rank saw its own signal or clock."""

@@ -1,4 +1,5 @@
-"""Distillation losses (SPEC 4) and the objective that plugs them into `distill.train.fit`.
+"""Distillation losses (SPEC 4), the labels-only objective and the teachers' averaged logits;
+the distillation objective of every method is `distill.kd.objective.KDObjective`.
 
 Hinton KD (Hinton et al. 2015):
     loss = (1 - alpha) * CE(y, s) + alpha * T^2 * KL(softmax(t / T) || softmax(s / T))
@@ -21,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distill.data.loader import Batch
 from distill.device import Precision, autocast
 from distill.settings import KD_DEFAULTS, KDSettings
 from distill.typed import defaults_of
@@ -118,11 +120,13 @@ class CrossEntropy:
     label_smoothing: float = 0.0
     suspects: str = "--lr"  # what to lower when the loss diverges
 
-    def __call__(
-        self, logits: torch.Tensor, targets: torch.Tensor, images: torch.Tensor, progress: float
-    ) -> torch.Tensor:
+    def forward_train(
+        self, model: nn.Module, batch: Batch, progress: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = model(batch.x)
         # Works for hard labels and for Mixup/CutMix soft targets alike; float32 for stability.
-        return F.cross_entropy(logits.float(), targets, label_smoothing=self.label_smoothing)
+        loss = F.cross_entropy(logits.float(), batch.targets, label_smoothing=self.label_smoothing)
+        return logits, loss
 
 
 @torch.inference_mode()
@@ -141,68 +145,3 @@ def ensemble_logits(
     views = (images, images.flip(3)) if tta else (images,)
     with autocast(images.device, precision):
         return torch.stack([t(v).float() for t in teachers for v in views]).mean(0)
-
-
-@dataclass(frozen=True)
-class DistillationObjective:
-    """The objective of a student: its loss against the (averaged) teachers' soft targets.
-
-    The teachers see exactly the batch the student sees (`images`, after augmentation and
-    Mixup/CutMix, same memory format), under the same autocast as the student's forward.
-    `kd` must be resolved (`distill.settings.resolve_kd`): no None left.
-    """
-
-    teachers: tuple[nn.Module, ...]
-    kd: KDSettings
-    label_smoothing: float = 0.0
-    precision: Precision = Precision(None)
-
-    def __post_init__(self) -> None:
-        if not self.teachers:
-            raise ValueError("DistillationObjective needs at least one teacher")
-        if None in (self.kd.alpha, self.kd.beta, self.kd.warmup_epochs):
-            raise ValueError("resolve the KD settings (resolve_kd) before training")
-        for t in self.teachers:
-            t.eval().requires_grad_(False)  # BN running stats frozen, no grads kept
-
-    @property
-    def suspects(self) -> str:
-        """What to lower when the loss diverges."""
-        extra = " or --beta" if self.kd.method == "dkd" else ""
-        return f"--lr, --temperature{extra}"
-
-    def teacher_logits(self, images: torch.Tensor) -> torch.Tensor:
-        # The clone turns the inference tensor into a normal one that autograd may save.
-        return ensemble_logits(self.teachers, images, self.precision, self.kd.teacher_tta).clone()
-
-    def warmup_weight(self, progress: float) -> float:
-        """Weight of the KD term after `progress` epochs: linear from 0 to 1, then 1."""
-        if self.kd.warmup_epochs <= 0:
-            return 1.0
-        return min(progress / self.kd.warmup_epochs, 1.0)
-
-    def __call__(
-        self, logits: torch.Tensor, targets: torch.Tensor, images: torch.Tensor, progress: float
-    ) -> torch.Tensor:
-        teacher = self.teacher_logits(images)
-        kd, weight = self.kd, self.warmup_weight(progress)
-        if kd.method == "dkd":
-            return dkd_loss(
-                logits,
-                teacher,
-                targets,
-                alpha=kd.alpha,
-                beta=kd.beta,
-                temperature=kd.temperature,
-                label_smoothing=self.label_smoothing,
-                kd_weight=weight,
-            )
-        return hinton_kd_loss(
-            logits,
-            teacher,
-            targets,
-            alpha=kd.alpha,
-            temperature=kd.temperature,
-            label_smoothing=self.label_smoothing,
-            kd_weight=weight,
-        )

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
 
 from distill import distributed
 from distill.checkpoint import cpu_state_dict, load_checkpoint
@@ -147,6 +148,8 @@ def restore(t: Trainer, state_file: Path | None, identity: dict[str, Any], conso
         t.lookahead.load_state_dict(ts["lookahead"])
     if t.ema:
         t.ema.load_state_dict(ts["ema"])
+    if isinstance(t.objective, nn.Module):
+        t.objective.load_state_dict(ts["objective"])
     rng = ts["rng_cpu"]
     torch.set_rng_state(rng[distributed.rank()] if isinstance(rng, list) else rng)
     if t.device.type == "cuda" and ts.get("rng_cuda") is not None:
@@ -201,6 +204,8 @@ def training_state(t: Trainer, st: State, elapsed: float, identity: dict[str, An
         "scaler": t.scaler.state_dict() if t.scaler else None,
         "lookahead": t.lookahead.state_dict() if t.lookahead else None,
         "ema": t.ema.state_dict() if t.ema else None,
+        # A distillation method's connectors, heads and memory bank (never in the model).
+        "objective": _objective_state(t.objective),
         "rng_cpu": distributed.gather(torch.get_rng_state()),
         "rng_cuda": torch.cuda.get_rng_state() if t.device.type == "cuda" else None,
         "epoch": st.epoch,
@@ -212,4 +217,15 @@ def training_state(t: Trainer, st: State, elapsed: float, identity: dict[str, An
         "elapsed": elapsed,
         "sums": st.sums,
         "identity": identity,
+    }
+
+
+def _objective_state(objective: object) -> dict[str, Any] | None:
+    """A distillation method's state on the CPU: tensors copied, extra state (the negatives'
+    generator) as it is."""
+    if not isinstance(objective, nn.Module):
+        return None
+    return {
+        k: v.detach().to("cpu").clone() if isinstance(v, torch.Tensor) else v
+        for k, v in objective.state_dict().items()
     }

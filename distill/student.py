@@ -5,8 +5,8 @@ architecture name and output path, the teacher files, the parameter budget (befo
 even decoded), the data source against the teachers' own, then the decoded data against the
 teachers (classes, input size, normalisation and the validation split, which must be the
 teachers' own or its images were in their training set). Training itself is `distill.train.fit`
-with a `DistillationObjective`, so recipes, progress, resume and checkpoints behave exactly as
-for teachers.
+with the method's `KDObjective` (distill/kd/objective.py), so recipes, progress, resume and
+checkpoints behave exactly as for teachers.
 """
 
 from __future__ import annotations
@@ -23,14 +23,14 @@ from torch import nn
 from distill.budget import check_budget
 from distill.checkpoint import load_checkpoint, model_from_checkpoint
 from distill.data import Dataset, DataSettings, load_data
-from distill.device import choose_precision, resolve_device, seed_everything
+from distill.device import resolve_device, seed_everything
 from distill.errors import UserError
 from distill.files import file_sha256
-from distill.losses import DistillationObjective
+from distill.kd.objective import make_objective
 from distill.registry import create_model, get_entry
 from distill.resized import at_size
 from distill.run_guard import training_run
-from distill.settings import KDSettings, Recipe, RunSettings, kd_record, resolve_kd
+from distill.settings import KDSettings, Recipe, RunSettings, kd_notes, kd_record, resolve_kd
 from distill.stems import choose_stem
 from distill.train import fit
 
@@ -232,10 +232,11 @@ def train_student(
                 console.print(f"teacher {r['path']}: {r['arch']}, val top-1 {text}")
         seed_everything(run.seed)
         model = create_model(arch, dataset.num_classes, stem)
+        if console is not None:
+            for note in kd_notes(kd, dataset.num_classes):
+                console.print(f"note: {note}")
         kd = resolve_kd(kd, recipe.epochs, dataset.num_classes)
-        objective = DistillationObjective(
-            tuple(teachers), kd, recipe.label_smoothing, choose_precision(device, recipe.amp)
-        )
+        objective = make_objective(model, teachers, kd, dataset, recipe, device, run.seed)
         return fit(
             model,
             dataset,

@@ -99,16 +99,19 @@ def train_one_epoch(
     t.model.train()
     steps = len(t.loader)
     every = 1 if t.device.type == "cpu" else SYNC_EVERY
-    for step, (x, y) in enumerate(t.loader.epoch(epoch, start_step), start=start_step):
+    sync_grads = getattr(t.objective, "sync_grads", None)
+    for step, batch in enumerate(t.loader.batches(epoch, start_step), start=start_step):
+        y = batch.targets
         with autocast(t.device, t.precision):
-            logits = t.model(x)
-            loss = t.objective(logits, y, x, epoch + step / steps)
+            logits, loss = t.objective.forward_train(t.model, batch, epoch + step / steps)
         t.optimizer.zero_grad(set_to_none=True)
         if t.scaler is not None:
             t.scaler.scale(loss).backward()
             t.scaler.unscale_(t.optimizer)  # clipping must see the true gradients
         else:
             loss.backward()
+        if sync_grads is not None:
+            sync_grads()
         if t.recipe.grad_clip:
             nn.utils.clip_grad_norm_(t.net.parameters(), t.recipe.grad_clip)
         if t.scaler is not None:
@@ -338,6 +341,9 @@ def fit(
     finally:
         if log is not None:
             log.close()
+        close = getattr(t.objective, "close", None)
+        if close is not None:  # a method's hooks come off the model when its run ends
+            close()
     state.elapsed += time.perf_counter() - t_start
     try:
         ckpt = _finish(

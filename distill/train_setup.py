@@ -12,6 +12,7 @@ from torch import nn
 
 from distill import distributed
 from distill.data import BatchLoader, Dataset
+from distill.data.loader import Batch
 from distill.device import Precision, choose_precision
 from distill.errors import UserError
 from distill.optim import EMA, Lookahead, make_optimizer, make_scheduler
@@ -19,13 +20,19 @@ from distill.settings import Recipe, RunSettings
 
 
 class Objective(Protocol):
-    """(student logits, targets, the augmented batch, progress in epochs) -> loss."""
+    """(the model to run, the batch, progress in epochs) -> (the model's logits, the loss).
+
+    An objective that is an `nn.Module` (a distillation method's connectors, heads, memory
+    bank) is moved to the device, optimised with the model, saved in the resumable state and
+    has its gradients averaged over ranks by its `sync_grads()`; it never enters the model's
+    checkpoint.
+    """
 
     suspects: str  # the flags to lower when the loss diverges
 
-    def __call__(
-        self, logits: torch.Tensor, targets: torch.Tensor, images: torch.Tensor, progress: float
-    ) -> torch.Tensor: ...
+    def forward_train(
+        self, model: nn.Module, batch: Batch, progress: float
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 @dataclass
@@ -110,13 +117,18 @@ def make_trainer(
         rank=distributed.rank(),
         world_size=world,
         channels_last=memory_format == torch.channels_last,
+        strong_view=getattr(objective, "wants_strong_view", False),
     )
     if len(loader) == 0:
         raise UserError(
             f"{len(data.train):,} training images make no full batch of {recipe.batch_size} "
             f"on each of {world} processes; lower --batch-size"
         )
-    optimizer = make_optimizer(net, recipe, recipe.peak_lr(world))
+    trained: nn.Module = net
+    if isinstance(objective, nn.Module):  # a method's own modules learn beside the model
+        objective.to(device)
+        trained = nn.ModuleList([net, objective])
+    optimizer = make_optimizer(trained, recipe, recipe.peak_lr(world))
     scheduler, per_step = make_scheduler(optimizer, recipe, len(loader))
     precision = choose_precision(device, recipe.amp)
     train_model: nn.Module = net

@@ -53,3 +53,16 @@ def resnet18_half(num_classes: int = 10) -> ResNetConfig:
 @register_model("resnet18-quarter", "student", notes="for CPU demos and tests")
 def resnet18_quarter(num_classes: int = 10) -> ResNetConfig:
     return plan("basic", (2, 2, 2, 2), (16, 32, 64, 128), stem_width=16, num_classes=num_classes)
+
+
+# The CRD benchmark's students (Tian et al. 2020, github.com/HobbitLong/RepDistiller, as mdistiller
+# ships them): the published CIFAR-100 table distils into these.
+@register_model("resnet8x4", "student", notes="CRD benchmark, 1.23M at 100 classes")
+def resnet8x4(num_classes: int = 10) -> ResNetConfig:
+    return plan("basic", (1, 1, 1), (64, 128, 256), stem_width=32, num_classes=num_classes)
+
+
+@register_model("wrn-16-2", "student", notes="CRD benchmark wide ResNet, 0.70M at 100 classes")
+def wrn_16_2(num_classes: int = 10) -> ResNetConfig:
+    # Wide ResNets are pre-activation nets: depth 6n + 4 with n blocks per stage, widths 16k.
+    return plan("preact", (2, 2, 2), (32, 64, 128), stem_width=16, num_classes=num_classes)

@@ -19,3 +19,14 @@ def resnet18x2(num_classes: int = 10) -> ResNetConfig:
     # The published 44.60M model doubles the stage widths but keeps ResNet-18's 64-channel stem,
     # so its first block widens 64 -> 128 through a 1x1 projection: 44,595,786 parameters.
     return plan("basic", (2, 2, 2, 2), (128, 256, 512, 1024), num_classes=num_classes)
+
+
+# The CRD benchmark's teachers (Tian et al. 2020, as mdistiller ships them).
+@register_model("resnet32x4", "teacher", notes="CRD benchmark, 7.43M at 100 classes")
+def resnet32x4(num_classes: int = 10) -> ResNetConfig:
+    return plan("basic", (5, 5, 5), (64, 128, 256), stem_width=32, num_classes=num_classes)
+
+
+@register_model("wrn-40-2", "teacher", notes="CRD benchmark wide ResNet, 2.25M at 100 classes")
+def wrn_40_2(num_classes: int = 10) -> ResNetConfig:
+    return plan("preact", (6, 6, 6), (32, 64, 128), stem_width=16, num_classes=num_classes)

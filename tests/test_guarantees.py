@@ -367,9 +367,10 @@ def test_a_late_divergence_names_its_suspects_and_resumes_with_a_lower_lr(
     class Objective:
         suspects = "--lr, --temperature"
 
-        def __call__(self, logits, targets, images, progress):
-            loss = torch.nn.functional.cross_entropy(logits.float(), targets)
-            return loss * float("nan") if poisoned["on"] and progress >= 1.5 else loss
+        def forward_train(self, model, batch, progress):
+            logits = model(batch.x)
+            loss = torch.nn.functional.cross_entropy(logits.float(), batch.targets)
+            return logits, loss * float("nan") if poisoned["on"] and progress >= 1.5 else loss
 
     out = tmp_path / "d.pt"
     recipe = replace(make_recipe("quick", batch_size=16), epochs=3)

@@ -7,8 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distill.data.loader import Batch
 from distill.errors import UserError
-from distill.losses import DistillationObjective, dkd_loss, hinton_kd_loss
+from distill.kd.objective import KDObjective
+from distill.losses import dkd_loss, hinton_kd_loss
 from distill.settings import KDSettings, resolve_kd
 from distill.typed import build
 
@@ -179,44 +181,68 @@ class FixedLogits(nn.Module):
         return self.logits.expand(len(x), -1)
 
 
+class Logits(nn.Module):
+    """A 'student' whose logits are given (a parameter, so the loss has something to train)."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = nn.Parameter(torch.as_tensor(logits).clone())
+
+    def forward(self, x):
+        return self.logits
+
+
+def step(objective, student, images, targets, progress):
+    batch = Batch(images, targets, torch.arange(len(targets)))
+    return objective.forward_train(student, batch, progress)
+
+
 def test_ensemble_averages_teacher_logits():
     a = [[3.0, 0.0, 1.0], [0.0, 2.0, 2.0]]
     b = [[1.0, 0.0, 1.0], [2.0, 0.0, 6.0]]  # mean of a and b is TEACHER
-    objective = DistillationObjective(
-        (FixedLogits(a), FixedLogits(b)), resolve_kd(KDSettings(), 4, 3)
-    )
     s, _, y = tensors()
+    student = Logits(s)
+    objective = KDObjective(
+        student, (FixedLogits(a), FixedLogits(b)), resolve_kd(KDSettings(), 4, 3),
+        input_size=(3, 4, 4),
+    )  # fmt: skip
     images = torch.rand(2, 3, 4, 4)
     expected = 0.1 * hand_ce() + 0.9 * 16 * hand_kl(4)
-    assert objective(s, y, images, 0.0).item() == pytest.approx(expected, abs=TOL)
+    assert step(objective, student, images, y, 0.0)[1].item() == pytest.approx(expected, abs=TOL)
     for teacher in objective.teachers:
         assert not teacher.training
-        assert teacher.seen[0] is images  # the very batch the student saw
+        assert teacher.seen[-1] is images  # the very batch the student saw
 
 
 def test_objective_backpropagates_into_the_student_only():
     student = nn.Linear(12, 3)
     teacher = FixedLogits(TEACHER[0:1] * 4)
-    objective = DistillationObjective((teacher,), resolve_kd(KDSettings("dkd"), 12, 3))
+    kd = resolve_kd(KDSettings("dkd"), 12, 3)
+    objective = KDObjective(student, (teacher,), kd, input_size=(3, 2, 2))
     images = torch.rand(4, 3, 2, 2)
-    loss = objective(student(images.flatten(1)), torch.tensor([0, 1, 2, 1]), images, 5.0)
+    _, loss = objective.forward_train(
+        lambda x: student(x.flatten(1)), Batch(images, torch.tensor([0, 1, 2, 1]), None), 5.0
+    )
     loss.backward()  # the teacher's inference-mode logits must not break autograd
     assert student.weight.grad is not None and torch.isfinite(student.weight.grad).all()
+    assert objective.extra_parameters() == 0  # a logit method trains nothing of its own
 
 
 def test_dkd_warmup_is_linear_in_epochs():
     kd = resolve_kd(KDSettings("dkd", warmup_epochs=4.0, beta=8.0), 12, 3)
-    teacher = FixedLogits(TEACHER)
-    objective = DistillationObjective((teacher,), kd)
     s, t, y = tensors()
+    student = Logits(s)
+    objective = KDObjective(student, (FixedLogits(TEACHER),), kd, input_size=(3, 1, 1))
     images = torch.zeros(2, 3, 1, 1)
     ce_only = F.cross_entropy(s, y).item()
     full = dkd_loss(s, t, y).item()
-    assert objective(s, y, images, 0.0).item() == pytest.approx(ce_only, abs=TOL)
-    assert objective(s, y, images, 1.0).item() == pytest.approx(
-        ce_only + 0.25 * (full - ce_only), abs=TOL
-    )
-    assert objective(s, y, images, 9.0).item() == pytest.approx(full, abs=TOL)
+
+    def loss(progress):
+        return step(objective, student, images, y, progress)[1].item()
+
+    assert loss(0.0) == pytest.approx(ce_only, abs=TOL)
+    assert loss(1.0) == pytest.approx(ce_only + 0.25 * (full - ce_only), abs=TOL)
+    assert loss(9.0) == pytest.approx(full, abs=TOL)
 
 
 def test_config_defaults_and_refusals():
@@ -240,5 +266,9 @@ def test_config_defaults_and_refusals():
     ):
         with pytest.raises(UserError):
             build(KDSettings, bad)
-    with pytest.raises(UserError, match="one of hinton, dkd"):
-        build(KDSettings, {"method": "fitnet"})
+    methods = "one of hinton, dkd, dist, mlkd, crd, fitnet, at, reviewkd"
+    with pytest.raises(UserError, match=methods):
+        build(KDSettings, {"method": "rkd"})
+    for bad in (dict(crd_momentum=1.5), dict(crd_negatives=0), dict(hint_stage=0)):
+        with pytest.raises(UserError):
+            build(KDSettings, bad)

@@ -7,6 +7,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+import distill.kd.objective as kd_objective
 import distill.student as student_mod
 from distill.checkpoint import (
     load_checkpoint,
@@ -18,7 +19,7 @@ from distill.cli import app
 from distill.data import DataSettings, Split, load_data
 from distill.errors import UserError
 from distill.files import file_sha256
-from distill.losses import DistillationObjective
+from distill.kd.objective import KDObjective
 from distill.recipes import make_recipe
 from distill.registry import create_model
 from distill.resume import TrainingInterrupted, last_path
@@ -239,14 +240,14 @@ def test_teacher_sees_exactly_the_students_mixed_batch(tiny_dataset, tmp_path, m
         model.register_forward_pre_hook(hook)
         return model
 
-    class SpyObjective(DistillationObjective):
-        def __call__(self, logits, targets, images, progress):
-            targets_seen.append(targets)
-            return super().__call__(logits, targets, images, progress)
+    class SpyObjective(KDObjective):
+        def forward_train(self, model, batch, progress):
+            targets_seen.append(batch.targets)
+            return super().forward_train(model, batch, progress)
 
     monkeypatch.setattr(student_mod, "create_model", spy_student)
     monkeypatch.setattr(student_mod, "model_from_checkpoint", spy_teacher)
-    monkeypatch.setattr(student_mod, "DistillationObjective", SpyObjective)
+    monkeypatch.setattr(kd_objective, "KDObjective", SpyObjective)
     recipe = make_recipe("sgd-lookahead-cutmix", epochs=1, batch_size=8)
     recipe = replace(recipe, augment=replace(recipe.augment, mixup=0.2))  # Mixup and CutMix
     teacher = make_teacher(tmp_path / "t.pt", tiny_dataset)

@@ -100,13 +100,16 @@ def test_every_recipe_runs(tiny_dataset, tmp_path, name):
 
 
 def test_nan_loss_stops_with_a_clear_message_and_writes_no_output(tiny_dataset, tmp_path):
-    def poisoned(logits, targets, images, progress):
-        return logits.sum() * float("nan")
+    class Poisoned:
+        suspects = "--lr"
+
+        def forward_train(self, model, batch, progress):
+            logits = model(batch.x)
+            return logits, logits.sum() * float("nan")
 
     out = tmp_path / "nan.pt"
-    poisoned.suspects = "--lr"
     with pytest.raises(TrainingDiverged, match="loss became NaN"):
-        train(tiny_dataset, tiny_recipe(epochs=1), out, objective=poisoned)
+        train(tiny_dataset, tiny_recipe(epochs=1), out, objective=Poisoned())
     assert not out.exists()
 
 

@@ -84,11 +84,14 @@ app.add_typer(_export_app(), name="export")
 console = make_console()
 
 
-def command(group: typer.Typer = app, name: str | None = None, **kwargs: Any):
-    """`@command()` registers a CLI command whose UserErrors exit 2 with one line."""
+def command(
+    group: typer.Typer = app, name: str | None = None, more_help: str = "", **kwargs: Any
+):
+    """`@command()` registers a CLI command whose UserErrors exit 2 with one line; `more_help`
+    is appended to the docstring's help (paragraphs generated from settings)."""
 
     def deco(fn):
-        kwargs.setdefault("help", _paragraphs(fn.__doc__))
+        kwargs.setdefault("help", (_paragraphs(fn.__doc__) or "") + more_help)
         _switches_without_metavar(fn)
         return group.command(name, **kwargs)(exits_on_user_error(fn))
 

@@ -217,6 +217,69 @@ def compare_cmd(
 
 
 @command(
+    name="kd-methods",
+    epilog="Examples:\n\n  distill kd-methods --no-time\n\n"
+    "  distill kd-methods --student resnet18-quarter --teacher resnet18 --classes 10\n\n"
+    "  distill kd-methods --device cuda --batch-size 64 --steps 10 --repeats 5",
+)
+def kd_methods_cmd(
+    student: str = typer.Option("resnet8x4", help="Student architecture of the pair."),
+    teacher: str = typer.Option("resnet32x4", help="Teacher architecture of the pair."),
+    classes: int = typer.Option(100, min=2, help="Classes of the pair's classifier."),
+    batch_size: int = typer.Option(64, min=1, help="Images per timed step."),
+    steps: int = typer.Option(1, min=1, help="Training steps per timed block."),
+    repeats: int = typer.Option(2, min=1, help="Timed blocks per method (median)."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    time_steps: bool = typer.Option(
+        True, "--time/--no-time", help="Time each method's step against Hinton's."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Every distillation method (--kd): what it needs, the parameters it trains beside the
+    student (never saved with it), and its training step's cost relative to Hinton KD, measured
+    now on this machine with random images."""
+    from distill.kd.table import method_table
+    from distill.registry import get_entry
+
+    get_entry(student), get_entry(teacher)  # an unknown name: one line, before any work
+    r = method_table(
+        student, teacher, num_classes=classes, batch_size=batch_size, steps=steps,
+        repeats=repeats, device=device, timed=time_steps,
+    )  # fmt: skip
+    if as_json:
+        typer.echo(json.dumps(r, indent=2))
+        return
+    title = (
+        f"Distillation methods, {teacher} -> {student} ({format_count(r['student_params'])} "
+        f"params), {classes} classes"
+    )
+    table = Table(title=title)
+    columns = ["--kd", "needs", "ensembles", "extra params", "extra state"]
+    if time_steps:
+        columns += ["ms/step", "vs hinton"]
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("--kd", "needs", "ensembles") else "right")
+    for row in r["rows"]:
+        cells = [
+            row["method"],
+            row["needs"],
+            "yes" if row["ensembles"] else "one teacher",
+            f"{row['extra_params']:,}",
+            f"{row['extra_state_mb']:.1f} MB",
+        ]
+        if time_steps:
+            cells += [f"{row['ms_per_step']:.0f}", f"{row['vs_hinton']:.2f}x"]
+        table.add_row(*cells)
+    console.print(table)
+    if time_steps:
+        console.print(
+            f"batch {r['batch_size']} on {r['device']} ({r['precision']}, {r['threads']} "
+            "threads); extra state: the method's parameters and buffers (CRD's bank for "
+            "50,000 images), saved in NAME.last.pt only"
+        )
+
+
+@command(
     name="report",
     epilog="Examples:\n\n  distill report runs/demo\n\n"
     "  distill report my-models/   (any folder of distill .pt / .onnx files)",

@@ -122,8 +122,20 @@ def teacher_import_cmd(
     print_saved(ckpt, run.out)
 
 
+def _kd_methods_help() -> str:
+    """One paragraph per distillation method, for the student command's --help."""
+    from distill.settings import KD_METHOD_HELP
+
+    lines = "".join(f"\n\n--kd {k}: {v}." for k, v in KD_METHOD_HELP.items())
+    return lines + (
+        "\n\nFeature methods (crd, fitnet, at, reviewkd) learn from one teacher; the logit "
+        "methods (hinton, dkd, dist, mlkd) take an ensemble and --logit-standardize."
+    )
+
+
 @command(
     name="student",
+    more_help=_kd_methods_help(),
     epilog="Examples:\n\n"
     "  distill student --teacher t.pt --arch resnet18-5m --data cifar10 --out s.pt\n\n"
     "  distill student --teacher t1.pt --teacher t2.pt --kd dkd --out s.pt\n\n"

@@ -6,11 +6,13 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
 import torch
 
 from distill.augment import augment_batch
 from distill.data.dataset import Dataset, Split
+from distill.kd.views import strong_view
 from distill.settings import AugmentSettings
 
 
@@ -19,6 +21,17 @@ def _seed(*parts: int | str) -> int:
     would make epoch 1 of seed 0 replay epoch 0 of seed 1)."""
     digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 1
+
+
+class Batch(NamedTuple):
+    """One training step's batch: `x` and `targets` as `BatchLoader.epoch` yields them, each
+    image's index in the split (CRD's memory bank is keyed by it) and, for MLKD, a strongly
+    augmented view of the same images (None unless the loader makes one)."""
+
+    x: torch.Tensor
+    targets: torch.Tensor
+    index: torch.Tensor
+    strong: torch.Tensor | None = None
 
 
 class BatchLoader:
@@ -52,6 +65,7 @@ class BatchLoader:
         world_size: int = 1,
         channels_last: bool = False,
         even_shards: bool = True,
+        strong_view: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -71,6 +85,7 @@ class BatchLoader:
         self.channels_last = channels_last
         self.size = len(split)
         self.even_shards = even_shards
+        self.strong_view = strong_view
 
         images, labels = split.images, split.labels
         if self.device.type == "cuda" and images.device.type == "cpu":
@@ -136,6 +151,11 @@ class BatchLoader:
         x: normalised float32 [B, 3, H, W] on the device (channels_last if asked); targets: int64
         labels [B], or float32 soft targets [B, num_classes] when the augmentation mixes images.
         """
+        for b in self.batches(epoch, start_step):
+            yield b.x, b.targets
+
+    def batches(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
+        """`epoch`'s batches with each image's index (and the strong view, when asked for)."""
         if not 0 <= start_step <= self.num_batches:
             raise ValueError(f"start_step {start_step} is not in [0, {self.num_batches}]")
         idx = self.indices(epoch)
@@ -146,14 +166,23 @@ class BatchLoader:
         for step in range(start_step, self.num_batches):
             batch = idx[step * bs : (step + 1) * bs]
             images, labels = self.images[batch], self.labels[batch]
+            strong = None
             if self.augment is not None:
                 self._generator.manual_seed(_seed("augment", self.seed, epoch, step, self.rank))
                 x, targets = augment_batch(
                     images, labels, self.num_classes, self.augment, self._generator
                 )
                 x = torch.addcmul(self._shift, x, self._scale_unit)
+                if self.strong_view:  # drawn after the weak view, from the same stream
+                    strong = torch.addcmul(
+                        self._shift, strong_view(images, self._generator), self._scale_unit
+                    )
             else:
                 x, targets = torch.addcmul(self._shift, images.float(), self._scale_uint8), labels
+                if self.strong_view:
+                    strong = x
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            yield x, targets
+                if strong is not None:
+                    strong = strong.contiguous(memory_format=torch.channels_last)
+            yield Batch(x, targets, batch, strong)

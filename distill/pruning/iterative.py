@@ -28,11 +28,11 @@ from distill.budget import count_macs, count_params, parse_budget
 from distill.checkpoint import load_checkpoint, model_from_checkpoint
 from distill.console import make_console
 from distill.data import BatchLoader, Dataset, DataSettings, load_data
-from distill.device import choose_precision, resolve_device, seed_everything
+from distill.device import resolve_device, seed_everything
 from distill.errors import UserError
 from distill.evaluation import eval_loader, evaluate
 from distill.files import file_sha256
-from distill.losses import DistillationObjective
+from distill.kd.objective import KDObjective, make_objective
 from distill.pruning.search import (
     TAYLOR_BATCHES,
     PruneStep,
@@ -117,14 +117,11 @@ def prune_checkpoint(
             teachers = [copy.deepcopy(source_model).to(memory_format=fmt)]
             records = [teacher_record(model_path, src)]
 
-        def objective(epochs: int) -> DistillationObjective:
-            # The KD warm-up is measured in the epochs of the run that distils.
-            return DistillationObjective(
-                tuple(teachers),
-                resolve_kd(kd, epochs, dataset.num_classes),
-                recipe.label_smoothing,
-                choose_precision(device, recipe.amp),
-            )
+        def objective(model: CifarResNet, epochs: int) -> KDObjective:
+            # The KD warm-up is measured in the epochs of the run that distils; a method's
+            # connectors are sized to the model as it is now (each prune step changes its plan).
+            kd_now = resolve_kd(kd, epochs, dataset.num_classes)
+            return make_objective(model, teachers, kd_now, dataset, recipe, device, run.seed)
 
         arch = src["arch"] if src["kind"] == "pruned" else f"{src['arch']}-pruned"
         identity = {
@@ -154,7 +151,7 @@ def prune_checkpoint(
             run,
             kind="pruned",
             arch=arch,
-            objective=objective(recovery.epochs),
+            objective=objective(model, recovery.epochs),
             meta={
                 "teachers": records,
                 "kd": kd_record(resolve_kd(kd, recovery.epochs, dataset.num_classes)),
@@ -176,7 +173,7 @@ def _prune_phase(
     dataset: Dataset,
     recipe: Recipe,
     run: RunSettings,
-    objective: Callable[[int], DistillationObjective],
+    objective: Callable[[CifarResNet, int], KDObjective],
     console: Console,
 ) -> tuple[CifarResNet, dict[str, Any]]:
     """Measure, prune step by step with KD fine-tuning in between, and rebuild from the plan."""
@@ -206,7 +203,7 @@ def _prune_phase(
                 replace(run, out=None, resume=False, seed=run.seed + step.step, tensorboard=None),
                 kind="pruned",
                 arch=src["arch"],
-                objective=objective(prune.epochs_per_step),
+                objective=objective(model, prune.epochs_per_step),
                 console=console,
             )
         except TrainingInterrupted:
