@@ -11,8 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
+
 from distill.errors import UserError
-from distill.fit import fit_plan, is_fitted, parse_fit_name
+from distill.fit import fit_plan, is_fitted, parse_fit_name, plan_cost
+from distill.memory import MAX_PARAMS, require
 from students.resnet import CifarResNet, ResNetConfig
 
 
@@ -89,11 +92,24 @@ def model_config(name: str, num_classes: int = 10) -> ResNetConfig:
 
 
 def create_model(name: str, num_classes: int = 10) -> CifarResNet:
-    return CifarResNet(model_config(name, num_classes))
+    return _built(model_config(name, num_classes), f"--arch {name}")
 
 
 def build_model(config: ResNetConfig | dict) -> CifarResNet:
     """Rebuild a model from a channel plan (a checkpoint's `model_config`)."""
     if isinstance(config, dict):
         config = ResNetConfig.from_dict(config)
+    return _built(config, "the recorded channel plan")
+
+
+def _built(config: ResNetConfig, what: str) -> CifarResNet:
+    """The model, once its size (counted from the plan, nothing allocated) is known to fit."""
+    if torch.get_default_device().type != "meta":
+        params = plan_cost(config)[0]
+        if params > MAX_PARAMS:
+            raise UserError(
+                f"{what} has {params:,} parameters, more than the {MAX_PARAMS:,} a model may "
+                "have; choose a smaller model"
+            )
+        require(params * 4, f"{what} ({params:,} parameters)", "choose a smaller model")
     return CifarResNet(config)

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from distill import distributed
+from distill.console import styled
 from distill.errors import UserError
 
 if TYPE_CHECKING:
@@ -91,10 +92,10 @@ class MetricsLog:
 
 def progress_bar(console: Console) -> Progress:
     return Progress(
-        TextColumn("[bold]{task.description}"),
+        TextColumn("{task.description}", style="bold", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("{task.fields[stats]}"),
+        TextColumn("{task.fields[stats]}", markup=False),
         TimeRemainingColumn(),
         console=console,
         # A bar is for a terminal: in a log file or a pipe it would only leave blank lines.
@@ -136,14 +137,16 @@ def announce(
     steps = recipe.epochs * len(t.loader)
     if steps < FEW_STEPS:
         console.print(
-            f"[yellow]warning:[/] only {steps} optimizer step{'s' * (steps != 1)} in this run "
+            styled("warning:", "yellow"),
+            f"only {steps} optimizer step{'s' * (steps != 1)} in this run "
             f"({recipe.epochs} epochs x {len(t.loader)}), too few to learn much; raise --epochs "
-            f"or lower --batch-size ({recipe.batch_size} per process now)"
+            f"or lower --batch-size ({recipe.batch_size} per process now)",
         )
     passes = recipe.epochs * len(data.train)
     if t.device.type == "cpu" and passes > CPU_WARN_IMAGE_PASSES:
         console.print(
-            f"[yellow]warning:[/] the {recipe.name} recipe ({recipe.epochs} epochs x "
+            styled("warning:", "yellow"),
+            f"the {recipe.name} recipe ({recipe.epochs} epochs x "
             f"{len(data.train):,} images) is sized for a GPU and will take many hours on this "
-            "CPU; --recipe quick trains in minutes"
+            "CPU; --recipe quick trains in minutes",
         )

@@ -15,7 +15,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from distill.console import make_console
+from distill.console import make_console, styled
 from distill.errors import exits_on_user_error
 from distill.flags import Flags, Group, with_settings
 from distill.settings import ExportSettings
@@ -99,7 +99,7 @@ def onnx_cmd(
 
     settings = flags.build("export")
     with Progress(
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
@@ -121,15 +121,17 @@ def onnx_cmd(
     meta = report.metadata
     tta_note = ", flip-average TTA inside" if report.tta else ""
     console.print(
-        f"[green]wrote[/] {report.path}: {meta['arch']} {report.precision}{tta_note}, "
-        f"{mb(report.size_bytes)}, opset {meta['opset']}, {report.seconds:.1f} s"
+        styled("wrote", "green"),
+        f"{report.path}: {meta['arch']} {report.precision}{tta_note}, "
+        f"{mb(report.size_bytes)}, opset {meta['opset']}, {report.seconds:.1f} s",
     )
-    style = "" if report.real_images else "[yellow]"
-    console.print(f"{style}{report.parity.line()}")
+    console.print(report.parity.line(), style=None if report.real_images else "yellow")
     if report.int8_scheme:
         console.print(f"int8 arithmetic: {report.int8_scheme}")
     if report.accuracy is None:
-        console.print("[yellow]val top-1 not measured: the model's data is not on this machine")
+        console.print(
+            "val top-1 not measured: the model's data is not on this machine", style="yellow"
+        )
     elif report.fp32_accuracy is not None:
         console.print(
             f"val top-1 on {report.eval_images:,} images: int8 {report.accuracy:.2%} vs fp32 "
@@ -187,7 +189,7 @@ def show_bench(record: dict) -> None:
             gflops,
             _pct(r.get("val_accuracy")),
             str(r["runs"]),
-            f"[yellow]NOISY ({r['noisy_why']})[/]" if r.get("noisy") else "",
+            f"NOISY ({r['noisy_why']})" if r.get("noisy") else "",
             style="yellow" if r.get("noisy") else None,
         )
     console.print(table)
@@ -201,19 +203,20 @@ def show_bench(record: dict) -> None:
         console.print(f"batch {bs}: onnxruntime fp32 {ratio:.2f}x PyTorch eager fp32 (p50 latency)")
     summary = record.get("summary") or {}
     if summary.get("by_batch_size"):
-        console.print(f"[bold]{summary['basis']}:")
+        console.print(f"{summary['basis']}:", style="bold")
         for bs, best in summary["by_batch_size"].items():
             ratio = best.get("speedup_vs_pytorch_fp32")
             vs = f", {ratio:.2f}x PyTorch eager fp32" if ratio else ""
-            flag = " [yellow](noisy: not a firm result)[/]" if best["noisy"] else ""
+            flag = " (noisy: not a firm result)" if best["noisy"] else ""
             console.print(
                 f"  batch {bs}: {best['engine']} {best['precision']}, p50 {best['p50_ms']:.2f} ms, "
                 f"val top-1 {_pct(best['val_accuracy'])}{vs}{flag}"
             )
     if any(r.get("noisy") for r in record["results"]):
         console.print(
-            "[yellow]rows marked NOISY ran while the machine was busy or had a long tail; "
-            "rerun on a quiet machine before quoting them"
+            "rows marked NOISY ran while the machine was busy or had a long tail; "
+            "rerun on a quiet machine before quoting them",
+            style="yellow",
         )
     if record.get("note"):
-        console.print(f"[yellow]{record['note']}")
+        console.print(str(record["note"]), style="yellow")

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import typer
 
 from distill import __version__, distributed
-from distill.console import make_console
+from distill.console import make_console, styled
 from distill.errors import UserError, exits_on_user_error, one_line_usage_errors
 from distill.flags import Flags, Group
 from distill.recipes import RECIPES
@@ -181,8 +181,9 @@ def run_training(train: Callable[[], dict[str, Any]], out: Path | None) -> dict[
     m = ckpt["metrics"]
     test = f", test top-1 {m['test_accuracy']:.2%}" if "test_accuracy" in m else ""
     console.print(
-        f"[green]saved[/] {out}: {ckpt['arch']}, {m['params']:,} params, "
-        f"val top-1 {m['val_accuracy']:.2%} (top-5 {m.get('val_top5', float('nan')):.2%}){test}"
+        styled("saved", "green"),
+        f"{out}: {ckpt['arch']}, {m['params']:,} params, "
+        f"val top-1 {m['val_accuracy']:.2%} (top-5 {m.get('val_top5', float('nan')):.2%}){test}",
     )
     return ckpt
 

@@ -24,6 +24,7 @@ from distill.data.images import decode_images
 from distill.data.sources import Source, digest
 from distill.errors import UserError
 from distill.files import atomic_save
+from distill.memory import require
 from distill.settings import DataSettings
 
 CACHE_FORMAT = "distill-data-cache"
@@ -39,10 +40,24 @@ def cached_decode(source: Source, settings: DataSettings) -> Decoded:
     cached = read_cache(path, full_key)
     if cached is not None:
         return cached
+    require(
+        _count(source) * 3 * settings.image_size**2,
+        f"decoding {source.name} at {settings.image_size}x{settings.image_size}",
+        "lower image_size or use a smaller data set",
+    )
     decoded = decode(source, settings)
     decoded = replace(decoded, sha256=checksum(_tensors(_tensor_fields(decoded))))
     write_cache(path, full_key, decoded, stale=f"{stem}-*.pt")
     return decoded
+
+
+def _count(source: Source) -> int:
+    """How many images the source holds, from its listing (CIFAR rows are 3,072 bytes)."""
+    if source.kind == "image-folder":
+        return sum(len(files) for _, files in source.image_files)
+    if source.download is not None:
+        return 60_000
+    return sum(f.stat().st_size for f in source.folder.iterdir() if f.is_file()) // 3072
 
 
 def decode(source: Source, settings: DataSettings) -> Decoded:

@@ -23,7 +23,6 @@ from distill.resume import last_path
 from distill.settings import RunSettings
 from distill.typed import to_dict
 
-
 # Where the data lies and where its decode is cached say nothing about what it is.
 PLACE_FIELDS = ("source", "data_root", "cache_dir")
 

@@ -17,6 +17,7 @@ from typing import Any
 from distill.errors import UserError
 from distill.report.bench import batch1_latency, read_bench
 from distill.report.models import ROLES, Collection, Model, as_float, as_int, checkpoint_role
+from distill.report.text import code
 
 
 def _read_checkpoint(path: Path) -> Model:
@@ -50,8 +51,8 @@ def _read_onnx(path: Path, by_sha: dict[str, Model]) -> tuple[Model, str | None]
     named = str(meta.get("source") or "")
     if src is None and named and (path.parent / named).is_file():
         stale = (
-            f"`{path.name}` was exported from an earlier `{named}` (its sha256 differs from the "
-            "file here): its numbers describe the old model; re-export it"
+            f"{code(path.name)} was exported from an earlier {code(named)} (its sha256 differs "
+            "from the file here): its numbers describe the old model; re-export it"
         )
     return Model(
         path=path,
@@ -96,7 +97,7 @@ def collect_models(run_dir: Path) -> Collection:
         try:
             ckpts.append(_read_checkpoint(path))
         except UserError as e:
-            problems.append(f"Skipped `{path.name}`: {e}")
+            problems.append(f"Skipped {code(path.name)}: {e}")
     onnx_paths = sorted(run_dir.glob("*.onnx"))
     by_sha = sha256_index(ckpts) if onnx_paths else {}
     onnx_models: list[Model] = []
@@ -104,7 +105,7 @@ def collect_models(run_dir: Path) -> Collection:
         try:
             model, stale = _read_onnx(path, by_sha)
         except UserError as e:  # a broken export should not hide the rest of the report
-            problems.append(f"Skipped `{path.name}`: {e}")
+            problems.append(f"Skipped {code(path.name)}: {e}")
             continue
         onnx_models.append(model)
         problems += [stale] if stale else []
@@ -131,7 +132,7 @@ def collect_models(run_dir: Path) -> Collection:
         # this page.
         here = {m.name for m in models}
         problems += [
-            f"`bench.json` times `{name}`, which is not in this folder: not shown."
+            f"`bench.json` times {code(name)}, which is not in this folder: not shown."
             for name in dict.fromkeys(r.file for r in records if r.file not in here)
         ]
         records = tuple(r for r in records if r.file in here)

@@ -19,6 +19,7 @@ from distill.report.output import MARK, PLOTS, is_ours, slug
 from distill.report.provenance import provenance
 from distill.report.pruning import plot_trajectory, pruning_lines, steps_table, trajectory
 from distill.report.tables import render_table
+from distill.report.text import code, plain
 from distill.report.tradeoff import plot_accuracy_vs_latency, plot_accuracy_vs_params
 
 # The PNG names this module writes; any other file of these shapes in plots/ is a stale one of
@@ -72,12 +73,12 @@ def latency_note(models: Sequence[Model]) -> list[str]:
         return []
     env = timed[0].bench
     note = (
-        f"ORT p50: onnxruntime on CPU ({env.get('cpu') or 'unknown CPU'}, "
+        f"ORT p50: onnxruntime on CPU ({plain(env.get('cpu') or 'unknown CPU')}, "
         f"{env.get('threads', '?')} threads), median latency of one image, from `bench.json`."
     )
     ratios = [
-        f"`{m.name}` {m.bench['speedup']:.1f}x"
-        + (f" {FLAG} ({m.bench['speedup_noise']})" if m.bench.get("speedup_noise") else "")
+        f"{code(m.name)} {m.bench['speedup']:.1f}x"
+        + (f" {FLAG} ({plain(m.bench['speedup_noise'])})" if m.bench.get("speedup_noise") else "")
         for m in timed
         if m.bench.get("speedup")
     ]
@@ -154,7 +155,7 @@ def write_report(run_dir: Path, force: bool = False) -> Path:
     check_output(run_dir / "report.md", force, (".md",), flag="report", ours=is_ours)
     col = collect_models(run_dir)
     plots = run_dir / PLOTS
-    lines = [MARK, f"# Distillation report: `{run_dir.resolve().name}`", ""]
+    lines = [MARK, f"# Distillation report: {code(run_dir.resolve().name)}", ""]
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines += [f"_{len(col.models)} model files, written {now}._", ""]
     headline = kd_gain_lines(col.models) + pruning_lines(col.models)
