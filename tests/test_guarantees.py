@@ -398,7 +398,11 @@ def test_a_run_whose_validation_diverged_is_not_saved_as_a_result(tiny_dataset, 
     torch.manual_seed(0)
     model = CifarResNet(plan("basic", (1, 1), (8, 16), stem_width=8, num_classes=4))
     bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
-    bn.register_forward_pre_hook(lambda m, _: m.running_mean.fill_(float("nan")))
+
+    def poison(m, _inputs) -> None:
+        m.running_mean.fill_(float("nan"))
+
+    bn.register_forward_pre_hook(poison)
     out = tmp_path / "d.pt"
     run = RunSettings(out, "cpu", quiet=True)
     recipe = replace(make_recipe("quick", batch_size=16), epochs=2)
@@ -491,3 +495,48 @@ def test_what_cannot_fit_the_memory_is_refused_saying_how_much(
     recipe = make_recipe("quick", batch_size=50_000)
     with pytest.raises(UserError, match="training step of 50,000 images .* --batch-size"):
         fit(model, tiny_dataset, recipe, run, kind="teacher", arch="micro")
+
+
+# ---------------------------------------------------------------------------------------------
+# Records read from files are checked against their type and range; derived facts recounted
+
+
+@pytest.mark.parametrize(
+    "fields, problem",
+    [
+        ({"metrics": [1, 2]}, "metrics is not a table"),
+        ({"metrics": {"val_accuracy": 1.5}}, "val_accuracy 1.5 is not a fraction"),
+        ({"metrics": {"params": -3}}, "params -3 is not a count"),
+        ({"history": "epoch 1"}, "history"),
+        ({"arch": ["resnet18"]}, "arch"),
+    ],
+)
+def test_impossible_records_in_a_checkpoint_are_refused(tmp_path, fields, problem):
+    save_checkpoint(_checkpoint(**fields), tmp_path / "x.pt")
+    with pytest.raises(UserError, match=problem):
+        load_checkpoint(tmp_path / "x.pt")
+
+
+def test_the_report_counts_weights_and_ignores_a_hostile_bench_record(tmp_path):
+    from distill.budget import count_params, format_count
+
+    ckpt = _checkpoint(metrics={"params": 1, "macs": 2, "val_accuracy": 0.5})
+    save_checkpoint(ckpt, tmp_path / "m.pt")
+    hostile = [
+        {"model": "m.pt", "environment": ["cpu"], "results": "fast"},
+        {"model": {"path": "m.pt"}, "environment": {"device": "cpu", "cpu": ["x"]},
+         "results": [{"engine": "onnxruntime", "batch_size": 1, "p50_ms": -5.0},
+                     {"engine": ["x"], "batch_size": [1], "p50_ms": [1.0]}],
+         "speedup": "10x"},
+    ]  # fmt: skip
+    (tmp_path / "bench.json").write_text(json.dumps(hostile))
+    result = runner.invoke(app, ["report", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    report = (tmp_path / "report.md").read_text()
+    real = count_params(create_model("resnet18-quarter", 4))
+    assert f"| {format_count(real)} |" in report and "| 1 |" not in report
+    assert "-5.00" not in report
+    (tmp_path / "bench.json").write_text("[" * 100_000 + "]" * 100_000)
+    again = runner.invoke(app, ["report", str(tmp_path)])
+    assert again.exit_code == 0, again.output
+    assert "nested too deeply" in (tmp_path / "report.md").read_text()

@@ -20,18 +20,35 @@ from distill.report.models import ROLES, Collection, Model, as_float, as_int, ch
 from distill.report.text import code
 
 
+def _counted(ckpt: dict[str, Any]) -> tuple[int, int | None]:
+    """Parameters counted in the weights and MACs from the channel plan (which the weights were
+    checked against on load), not what the record says: a record can be edited, weights are
+    what runs."""
+    from distill.fit import plan_cost
+    from students.resnet import ResNetConfig
+
+    stats = ("running_mean", "running_var", "num_batches_tracked")
+    params = sum(v.numel() for k, v in ckpt["state_dict"].items() if not k.endswith(stats))
+    try:
+        macs = plan_cost(ResNetConfig.from_dict(ckpt["model_config"]), tuple(ckpt["input_size"]))[1]
+    except (KeyError, TypeError, ValueError):
+        macs = None
+    return params, macs
+
+
 def _read_checkpoint(path: Path) -> Model:
     from distill.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(path)
+    params, macs = _counted(ckpt)
     ckpt.pop("state_dict", None)  # weights are not shown; do not hold them in memory
     m = ckpt.get("metrics") or {}
     return Model(
         path=path,
         role=checkpoint_role(ckpt),
         arch=str(ckpt.get("arch", "?")),
-        params=as_int(m.get("params")),
-        macs=as_int(m.get("macs")),
+        params=params,
+        macs=macs,
         val_accuracy=as_float(m.get("val_accuracy")),
         test_accuracy=as_float(m.get("test_accuracy")),
         size_bytes=path.stat().st_size,
@@ -126,8 +143,9 @@ def collect_models(run_dir: Path) -> Collection:
     if bench_file is not None:
         try:
             records = read_bench(json.loads(bench_file.read_text()))
-        except ValueError as e:
-            problems.append(f"`bench.json` is not valid JSON ({e}); latency not shown")
+        except (ValueError, RecursionError) as e:  # nesting deeper than the parser's stack
+            why = str(e)[:80] if isinstance(e, ValueError) else "nested too deeply"
+            problems.append(f"`bench.json` is not valid JSON ({why}); latency not shown")
         # A record of a file not here (renamed, or measured elsewhere) describes no model on
         # this page.
         here = {m.name for m in models}
@@ -143,8 +161,10 @@ def collect_models(run_dir: Path) -> Collection:
     if pipeline_file.is_file():
         try:
             pipeline = json.loads(pipeline_file.read_text())
-        except ValueError as e:
-            problems.append(f"`pipeline.json` is not valid JSON ({e})")
+        except (ValueError, RecursionError):
+            problems.append("`pipeline.json` is not valid JSON")
+        if not isinstance(pipeline, dict):
+            pipeline = None
     return Collection(run_dir, tuple(models), tuple(problems), bench_file, pipeline, records)
 
 
