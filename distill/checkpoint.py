@@ -182,6 +182,33 @@ def _malformed(ckpt: dict[str, Any]) -> str | None:
         return f"model_config predicts {config.get('num_classes')!r} classes, not {len(classes)}"
     if not isinstance(ckpt.get("state_dict"), dict):
         return "state_dict is missing"
+    if not isinstance(ckpt.get("arch"), str):
+        return "arch is not a name"
+    return _bad_record(ckpt)
+
+
+FRACTIONS = ("val_accuracy", "val_top5", "test_accuracy", "test_top5", "teacher_agreement")
+COUNTS = ("params", "macs", "epochs_run", "best_epoch")
+
+
+def _bad_record(ckpt: dict[str, Any]) -> str | None:
+    """What is impossible in the results a checkpoint records: a reader prints them, so an
+    accuracy of 150% or a metrics field that is not a table must not reach it."""
+    metrics = ckpt.get("metrics", {})
+    if not isinstance(metrics, dict):
+        return "metrics is not a table"
+    for key in FRACTIONS:
+        v = metrics.get(key)
+        ok = v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1)
+        if not ok:
+            return f"metrics {key} {v!r} is not a fraction in [0, 1]"
+    for key in COUNTS:
+        v = metrics.get(key)
+        if v is not None and not (isinstance(v, int) and not isinstance(v, bool) and v >= 0):
+            return f"metrics {key} {v!r} is not a count"
+    history = ckpt.get("history", [])
+    if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
+        return "history is not a list of epochs"
     return None
 
 

@@ -8,6 +8,7 @@ import os
 import sys
 
 from rich.console import Console
+from rich.text import Text
 
 from distill import distributed
 
@@ -20,13 +21,22 @@ def make_console(quiet: bool = False, stderr: bool = False) -> Console:
     """A console that prints on rank 0 only, and nothing at all when `quiet`."""
     stream = sys.stderr if stderr else sys.stdout
     piped = not stream.isatty() and "COLUMNS" not in os.environ
+    # markup=False: class names, paths and metadata come from files and users, and "[/x]" in one
+    # would crash a finished run or vanish as a style; distill's own colours are `styled` Text.
     return Console(
         stderr=stderr,
+        markup=False,
         soft_wrap=True,
         quiet=quiet or not distributed.is_main(),
         highlight=False,
         width=PIPE_WIDTH if piped else None,
     )
+
+
+def styled(text: str, style: str) -> Text:
+    """`text` in `style`, for a console without markup: console.print(styled("saved", "green"),
+    path) prints the path as the plain text it is."""
+    return Text(text, style=style)
 
 
 def note(message: str) -> None:

@@ -184,7 +184,13 @@ def evaluate_file(
     else:
         ckpt = load_checkpoint(path)
         classes, record = ckpt["classes"], ckpt["data"]
-    settings = data_for_model(record, data or {}, str(path))
+    input_size = meta["input_size"] if path.suffix == ".onnx" else ckpt["input_size"]
+    if input_size[1] != input_size[2]:
+        raise UserError(f"{path} takes {input_size[1]}x{input_size[2]} images; distill's data "
+                        "are square, so it cannot be evaluated here")  # fmt: skip
+    # The model's own size, whatever the data record or the flags say: images at another size
+    # would run (the network is convolutional) and score as noise.
+    settings = replace(data_for_model(record, data or {}, str(path)), image_size=input_size[1])
     if split != "val" and split != "test":
         raise UserError(f"unknown split {split!r}; use val or test")
     dataset = load_data(settings)

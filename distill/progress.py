@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from distill import distributed
+from distill.console import styled
 from distill.errors import UserError
 
 if TYPE_CHECKING:
@@ -98,10 +99,10 @@ class MetricsLog:
 
 def progress_bar(console: Console) -> Progress:
     return Progress(
-        TextColumn("[bold]{task.description}"),
+        TextColumn("{task.description}", style="bold", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("{task.fields[stats]}"),
+        TextColumn("{task.fields[stats]}", markup=False),
         TimeRemainingColumn(),
         console=console,
         # A bar is for a terminal: in a log file or a pipe it would only leave blank lines.
@@ -152,9 +153,10 @@ def announce(
     steps = recipe.epochs * len(t.loader)
     if steps < FEW_STEPS:
         console.print(
-            f"[yellow]warning:[/] only {plural(steps, 'optimizer step')} in this run "
+            styled("warning:", "yellow"),
+            f"only {plural(steps, 'optimizer step')} in this run "
             f"({plural(recipe.epochs, 'epoch')} x {len(t.loader)}), too few to learn much; raise "
-            f"--epochs or lower --batch-size ({recipe.batch_size} per process now)"
+            f"--epochs or lower --batch-size ({recipe.batch_size} per process now)",
         )
     passes = recipe.epochs * len(data.train)
     if t.device.type != "cpu":
@@ -162,10 +164,11 @@ def announce(
     macs = count_macs(t.net, tuple(data.input_size)) * passes
     if passes > CPU_WARN_IMAGE_PASSES or macs > CPU_WARN_MACS:
         console.print(
-            f"[yellow]warning:[/] {plural(recipe.epochs, 'epoch')} x {len(data.train):,} images "
+            styled("warning:", "yellow"),
+            f"{plural(recipe.epochs, 'epoch')} x {len(data.train):,} images "
             f"x {macs / passes / 1e6:,.0f}M MACs ({macs / 1e12:,.0f} TMACs) is sized for a GPU "
             "and will take hours on this CPU; --recipe quick, a smaller --arch, --train-size or "
-            "a smaller --image-size trains in minutes"
+            "a smaller --image-size trains in minutes",
         )
 
 

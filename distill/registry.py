@@ -12,10 +12,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import torch
 from torch import nn
 
 from distill.errors import UserError
-from distill.sizing import fit_plan, is_fitted, parse_fit_name
+from distill.memory import MAX_PARAMS, require
+from distill.sizing import fit_plan, is_fitted, parse_fit_name, plan_cost
 from students.catalog import CATALOG, ModelEntry
 from students.resnet import CifarResNet, ResNetConfig
 
@@ -70,7 +72,7 @@ def model_config(name: str, num_classes: int = 10) -> ResNetConfig:
 def create_model(name: str, num_classes: int = 10, stem: str = "cifar") -> CifarResNet:
     """The registered (or fitted) `name` with `stem` ("cifar" or "imagenet", see
     distill/stems.py); the channel plan is the same for both."""
-    return CifarResNet(replace(model_config(name, num_classes), stem=stem))
+    return _built(replace(model_config(name, num_classes), stem=stem), f"--arch {name}")
 
 
 def build_model(config: ResNetConfig | dict) -> nn.Module:
@@ -82,4 +84,17 @@ def build_model(config: ResNetConfig | dict) -> nn.Module:
         return build_imported(config)
     if isinstance(config, dict):
         config = ResNetConfig.from_dict(config)
+    return _built(config, "the recorded channel plan")
+
+
+def _built(config: ResNetConfig, what: str) -> CifarResNet:
+    """The model, once its size (counted from the plan, nothing allocated) is known to fit."""
+    if torch.get_default_device().type != "meta":
+        params = plan_cost(config)[0]
+        if params > MAX_PARAMS:
+            raise UserError(
+                f"{what} has {params:,} parameters, more than the {MAX_PARAMS:,} a model may "
+                "have; choose a smaller model"
+            )
+        require(params * 4, f"{what} ({params:,} parameters)", "choose a smaller model")
     return CifarResNet(config)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from distill.errors import UserError
+from distill.memory import MAX_BATCH, MAX_IMAGE_SIDE
 from distill.typed import (
     as_paths,
     build,
@@ -72,6 +73,11 @@ class DataSettings:
         whole_numbers_as_floats(self)
         as_paths(self, "data_root", "cache_dir")
         positive(self, "val_size", "train_size", "image_size")
+        require(
+            self.image_size <= MAX_IMAGE_SIDE,
+            "image_size",
+            f"must be at most {MAX_IMAGE_SIDE} pixels, got {self.image_size}",
+        )
         require(
             0 <= self.split_seed <= MAX_SEED,
             "split_seed",
@@ -228,6 +234,11 @@ class Recipe:
     def __post_init__(self) -> None:
         whole_numbers_as_floats(self)
         positive(self, "epochs", "batch_size", "lr", "step_every")
+        require(
+            self.batch_size <= MAX_BATCH,
+            "batch_size",
+            f"must be at most {MAX_BATCH:,} images per process, got {self.batch_size:,}",
+        )
         non_negative(
             self,
             "lr_batch",

@@ -38,6 +38,7 @@ from dataclasses import dataclass, replace
 
 from distill.budget import parse_budget
 from distill.errors import UserError
+from distill.memory import MAX_PARAMS
 from students.resnet import BOTTLENECK_EXPANSION, ResNetConfig, plan, se_hidden
 
 SEPARATOR = "@"
@@ -72,6 +73,11 @@ def parse_fit_name(name: str) -> FitSpec:
         raise UserError(
             f"{name!r}: budget {budget_text!r} is not a positive count; {EXAMPLE}"
         ) from None
+    if budget > MAX_PARAMS:
+        raise UserError(
+            f"{name!r}: a budget of {budget:,} parameters is more than the {MAX_PARAMS:,} a "
+            f"model may have; {EXAMPLE}"
+        )
     mac_ceiling = None
     if comma:
         try:

@@ -35,6 +35,7 @@ from distill.errors import UserError
 from distill.evaluation import EvalResult, eval_loader, evaluate
 from distill.files import WriteError, atomic_save
 from distill.losses import CrossEntropy, hard_labels
+from distill.memory import activation_bytes, require
 from distill.progress import MetricsLog, announce, epoch_line, progress_bar, stats_text
 from distill.resume import (
     STATE_SAVE_SECONDS,
@@ -142,8 +143,31 @@ def train_one_epoch(
 
 
 class _Diverged(Exception):
-    def __init__(self, epoch: int, step: int) -> None:
-        self.epoch, self.step = epoch, step
+    def __init__(self, epoch: int, step: int, where: str = "training") -> None:
+        self.epoch, self.step, self.where = epoch, step, where
+
+
+def _finite(model: nn.Module) -> bool:
+    """Every floating weight and buffer (BatchNorm's running statistics too) is finite: a model
+    with an infinite weight can still give a finite training loss in train mode."""
+    tensors = [v for v in model.state_dict().values() if v.is_floating_point()]
+    return not tensors or bool(torch.stack([v.isfinite().all() for v in tensors]).all())  # sync
+
+
+def _check_memory(model: nn.Module, data: Dataset, recipe: Recipe, device: torch.device) -> None:
+    """Refuse a step that cannot fit before the first one tries: activations kept for the
+    backward pass, and weights, gradients, momentum and an average (4 copies, float32)."""
+    params = sum(p.numel() for p in model.parameters())
+    need = activation_bytes(model, data.input_size, recipe.batch_size) + 16 * params
+    if device.type == "cuda":  # the data set lives on the GPU too
+        need += sum(s.images.numel() for s in (data.train, data.val))
+    require(
+        need,
+        f"a training step of {recipe.batch_size:,} images at {data.input_size[1]}x"
+        f"{data.input_size[2]}",
+        "lower --batch-size",
+        device,
+    )
 
 
 class _Watch:
@@ -238,6 +262,7 @@ def fit(
     distributed.init(device.type)
     configure_for_training(device)
     objective = objective or CrossEntropy(recipe.label_smoothing)
+    _check_memory(model, data, recipe, device)
     with phase("trainer build"):
         t = make_trainer(model, data, recipe, run, device, objective)
     writes = run.out is not None and distributed.is_main()
@@ -310,6 +335,10 @@ def fit(
                 last = epoch + 1 == recipe.epochs
                 with phase(f"epoch {epoch + 1} validation"):
                     val = evaluate(t.eval_model, val_loader, reference=teacher if last else None)
+                if not (math.isfinite(val.loss) and _finite(t.eval_model)):
+                    raise _diverged(
+                        _Diverged(epoch, steps - 1, "validation"), t, state_file, recipe
+                    )
                 record = _epoch_record(t, epoch, sums, val, seconds, watch.seen_before)
                 state.history.append(record)
                 console.print(epoch_line(record, recipe.epochs, kd))
@@ -430,8 +459,9 @@ def _diverged(d: _Diverged, t: Trainer, state_file: Path | None, recipe: Recipe)
         )
     else:
         way = "no resumable state was saved before it; rerun with lower values"
+    what = "the loss" if d.where == "training" else "the validation loss or a weight"
     return TrainingDiverged(
-        f"the loss became NaN or infinite in {where}; lower {t.objective.suspects}; {way}"
+        f"{what} became NaN or infinite in {where}; lower {t.objective.suspects}; {way}"
     )
 
 

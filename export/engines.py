@@ -22,7 +22,14 @@ from torch import nn
 
 from distill.errors import UserError
 from export.checks import accuracy
-from export.runtime import batched_logits, default_threads, make_session, resolve_device
+from export.runtime import (
+    batched_logits,
+    default_threads,
+    fixed_batch,
+    in_fixed_batches,
+    make_session,
+    resolve_device,
+)
 
 ENGINES = ("pytorch", "onnxruntime", "openvino")
 _ALIASES = {"ort": "onnxruntime", "torch": "pytorch", "ov": "openvino"}
@@ -101,10 +108,15 @@ def onnxruntime_engine(
     name = session.get_inputs()[0].name
     device = "cuda" if session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
 
-    def run(x: np.ndarray) -> np.ndarray:
-        return session.run(None, {name: x})[0]
+    fixed = fixed_batch(session)
+    run = in_fixed_batches(lambda x: session.run(None, {name: x})[0], fixed)
 
     def prepare(x: np.ndarray) -> Callable[[], object]:
+        if fixed is not None and len(x) != fixed:
+            raise UserError(
+                f"{path} takes a fixed batch of {fixed} (exported without a dynamic batch "
+                f"axis), not {len(x)}; bench it with --batch-sizes {fixed}, or export it again"
+            )
         if device == "cpu":
             return lambda: session.run(None, {name: x})
         binding = session.io_binding()

@@ -218,6 +218,34 @@ def batched_logits(
     return np.concatenate(out).astype(np.float32, copy=False)
 
 
+def fixed_batch(session: ort.InferenceSession) -> int | None:
+    """The batch size the graph's input is fixed to (a model exported without a dynamic batch
+    axis), or None when any batch goes."""
+    dim = session.get_inputs()[0].shape[0]
+    return dim if isinstance(dim, int) and dim > 0 else None
+
+
+def in_fixed_batches(
+    run: Callable[[np.ndarray], np.ndarray], batch: int | None
+) -> Callable[[np.ndarray], np.ndarray]:
+    """`run` for any number of images: a fixed-batch graph is given exactly its batch at a time
+    (the last chunk padded with copies of its last image, whose outputs are dropped)."""
+    if batch is None:
+        return run
+
+    def run_fixed(x: np.ndarray) -> np.ndarray:
+        out = []
+        for start in range(0, len(x), batch):
+            chunk = x[start : start + batch]
+            n = len(chunk)
+            if n < batch:
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - n, axis=0)])
+            out.append(np.asarray(run(chunk))[:n])
+        return np.concatenate(out)
+
+    return run_fixed
+
+
 def run_logits(
     session: ort.InferenceSession,
     images: torch.Tensor,
@@ -228,7 +256,7 @@ def run_logits(
     """Logits [N, classes] of an onnxruntime session for a tensor of images."""
     name = session.get_inputs()[0].name
     return batched_logits(
-        lambda x: session.run(None, {name: x})[0],
+        in_fixed_batches(lambda x: session.run(None, {name: x})[0], fixed_batch(session)),
         images,
         batch_size=batch_size,
         progress=progress,

@@ -707,7 +707,10 @@ def test_a_crafted_archive_is_refused_before_anything_is_written(
     root.mkdir(parents=True)
     archive = _crafted_archive(
         root / CIFAR10.filename,
-        lambda tar: (_member(tar, "cifar-10-batches-py/data_batch_1"), _member(tar, name, **fields)),
+        lambda tar: (
+            _member(tar, "cifar-10-batches-py/data_batch_1"),
+            _member(tar, name, **fields),
+        ),
     )
     # The checksum matches: it vouches for the archive's identity, not for what it holds.
     point_download_at(monkeypatch, dead_url(), hashlib.md5(archive.read_bytes()).hexdigest())

@@ -399,6 +399,26 @@ def test_a_late_divergence_names_its_suspects_and_resumes_with_a_lower_lr(
     assert ckpt["metrics"]["peak_lr"] == pytest.approx(hinted)
 
 
+def test_a_run_whose_validation_diverged_is_not_saved_as_a_result(tiny_dataset, tmp_path):
+    """Running statistics gone to NaN (as at an absurd lr): training mode uses batch statistics
+    and its loss stays finite; validation is NaN. Not a result, whatever its accuracy reads."""
+    torch.manual_seed(0)
+    model = CifarResNet(plan("basic", (1, 1), (8, 16), stem_width=8, num_classes=4))
+    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+    def poison(m, _inputs) -> None:
+        m.running_mean.fill_(float("nan"))
+
+    bn.register_forward_pre_hook(poison)
+    out = tmp_path / "d.pt"
+    run = RunSettings(out, "cpu", quiet=True)
+    recipe = replace(make_recipe("quick", batch_size=16), epochs=2)
+    diverged = pytest.raises(TrainingDiverged, match="validation loss or a weight .* epoch 1")
+    with diverged, training_run(run):
+        fit(model, tiny_dataset, recipe, run, kind="teacher", arch="micro")
+    assert not out.exists()
+
+
 def test_a_teacher_trained_on_other_data_is_named(tiny_image_folder, tiny_dataset, tmp_path):
     teacher = tmp_path / "t.pt"
     save_checkpoint(
@@ -411,3 +431,119 @@ def test_a_teacher_trained_on_other_data_is_named(tiny_image_folder, tiny_datase
             str(tmp_path / "c")]  # fmt: skip
     line = one_line(runner.invoke(app, args), "trained on other data", "/data/elsewhere")
     assert "45,000" in line and "5,000" in line
+
+
+# ---------------------------------------------------------------------------------------------
+# Text from files is text: never markup on the console, escaped in Markdown
+
+HOSTILE = ["[/x]", "a|b", "<b>c</b>", "d`e", "[bold]f", "g*h_i", "j\\k", "l\nm", "n", "o"]
+
+
+def test_class_names_from_a_file_are_printed_as_text(tmp_path):
+    from conftest import make_cifar_python
+
+    from distill.data.splits import channel_stats
+
+    base = make_cifar_python(tmp_path / "src", per_class=2, test_per_class=1, label_names=HOSTILE)
+    data = load_data(DataSettings(str(base), cache_dir=tmp_path / "c", val_size=10))
+    mean, std = channel_stats(data.train.images)
+    ckpt = new_checkpoint(
+        kind="teacher", arch="resnet18-quarter", model=create_model("resnet18-quarter", 10),
+        classes=HOSTILE, mean=list(mean), std=list(std), input_size=[3, 32, 32], recipe={},
+        data=dict(data.info),
+    )  # fmt: skip
+    save_checkpoint(ckpt, tmp_path / "m.pt")
+    args = ["eval", str(tmp_path / "m.pt"), "--data", str(base), "--cache-dir", str(tmp_path / "c")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "[/x]" in result.output and "[bold]f" in result.output
+
+
+def test_text_in_markdown_cannot_break_a_table_or_add_tags():
+    from distill.report.text import code, plain
+
+    for name in HOSTILE:
+        cell = plain(name)
+        assert "\n" not in cell and "<b>" not in cell
+        assert "|" not in cell.replace("\\|", "")  # no unescaped pipe to split the row
+    assert code("x`y|z") == "``x`y\\|z``"
+
+
+# ---------------------------------------------------------------------------------------------
+# Sizes that would take the machine: bounded, and estimated before anything is allocated
+
+
+@pytest.mark.parametrize(
+    "flags,named",
+    [
+        (["--batch-size", "100000000"], "--batch-size"),
+        (["--arch", "resnet18@99999999999999999999999"], "1,000,000,000 a model may have"),
+    ],
+)
+def test_absurd_sizes_are_refused_before_any_allocation(tiny_image_folder, tmp_path, flags, named):
+    result = runner.invoke(app, teacher_args(tiny_image_folder, tmp_path, tmp_path / "t.pt",
+                                             *flags))  # fmt: skip
+    one_line(result, named)
+    with pytest.raises(UserError, match="image_size"):
+        DataSettings(str(tiny_image_folder), image_size=100_000)
+
+
+def test_what_cannot_fit_the_memory_is_refused_saying_how_much(
+    tiny_image_folder, tiny_dataset, tmp_path, monkeypatch
+):
+    import distill.memory
+
+    monkeypatch.setattr(distill.memory, "available", lambda device="cpu": 2**30)
+    big = DataSettings(str(tiny_image_folder), cache_dir=tmp_path, val_size=20, image_size=4096)
+    with pytest.raises(UserError, match=r"at 4096x4096 needs at least 9\.\d GiB .* 1\.0 GiB free"):
+        load_data(big)  # 200 images x 3 x 4096^2 bytes, before a single one is decoded
+    model = CifarResNet(plan("basic", (1, 1), (8, 16), stem_width=8, num_classes=4))
+    run = RunSettings(tmp_path / "t.pt", "cpu", quiet=True)
+    recipe = make_recipe("quick", batch_size=50_000)
+    with pytest.raises(UserError, match="training step of 50,000 images .* --batch-size"):
+        fit(model, tiny_dataset, recipe, run, kind="teacher", arch="micro")
+
+
+# ---------------------------------------------------------------------------------------------
+# Records read from files are checked against their type and range; derived facts recounted
+
+
+@pytest.mark.parametrize(
+    "fields, problem",
+    [
+        ({"metrics": [1, 2]}, "metrics is not a table"),
+        ({"metrics": {"val_accuracy": 1.5}}, "val_accuracy 1.5 is not a fraction"),
+        ({"metrics": {"params": -3}}, "params -3 is not a count"),
+        ({"history": "epoch 1"}, "history"),
+        ({"arch": ["resnet18"]}, "arch"),
+    ],
+)
+def test_impossible_records_in_a_checkpoint_are_refused(tmp_path, fields, problem):
+    save_checkpoint(_checkpoint(**fields), tmp_path / "x.pt")
+    with pytest.raises(UserError, match=problem):
+        load_checkpoint(tmp_path / "x.pt")
+
+
+def test_the_report_counts_weights_and_ignores_a_hostile_bench_record(tmp_path):
+    from distill.budget import count_params, format_count
+
+    ckpt = _checkpoint(metrics={"params": 1, "macs": 2, "val_accuracy": 0.5})
+    save_checkpoint(ckpt, tmp_path / "m.pt")
+    hostile = [
+        {"model": "m.pt", "environment": ["cpu"], "results": "fast"},
+        {"model": {"path": "m.pt"}, "environment": {"device": "cpu", "cpu": ["x"]},
+         "results": [{"engine": "onnxruntime", "batch_size": 1, "p50_ms": -5.0},
+                     {"engine": ["x"], "batch_size": [1], "p50_ms": [1.0]}],
+         "speedup": "10x"},
+    ]  # fmt: skip
+    (tmp_path / "bench.json").write_text(json.dumps(hostile))
+    result = runner.invoke(app, ["report", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    report = (tmp_path / "report.md").read_text()
+    real = count_params(create_model("resnet18-quarter", 4))
+    assert f"| {format_count(real)} |" in report and "| 1 |" not in report
+    assert "-5.00" not in report
+    (tmp_path / "bench.json").write_text("[" * 100_000 + "]" * 100_000)
+    again = runner.invoke(app, ["report", str(tmp_path)])
+    assert again.exit_code == 0, again.output
+    assert "nested too deeply" in (tmp_path / "report.md").read_text()

@@ -179,3 +179,20 @@ def test_openvino_predicts_what_onnxruntime_does(model, tmp_path):
         want = {c.index: c.probability for c in a.top}
         assert got.keys() == want.keys() or a.top[0].probability - a.top[1].probability < 0.02
         assert b.top[0].probability == pytest.approx(a.top[0].probability, abs=0.02)
+
+
+def test_a_fixed_batch_model_runs_one_batch_at_a_time_and_bench_names_the_limit(model, tmp_path):
+    from export.engines import onnxruntime_engine
+
+    graph = onnx.load(str(model["onnx"]))
+    for value in (*graph.graph.input, *graph.graph.output):
+        value.type.tensor_type.shape.dim[0].Clear()
+        value.type.tensor_type.shape.dim[0].dim_value = 1  # as exported without dynamic axes
+    fixed = tmp_path / "fixed.onnx"
+    onnx.save(graph, str(fixed))
+    files = images_of_every_kind(tmp_path)
+    ours = [p.top_k for p in predict(fixed, files)]
+    assert ours == [p.top_k for p in predict(model["onnx"], files)]
+    engine = onnxruntime_engine(fixed, "fp32")
+    with pytest.raises(UserError, match="fixed batch of 1 .* --batch-sizes 1"):
+        engine.prepare(np.zeros((2, 3, SIZE, SIZE), dtype=np.float32))

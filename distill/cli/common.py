@@ -19,7 +19,7 @@ import typer.core
 import typer.models
 
 from distill import __version__, distributed
-from distill.console import make_console
+from distill.console import make_console, styled
 from distill.errors import exits_on_user_error, one_line_usage_errors
 from distill.flags import Flags, Group
 from distill.recipes import RECIPES
@@ -242,8 +242,9 @@ def print_saved(ckpt: dict[str, Any], out: Path | None) -> None:
     m = ckpt["metrics"]
     test = f", test top-1 {m['test_accuracy']:.2%}" if "test_accuracy" in m else ""
     console.print(
-        f"[green]saved[/] {out}: {ckpt['arch']}, {m['params']:,} params, "
-        f"val top-1 {m['val_accuracy']:.2%} (top-5 {m.get('val_top5', float('nan')):.2%}){test}"
+        styled("saved", "green"),
+        f"{out}: {ckpt['arch']}, {m['params']:,} params, "
+        f"val top-1 {m['val_accuracy']:.2%} (top-5 {m.get('val_top5', float('nan')):.2%}){test}",
     )
     warning = failure_warning(ckpt)
     if warning:

@@ -12,6 +12,7 @@ from distill.cli.common import (
     command,
     console,
 )
+from distill.console import styled
 from distill.flags import Flags, Group, with_settings
 from distill.settings import BenchSettings
 
@@ -96,4 +97,4 @@ def bench_cmd(
         show_bench(record)
     if out is not None:
         write_bench_record(record, out, force)
-        console.print(f"[green]wrote[/] {out}")
+        console.print(styled("wrote", "green"), str(out))

@@ -13,7 +13,7 @@ from pathlib import Path
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from distill.console import make_console
+from distill.console import make_console, styled
 from distill.errors import exits_on_user_error
 from distill.flags import Flags, Group, with_settings
 from distill.settings import ExportSettings
@@ -96,7 +96,7 @@ def onnx_cmd(
 
     settings = flags.build("export")
     with Progress(
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
@@ -118,15 +118,17 @@ def onnx_cmd(
     meta = report.metadata
     tta_note = ", flip-average TTA inside" if report.tta else ""
     console.print(
-        f"[green]wrote[/] {report.path}: {meta['arch']} {report.precision}{tta_note}, "
-        f"{mb(report.size_bytes)}, opset {meta['opset']}, {report.seconds:.1f} s"
+        styled("wrote", "green"),
+        f"{report.path}: {meta['arch']} {report.precision}{tta_note}, "
+        f"{mb(report.size_bytes)}, opset {meta['opset']}, {report.seconds:.1f} s",
     )
-    style = "" if report.real_images else "[yellow]"
-    console.print(f"{style}{report.parity.line()}")
+    console.print(report.parity.line(), style=None if report.real_images else "yellow")
     if report.int8_scheme:
         console.print(f"int8 arithmetic: {report.int8_scheme}")
     if report.accuracy is None:
-        console.print("[yellow]val top-1 not measured: the model's data is not on this machine")
+        console.print(
+            "val top-1 not measured: the model's data is not on this machine", style="yellow"
+        )
     elif report.fp32_accuracy is not None:
         console.print(
             f"val top-1 on {report.eval_images:,} images: int8 {report.accuracy:.2%} vs fp32 "

@@ -15,6 +15,7 @@ from distill.cli.common import (
     console,
     theirs,
 )
+from distill.console import styled
 from distill.flags import Flags, with_settings
 
 # Models and budgets
@@ -49,7 +50,7 @@ def models_cmd(
             r["role"],
             f"{r['params']:,}",
             format_count(r["macs"]),
-            "[green]yes[/]" if ok else "[red]no[/]",
+            styled("yes", "green") if ok else styled("no", "red"),
         )
     console.print(table)
     console.print("Any of these fits a budget as FAMILY@BUDGET, e.g. resnet34@2.5M.")
@@ -123,14 +124,14 @@ def budget_cmd(
         table.add_column("MACs", justify="right")
         for c in costs:
             table.add_row(c.name, f"{c.params:,}", format_count(c.macs))
-        table.add_row("[bold]total[/]", f"[bold]{params:,}[/]", f"[bold]{format_count(macs)}[/]")
+        table.add_row("total", f"{params:,}", format_count(macs), style="bold")
         console.print(table)
     if params > limit:
         if not as_json:
-            console.print(f"[red]over budget[/]: {params:,} > {limit:,} parameters")
+            console.print(styled("over budget:", "red"), f"{params:,} > {limit:,} parameters")
         raise typer.Exit(1)
     if not as_json:
-        console.print(f"[green]within budget[/]: {params:,} <= {limit:,} parameters")
+        console.print(styled("within budget:", "green"), f"{params:,} <= {limit:,} parameters")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,8 +179,8 @@ def eval_cmd(
             conf.add_row(f"{i} {name}", *(str(v) for v in row))
         console.print(conf)
     console.print(
-        f"[bold]top-1 {result['accuracy']:.2%}[/]  top-5 {result['top5']:.2%}  "
-        f"loss {result['loss']:.4f}"
+        styled(f"top-1 {result['accuracy']:.2%}", "bold"),
+        f" top-5 {result['top5']:.2%}  loss {result['loss']:.4f}",
     )
 
 
@@ -294,4 +295,4 @@ def report_cmd(
     from distill.report import write_report
 
     path = write_report(run_dir, force=force)
-    console.print(f"[green]wrote[/] {path} (plots in {path.parent / 'plots'})")
+    console.print(styled("wrote", "green"), f"{path} (plots in {path.parent / 'plots'})")

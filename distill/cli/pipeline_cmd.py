@@ -16,7 +16,7 @@ from distill.cli.common import (
     relaunched,
     resume_command,
 )
-from distill.console import make_console
+from distill.console import make_console, styled
 from distill.errors import UserError
 from distill.settings import DataSettings
 
@@ -90,4 +90,6 @@ def pipeline_cmd(
             )
         raise typer.Exit(130) from None
     minutes = (time.perf_counter() - started) / 60
-    console.print(f"[bold green]pipeline finished[/] in {minutes:.1f} min; report: {report}")
+    console.print(
+        styled("pipeline finished", "bold green"), f"in {minutes:.1f} min; report: {report}"
+    )

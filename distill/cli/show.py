@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from distill.console import make_console
@@ -56,7 +55,7 @@ def show_bench(record: dict) -> None:
             gflops,
             _pct(r.get("val_accuracy")),
             str(r["runs"]),
-            f"[yellow]NOISY ({r['noisy_why']})[/]" if r.get("noisy") else "",
+            f"NOISY ({r['noisy_why']})" if r.get("noisy") else "",
             style="yellow" if r.get("noisy") else None,
         )
     console.print(table)
@@ -80,20 +79,21 @@ def show_bench(record: dict) -> None:
         console.print(f"batch {bs}: onnxruntime fp32 {ratio:.2f}x PyTorch eager fp32 (p50 latency)")
     summary = record.get("summary") or {}
     if summary.get("by_batch_size"):
-        console.print(f"[bold]{summary['basis']}:")
+        console.print(f"{summary['basis']}:", style="bold")
         for bs, best in summary["by_batch_size"].items():
             ratio = best.get("speedup_vs_pytorch_fp32")
             vs = f", {ratio:.2f}x PyTorch eager fp32" if ratio else ""
-            flag = " [yellow](noisy: not a firm result)[/]" if best["noisy"] else ""
+            flag = " (noisy: not a firm result)" if best["noisy"] else ""
             console.print(
                 f"  batch {bs}: {best['engine']} {best['precision']}, p50 {best['p50_ms']:.2f} ms, "
                 f"val top-1 {_pct(best['val_accuracy'])}{vs}{flag}"
             )
     if any(r.get("noisy") for r in record["results"]):
         console.print(
-            "[yellow]rows marked NOISY ran while the machine was busy or had a long tail; "
-            "rerun on a quiet machine before quoting them"
+            "rows marked NOISY ran while the machine was busy or had a long tail; "
+            "rerun on a quiet machine before quoting them",
+            style="yellow",
         )
     if record.get("note"):
-        # Plain text from the record: "pip install 'distill[openvino]'" is not a style tag.
-        console.print(f"[yellow]{escape(record['note'])}")
+        # Plain text (the console has no markup): "pip install 'distill[openvino]'" stays whole.
+        console.print(str(record["note"]), style="yellow")

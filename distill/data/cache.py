@@ -26,6 +26,7 @@ from distill.data.resize import size_note
 from distill.data.sources import Source, digest
 from distill.errors import UserError
 from distill.files import atomic_save
+from distill.memory import require
 from distill.settings import DataSettings
 from distill.timing import phase
 
@@ -43,12 +44,26 @@ def cached_decode(source: Source, settings: DataSettings) -> Decoded:
         cached = read_cache(path, full_key)
     if cached is not None:
         return cached
+    require(
+        _count(source) * 3 * settings.image_size**2,
+        f"decoding {source.name} at {settings.image_size}x{settings.image_size}",
+        "lower image_size or use a smaller data set",
+    )
     with phase("data: decode"):
         decoded = decode(source, settings)
         decoded = replace(decoded, sha256=checksum(_tensors(_tensor_fields(decoded))))
     with phase("data: cache write"):
         write_cache(path, full_key, decoded, stale=f"{stem}-*.pt")
     return decoded
+
+
+def _count(source: Source) -> int:
+    """How many images the source holds, from its listing (CIFAR rows are 3,072 bytes)."""
+    if source.kind == "image-folder":
+        return sum(len(files) for _, files in source.image_files)
+    if source.download is not None:
+        return 60_000
+    return sum(f.stat().st_size for f in source.folder.iterdir() if f.is_file()) // 3072
 
 
 def decode(source: Source, settings: DataSettings) -> Decoded:

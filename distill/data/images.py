@@ -33,7 +33,9 @@ _OPENABLE = frozenset(
 
 # Modes PIL converts to RGB without losing what the image means: 8-bit grey, palette, bilevel,
 # alpha (dropped: the colour under it is kept, as torchvision's loader does), CMYK, YCbCr.
-_TO_RGB = frozenset({"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr"})
+_TO_RGB = frozenset(
+    {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr"}
+)
 # Integer modes of more than 8 bits (16-bit PNG and TIFF): PIL's convert("RGB") clips them at
 # 255, which turns a 16-bit image white, so they are scaled to 8 bits here instead.
 _WIDE_GREY = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})

@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.rule import Rule
 
 from distill import distributed, launch
-from distill.console import make_console
+from distill.console import make_console, styled
 from distill.data import Dataset, load_data
 from distill.device import resolve_device
 from distill.errors import UserError
@@ -123,16 +123,16 @@ def _run_stages(stages: Iterable[Stage], state: PipelineState | None, console: C
         # Rank 0 decides; every rank acts on the same decision.
         action, fp, why = distributed.broadcast(decide(stage, state) if state is not None else None)
         if action == "skip":
-            console.print(f"[dim]{stage.name}: {why}, skipped[/]")
+            console.print(f"{stage.name}: {why}, skipped", style="dim")
             if state is not None and state.stages.get(stage.name, {}).get("fingerprint") != fp:
                 _record(state, stage, fp, "done", 0.0)
             continue
         resume = action == "resume"
         if why:
-            console.print(f"[yellow]{stage.name}: {why}[/]")
+            console.print(f"{stage.name}: {why}", style="yellow")
         # The terminal's width, or 80 in a log: tables there may be wider, a divider need not be.
         width = console.width if console.is_terminal else 80
-        console.print(Rule(f"[bold]{stage.name}"), width=width)
+        console.print(Rule(styled(stage.name, "bold")), width=width)
         prior = state.stages.get(stage.name, {}).get("seconds", 0.0) if resume and state else 0.0
         if state is not None:
             _record(state, stage, fp, "running", prior)
@@ -150,8 +150,8 @@ def _run_stages(stages: Iterable[Stage], state: PipelineState | None, console: C
         if state is not None:
             _record(state, stage, fp, "done", seconds)
         console.print(
-            f"[green]{stage.name}: done[/] in {seconds:.0f}s "
-            f"-> {', '.join(p.name for p in stage.outputs)}"
+            styled(f"{stage.name}: done", "green"),
+            f"in {seconds:.0f}s -> {', '.join(p.name for p in stage.outputs)}",
         )
 
 

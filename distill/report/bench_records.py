@@ -7,11 +7,13 @@ a number measured while the machine was busy or with a long tail is shown flagge
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from distill.report.records import as_float, as_int
+from distill.memory import MAX_BATCH
+from distill.report.records import as_float
 
 # p99 beyond this many times p50 means the tail is interruptions (other processes, frequency
 # changes), not the model: the median itself is then suspect.
@@ -77,7 +79,7 @@ def noise_reason(row: dict[str, Any], threads: int | None, load: float | None) -
     if "noisy" in row:  # bench's verdict, with its reason
         if not row["noisy"]:
             return None
-        return f"noisy: {row.get('noisy_why') or 'marked noisy by `distill bench`'}"
+        return f"noisy: {_text(row.get('noisy_why')) or 'marked noisy by `distill bench`'}"
     reasons = []
     if long_tail:
         reasons.append(f"p99 {ratio:.1f} times p50")
@@ -94,44 +96,75 @@ def _default_precision(engine: str, device: str, file_precision: str) -> str:
     return file_precision if engine == "onnxruntime" else "default"
 
 
-def _record(rec: dict[str, Any]) -> BenchRecord | None:
-    model, env = rec.get("model") or {}, rec.get("environment") or {}
-    device = str(env.get("device") or "")
-    if not model.get("path") or device not in ("cpu", "cuda"):
+def _table(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _text(value: Any) -> str | None:
+    """A string field as a short line; anything else (a list, a table) is not one."""
+    return (" ".join(value.split())[:120] or None) if isinstance(value, str) else None
+
+
+def _positive(value: Any, upper: float = math.inf) -> float | None:
+    """A number in (0, upper]: a time, a rate or a ratio; a negative time is no measurement."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         return None
-    file = Path(str(model["path"])).name
-    precision = str(model.get("precision") or "fp32")
-    threads = as_int(env.get("threads"))
+    f = as_float(value)
+    return f if f is not None and 0 < f <= upper else None
+
+
+def _count(value: Any) -> int | None:
+    f = _positive(value, MAX_BATCH)
+    return int(f) if f is not None and f == int(f) else None
+
+
+def _fraction(value: Any) -> float | None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    f = as_float(value) if ok else None
+    return f if f is not None and 0 <= f <= 1 else None
+
+
+def _record(rec: dict[str, Any]) -> BenchRecord | None:
+    """One record of a bench.json, every field checked against its type and range: a field that
+    is not what bench writes is left out (a row without a time, a list where a name belongs)."""
+    model, env = _table(rec.get("model")), _table(rec.get("environment"))
+    device = _text(env.get("device"))
+    path = _text(model.get("path"))
+    if not path or device not in ("cpu", "cuda"):
+        return None
+    file = Path(path).name
+    precision = _text(model.get("precision")) or "fp32"
+    threads = _count(env.get("threads"))
     loadavg = env.get("loadavg")
-    load = as_float(loadavg[0]) if isinstance(loadavg, list) and loadavg else None
+    load = _positive(loadavg[0]) if isinstance(loadavg, list) and loadavg else None
     results = []
-    for row in rec.get("results") or []:
-        row = row if isinstance(row, dict) else {}
-        p50, batch = as_float(row.get("p50_ms")), as_int(row.get("batch_size"))
-        if not p50 or not batch or not row.get("engine"):
+    rows = rec.get("results")
+    for row in rows if isinstance(rows, list) else []:
+        row = _table(row)
+        p50, batch = _positive(row.get("p50_ms")), _count(row.get("batch_size"))
+        engine = _text(row.get("engine"))
+        if not p50 or not batch or not engine:
             continue
-        engine = str(row["engine"])
         results.append(
             Measurement(
                 file=file,
                 engine=engine,
-                precision=str(
-                    row.get("precision") or _default_precision(engine, device, precision)
-                ),
+                precision=_text(row.get("precision"))
+                or _default_precision(engine, device, precision),
                 batch_size=batch,
                 p50_ms=p50,
-                p99_ms=as_float(row.get("p99_ms")),
-                images_per_s=as_float(row.get("images_per_s")) or 1e3 * batch / p50,
-                val_accuracy=as_float(row.get("val_accuracy")),
+                p99_ms=_positive(row.get("p99_ms")),
+                images_per_s=_positive(row.get("images_per_s")) or 1e3 * batch / p50,
+                val_accuracy=_fraction(row.get("val_accuracy")),
                 noise=noise_reason(row, threads, load),
             )
         )
     speedup = {
         b: r
-        for k, v in (rec.get("speedup") or {}).items()
-        if (b := as_int(k)) and (r := as_float(v))
+        for k, v in _table(rec.get("speedup")).items()
+        if (b := _count(k)) and (r := _positive(v))
     }
-    hardware = env.get("gpu") if device == "cuda" else env.get("cpu")
+    hardware = _text(env.get("gpu") if device == "cuda" else env.get("cpu"))
     return BenchRecord(
         file=file,
         device=device,

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from distill.report.headline import kd_pairs
 from distill.report.records import Model, as_float
+from distill.report.text import code, plain
 
 ROLES_SHOWN = ("teacher", "baseline", "kd")  # the models whose classes the issue compares
 WIDE = 20  # more classes than this: the table folds away, and cells lose their numbers
@@ -48,8 +49,8 @@ def read_scores(m: Model) -> tuple[ClassScores | None, str | None]:
     raw_pc, raw_conf = metrics.get("per_class"), metrics.get("confusion")
     if raw_pc is None and raw_conf is None:
         return None, (
-            f"`{m.name}` records no per-class accuracy or confusion matrix (a checkpoint written "
-            "before distill kept them): it is left out of the per-class plots."
+            f"{code(m.name)} records no per-class accuracy or confusion matrix (a checkpoint "
+            "written before distill kept them): it is left out of the per-class plots."
         )
     classes = [str(c) for c in m.ckpt.get("classes") or []]
     n = len(classes) or len(raw_pc or raw_conf or [])
@@ -62,12 +63,12 @@ def read_scores(m: Model) -> tuple[ClassScores | None, str | None]:
         per_class = [row[i] / sum(row) if sum(row) else 0.0 for i, row in enumerate(confusion)]
     if not per_class:
         return None, (
-            f"`{m.name}`: its per-class accuracy does not match its {n} classes; not shown."
+            f"{code(m.name)}: its per-class accuracy does not match its {n} classes; not shown."
         )
     note = None
     if confusion is None:
         what = "records no confusion matrix" if raw_conf is None else "has a malformed confusion"
-        note = f"`{m.name}` {what}: no heatmap for it."
+        note = f"{code(m.name)} {what}: no heatmap for it."
     return ClassScores(m, tuple(classes), tuple(per_class), confusion), note
 
 
@@ -105,9 +106,9 @@ def gain_line(kd: ClassScores, base: ClassScores, gain: Sequence[float]) -> str:
     )
     better = sum(g > 0 for g in gain)
     return (
-        f"Per class, `{kd.model.name}` vs `{base.model.name}`: better on {better} of {len(gain)} "
-        f"classes, from {gain[lo]:+.1f} points ({kd.classes[lo]}) to {gain[hi]:+.1f} "
-        f"({kd.classes[hi]})."
+        f"Per class, {code(kd.model.name)} vs {code(base.model.name)}: better on {better} of "
+        f"{len(gain)} classes, from {gain[lo]:+.1f} points ({plain(kd.classes[lo])}) to "
+        f"{gain[hi]:+.1f} ({plain(kd.classes[hi])})."
     )
 
 
@@ -118,11 +119,11 @@ def class_table(scores: Sequence[ClassScores]) -> list[str]:
     classes = scores[0].classes
     same = [s for s in scores if s.classes == classes]  # a model on other classes: own plots only
     pairs = gains(same)
-    head = ["class", *[f"`{s.model.name}`" for s in same]]
-    head += [f"KD gain `{k.model.name}` (points)" for k, _, _ in pairs]
+    head = ["class", *[f"{code(s.model.name)}" for s in same]]
+    head += [f"KD gain {code(k.model.name)} (points)" for k, _, _ in pairs]
     rows = ["| " + " | ".join(head) + " |", "|---|" + "--:|" * (len(head) - 1)]
     for i, name in enumerate(classes):
-        cells = [name, *[f"{s.per_class[i]:.1%}" for s in same]]
+        cells = [plain(name), *[f"{s.per_class[i]:.1%}" for s in same]]
         cells += [f"{g[i]:+.1f}" for _, _, g in pairs]
         rows.append("| " + " | ".join(cells) + " |")
     if len(classes) > WIDE:

@@ -17,20 +17,38 @@ from typing import Any
 from distill.errors import UserError
 from distill.report.bench_records import batch1_latency, read_bench
 from distill.report.records import ROLES, Collection, Model, as_float, as_int, checkpoint_role
+from distill.report.text import code
+
+
+def _counted(ckpt: dict[str, Any]) -> tuple[int, int | None]:
+    """Parameters counted in the weights and MACs from the channel plan (which the weights were
+    checked against on load), not what the record says: a record can be edited, weights are
+    what runs."""
+    from distill.sizing import plan_cost
+    from students.resnet import ResNetConfig
+
+    stats = ("running_mean", "running_var", "num_batches_tracked")
+    params = sum(v.numel() for k, v in ckpt["state_dict"].items() if not k.endswith(stats))
+    try:
+        macs = plan_cost(ResNetConfig.from_dict(ckpt["model_config"]), tuple(ckpt["input_size"]))[1]
+    except (KeyError, TypeError, ValueError):
+        macs = None
+    return params, macs
 
 
 def _read_checkpoint(path: Path) -> Model:
     from distill.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(path)
+    params, macs = _counted(ckpt)
     ckpt.pop("state_dict", None)  # weights are not shown; do not hold them in memory
     m = ckpt.get("metrics") or {}
     return Model(
         path=path,
         role=checkpoint_role(ckpt),
         arch=str(ckpt.get("arch", "?")),
-        params=as_int(m.get("params")),
-        macs=as_int(m.get("macs")),
+        params=params,
+        macs=macs,
         val_accuracy=as_float(m.get("val_accuracy")),
         test_accuracy=as_float(m.get("test_accuracy")),
         size_bytes=path.stat().st_size,
@@ -50,8 +68,8 @@ def _read_onnx(path: Path, by_sha: dict[str, Model]) -> tuple[Model, str | None]
     named = str(meta.get("source") or "")
     if src is None and named and (path.parent / named).is_file():
         stale = (
-            f"`{path.name}` was exported from an earlier `{named}` (its sha256 differs from the "
-            "file here): its numbers describe the old model; re-export it"
+            f"{code(path.name)} was exported from an earlier {code(named)} (its sha256 differs "
+            "from the file here): its numbers describe the old model; re-export it"
         )
     return Model(
         path=path,
@@ -96,7 +114,7 @@ def collect_models(run_dir: Path) -> Collection:
         try:
             ckpts.append(_read_checkpoint(path))
         except UserError as e:
-            problems.append(f"Skipped `{path.name}`: {e}")
+            problems.append(f"Skipped {code(path.name)}: {e}")
     onnx_paths = sorted(run_dir.glob("*.onnx"))
     by_sha = sha256_index(ckpts) if onnx_paths else {}
     onnx_models: list[Model] = []
@@ -104,7 +122,7 @@ def collect_models(run_dir: Path) -> Collection:
         try:
             model, stale = _read_onnx(path, by_sha)
         except UserError as e:  # a broken export should not hide the rest of the report
-            problems.append(f"Skipped `{path.name}`: {e}")
+            problems.append(f"Skipped {code(path.name)}: {e}")
             continue
         onnx_models.append(model)
         problems += [stale] if stale else []
@@ -125,13 +143,14 @@ def collect_models(run_dir: Path) -> Collection:
     if bench_file is not None:
         try:
             records = read_bench(json.loads(bench_file.read_text()))
-        except ValueError as e:
-            problems.append(f"`bench.json` is not valid JSON ({e}); latency not shown")
+        except (ValueError, RecursionError) as e:  # nesting deeper than the parser's stack
+            why = str(e)[:80] if isinstance(e, ValueError) else "nested too deeply"
+            problems.append(f"`bench.json` is not valid JSON ({why}); latency not shown")
         # A record of a file not here (renamed, or measured elsewhere) describes no model on
         # this page.
         here = {m.name for m in models}
         problems += [
-            f"`bench.json` times `{name}`, which is not in this folder: not shown."
+            f"`bench.json` times {code(name)}, which is not in this folder: not shown."
             for name in dict.fromkeys(r.file for r in records if r.file not in here)
         ]
         records = tuple(r for r in records if r.file in here)
@@ -142,8 +161,10 @@ def collect_models(run_dir: Path) -> Collection:
     if pipeline_file.is_file():
         try:
             pipeline = json.loads(pipeline_file.read_text())
-        except ValueError as e:
-            problems.append(f"`pipeline.json` is not valid JSON ({e})")
+        except (ValueError, RecursionError):
+            problems.append("`pipeline.json` is not valid JSON")
+        if not isinstance(pipeline, dict):
+            pipeline = None
     return Collection(run_dir, tuple(models), tuple(problems), bench_file, pipeline, records)
 
 

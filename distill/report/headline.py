@@ -11,7 +11,7 @@ from typing import Any
 from distill.budget import parse_budget
 from distill.errors import UserError
 from distill.report.records import Collection, Model
-from distill.report.text import points
+from distill.report.text import code, plain, points
 
 
 def budgets(col: Collection) -> dict[str, int]:
@@ -65,13 +65,13 @@ def kd_gain_lines(models: Sequence[Model]) -> list[str]:
     for kd, base in pairs:
         if base is None:
             lines.append(
-                f"KD student `{kd.name}`: no label-only baseline of {kd.arch} in this folder, "
-                "so the gain from distillation is not measured."
+                f"KD student {code(kd.name)}: no label-only baseline of {plain(kd.arch)} in this "
+                "folder, so the gain from distillation is not measured."
             )
             continue
         gain = round(100 * (kd.val_accuracy - base.val_accuracy), 1)
         acc = f"({kd.val_accuracy:.1%} vs {base.val_accuracy:.1%} val top-1)"
-        who = "KD student" if len(pairs) == 1 else f"KD student `{kd.name}`"
+        who = "KD student" if len(pairs) == 1 else f"KD student {code(kd.name)}"
         if gain > 0:
             line = f"{who}: **+{gain:.1f} points** over the label-only baseline {acc}"
         elif gain < 0:

@@ -13,7 +13,7 @@ from pathlib import Path
 from distill.report.bench_records import BenchRecord, Measurement
 from distill.report.figures import log_ticks, new_figure
 from distill.report.output import PLOTS, save_figure
-from distill.report.text import fmt
+from distill.report.text import code, fmt, plain
 
 FLAG = "⚠"  # beside a number that is not steady; the reason is listed under the table
 DEVICES = {"cpu": "CPU", "cuda": "CUDA"}
@@ -33,7 +33,7 @@ def lines_of(records: Sequence[BenchRecord], device: str) -> dict[tuple, list[Me
 
 def _machine(records: Sequence[BenchRecord], device: str) -> str:
     recs = [r for r in records if r.device == device]
-    hardware = " / ".join(sorted({r.hardware for r in recs}))
+    hardware = " / ".join(sorted({plain(r.hardware) for r in recs}))
     threads = sorted({r.threads for r in recs if r.threads})
     return hardware + (f", {'/'.join(map(str, threads))} threads" if threads else "")
 
@@ -149,7 +149,7 @@ def latency_table(records: Sequence[BenchRecord], device: str) -> list[str]:
     for (file, engine, precision), rows in lines.items():
         by_batch = {r.batch_size: r for r in rows}
         acc = next((r.val_accuracy for r in rows if r.val_accuracy is not None), None)
-        cells = [f"`{file}`", engine, precision]
+        cells = [code(file), plain(engine), plain(precision)]
         cells += [fmt(acc, lambda v: f"{v:.2%}")] if has_acc else []
         cells += [_cell(by_batch.get(b)) for b in batches]
         out.append("| " + " | ".join(cells) + " |")
@@ -165,10 +165,11 @@ def _flag_lines(rows: Sequence[Measurement]) -> list[str]:
         mine = [r for r in rows if r.file == file]
         reasons = {r.noise for r in mine}
         if len(reasons) == 1 and None not in reasons and len(mine) > 1:
-            out.append(f"- {FLAG} `{file}`, every measurement: {mine[0].noise}.")
+            out.append(f"- {FLAG} {code(file)}, every measurement: {mine[0].noise}.")
             continue
         out += [
-            f"- {FLAG} `{file}` {r.engine} {r.precision}, batch {r.batch_size}: {r.noise}."
+            f"- {FLAG} {code(file)} {plain(r.engine)} {plain(r.precision)}, "
+            f"batch {r.batch_size}: {plain(r.noise)}."
             for r in mine
             if r.noise
         ]
@@ -186,7 +187,7 @@ def speedup_lines(records: Sequence[BenchRecord], device: str) -> list[str]:
         for batch, ratio in sorted(rec.speedup.items()):
             noise = rec.speedup_noise(batch)
             parts.append(f"batch {batch} {ratio:.1f}x" + (f" {FLAG} ({noise})" if noise else ""))
-        out.append(f"- `{rec.file}`: " + ", ".join(parts))
+        out.append(f"- {code(rec.file)}: " + ", ".join(parts))
     if not out:
         return []
     return ["onnxruntime vs PyTorch eager, p50 ratio measured in the same run:", "", *out, ""]

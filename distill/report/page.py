@@ -22,6 +22,7 @@ from distill.report.records import Collection, Model
 from distill.report.runs import runs_section
 from distill.report.sweep import has_models, sweep_section
 from distill.report.tables import render_table
+from distill.report.text import code, plain
 from distill.report.tradeoff import plot_accuracy_vs_latency, plot_accuracy_vs_params
 from distill.ship import ship_line
 
@@ -77,12 +78,12 @@ def latency_note(models: Sequence[Model]) -> list[str]:
         return []
     env = timed[0].bench
     note = (
-        f"ORT p50: onnxruntime on CPU ({env.get('cpu') or 'unknown CPU'}, "
+        f"ORT p50: onnxruntime on CPU ({plain(env.get('cpu') or 'unknown CPU')}, "
         f"{env.get('threads', '?')} threads), median latency of one image, from `bench.json`."
     )
     ratios = [
-        f"`{m.name}` {m.bench['speedup']:.1f}x"
-        + (f" {FLAG} ({m.bench['speedup_noise']})" if m.bench.get("speedup_noise") else "")
+        f"{code(m.name)} {m.bench['speedup']:.1f}x"
+        + (f" {FLAG} ({plain(m.bench['speedup_noise'])})" if m.bench.get("speedup_noise") else "")
         for m in timed
         if m.bench.get("speedup")
     ]
@@ -160,7 +161,7 @@ def write_report(run_dir: Path, force: bool = False) -> Path:
     plots = run_dir / PLOTS
     sweep = sweep_section(run_dir, plots)
     if sweep[0] and not has_models(run_dir):  # a sweep folder: its models are its trials'
-        lines = [MARK, f"# Sweep report: `{run_dir.resolve().name}`", "", *sweep[0]]
+        lines = [MARK, f"# Sweep report: {code(run_dir.resolve().name)}", "", *sweep[0]]
         report = run_dir / "report.md"
         atomic_write(report, lambda tmp: Path(tmp).write_text("\n".join(lines), encoding="utf-8"))
         return report
@@ -172,9 +173,9 @@ def write_report(run_dir: Path, force: bool = False) -> Path:
         section, pngs = runs_section(run_dir, plots)
         if not section:
             raise
-        title = [MARK, f"# Runs in `{run_dir.resolve().name}`", ""]
+        title = [MARK, f"# Runs in {code(run_dir.resolve().name)}", ""]
         return _write(run_dir, title + section, {p.name for p in pngs if p is not None})
-    lines = [MARK, f"# Distillation report: `{run_dir.resolve().name}`", ""]
+    lines = [MARK, f"# Distillation report: {code(run_dir.resolve().name)}", ""]
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines += [f"_{len(col.models)} model files, written {now}._", ""]
     shipped = ship_line(col.models)

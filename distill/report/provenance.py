@@ -10,7 +10,7 @@ from typing import Any
 from distill.report.collect import sha256_index
 from distill.report.figures import short_count
 from distill.report.records import ROLES, Collection, Model, as_float, as_int
-from distill.report.text import duration, fmt
+from distill.report.text import code, duration, fmt, plain
 
 RECIPE_KEYS = (
     "epochs",
@@ -80,7 +80,7 @@ def _data_line(ckpts: Sequence[Model]) -> list[str]:
     if "test_size" in info and not as_int(info["test_size"]):
         sizes.append("no test split")
     return [
-        f"**Data**: `{info.get('source', '?')}`; split seed {info.get('split_seed', '?')}"
+        f"**Data**: {code(info.get('source', '?'))}; split seed {info.get('split_seed', '?')}"
         + (f"; images: {', '.join(sizes)}" if sizes else "")
         + ".",
         "",
@@ -101,21 +101,21 @@ def _stage_table(pipeline: dict[str, Any] | None) -> list[str]:
     for s in stages:
         outputs = s.get("outputs") or []
         outputs = outputs if isinstance(outputs, list) else [outputs]
-        names = ", ".join(f"`{Path(str(o)).name}`" for o in outputs)
+        names = ", ".join(f"{code(Path(str(o)).name)}" for o in outputs)
         # The pipeline's report stage is "running" while it writes this very page: it is this
         # report, and its time is not known yet (a seconds field would be a previous run's).
         this = s.get("name") == "report" and s.get("status") == "running"
         status = "this report" if this else s.get("status", "?")
         seconds = None if this else s.get("seconds")
         total += as_float(seconds) or 0
-        out.append(f"| {s.get('name', '?')} | {status} | {duration(seconds)} | {names} |")
+        out.append(f"| {plain(s.get('name', '?'))} | {status} | {duration(seconds)} | {names} |")
     return [*out, f"| **total** | | **{duration(total)}** | |", ""]
 
 
 def _recipe_line(m: Model) -> str:
     recipe = m.ckpt.get("recipe") or {}
     metrics = m.ckpt.get("metrics") or {}
-    line = f"- `{m.name}`, {ROLES[m.role]}: recipe **{recipe.get('name', '?')}**"
+    line = f"- {code(m.name)}, {ROLES[m.role]}: recipe **{plain(recipe.get('name', '?'))}**"
     summary = _recipe_summary(recipe)
     line += f": {summary}" if summary else ""
     ran = [
@@ -181,10 +181,11 @@ def _teacher_lines(col: Collection) -> list[str]:
     for m in kds:
         for t in m.ckpt["teachers"]:
             match = here.get(str(t.get("sha256")))
-            where = f"= `{match.name}` here" if match else "file not in this folder"
+            where = f"= {code(match.name)} here" if match else "file not in this folder"
             acc = as_float(t.get("val_accuracy"))
             lines.append(
-                f"- `{m.name}` ← {t.get('arch', '?')} `{Path(str(t.get('path', '?'))).name}` "
+                f"- {code(m.name)} ← {plain(t.get('arch', '?'))} "
+                f"{code(Path(str(t.get('path', '?'))).name)} "
                 f"({fmt(acc, lambda v: f'{v:.1%} val')}; {where})"
             )
     return lines

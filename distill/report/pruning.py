@@ -16,7 +16,7 @@ from distill.budget import format_count
 from distill.report.figures import new_figure, short_count
 from distill.report.output import save_figure
 from distill.report.records import COLORS, Model, as_float, as_int
-from distill.report.text import fmt, points
+from distill.report.text import code, fmt, points
 
 
 def pruning_lines(models: Sequence[Model]) -> list[str]:
@@ -45,9 +45,9 @@ def pruning_lines(models: Sequence[Model]) -> list[str]:
             acc += f"; {cut:.1%} right after pruning, before recovery)" if cut is not None else ")"
             parts.append(acc)
         src = rec.get("source")
-        origin = f" from `{Path(str(src['path'])).name}`" if isinstance(src, dict) else ""
+        origin = f" from {code(Path(str(src['path'])).name)}" if isinstance(src, dict) else ""
         if parts:
-            lines.append(f"Pruned `{m.name}`{origin}: " + ", ".join(parts) + ".")
+            lines.append(f"Pruned {code(m.name)}{origin}: " + ", ".join(parts) + ".")
     return lines
 
 
@@ -84,8 +84,8 @@ def trajectory(m: Model) -> tuple[list[Waypoint], str | None]:
         if after and cut is not None:
             path.append(Waypoint(after, cut, "cut"))
         note = (
-            f"`{m.name}`'s pruning record has no per-step schedule (written before distill kept "
-            "one): its trajectory shows the source, the last cut and the final model only."
+            f"{code(m.name)}'s pruning record has no per-step schedule (written before distill "
+            "kept one): its trajectory shows the source, the last cut and the final model only."
         )
     if after and a1 is not None:
         path.append(Waypoint(after, a1, "final"))
@@ -166,7 +166,7 @@ def steps_table(m: Model) -> list[str]:
     tuned = any("val_accuracy_finetuned" in s for s in schedule)
     head = ["step", "target params", "params", "MACs", "val top-1 after the cut"]
     head += ["after fine-tuning"] if tuned else []
-    rows = [f"**Steps of `{m.name}`**:", "", "| " + " | ".join(head) + " |"]
+    rows = [f"**Steps of {code(m.name)}**:", "", "| " + " | ".join(head) + " |"]
     rows.append("|" + "--:|" * len(head))
     for s in schedule:
         cells = [str(s.get("step", "?"))]

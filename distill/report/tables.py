@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from distill.budget import format_count
 from distill.report.latency import FLAG
 from distill.report.records import Model
-from distill.report.text import fmt, size
+from distill.report.text import code, fmt, plain, size
 
 
 def _accuracy(value: float, measured_on: str | None) -> str:
@@ -31,9 +31,9 @@ def render_table(models: Sequence[Model]) -> str:
     ]
     for m in models:
         cells = [
-            f"`{m.name}`",
-            m.kind_label,
-            m.arch,
+            f"{code(m.name)}",
+            plain(m.kind_label),
+            plain(m.arch),
             fmt(m.params, format_count),
             fmt(m.macs, format_count),
             fmt(m.val_accuracy, lambda v, on=m.accuracy_measured_on: _accuracy(v, on)),
@@ -46,6 +46,8 @@ def render_table(models: Sequence[Model]) -> str:
         cells += [size(m.size_bytes)]
         rows.append("| " + " | ".join(cells) + " |")
     noisy = [
-        f"- {FLAG} `{m.name}` ORT p50: {m.bench['noise']}." for m in models if m.bench.get("noise")
+        f"- {FLAG} {code(m.name)} ORT p50: {plain(m.bench['noise'])}."
+        for m in models
+        if m.bench.get("noise")
     ]
     return "\n".join(rows + ([""] + noisy if noisy else []))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -31,3 +33,19 @@ def duration(seconds: Any) -> str:
     if s < 60:
         return f"{s:.1f} s"
     return f"{int(s // 3600)}h {int(s % 3600 // 60):02d}m" if s >= 3600 else f"{s / 60:.1f} min"
+
+
+def plain(text: Any) -> str:
+    """Text that came from a file or a user (a class name, an arch label, a CPU's name), as
+    Markdown that shows it literally: no tags, no emphasis, and safe inside a table cell (a
+    newline would end the row, a `|` split it)."""
+    s = html.escape(" ".join(str(text).split()), quote=False)
+    return re.sub(r"([\\`*_\[\]|#!~<>])", r"\\\1", s)
+
+
+def code(text: Any) -> str:
+    """`text` as inline code, whatever backticks, pipes or newlines it holds."""
+    s = " ".join(str(text).split()).replace("|", "\\|")
+    fence = "`" * (max((len(run) for run in re.findall("`+", s)), default=0) + 1)
+    pad = " " if s.startswith("`") or s.endswith("`") else ""
+    return f"{fence}{pad}{s}{pad}{fence}"

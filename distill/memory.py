@@ -1,0 +1,73 @@
+"""What a run will hold in memory, estimated before anything is allocated, and the bounds on
+every number that sizes an allocation.
+
+A crafted checkpoint, a typo in a TOML file or an extra digit on a flag must be one line, not a
+machine swapping itself to death or a CUDA out-of-memory traceback after minutes of decoding.
+The estimates are lower bounds of what is needed (the real peak is higher), so a refusal is
+never wrong; a run that passes may still be tight, and says nothing.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from distill.errors import UserError
+
+MAX_IMAGE_SIDE = 4096  # pixels; a CIFAR-style classifier at 4096x4096 is already absurd
+MAX_BATCH = 1 << 16  # images per step and process
+MAX_PARAMS = 10**9  # trainable parameters of a model to build
+
+
+def gib(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
+def available(device: torch.device | str = "cpu") -> int:
+    """Bytes that can still be allocated on `device` (host: MemAvailable, as `free` says)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def require(need: int, what: str, fix: str, device: torch.device | str = "cpu") -> None:
+    """Refuse, in one line saying how much is needed and how much there is, what cannot fit."""
+    have = available(device)
+    if need > have:
+        where = "this GPU" if torch.device(device).type == "cuda" else "this machine"
+        raise UserError(
+            f"{what} needs at least {gib(need)} but {where} has {gib(have)} free; {fix}"
+        )
+
+
+def activation_bytes(model: nn.Module, input_size: tuple[int, ...], batch: int) -> int:
+    """Bytes of the activations one training step keeps for the backward pass (float32, every
+    module's output once), measured by a forward on the meta device: nothing is allocated."""
+    import copy
+
+    total = 0
+
+    def count(_m: nn.Module, _inp, out) -> None:
+        nonlocal total
+        if isinstance(out, torch.Tensor):
+            total += out.numel()
+
+    meta = copy.deepcopy(model).to("meta")
+    hooks = [m.register_forward_hook(count) for m in meta.modules() if not list(m.children())]
+    try:
+        with torch.no_grad():
+            meta(torch.empty((1, *input_size), device="meta"))
+    finally:
+        for h in hooks:
+            h.remove()
+    return total * 4 * batch
