@@ -12,8 +12,9 @@ machine does not have (it reaches no package registry).
   JPEGs are about 0.9 kB each: 2,000 per class is 20,000 images in about 18 MB, where the same
   images as uint8 arrays would be 61 MB. gpu_check.sh decodes it into a CIFAR python folder on
   the machine (`gpu_rows.py unpack`), a few seconds.
-- `torch_pruning.zip`: the installed package as a zip that Python imports from PYTHONPATH
-  (zipimport: torch-pruning is pure Python), so it does not matter which Python the machine has.
+- `NAME.zip`: torch-pruning, which distill imports and the machine lacks, and the CLI's and the
+  exporter's pure-Python packages in case it lacks those too, each as a zip that Python imports
+  from PYTHONPATH (zipimport), whichever Python version the machine has.
 
 It is produced here rather than committed: 18 MB of images in the history would be fetched by
 every clone forever, and the script rebuilds it in seconds from the JPEGs whenever a GPU is lent.
@@ -30,7 +31,13 @@ from pathlib import Path
 import numpy as np
 
 SUBSET = "cifar10-subset.npz"
-LIBS = ("torch_pruning",)  # pure-Python packages distill imports that a lent machine may lack
+# Pure-Python packages distill imports that a lent machine may lack: torch-pruning (seen missing),
+# the CLI's (typer and what it needs) and the exporter's (onnxscript); gpu_check.sh puts a zip on
+# the path only when the machine cannot import that package itself.
+LIBS = (
+    "torch_pruning", "typer", "click", "rich", "markdown_it", "mdurl", "pygments", "shellingham",
+    "onnxscript", "onnx_ir",
+)  # fmt: skip
 IMAGES = (".jpg", ".jpeg", ".png")
 LIMIT = 64 * 2**20  # what travels with the working tree, in all
 
@@ -77,12 +84,19 @@ def read_subset(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
     return images, labels, [str(c) for c in classes]
 
 
-def zip_package(name: str, out: Path) -> Path:
-    """The installed package `name` as `out/NAME.zip`, importable with the zip on PYTHONPATH."""
-    package = Path(importlib.import_module(name).__file__).parent
+def zip_package(name: str, out: Path) -> Path | None:
+    """The installed package `name` as `out/NAME.zip`, importable with the zip on PYTHONPATH;
+    None when it is not installed here or has compiled parts (zipimport cannot load those)."""
+    try:
+        package = Path(importlib.import_module(name).__file__).parent
+    except ImportError:
+        return None
+    files = [f for f in sorted(package.rglob("*")) if f.is_file() and "__pycache__" not in f.parts]
+    if any(f.suffix in (".so", ".pyd") for f in files):
+        return None
     path = out / f"{name}.zip"
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
-        for f in sorted(package.rglob("*.py")):
+        for f in files:
             z.write(f, Path(name) / f.relative_to(package))
     return path
 
@@ -99,7 +113,8 @@ def main() -> None:
         raise SystemExit(f"{args.data} is not a folder; pass --data, CIFAR-10's JPEG train folder")
     args.out.mkdir(parents=True, exist_ok=True)
     n = pack_subset(args.data, args.out / SUBSET, args.per_class)
-    written = [args.out / SUBSET] + [zip_package(lib, args.out) for lib in LIBS]
+    zips = [zip_package(lib, args.out) for lib in LIBS]
+    written = [args.out / SUBSET] + [z for z in zips if z is not None]
     total = sum(f.stat().st_size for f in written)
     for f in written:
         print(f"{f}: {f.stat().st_size / 2**20:.1f} MiB")

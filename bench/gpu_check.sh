@@ -10,8 +10,8 @@
 #
 # The checkout goes on PYTHONPATH: the project's dependencies must be importable by $PY, the
 # project itself need not be installed. What the machine lacks travels in $CARRY (default
-# runs/gpu_carry, made by bench/gpu_carry.py): every NAME.zip there (torch-pruning, pure Python)
-# goes on PYTHONPATH, and cifar10-subset.npz (20,000 real CIFAR-10 images as their JPEG bytes)
+# runs/gpu_carry, made by bench/gpu_carry.py): a NAME.zip there (torch-pruning, pure Python) goes
+# on PYTHONPATH when $PY cannot import NAME itself, and cifar10-subset.npz (20,000 real CIFAR-10 images as their JPEG bytes)
 # is decoded into a CIFAR python folder for the accuracy row.
 #
 # Rows: training images/s of resnet18-5m and resnet34 (standard recipe: bf16 + channels_last,
@@ -38,8 +38,9 @@ if [ -z "${PY:-}" ]; then
 fi
 CARRY=${CARRY:-runs/gpu_carry}
 PYPATH=$ROOT
-for zip in "$CARRY"/*.zip; do
-    [ -f "$zip" ] && PYPATH="$PYPATH:$(cd "$(dirname "$zip")" && pwd)/$(basename "$zip")"
+for zip in "$CARRY"/*.zip; do  # only what this Python cannot import itself
+    [ -f "$zip" ] && ! "$PY" -c "import $(basename "$zip" .zip)" 2>/dev/null &&
+        PYPATH="$PYPATH:$(cd "$(dirname "$zip")" && pwd)/$(basename "$zip")"
 done
 export PYTHONPATH="$PYPATH${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1

@@ -142,8 +142,9 @@ def error_prefix(message: str, origin: int | None) -> str | None:
         return "" if me == 0 else None
     store = _store()
     if me == 0:
-        if store is not None:
-            store.set(ERROR_KEY + "0", message)
+        with contextlib.suppress(Exception):  # a store that is gone: nobody is waiting on it
+            if store is not None:
+                store.set(ERROR_KEY + "0", message)
         return ""
     if store is not None:
         try:
@@ -252,14 +253,19 @@ def check_shared(folder: Path) -> None:
         return
     folder = Path(folder)
     with contextlib.ExitStack() as stack:
-        token = None
+        token, problem = ("", ""), None
         if is_main():
             path = stack.enter_context(temp_beside(folder / "shared-check"))
             token = (path.name, os.urandom(8).hex())
-            path.write_text(token[1])
+            try:
+                path.write_text(token[1])
+            except OSError as e:  # said on every rank below, not a hang at the broadcast
+                problem = f"cannot write in {folder} ({e.strerror}); choose a writable --out"
         name, secret = broadcast(token)
 
         def check() -> None:
+            if problem is not None:
+                raise UserError(problem)
             try:
                 seen = (folder / name).read_text()
             except OSError:

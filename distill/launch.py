@@ -75,7 +75,7 @@ def check_nproc(nproc: int, device: str, warn) -> None:
     timeout_minutes()  # a bad value would otherwise surface in every rank
     cores = physical_cores()
     gpus = torch.cuda.device_count() if device != "cpu" and torch.cuda.is_available() else 0
-    if device == "cuda" and nproc > gpus:
+    if (device == "cuda" or gpus) and nproc > gpus:  # auto uses the GPUs when there are some
         raise UserError(
             f"--nproc-per-node {nproc} asks for one GPU per process but {gpus} are visible; "
             f"pass at most {gpus}"

@@ -129,8 +129,8 @@ def prune_checkpoint(
             "teacher files": [r["sha256"] for r in records],
             "KD settings": kd_record(resolve_kd(kd, recovery.epochs, dataset.num_classes)),
         }
-        if run.resume:
-            model, record = _resumed(run.out)
+        if run.resume:  # a state file one rank cannot read is every rank's error
+            model, record = distributed.agree(lambda: _resumed(run.out))
         else:
             model, record = _prune_phase(
                 source_model, limit, prune, model_path, src, dataset, recipe, run,
