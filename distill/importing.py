@@ -36,8 +36,12 @@ def import_teacher(
     weights = Path(weights)
 
     def checks() -> tuple[str, str, dict[str, Any]]:
+        # A bad name or file fails before any data is decoded (the classifier's size does not
+        # matter to the check: it is the one part replaced).
         source, name = parse_spec(spec)
-        return source, name, read_state_dict(weights)  # a bad file fails before any decoding
+        state = read_state_dict(weights)
+        with_weights(source, name, state, weights, num_classes=2)
+        return source, name, state
 
     with training_run(run, checks) as (source, name, state):
         dataset = data if isinstance(data, Dataset) else load_data(data)

@@ -136,6 +136,8 @@ def announce(
     """One line with the plan before the first step; one warning when a GPU-sized run starts on
     a CPU (the user may mean it: never an error)."""
     from distill.budget import count_macs
+    from distill.fit import plan_cost
+    from students.resnet import ResNetConfig
 
     world = distributed.world_size()
     where = f"{t.device}" + (f" x {world} processes" if world > 1 else "")
@@ -161,7 +163,14 @@ def announce(
     passes = recipe.epochs * len(data.train)
     if t.device.type != "cpu":
         return
-    macs = count_macs(t.net, tuple(data.input_size)) * passes
+    config = getattr(t.net, "config", None)
+    # Counted from the plan where there is one: a forward here would be one the run never made.
+    per_image = (
+        plan_cost(config, tuple(data.input_size))[1]
+        if isinstance(config, ResNetConfig)
+        else count_macs(t.net, tuple(data.input_size))
+    )
+    macs = per_image * passes
     if passes > CPU_WARN_IMAGE_PASSES or macs > CPU_WARN_MACS:
         console.print(
             styled("warning:", "yellow"),

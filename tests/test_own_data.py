@@ -208,7 +208,8 @@ def test_an_imported_torchvision_teacher_teaches_a_student_at_another_size(
 
 def test_import_mistakes_are_one_line(tiny_image_folder, shufflenet_weights, tmp_path):
     base = ["teacher", "import"]
-    rest = ["--data", str(tiny_image_folder), "-o", str(tmp_path / "t.pt")]
+    rest = ["--data", str(tiny_image_folder), "--cache-dir", str(tmp_path / "c")]
+    rest += ["-o", str(tmp_path / "t.pt")]
     weights = ["--weights", str(shufflenet_weights)]
     one_line_error(runner.invoke(app, [*base, "resnet50", *weights, *rest]), "torchvision:NAME")
     one_line_error(
