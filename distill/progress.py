@@ -149,8 +149,7 @@ def announce(
         f"training on {len(data.train):,} images at {shape} (val {len(data.val):,}): "
         f"{recipe.name} recipe, {plural(recipe.epochs, 'epoch')} x "
         f"{plural(len(t.loader), 'step')} of {recipe.batch_size * world} images, "
-        f"peak lr {recipe.peak_lr(world):.3g}, {where}, {t.precision.name}"
-        + start
+        f"peak lr {recipe.peak_lr(world):.3g}, {where}, {t.precision.name}" + start
     )
     steps = recipe.epochs * len(t.loader)
     if steps < FEW_STEPS:
@@ -205,15 +204,12 @@ def failure_warning(ckpt: dict[str, Any]) -> str | None:
     )
     batch = recipe.get("batch_size") or 1
     steps = (ckpt.get("data") or {}).get("train_size", 0) // batch * (m.get("epochs_run") or 0)
-    try:  # the peak lr this run used (per process batch; several processes scale it alike)
-        from distill.settings import Recipe
-
-        shown = f"{Recipe.from_dict(recipe).lr_at(batch):.3g}"
-    except UserError:
-        shown = "?"
+    peak = m.get("peak_lr")  # what the optimizer was given (Recipe.peak_lr)
+    shown = f"{peak:.3g}" if isinstance(peak, float) else "?"
     return (
-        f"[bold red]warning: this model learned nothing:[/] {what}. Likely causes: too few "
+        f"warning: this model learned nothing: {what}. Likely causes: too few "
         f"steps ({plural(steps, 'step')} here: raise --epochs or lower --batch-size), an lr too "
-        f"high for the batch ({shown} at {batch}: try a third of it with --lr), "
+        f"high for the batch (peak {shown} at {batch} per process: try a third of it with "
+        "--lr), "
         "or BatchNorm statistics from too few steps (validation uses their running averages)"
     )

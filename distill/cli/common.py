@@ -84,9 +84,7 @@ app.add_typer(_export_app(), name="export")
 console = make_console()
 
 
-def command(
-    group: typer.Typer = app, name: str | None = None, more_help: str = "", **kwargs: Any
-):
+def command(group: typer.Typer = app, name: str | None = None, more_help: str = "", **kwargs: Any):
     """`@command()` registers a CLI command whose UserErrors exit 2 with one line; `more_help`
     is appended to the docstring's help (paragraphs generated from settings)."""
 
@@ -248,7 +246,7 @@ def print_saved(ckpt: dict[str, Any], out: Path | None) -> None:
     )
     warning = failure_warning(ckpt)
     if warning:
-        console.print(warning)
+        console.print(warning, style="bold red")
 
 
 def run_settings(flags: Flags, name: str) -> RunSettings:

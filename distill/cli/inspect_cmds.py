@@ -214,7 +214,7 @@ def compare_cmd(
     if plot is not None:
         drawn = plot_rows(rows, plot)
         if drawn is not None and not as_json:
-            console.print(f"[green]wrote[/] {drawn}")
+            console.print(styled("wrote", "green"), str(drawn))
 
 
 @command(

@@ -111,7 +111,7 @@ def _results(run_dir: Path, console: Console) -> None:
     console.print(rows_table(compare([run_dir]), "results, best val top-1 first"))
     line = ship_line(collect_models(run_dir).models)
     if line:
-        console.print(f"[bold green]{line}[/]")
+        console.print(line, style="bold green")
 
 
 def _run_stages(stages: Iterable[Stage], state: PipelineState | None, console: Console) -> None:
