@@ -136,7 +136,7 @@ def announce(
     """One line with the plan before the first step; one warning when a GPU-sized run starts on
     a CPU (the user may mean it: never an error)."""
     from distill.budget import count_macs
-    from distill.fit import plan_cost
+    from distill.sizing import plan_cost
     from students.resnet import ResNetConfig
 
     world = distributed.world_size()
