@@ -31,7 +31,8 @@ def sweep_cmd(
     space: str = typer.Option(
         None,
         "--space",
-        help="Search space: a TOML file (a space table, optionally a sweep table) or a preset: cpu, gpu.",
+        help="Search space: a TOML file (a space table, optionally a sweep table) or a preset: "
+        "cpu, gpu.",
     ),
     out: Path = typer.Option(None, "--out", "-o", help="The sweep folder: trials, study, plots."),
     teacher: list[Path] = typer.Option(
