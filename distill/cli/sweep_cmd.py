@@ -4,6 +4,7 @@ trials are ordinary distill runs), and `distill sweep --show` of what it found."
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import typer
 from rich.table import Table
@@ -30,7 +31,8 @@ def sweep_cmd(
     space: str = typer.Option(
         None,
         "--space",
-        help="Search space: a TOML file ([space], optional [sweep]) or a preset: cpu, gpu.",
+        help="Search space: a TOML file (a space table, optionally a sweep table) or a preset: "
+        "cpu, gpu.",
     ),
     out: Path = typer.Option(None, "--out", "-o", help="The sweep folder: trials, study, plots."),
     teacher: list[Path] = typer.Option(
@@ -38,7 +40,9 @@ def sweep_cmd(
         "--teacher",
         help="Teacher checkpoint (repeat for an ensemble); none: label-only trials.",
     ),
-    device: str = typer.Option("auto", help="auto (CUDA when present), cpu or cuda."),
+    device: Literal["auto", "cpu", "cuda"] = typer.Option(
+        "auto", help="auto (CUDA when present), cpu or cuda."
+    ),
     nproc_per_node: int = typer.Option(
         1, "--nproc-per-node", min=1, help="Run each trial under torchrun with this many processes."
     ),

@@ -104,7 +104,7 @@ def summary(study: Any, folder: Path, objective: str) -> list[str]:
     if not found:
         return ["no finished trial yet"]
     second = SECOND.get(objective)
-    if len(found) == 1:
+    if len(study.directions) == 1:
         t = found[0]
         lines = [f"best: trial {t.number}, val top-1 {t.values[0]:.2%}, {t.params.get('arch')}, "
                  f"{settings_text(t.params)}"]  # fmt: skip
