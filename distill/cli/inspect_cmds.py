@@ -230,7 +230,7 @@ def kd_methods_cmd(
     batch_size: int = typer.Option(64, min=1, help="Images per timed step."),
     steps: int = typer.Option(1, min=1, help="Training steps per timed block."),
     repeats: int = typer.Option(2, min=1, help="Timed blocks per method (median)."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    device: Literal["auto", "cpu", "cuda"] = typer.Option("auto", help="auto, cpu or cuda."),
     time_steps: bool = typer.Option(
         True, "--time/--no-time", help="Time each method's step against Hinton's."
     ),
