@@ -10,11 +10,13 @@ never wrong; a run that passes may still be tight, and says nothing.
 from __future__ import annotations
 
 import os
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from distill.errors import UserError
+
+if TYPE_CHECKING:  # the bounds above are read by settings.py: `distill --help` loads no torch
+    import torch
+    from torch import nn
 
 MAX_IMAGE_SIDE = 4096  # pixels; a CIFAR-style classifier at 4096x4096 is already absurd
 MAX_BATCH = 1 << 16  # images per step and process
@@ -27,6 +29,8 @@ def gib(n: float) -> str:
 
 def available(device: torch.device | str = "cpu") -> int:
     """Bytes that can still be allocated on `device` (host: MemAvailable, as `free` says)."""
+    import torch
+
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
@@ -42,6 +46,8 @@ def available(device: torch.device | str = "cpu") -> int:
 
 def require(need: int, what: str, fix: str, device: torch.device | str = "cpu") -> None:
     """Refuse, in one line saying how much is needed and how much there is, what cannot fit."""
+    import torch
+
     have = available(device)
     if need > have:
         where = "this GPU" if torch.device(device).type == "cuda" else "this machine"
@@ -54,6 +60,8 @@ def activation_bytes(model: nn.Module, input_size: tuple[int, ...], batch: int) 
     """Bytes of the activations one training step keeps for the backward pass (float32, every
     module's output once), measured by a forward on the meta device: nothing is allocated."""
     import copy
+
+    import torch
 
     total = 0
 

@@ -111,7 +111,7 @@ def test_bad_inputs_exit_2_with_one_line_naming_them(model, tmp_path):
     del proto.metadata_props[:]
     onnx.save(proto, str(bare))
     Image.new("RGB", (8, 8)).save(tmp_path / "ok.png")
-    for args in ([str(bare)], [str(model["ckpt"])], [str(model["onnx"]), "--top-k", "0"]):
+    for args in ([str(bare)], [str(model["onnx"]), "--top-k", "0"]):  # (a .pt is predicted)
         result = runner.invoke(app, ["predict", *args[:1], str(tmp_path / "ok.png"), *args[1:]])
         assert result.exit_code == 2, result.output
         assert len(result.output.strip().splitlines()) == 1
@@ -191,8 +191,8 @@ def test_a_fixed_batch_model_runs_one_batch_at_a_time_and_bench_names_the_limit(
     fixed = tmp_path / "fixed.onnx"
     onnx.save(graph, str(fixed))
     files = images_of_every_kind(tmp_path)
-    ours = [p.top_k for p in predict(fixed, files)]
-    assert ours == [p.top_k for p in predict(model["onnx"], files)]
+    ours = [p.top for p in predict(fixed, files)]
+    assert ours == [p.top for p in predict(model["onnx"], files)]
     engine = onnxruntime_engine(fixed, "fp32")
     with pytest.raises(UserError, match="fixed batch of 1 .* --batch-sizes 1"):
         engine.prepare(np.zeros((2, 3, SIZE, SIZE), dtype=np.float32))
