@@ -70,7 +70,8 @@ def activation_bytes(model: nn.Module, input_size: tuple[int, ...], batch: int) 
         if isinstance(out, torch.Tensor):
             total += out.numel()
 
-    meta = copy.deepcopy(model).to("meta")
+    meta = copy.deepcopy(model).to("meta").eval()  # eval: BatchNorm takes a batch of one
+    meta._forward_pre_hooks.clear()  # a caller's hooks on the model are not this pass's
     hooks = [m.register_forward_hook(count) for m in meta.modules() if not list(m.children())]
     try:
         with torch.no_grad():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +72,20 @@ def load_teacher_data(paths: Sequence[Path], ckpt: dict[str, Any], data: DataSet
     the teacher's split does not even fit is named as other data, not as a split-size error
     whose fix would run into the next refusal."""
     try:
-        return load_data(data)
+        dataset = load_data(data)
+        side = ckpt["input_size"][-1]
+        if dataset.input_size[-1] != side:
+            # Decoded at another size, the digest differs: the content is compared at the
+            # teacher's own size (a second decode, cached like the first).
+            theirs = (ckpt.get("data") or {}).get("source_id")
+            ours = load_data(replace(data, image_size=side)).info.get("source_id")
+            if theirs is not None and ours != theirs:
+                raise UserError(
+                    f"the data ({data.source}) is not what teacher {paths[0]} was trained on "
+                    "(its images, labels or classes differ); it must share the teacher's "
+                    "validation split: pass its --data"
+                )
+        return dataset
     except UserError:
         recorded = ckpt.get("data") or {}
         theirs = str(recorded.get("source") or "")
@@ -135,6 +149,8 @@ def check_model_fits_data(
         a, b = recorded.get(key), dataset.info.get(key)
         if a is None or b is None or a == b:
             continue
+        if key == "source_id" and size != list(dataset.input_size):
+            continue  # decoded at another size: load_teacher_data compared it at the model's
         if key == "source_id":  # a digest of the decoded images, labels and classes
             raise UserError(
                 f"the data ({dataset.info.get('source')}) is not what {what} {path} was "

@@ -50,7 +50,9 @@ def test_crd_benchmark_architectures_have_the_published_size(name):
     model = create_model(name, num_classes=100).eval()
     with torch.inference_mode():
         assert model(torch.randn(2, 3, 32, 32)).shape == (2, 100)
-    assert abs(count_params(model) - CRD_BENCHMARK[name]) <= 0.0051e6
+    # The CRD paper prints sizes to two decimals of a million (wrn-40-2: 2,255,156 -> "2.25M",
+    # truncated, not rounded): within one unit of that last digit.
+    assert abs(count_params(model) - CRD_BENCHMARK[name]) < 0.01e6
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED))

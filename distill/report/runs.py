@@ -4,12 +4,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from distill.compare import Row, compare, plot_rows
 from distill.errors import UserError
+
+if TYPE_CHECKING:  # distill.compare reads models through the report's collector
+    from distill.compare import Row
 
 
 def subfolder_rows(run_dir: Path) -> list[Row]:
+    from distill.compare import compare
+
     """Every checkpoint below `run_dir` but not in it, best val top-1 first."""
     try:
         rows = compare([run_dir])
@@ -19,6 +24,8 @@ def subfolder_rows(run_dir: Path) -> list[Row]:
 
 
 def runs_section(run_dir: Path, plots: Path) -> tuple[list[str], list[Path | None]]:
+    from distill.compare import plot_rows
+
     rows = subfolder_rows(run_dir)
     if not rows:
         return [], []
