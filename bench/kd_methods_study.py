@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from distill.supervised import train_on_labels
+from distill.api import train_teacher
 
 from distill.checkpoint import load_checkpoint
 from distill.data import DataSettings, load_data
@@ -100,7 +100,7 @@ def main() -> None:
     if not teacher.exists():
         recipe = make_recipe("quick", epochs=args.teacher_epochs, batch_size=args.batch_size)
         started = time.perf_counter()
-        train_on_labels(ARCH, data, recipe, RunSettings(teacher, "cpu", quiet=True))
+        train_teacher(ARCH, data, recipe=recipe, run=RunSettings(teacher, "cpu", quiet=True))
         print(f"teacher: {time.perf_counter() - started:.0f} s", flush=True)
     seeds = [args.seed] if args.seed is not None else list(range(args.seeds))
     for name, kd in METHODS.items():
@@ -115,7 +115,7 @@ def main() -> None:
             run = RunSettings(out, "cpu", seed=seed, quiet=True, force=True)
             started = time.perf_counter()
             if kd is None:
-                ckpt = train_on_labels(ARCH, data, recipe, run, kind="student")
+                ckpt = train_teacher(ARCH, data, recipe=recipe, run=run, kind="student")
             else:
                 ckpt = train_student(ARCH, [teacher], data, recipe, run, kd, 5_000_000)
             record = {

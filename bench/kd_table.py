@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from distill.supervised import train_on_labels
+from distill.api import train_teacher
 
 from distill.checkpoint import load_checkpoint
 from distill.data import DataSettings, load_data
@@ -74,14 +74,16 @@ def run(args: argparse.Namespace) -> None:
     teacher = folder / "teacher.pt"
     device = args.device
     if not teacher.exists():
-        train_on_labels(teacher_arch, data, recipe, RunSettings(teacher, device, quiet=True))
+        train_teacher(
+            teacher_arch, data, recipe=recipe, run=RunSettings(teacher, device, quiet=True)
+        )
     out = folder / f"{args.method}.pt"
     if out.exists():
         return
     interrupted = (folder / f"{args.method}.last.pt").exists()
     run_settings = RunSettings(out, device, quiet=True, resume=interrupted)
     if args.method == "labels":
-        train_on_labels(student_arch, data, recipe, run_settings, kind="student")
+        train_teacher(student_arch, data, recipe=recipe, run=run_settings, kind="student")
     else:
         train_student(student_arch, [teacher], data, recipe, run_settings, kd_of(args.method),
                       50_000_000)  # fmt: skip

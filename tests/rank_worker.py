@@ -30,15 +30,15 @@ cache.decode = counted
 if scenario == "nan" and rank == 1:
     from distill import losses
 
-    loss_of = losses.CrossEntropy.__call__
+    step_of = losses.CrossEntropy.forward_train
     calls = [0]
 
     def nan_from_the_third_step(self, *args, **kwargs):
         calls[0] += 1
-        loss = loss_of(self, *args, **kwargs)
-        return loss * float("nan") if calls[0] >= 3 else loss
+        logits, loss = step_of(self, *args, **kwargs)
+        return logits, loss * float("nan") if calls[0] >= 3 else loss
 
-    losses.CrossEntropy.__call__ = nan_from_the_third_step
+    losses.CrossEntropy.forward_train = nan_from_the_third_step
 
 if scenario == "error" and rank == 1:
     import distill.data.sources as sources
