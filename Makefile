@@ -1,5 +1,6 @@
 # `make test` and `make demo` each do all set-up on a fresh machine: venv, install (with the
-# optional OpenVINO, TensorBoard and PostgreSQL-driver extras, so their tests run here and in CI),
+# optional OpenVINO, TensorBoard, PostgreSQL-driver, timm and MLflow extras, so their tests run
+# here and in CI),
 # then run.
 PYTHON ?= python3
 VENV   := .venv
@@ -11,7 +12,7 @@ DEMO   ?= runs/demo
 
 $(BIN)/distill: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,openvino,tensorboard,postgres]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,openvino,tensorboard,postgres,timm,mlflow]'
 	$(BIN)/python -c "import torch, torchvision, torch_pruning, onnxruntime; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
 	touch $@
 

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from distill.api import train_teacher
 
+from distill.api import train_teacher
 from distill.checkpoint import load_checkpoint
 from distill.data import DataSettings, load_data
 from distill.recipes import make_recipe

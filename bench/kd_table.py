@@ -20,7 +20,6 @@ import argparse
 from pathlib import Path
 
 from distill.api import train_teacher
-
 from distill.checkpoint import load_checkpoint
 from distill.data import DataSettings, load_data
 from distill.settings import KD_METHOD_HELP, AugmentSettings, KDSettings, Recipe, RunSettings

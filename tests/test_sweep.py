@@ -314,6 +314,7 @@ def postgres():
         shutil.rmtree(home, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_two_workers_finish_a_postgresql_study(postgres, tiny_image_folder, tmp_path):
     args = sweep_args(tiny_image_folder, tmp_path, space_file(tmp_path), "--trials", "2",
                       "--workers", "2", "--storage", postgres)  # fmt: skip

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.errors import UserError
+from distill.launch import alive
 from distill.sweep.settings import SweepSettings
 
 STUDY_NAME = "distill-sweep"
@@ -133,23 +134,13 @@ def worker_id() -> dict[str, Any]:
     return {"host": socket.gethostname(), "pid": os.getpid()}
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def is_abandoned(trial: Any, heartbeat: int, now: float | None = None) -> bool:
     """A running trial whose worker died on this host, or that has been silent too long."""
     who = trial.user_attrs.get("worker") or {}
     pid = who.get("pid")
     # A pid of this very process: a trial it ran before a crash it survived (it asks anew).
     here = who.get("host") == socket.gethostname() and isinstance(pid, int)
-    if here and (not _pid_alive(pid) or pid == os.getpid()):
+    if here and (not alive(pid) or pid == os.getpid()):
         return True
     beat = trial.user_attrs.get("heartbeat")
     if beat is None and trial.datetime_start is not None:
