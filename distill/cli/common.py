@@ -19,8 +19,8 @@ import typer.core
 import typer.models
 
 from distill import __version__, distributed
+from distill.cli.errors import exits_on_user_error, one_line_usage_errors
 from distill.console import make_console, styled
-from distill.errors import exits_on_user_error, one_line_usage_errors
 from distill.flags import Flags, Group
 from distill.recipes import RECIPES
 from distill.settings import (

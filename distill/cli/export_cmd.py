@@ -13,8 +13,8 @@ from pathlib import Path
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from distill.cli.errors import exits_on_user_error
 from distill.console import make_console, styled
-from distill.errors import exits_on_user_error
 from distill.flags import Flags, Group, with_settings
 from distill.settings import ExportSettings
 

@@ -7,12 +7,14 @@ that augments whole batches on the training device (SPEC 8).
 - `decode`: an image folder decoded once, on every core, with progress;
 - `cache`: the decoded source on disk, checksummed;
 - `splits`: seeded stratified splits and channel statistics;
-- `dataset`: `load_data` -> `Dataset` (train/val/test `Split`s, classes, mean/std, a record);
+- `dataset`: the types, `Dataset` (train/val/test `Split`s, classes, mean/std, a record);
+- `load`: `load_data` (decode or read the cache, draw the splits) -> `Dataset`;
 - `loader`: `BatchLoader`, sharded per rank.
 """
 
-from distill.data.dataset import Dataset, Split, load_data
+from distill.data.dataset import Dataset, Split
 from distill.data.images import read_image
+from distill.data.load import load_data
 from distill.data.loader import BatchLoader
 from distill.data.splits import channel_stats, even_quotas, split_indices
 from distill.settings import DataSettings
