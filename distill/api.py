@@ -325,10 +325,8 @@ def export_onnx(
     from export.onnx import export_onnx as export
 
     given = _split(options, "export_onnx", export=tuple(f.name for f in fields(ExportSettings)))
-    if settings is None:
-        settings = build(ExportSettings, given["export"])
-    elif given["export"]:
-        settings = replace(settings, **given["export"])
+    # Options on top of settings given whole are type-checked like the rest (not `replace`d).
+    settings = build(ExportSettings, given["export"], base=settings)
     return export(
         checkpoint,
         out,
@@ -365,10 +363,7 @@ def bench(
     from export.timing import Timing
 
     given = _split(options, "bench", bench=tuple(f.name for f in fields(BenchSettings)))
-    if settings is None:
-        settings = build(BenchSettings, given["bench"])
-    elif given["bench"]:
-        settings = replace(settings, **given["bench"])
+    settings = build(BenchSettings, given["bench"], base=settings)
     return benchmark(
         Path(model),
         settings.batch_sizes,
