@@ -78,3 +78,18 @@ def test_two_processes_read_an_explicit_lr_as_the_global_batchs(where, monkeypat
     assert from_toml.peak_lr(2) == pytest.approx(LR)
     assert from_flag.peak_lr(2) == pytest.approx(LR)
     assert from_toml.to_dict() == from_flag.to_dict() | {"epochs": from_toml.epochs}
+
+
+def test_a_presets_lr_follows_a_batch_the_file_changes_and_a_files_lr_is_its_own(where):
+    # The quick preset's student lr (0.4) is tuned at batch 256: a file that only halves the
+    # batch halves the peak; a file that names an lr gets exactly that lr at its batch.
+    batch_only = _toml(where["dir"], f"[data]\nsource = 'x'\n[student]\nbatch_size = {BATCH}\n")
+    preset = load_config("quick", None, {"data": {"source": "x"}}).student.recipe
+    assert load_config("quick", batch_only).student.recipe.peak_lr(1) == pytest.approx(
+        preset.peak_lr(1) * BATCH / preset.batch_size
+    )
+    text = f"[data]\nsource = 'x'\n[student]\nbatch_size = {BATCH}\nlr = {LR}\n"
+    with_lr = _toml(where["dir"], text)
+    assert load_config("quick", with_lr).student.recipe.peak_lr(1) == pytest.approx(LR)
+    flags = {"data": {"source": "x"}, "student": {"lr": LR}}  # flags: the same rule
+    assert load_config("quick", None, flags).student.recipe.peak_lr(1) == pytest.approx(LR)

@@ -84,7 +84,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     # (80.0% -> 81.5%) while the label-only baseline gains nothing from it (76.9% -> 76.7%).
     "quick": {
         "teacher": {"arch": "resnet18-quarter", "recipe": "quick", "epochs": 12},
-        "student": {"arch": "resnet18-quarter", "recipe": "quick", "epochs": 4, "lr": 0.4},
+        # An lr in a preset is tuned at a batch, which it names: a file that changes only the
+        # batch then scales the lr with it, as it would the recipe's own.
+        "student": {
+            "arch": "resnet18-quarter",
+            "recipe": "quick",
+            "epochs": 4,
+            "lr": 0.4,
+            "lr_batch": 256,
+        },
         "kd": {"method": "hinton"},
         "prune": {"budget": "0.45M", "steps": 1, "epochs_per_step": 0, "epochs": 1},
         "export": {"int8": True},
@@ -209,12 +217,24 @@ def load_config(
         if not config_file.is_file():
             raise UserError(f"config file {config_file} does not exist or is not a file")
         try:
-            values = merge(values, tomllib.loads(config_file.read_text()))
+            values = _layer(values, tomllib.loads(config_file.read_text()))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise UserError(f"{config_file} is not valid TOML: {e}") from None
         where = config_file.name
-    values = merge(values, overrides or {})
+    values = _layer(values, overrides or {})
     return parse(values, where)
+
+
+def _layer(values: Mapping[str, Any], layer: Mapping[str, Any]) -> dict[str, Any]:
+    """`layer` over `values`. An lr the layer gives without its batch is the lr of this run's
+    global batch (the rule of --lr), never the batch a lower layer's lr was tuned at."""
+    values = dict(values)
+    for stage in ("teacher", "student"):
+        given, below = layer.get(stage), values.get(stage)
+        if isinstance(given, Mapping) and isinstance(below, Mapping):
+            if "lr" in given and "lr_batch" not in given:
+                values[stage] = {k: v for k, v in below.items() if k != "lr_batch"}
+    return merge(values, layer)
 
 
 # ---------------------------------------------------------------------------------------------
