@@ -389,3 +389,22 @@ def test_sigterm_mid_int8_export_leaves_no_temp(trained, tmp_path):
     # Persistent caches of onnxruntime (.ses, a session id) and torch are not temp files.
     left = [n for n in os.listdir(system_tmp) if n != ".ses" and not n.startswith("torchinductor")]
     assert left == []
+
+
+def test_the_same_weights_are_exported_once_per_process(tmp_path, monkeypatch):
+    import export.graph as graph
+
+    calls = []
+    real = graph._export
+    monkeypatch.setattr(graph, "_export", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(graph, "_RECENT", type(graph._RECENT)())
+    model = create_model("resnet18-quarter", 4).eval()
+    graph.export_graph(model, [3, SIZE, SIZE], tmp_path / "a.onnx")
+    graph.export_graph(model, [3, SIZE, SIZE], tmp_path / "b.onnx")
+    assert len(calls) == 1
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+    with torch.no_grad():  # one weight changed, or another input size: a new graph
+        model.fc.bias[0] += 1
+    graph.export_graph(model, [3, SIZE, SIZE], tmp_path / "c.onnx")
+    graph.export_graph(model, [3, 2 * SIZE, 2 * SIZE], tmp_path / "d.onnx")
+    assert len(calls) == 3
