@@ -36,7 +36,14 @@ from distill.evaluation import EvalResult, eval_loader, evaluate
 from distill.files import WriteError, atomic_save
 from distill.losses import CrossEntropy, hard_labels
 from distill.memory import activation_bytes, require
-from distill.progress import MetricsLog, announce, epoch_line, progress_bar, stats_text
+from distill.progress import (
+    MetricsLog,
+    announce,
+    epoch_line,
+    plural,
+    progress_bar,
+    stats_text,
+)
 from distill.resume import (
     STATE_SAVE_SECONDS,
     State,
@@ -355,7 +362,8 @@ def fit(
                     watch.saved()
                 if early and not done:
                     console.print(
-                        f"early stop: val loss has not improved for {state.bad_epochs} epochs"
+                        "early stop: val loss has not improved for "
+                        f"{plural(state.bad_epochs, 'epoch')}"
                     )
                     break
                 if cut and not done:

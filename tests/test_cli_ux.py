@@ -488,6 +488,19 @@ def test_prune_enabled_false_skips_the_prune_stage(tiny_image_folder, tmp_path):
     assert "prune" not in stages and {"student", "export"} <= set(stages)
 
 
+def test_one_epoch_and_one_step_are_singular(tiny_image_folder, tmp_path):
+    toml = "[teacher]\nepochs = 1\n[student]\nepochs = 1\n[prune]\nsteps = 1\nepochs = 1\n"
+    (tmp_path / "p.toml").write_text(toml)
+    config = ["--config", str(tmp_path / "p.toml"), "--dry-run"]
+    result = runner.invoke(app, pipeline(tiny_image_folder, *config))
+    assert result.exit_code == 0, result.output
+    plan = {ln.split()[0]: ln for ln in lines(result.output)}
+    assert plan["teacher"].split(", ")[2] == "1 epoch"
+    assert plan["baseline"].endswith(", 1 epoch")
+    assert plan["prune"].endswith(" in 1 step + 1 recovery epoch")
+    assert distill.progress.plural(2, "step") == "2 steps"
+
+
 def test_readme_pipeline_settings_table_is_generated():
     readme = (ROOT / "README.md").read_text()
     assert generated_section(readme, "pipeline-settings") == pipeline_settings_table(), (
