@@ -499,6 +499,9 @@ class RunSettings:
         "Also track the run in MLflow: params, per-epoch metrics, the checkpoint and later its "
         "ONNX files; a server URL or sqlite:///runs.db offline (pip install distill[mlflow]).",
     )
+    mlflow_parent: str | None = setting(
+        None, "The MLflow run this one nests under (a pipeline's).", cli=False
+    )
 
     def __post_init__(self) -> None:
         whole_numbers_as_floats(self)

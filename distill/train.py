@@ -276,7 +276,9 @@ def fit(
     state_file = last_path(run.out) if run.out is not None else None
     tracker = None
     if writes and run.mlflow:
-        tracker = Tracker(run.mlflow, run.out.stem, _params(kind, arch, recipe, data, meta))
+        stage = ((meta or {}).get("pipeline") or {}).get("stage")
+        params = _params(kind, arch, recipe, data, meta)
+        tracker = Tracker(run.mlflow, run.out.stem, params, parent=run.mlflow_parent, stage=stage)
         meta = {**(meta or {}), "tracking": tracker.record}
     log = MetricsLog(run.out, run.tensorboard, tracker) if writes else None
     run_identity = {
@@ -391,7 +393,7 @@ def fit(
             tracker.abandon()
         raise
     if tracker is not None:
-        tracker.finish(run.out, ckpt["metrics"])
+        tracker.finish([run.out], ckpt["metrics"])
     if writes and state_file.exists() and not run.keep_last:
         state_file.unlink()
     return ckpt

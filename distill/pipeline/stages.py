@@ -41,7 +41,10 @@ def build_stages(
     dataset: Callable[[], Dataset],
     console: Console,
     quiet: bool,
+    tracking_parent: str | None = None,
 ) -> list[Stage]:
+    """The stages in order. `tracking_parent`: the pipeline's MLflow run, which each training
+    stage's run nests under (settings.mlflow set)."""
     from distill import api
 
     budget = parse_budget(s.budget)
@@ -53,7 +56,14 @@ def build_stages(
     def run_settings(out: Path, resume: bool) -> RunSettings:
         # force: a stage that runs again replaces its own earlier output (atomically, at the end)
         return RunSettings(
-            out=out, device=s.device, seed=s.seed, resume=resume, force=True, quiet=quiet
+            out=out,
+            device=s.device,
+            seed=s.seed,
+            resume=resume,
+            force=True,
+            quiet=quiet,
+            mlflow=s.mlflow,
+            mlflow_parent=tracking_parent,
         )
 
     def verify(path: Path, limit: int | None, what: str) -> None:
@@ -286,4 +296,6 @@ def describe(s: PipelineSettings) -> str:
         f"{' with TTA' if s.export.tta else ''} ONNX; bench batch sizes "
         f"{','.join(map(str, s.bench.batch_sizes))}; report"
     )
+    if s.mlflow is not None:
+        lines.append(f"tracking  every training stage in MLflow at {s.mlflow}")
     return "\n".join(lines)
