@@ -328,21 +328,24 @@ class KDSettings:
     )
     alpha: float | None = setting(
         None,
-        "Weight of the method's distillation term; published defaults: hinton 0.9 (the CE "
-        "gets 1 - alpha), dkd 1 (TCKD), dist 2 (inter-class), mlkd 1, crd 0.8, fitnet 100, "
-        "at 1000, reviewkd 5 (mdistiller's CIFAR-100 configs).",
+        "Weight of the method's distillation term; as published: hinton 0.9 (the CE gets "
+        "1 - alpha), dkd 1 (TCKD), dist 2 (inter-class), mlkd 1, crd 0.8, fitnet 100, at 1000, "
+        "reviewkd 5 (mdistiller's CIFAR-100 configs).",
+        shown="the method's",
     )
     temperature: float = setting(4.0, "Softmax temperature T.")
     beta: float | None = setting(
         None,
-        "dkd: NCKD weight (default: 8 x (classes - 1) / 99, e.g. 0.73 for 10 classes); dist: "
-        "intra-class weight (default 2).",
+        "dkd: NCKD weight, as published 8 x (classes - 1) / 99 (0.73 for 10 classes); dist: "
+        "intra-class weight, as published 2.",
+        shown="the method's",
     )
     warmup_epochs: float | None = setting(
         None,
-        "Epochs over which the KD term ramps up (dkd and reviewkd default: 1/12 of the run, "
-        "their published 20 of 240 epochs).",
+        "Epochs over which the KD term ramps up: dkd and reviewkd 1/12 of the run (their "
+        "published 20 of 240 epochs), at least 1; the others none.",
         flag="--warmup",
+        shown="the method's",
     )
     teacher_tta: bool = setting(
         False, "Teachers' soft targets average the image and its mirror (2x teacher cost)."
@@ -452,9 +455,7 @@ class PruneSettings:
     budget: str = setting("", "Parameter budget of the pruned model, e.g. 2.5M or 800k.")
     steps: int = setting(3, "Pruning steps, geometric towards the budget.")
     epochs_per_step: int = setting(1, "KD fine-tuning epochs between steps (0: none).")
-    epochs: int | None = setting(
-        None, "Recovery epochs after the last step (default: the recipe's)."
-    )
+    epochs: int | None = setting(None, "Recovery epochs after the last step.", shown="the recipe's")
     importance: IMPORTANCE = setting(
         "magnitude", "magnitude (group L2 norm) or taylor (|w x grad| over 8 batches)."
     )
@@ -497,6 +498,9 @@ class RunSettings:
         None,
         "Also track the run in MLflow: params, per-epoch metrics, the checkpoint and later its "
         "ONNX files; a server URL or sqlite:///runs.db offline (pip install distill[mlflow]).",
+    )
+    mlflow_parent: str | None = setting(
+        None, "The MLflow run this one nests under (a pipeline's).", cli=False
     )
 
     def __post_init__(self) -> None:

@@ -1,7 +1,9 @@
 """Optional experiment tracking in MLflow (`--mlflow URI`, off by default): one MLflow run per
 training output, holding its settings as params, every epoch's metrics as they come, the final
 metrics, the checkpoint and, when it is exported later, its ONNX files (the checkpoint records
-its tracking run so `distill export onnx` adds them to the same run).
+its tracking run so `distill export onnx` adds them to the same run). A pipeline is one run
+holding its settings, bench.json and report.md, with each training stage's run nested under it
+and tagged with the stage's name.
 
 MLflow because it is the tracking server most teams run themselves; `sqlite:///runs.db` works
 offline, with the artefacts in a folder beside the database. The client API is used directly
@@ -11,13 +13,24 @@ offline, with the artefacts in a folder beside the database. The client API is u
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from distill.errors import UserError
 
 EXPERIMENT = "distill"
+# `distill pipeline --mlflow` and the pipeline config's `mlflow` key (here: the CLI imports it
+# without the pipeline and torch).
+PIPELINE_HELP = (
+    "Also track the pipeline in MLflow: one run holding the settings, bench.json and report.md, "
+    "and nested under it one run per training stage (params, per-epoch metrics, the checkpoint, "
+    "its ONNX files); a server URL or sqlite:///runs.db offline (pip install distill[mlflow])."
+)
 METRICS = ("lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "images_per_s")
+# What MLflow takes in one request (mlflow.utils.validation): a pipeline has over 100 settings,
+# and a run resumed late logs every earlier epoch's metrics at once.
+MAX_PARAMS, MAX_METRICS = 100, 1000
 
 
 def check_mlflow() -> None:
@@ -48,16 +61,30 @@ def _experiment(client, uri: str) -> str:
 
 
 class Tracker:
-    """One MLflow run: params at the start, metrics per epoch, the checkpoint at the end."""
+    """One MLflow run: params at the start, metrics per epoch, the output files at the end.
+    `parent` nests it under another run (a pipeline's); `stage` names the pipeline stage."""
 
-    def __init__(self, uri: str, name: str, params: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        uri: str,
+        name: str,
+        params: dict[str, Any],
+        *,
+        parent: str | None = None,
+        stage: str | None = None,
+    ) -> None:
         from mlflow.entities import Param
 
         check_mlflow()
         self.uri = uri
+        tags = {}
+        if parent is not None:
+            tags["mlflow.parentRunId"] = parent  # MLflow's own tag: its UI nests the run
+        if stage is not None:
+            tags["distill.stage"] = stage
         try:
             self.client = _client(uri)
-            run = self.client.create_run(_experiment(self.client, uri), run_name=name)
+            run = self.client.create_run(_experiment(self.client, uri), run_name=name, tags=tags)
         except Exception as e:
             reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
             raise UserError(
@@ -67,10 +94,14 @@ class Tracker:
         self.run_id = run.info.run_id
         flat = _flatten(params)
         # MLflow caps a param's value at 6000 characters; none of ours comes close.
-        self.client.log_batch(
-            self.run_id, params=[Param(k, str(v)) for k, v in sorted(flat.items())]
-        )
+        self._log(params=[Param(k, str(v)) for k, v in sorted(flat.items())])
         self._logged = 0
+
+    def _log(self, *, params: Sequence[Any] = (), metrics: Sequence[Any] = ()) -> None:
+        for i in range(0, len(params), MAX_PARAMS):
+            self.client.log_batch(self.run_id, params=params[i : i + MAX_PARAMS])
+        for i in range(0, len(metrics), MAX_METRICS):
+            self.client.log_batch(self.run_id, metrics=metrics[i : i + MAX_METRICS])
 
     @property
     def record(self) -> dict[str, str]:
@@ -88,21 +119,22 @@ class Tracker:
             for key in METRICS
             if key in row
         ]
-        if metrics:
-            self.client.log_batch(self.run_id, metrics=metrics)
+        self._log(metrics=metrics)
         self._logged = len(history)
 
-    def finish(self, checkpoint: Path, metrics: dict[str, Any]) -> None:
+    def finish(self, files: Iterable[Path], metrics: Mapping[str, Any] | None = None) -> None:
+        """The final `metrics` (as final_NAME) and `files` logged; the run marked finished."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         final = [
             Metric(f"final_{k}", float(v), now, 0)
-            for k, v in metrics.items()
+            for k, v in (metrics or {}).items()
             if isinstance(v, (int, float)) and not isinstance(v, bool)
         ]
-        self.client.log_batch(self.run_id, metrics=final)
-        self.client.log_artifact(self.run_id, str(checkpoint))
+        self._log(metrics=final)
+        for f in files:
+            self.client.log_artifact(self.run_id, str(f))
         self.client.set_terminated(self.run_id, "FINISHED")
 
     def abandon(self) -> None:

@@ -36,7 +36,14 @@ from distill.evaluation import EvalResult, eval_loader, evaluate
 from distill.files import WriteError, atomic_save
 from distill.losses import CrossEntropy, hard_labels
 from distill.memory import activation_bytes, require
-from distill.progress import MetricsLog, announce, epoch_line, progress_bar, stats_text
+from distill.progress import (
+    MetricsLog,
+    announce,
+    epoch_line,
+    plural,
+    progress_bar,
+    stats_text,
+)
 from distill.resume import (
     STATE_SAVE_SECONDS,
     State,
@@ -269,7 +276,9 @@ def fit(
     state_file = last_path(run.out) if run.out is not None else None
     tracker = None
     if writes and run.mlflow:
-        tracker = Tracker(run.mlflow, run.out.stem, _params(kind, arch, recipe, data, meta))
+        stage = ((meta or {}).get("pipeline") or {}).get("stage")
+        params = _params(kind, arch, recipe, data, meta)
+        tracker = Tracker(run.mlflow, run.out.stem, params, parent=run.mlflow_parent, stage=stage)
         meta = {**(meta or {}), "tracking": tracker.record}
     log = MetricsLog(run.out, run.tensorboard, tracker) if writes else None
     run_identity = {
@@ -355,7 +364,8 @@ def fit(
                     watch.saved()
                 if early and not done:
                     console.print(
-                        f"early stop: val loss has not improved for {state.bad_epochs} epochs"
+                        "early stop: val loss has not improved for "
+                        f"{plural(state.bad_epochs, 'epoch')}"
                     )
                     break
                 if cut and not done:
@@ -383,7 +393,7 @@ def fit(
             tracker.abandon()
         raise
     if tracker is not None:
-        tracker.finish(run.out, ckpt["metrics"])
+        tracker.finish([run.out], ckpt["metrics"])
     if writes and state_file.exists() and not run.keep_last:
         state_file.unlink()
     return ckpt

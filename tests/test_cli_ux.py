@@ -86,6 +86,38 @@ def test_every_help_renders_its_text(path):
         assert text in shown, f"{p.name}: {text!r} is not shown whole"
 
 
+# A default shown in brackets; typer's own style would parenthesise a described one.
+DEFAULT = re.compile(r"\[default: ([^\]]*)\]")
+
+
+@pytest.mark.parametrize("path", list(COMMANDS), ids=lambda p: " ".join(p) or "distill")
+def test_every_help_shows_defaults_and_switches_one_way(path):
+    shown = flat(runner.invoke(app, [*path, "--help"], env=WIDE, terminal_width=300).output)
+    for value in DEFAULT.findall(shown):
+        assert value.strip() and not value.startswith("("), f"[default: {value}]"
+    sentences = DEFAULT.sub("", shown).lower()
+    assert "default:" not in sentences and "(default " not in sentences, sentences
+    assert "<bool>" not in shown  # a switch takes no value: it shows no type
+
+
+def test_defaults_read_the_same_concrete_or_derived():
+    shown = flat(runner.invoke(app, ["student", "--help"], env=WIDE, terminal_width=300).output)
+    assert {"5M", "4.0", "none", "the recipe's", "the teacher's", "the method's"} <= set(
+        DEFAULT.findall(shown)
+    )
+
+
+def test_commands_are_listed_in_the_order_a_user_runs_them():
+    shown = runner.invoke(app, ["--help"], env=WIDE, terminal_width=300).output
+    panel = shown.split("Commands", 1)[1]
+    names = [m.group(1) for line in panel.splitlines() if (m := re.match(r"│ (\S+) ", line))]
+    assert names[:10] == [
+        "teacher", "student", "prune", "export", "predict", "eval", "bench", "compare", "report",
+        "pipeline",
+    ]  # fmt: skip
+    assert sorted(names) == sorted(path[0] for path in COMMANDS if len(path) == 1)
+
+
 def test_pipeline_help_shows_its_tables_literally():
     result = runner.invoke(app, ["pipeline", "--help"], env=WIDE)
     assert "[data] [teacher] [student] [kd] [prune]" in result.output
@@ -163,7 +195,7 @@ def test_device_defaults_to_auto_except_where_documented():
         if opt is None:
             continue
         if path == ("predict",):  # the exception, and its reason, are in its help
-            assert opt.default == "cpu" and "The CPU by default" in opt.help
+            assert opt.default == "cpu" and "The CPU unless told otherwise" in opt.help
         elif opt.default is None:  # a settings flag: the library's default, shown as such
             assert "auto" in str(opt.show_default), path
         else:
@@ -454,6 +486,19 @@ def test_prune_enabled_false_skips_the_prune_stage(tiny_image_folder, tmp_path):
     assert result.exit_code == 0, result.output
     stages = [ln.split()[0] for ln in lines(result.output)]
     assert "prune" not in stages and {"student", "export"} <= set(stages)
+
+
+def test_one_epoch_and_one_step_are_singular(tiny_image_folder, tmp_path):
+    toml = "[teacher]\nepochs = 1\n[student]\nepochs = 1\n[prune]\nsteps = 1\nepochs = 1\n"
+    (tmp_path / "p.toml").write_text(toml)
+    config = ["--config", str(tmp_path / "p.toml"), "--dry-run"]
+    result = runner.invoke(app, pipeline(tiny_image_folder, *config))
+    assert result.exit_code == 0, result.output
+    plan = {ln.split()[0]: ln for ln in lines(result.output)}
+    assert plan["teacher"].split(", ")[2] == "1 epoch"
+    assert plan["baseline"].endswith(", 1 epoch")
+    assert plan["prune"].endswith(" in 1 step + 1 recovery epoch")
+    assert distill.progress.plural(2, "step") == "2 steps"
 
 
 def test_readme_pipeline_settings_table_is_generated():

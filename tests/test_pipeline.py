@@ -1,5 +1,6 @@
 """`distill pipeline` end to end on tiny data: every stage, skip, redo, resume, report."""
 
+import importlib.util
 import json
 import re
 import shutil
@@ -68,12 +69,17 @@ def stage_records(out):
     return {s["name"]: s for s in json.loads((out / "pipeline.json").read_text())["stages"]}
 
 
+# The optional MLflow extra: where it is installed the one full run below is tracked too.
+TRACKED = all(importlib.util.find_spec(m) for m in ("mlflow", "sqlalchemy"))
+
+
 @pytest.fixture(scope="module")
 def finished_run(tiny_image_folder, tmp_path_factory):
     root = tmp_path_factory.mktemp("pipeline")
     config = write_toml(root / "p.toml", root / "cache")
     out = root / "run"
-    result = runner.invoke(app, pipeline_args(tiny_image_folder, config, out))
+    tracking = ["--mlflow", f"sqlite:///{root / 'runs.db'}"] if TRACKED else []
+    result = runner.invoke(app, [*pipeline_args(tiny_image_folder, config, out), *tracking])
     assert result.exit_code == 0, result.output
     return root, config, out, result.output
 
@@ -98,6 +104,37 @@ def test_every_stage_runs_and_is_verified(finished_run):
         precisions = {(row["engine"], row["precision"]) for row in r["results"]}
         assert {("onnxruntime", "fp32"), ("onnxruntime", "int8")} <= precisions
     assert "pipeline finished" in output and "report.md" in output
+
+
+@pytest.mark.skipif(not TRACKED, reason="the mlflow extra is not installed")
+def test_every_training_stage_is_an_mlflow_run_nested_under_the_pipeline(finished_run):
+    from mlflow.tracking import MlflowClient
+
+    root, _, out, _ = finished_run
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'runs.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("distill").experiment_id])
+    (pipeline,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert pipeline.info.run_name == "run" and pipeline.info.status == "FINISHED"
+    assert pipeline.data.params["kind"] == "pipeline"
+    assert pipeline.data.params["student.recipe.epochs"] == "1"
+    assert {a.path for a in client.list_artifacts(pipeline.info.run_id)} == {
+        "bench.json", "report.md"
+    }  # fmt: skip
+    stages = {r.data.tags["distill.stage"]: r for r in runs if r is not pipeline}
+    assert sorted(stages) == ["baseline", "prune", "student", "teacher"]
+    for stage, run in stages.items():
+        assert run.data.tags["mlflow.parentRunId"] == pipeline.info.run_id
+        assert run.info.status == "FINISHED"
+        name = "pruned" if stage == "prune" else stage
+        assert run.info.run_name == name
+        assert load_checkpoint(out / f"{name}.pt")["tracking"]["run_id"] == run.info.run_id
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")] == [1]
+        assert f"{name}.pt" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert stages["student"].data.params["kd.method"] == "hinton"
+    for name in ("student", "pruned"):  # the export stages add to the run of what they export
+        run_id = stages["prune" if name == "pruned" else name].info.run_id
+        onnx = {a.path for a in client.list_artifacts(run_id, "onnx")}
+        assert {f"onnx/{name}.onnx", f"onnx/{name}.int8.onnx"} <= onnx
 
 
 def test_report_holds_table_and_plots(finished_run):

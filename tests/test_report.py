@@ -1,12 +1,16 @@
 """`distill report`: a run folder of tiny checkpoints (+ ONNX stubs, bench.json) -> report.md."""
 
+import json
 import shutil
 
 import pytest
 from report_runs import (
     PNG_SIGNATURE,
+    engine_rows,
     linked_pngs,
     make_run,
+    new_bench_record,
+    row,
     save,
     section,
     table_row,
@@ -17,6 +21,7 @@ from typer.testing import CliRunner
 from distill.cli import app
 from distill.report import budgets, collect_models, write_report
 from distill.report.provenance import kd_settings
+from distill.report.tradeoff import latency_points
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +63,18 @@ def test_onnx_rows_link_to_their_source_and_carry_bench_latency(full_run):
     # exports sort right after their checkpoint
     order = [li.split("`")[1] for li in report.splitlines() if li.startswith("| `")]
     assert order.index("student.onnx") == order.index("student.pt") + 1
+
+
+def test_the_latency_plot_draws_the_int8_file_timed_beside_its_fp32_export(tmp_path):
+    # As the pipeline's bench stage writes it: one record per fp32 file, whose rows time its
+    # int8 sibling too; no record of the int8 file itself.
+    d = make_run(tmp_path / "run")
+    int8 = row("onnxruntime", "int8", 1, 0.4, acc=0.8475)
+    (d / "bench.json").write_text(
+        json.dumps([new_bench_record("student.onnx", [*engine_rows(0.84), int8])])
+    )
+    points = {m.name: (m.precision, m.latency_ms) for m in latency_points(collect_models(d).models)}
+    assert points == {"student.onnx": ("fp32", 0.84), "student.int8.onnx": ("int8", 0.4)}
 
 
 def test_kd_gain_line_and_provenance(full_run):

@@ -9,14 +9,12 @@ import inspect
 import os
 import shlex
 import sys
-import typing
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 import typer
 import typer.core
-import typer.models
 
 from distill import __version__, distributed
 from distill.cli.errors import exits_on_user_error, one_line_usage_errors
@@ -56,7 +54,31 @@ class _WorkflowOrder(typer.core.TyperGroup):
         return sorted(names, key=lambda n: WORKFLOW.index(n) if n in WORKFLOW else len(WORKFLOW))
 
 
+def one_help_style() -> None:
+    """Every --help shows defaults and switches one way, on every command and sub-app.
+
+    typer writes a default given as a description in parentheses (`[default: (the recipe's)]`)
+    and a concrete one without (`[default: 5M]`); here both read `[default: VALUE]`. It also
+    shows a switch's type (`--tta <bool>`, `--help <bool>`) though a switch takes no value;
+    here a switch shows none. typer draws both through these two functions, replaced here.
+    """
+    plain_default = typer.core._get_default_string
+    value_type = typer.core.TyperOption.display_type_rich
+
+    def default_string(obj, *, ctx, show_default_is_str, default_value):
+        if show_default_is_str:
+            return str(obj.show_default)
+        return plain_default(obj, ctx=ctx, show_default_is_str=False, default_value=default_value)
+
+    def switch_without_type(self, ctx):
+        return None if self.is_flag else value_type(self, ctx)
+
+    typer.core._get_default_string = default_string
+    typer.core.TyperOption.display_type_rich = switch_without_type
+
+
 one_line_usage_errors()
+one_help_style()
 app = typer.Typer(
     cls=_WorkflowOrder,
     help="Distil and compress small-image classifiers under a hard parameter budget.",
@@ -90,18 +112,9 @@ def command(group: typer.Typer = app, name: str | None = None, more_help: str = 
 
     def deco(fn):
         kwargs.setdefault("help", (_paragraphs(fn.__doc__) or "") + more_help)
-        _switches_without_metavar(fn)
         return group.command(name, **kwargs)(exits_on_user_error(fn))
 
     return deco
-
-
-def _switches_without_metavar(fn: Callable) -> None:
-    """A switch takes no value: --help shows `--tta`, not `--tta <bool>`."""
-    for p in inspect.signature(fn, eval_str=True).parameters.values():
-        boolean = p.annotation is bool or bool in typing.get_args(p.annotation)
-        if isinstance(p.default, typer.models.OptionInfo) and boolean:
-            p.default.metavar = p.default.metavar or " "
 
 
 def _paragraphs(doc: str | None) -> str | None:

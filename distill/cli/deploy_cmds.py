@@ -35,8 +35,8 @@ def predict_cmd(
     ),
     device: Literal["auto", "cpu", "cuda"] = typer.Option(
         "cpu",
-        help="auto, cpu or cuda. The CPU by default: for a handful of images a GPU session "
-        "takes longer to start than the work.",
+        help="auto, cpu or cuda. The CPU unless told otherwise, since for a handful of images "
+        "a GPU session takes longer to start than the work.",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:

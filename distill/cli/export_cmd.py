@@ -74,7 +74,8 @@ def onnx_cmd(
         None,
         "-o",
         "--out",
-        help="Output .onnx; default beside the checkpoint: s.onnx, s.int8.onnx or s.fp16.onnx.",
+        help="Output .onnx.",
+        show_default="s.onnx (s.int8.onnx, s.fp16.onnx) beside s.pt",
     ),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output."),
     data: str = typer.Option(

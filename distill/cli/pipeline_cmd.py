@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import typer
+from rich.markup import escape
 
 from distill import distributed
 from distill.cli.common import (
@@ -19,6 +20,7 @@ from distill.cli.common import (
 from distill.console import make_console, styled
 from distill.errors import UserError
 from distill.settings import DataSettings
+from distill.tracking import PIPELINE_HELP, check_mlflow
 
 # The pipeline
 
@@ -48,6 +50,12 @@ def pipeline_cmd(
     device: Literal["auto", "cpu", "cuda"] = typer.Option(
         None, help="auto, cpu or cuda.", show_default="the config's, else auto"
     ),
+    mlflow: str = typer.Option(
+        None,
+        "--mlflow",
+        help=escape(PIPELINE_HELP),  # rich markup: distill[mlflow] is no style tag
+        show_default="the config's, else off",
+    ),
     data_root: Path = typer.Option(None, help="Where cifar10/cifar100 are downloaded."),
     cache_dir: Path = typer.Option(None, help="Decoded uint8 cache (never beside the data)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved stages and exit."),
@@ -69,6 +77,8 @@ def pipeline_cmd(
     overrides: dict[str, Any] = {"data": {k: v for k, v in flags_data.items() if v is not None}}
     if device is not None:
         overrides["device"] = device
+    if mlflow is not None:
+        overrides["mlflow"] = mlflow
     settings = load_config(preset, config, overrides)
     if print_config:
         typer.echo(to_toml(settings), nl=False)
@@ -79,6 +89,8 @@ def pipeline_cmd(
         return
     if out is None:
         raise UserError("no run directory given; pass -o/--out DIR")
+    if settings.mlflow is not None:
+        check_mlflow()  # before any work: the package is an optional extra
     relaunched(nproc_per_node, settings.device)
     started = time.perf_counter()
     try:

@@ -5,6 +5,9 @@ in one run directory, resumable stage by stage.
 - `state`: pipeline.json, fingerprints, and which stages are up to date;
 - `stages`: the stages, each a call of the library function its own command makes.
 
+With `mlflow` set the pipeline is one MLflow run (distill/tracking.py), each training stage a
+run nested under it.
+
 Under torchrun the training stages run on every rank; rank 0 alone decides which stages to skip
 or resume (and tells the others), runs the other stages and writes every file.
 """
@@ -28,6 +31,7 @@ from distill.pipeline.config import PipelineSettings, load_config, to_toml
 from distill.pipeline.stages import build_stages, describe
 from distill.pipeline.state import STATE_FILE, PipelineState, Stage, decide
 from distill.timing import phase
+from distill.tracking import Tracker
 
 __all__ = ["PipelineSettings", "describe", "load_config", "run_pipeline", "to_toml"]
 
@@ -59,29 +63,51 @@ def run_pipeline(
     run_dir = Path(run_dir)
     distributed.init(resolve_device(settings.device).type)
 
-    def check() -> None:
+    def check() -> Tracker | None:
+        if not distributed.is_main():
+            return None
+        _check_run_dir(run_dir, force)
+        return _tracking_run(settings, run_dir)
+
+    tracker = distributed.agree(check)  # rank 0's, when tracked
+    try:
+        console.print(describe(settings))
         if distributed.is_main():
-            _check_run_dir(run_dir, force)
+            run_dir.mkdir(parents=True, exist_ok=True)
+        distributed.barrier()
+        distributed.check_shared(run_dir)
+        with output_lock(run_dir / "pipeline", enabled=distributed.is_main()):
+            state = (
+                PipelineState.load(run_dir, settings.to_dict()) if distributed.is_main() else None
+            )
+            loaded: dict[str, Dataset] = {}
 
-    distributed.agree(check)
-    console.print(describe(settings))
-    if distributed.is_main():
-        run_dir.mkdir(parents=True, exist_ok=True)
-    distributed.barrier()
-    distributed.check_shared(run_dir)
-    with output_lock(run_dir / "pipeline", enabled=distributed.is_main()):
-        state = PipelineState.load(run_dir, settings.to_dict()) if distributed.is_main() else None
-        loaded: dict[str, Dataset] = {}
+            def dataset() -> Dataset:
+                if "d" not in loaded:
+                    loaded["d"] = load_data(settings.data)
+                return loaded["d"]
 
-        def dataset() -> Dataset:
-            if "d" not in loaded:
-                loaded["d"] = load_data(settings.data)
-            return loaded["d"]
-
-        _run_stages(build_stages(settings, run_dir, dataset, console, quiet), state, console)
+            parent = tracker.run_id if tracker is not None else None
+            stages = build_stages(settings, run_dir, dataset, console, quiet, parent)
+            _run_stages(stages, state, console)
+    except BaseException:
+        if tracker is not None:
+            tracker.abandon()
+        raise
     if distributed.is_main():
         _results(run_dir, console)
+    if tracker is not None:
+        tracker.finish(p for p in (run_dir / "bench.json", run_dir / "report.md") if p.is_file())
     return run_dir / "report.md"
+
+
+def _tracking_run(settings: PipelineSettings, run_dir: Path) -> Tracker | None:
+    """The pipeline's own MLflow run, named after its folder, its settings as params; None when
+    not tracked. Made before any stage: a store that cannot be reached stops the run here."""
+    if settings.mlflow is None:
+        return None
+    params = {"kind": "pipeline"} | settings.to_dict()
+    return Tracker(settings.mlflow, run_dir.resolve().name, params)
 
 
 def _release_other_ranks() -> bool:

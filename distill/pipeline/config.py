@@ -5,6 +5,7 @@ TOML layout (every key optional; `distill pipeline --print-config` writes the re
 
     seed = 0
     device = "auto"
+    mlflow = "sqlite:///runs.db"  # optional: track every stage in MLflow
     budget = "5M"           # the student's parameter budget
     [data]                  # DataSettings: source (or --data), val_size, train_size, ...
     [teacher]               # arch, recipe (a name), then any Recipe field: epochs = 200
@@ -37,6 +38,7 @@ from distill.settings import (
     Recipe,
     override_recipe,
 )
+from distill.tracking import PIPELINE_HELP
 from distill.typed import build, coerce, require, setting, to_dict
 
 
@@ -60,6 +62,7 @@ class PipelineSettings:
     bench: BenchSettings = setting(help="The bench stage.", factory=BenchSettings)
     seed: int = setting(0, "Seed of every training stage.")
     device: Literal["auto", "cpu", "cuda"] = setting("auto", "auto, cpu or cuda.")
+    mlflow: str | None = setting(None, PIPELINE_HELP, shown="off")
 
     def __post_init__(self) -> None:
         require(

@@ -19,6 +19,7 @@ from distill.errors import UserError
 from distill.files import atomic_write_text
 from distill.pipeline.config import PipelineSettings
 from distill.pipeline.state import Stage
+from distill.progress import plural
 from distill.resume import last_path
 from distill.settings import RunSettings
 from distill.typed import to_dict
@@ -40,7 +41,10 @@ def build_stages(
     dataset: Callable[[], Dataset],
     console: Console,
     quiet: bool,
+    tracking_parent: str | None = None,
 ) -> list[Stage]:
+    """The stages in order. `tracking_parent`: the pipeline's MLflow run, which each training
+    stage's run nests under (settings.mlflow set)."""
     from distill import api
 
     budget = parse_budget(s.budget)
@@ -52,7 +56,14 @@ def build_stages(
     def run_settings(out: Path, resume: bool) -> RunSettings:
         # force: a stage that runs again replaces its own earlier output (atomically, at the end)
         return RunSettings(
-            out=out, device=s.device, seed=s.seed, resume=resume, force=True, quiet=quiet
+            out=out,
+            device=s.device,
+            seed=s.seed,
+            resume=resume,
+            force=True,
+            quiet=quiet,
+            mlflow=s.mlflow,
+            mlflow_parent=tracking_parent,
         )
 
     def verify(path: Path, limit: int | None, what: str) -> None:
@@ -268,20 +279,23 @@ def describe(s: PipelineSettings) -> str:
     lines = [
         f"data      {s.data.source} (val {s.data.val_size}, train "
         f"{s.data.train_size or 'all'}, split seed {s.data.split_seed})",
-        f"teacher   {t.arch}, {t.recipe.name} x{t.recipe.epochs} epochs, label smoothing "
-        f"{t.recipe.label_smoothing:g}",
-        f"baseline  {st.arch} from labels, {st.recipe.name} x{st.recipe.epochs} epochs",
+        f"teacher   {t.arch}, {t.recipe.name} recipe, {plural(t.recipe.epochs, 'epoch')}, "
+        f"label smoothing {t.recipe.label_smoothing:g}",
+        f"baseline  {st.arch} from labels, {st.recipe.name} recipe, "
+        f"{plural(st.recipe.epochs, 'epoch')}",
         f"student   {st.arch} distilled ({s.kd.method}), budget {s.budget}",
     ]
     if s.prune.enabled:
         p = s.prune
         lines.append(
-            f"prune     to {p.budget} in {p.steps} steps + {p.epochs or st.recipe.epochs} "
-            "recovery epochs"
+            f"prune     to {p.budget} in {plural(p.steps, 'step')} + "
+            f"{plural(p.epochs or st.recipe.epochs, 'recovery epoch')}"
         )
     lines.append(
         f"export    fp32{' + int8' if s.export.int8 else ' + fp16' if s.export.fp16 else ''}"
         f"{' with TTA' if s.export.tta else ''} ONNX; bench batch sizes "
         f"{','.join(map(str, s.bench.batch_sizes))}; report"
     )
+    if s.mlflow is not None:
+        lines.append(f"tracking  every training stage in MLflow at {s.mlflow}")
     return "\n".join(lines)

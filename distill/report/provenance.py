@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from distill.progress import plural
 from distill.report.collect import sha256_index
 from distill.report.figures import short_count
 from distill.report.records import ROLES, Collection, Model, as_float, as_int
@@ -119,7 +120,7 @@ def _recipe_line(m: Model) -> str:
     summary = _recipe_summary(recipe)
     line += f": {summary}" if summary else ""
     ran = [
-        f"{metrics['epochs_run']} epochs run" if "epochs_run" in metrics else "",
+        f"{plural(metrics['epochs_run'], 'epoch')} run" if "epochs_run" in metrics else "",
         f"best epoch {metrics['best_epoch']}" if "best_epoch" in metrics else "",
         f"{duration(metrics['train_seconds'])} on {metrics.get('device', '?')}"
         if "train_seconds" in metrics

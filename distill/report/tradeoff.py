@@ -83,13 +83,19 @@ def plot_accuracy_vs_params(
     return save_figure(fig, path)
 
 
-def plot_accuracy_vs_latency(models: Sequence[Model], path: Path) -> Path | None:
-    """onnxruntime CPU p50 at batch 1 for every benchmarked ONNX file."""
+def latency_points(models: Sequence[Model]) -> list[Model]:
+    """The models the accuracy-vs-latency plot draws: every one with a val accuracy and an
+    onnxruntime CPU p50 at batch 1, the int8 files timed beside their fp32 export included."""
     # A checkpoint benchmarked beside its own fp32 export would be the same point twice.
     exported = {m.source for m in models if m.is_onnx and m.precision == "fp32" and m.latency_ms}
-    pts = [
+    return [
         m for m in models if m.latency_ms and m.val_accuracy is not None and m.name not in exported
     ]
+
+
+def plot_accuracy_vs_latency(models: Sequence[Model], path: Path) -> Path | None:
+    """onnxruntime CPU p50 at batch 1 for every benchmarked ONNX file."""
+    pts = latency_points(models)
     if not pts:
         return None
     lat = [m.latency_ms for m in pts]

@@ -36,7 +36,7 @@ class SweepSettings:
     )
     storage: str | None = setting(
         None,
-        "The study: a journal file (default OUT/study.log), sqlite:///PATH or postgresql://URL "
+        "The study: a journal file, sqlite:///PATH or postgresql://URL "
         "(every node runs the same command against it).",
         shown="OUT/study.log",
     )
