@@ -149,6 +149,33 @@ def train_teacher(
         )
 
 
+def check_launch(
+    arch: str | None,
+    recipe: str | Recipe | None,
+    run: RunSettings,
+    processes: int,
+    *,
+    kind: str = "teacher",
+    **overrides: Any,
+) -> None:
+    """What every rank of a `processes`-process run would refuse in its first second (the
+    output, the architecture, the recipe on this device), checked before any process starts.
+    `arch` or `recipe` None: decided later (an imported model's; a pruned model's own)."""
+    from distill.device import resolve_device
+    from distill.recipes import make_recipe, teacher_recipe
+    from distill.registry import get_entry
+    from distill.run_guard import check_run_output
+    from distill.train_setup import check_processes
+
+    check_run_output(run)
+    if arch is not None:
+        get_entry(arch)
+    if recipe is not None:
+        resolve = teacher_recipe if kind == "teacher" and isinstance(recipe, str) else make_recipe
+        resolved = resolve(recipe, **overrides)
+        check_processes(resolved, run, processes, resolve_device(run.device).type == "cuda")
+
+
 def import_teacher(
     spec: str,
     weights: PathLike,

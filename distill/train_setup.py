@@ -82,6 +82,20 @@ class Trainer:
         return self.ema.module if self.ema else self.net
 
 
+def check_processes(recipe: Recipe, run: RunSettings, world: int, on_cuda: bool) -> None:
+    """Settings that only GPU processes can honour; checked in every rank and, by a command
+    that starts the ranks itself, before it starts them."""
+    if recipe.sync_bn and world > 1 and not on_cuda:
+        raise UserError(
+            "--sync-bn synchronises BatchNorm over GPUs (NCCL); on CPU processes drop it"
+        )
+    if run.ddp_bf16_grads and world > 1 and not on_cuda:
+        raise UserError(
+            "--ddp-bf16-grads compresses the GPUs' gradient all-reduce (NCCL); on CPU processes "
+            "drop it"
+        )
+
+
 def make_trainer(
     model: nn.Module,
     data: Dataset,
@@ -92,19 +106,11 @@ def make_trainer(
 ) -> Trainer:
     on_cuda = device.type == "cuda"
     world = distributed.world_size()
+    check_processes(recipe, run, world, on_cuda)
     memory_format = torch.channels_last if recipe.channels_last else torch.contiguous_format
     net = model.to(device, memory_format=memory_format)
-    if recipe.sync_bn and world > 1 and not on_cuda:
-        raise UserError(
-            "--sync-bn synchronises BatchNorm over GPUs (NCCL); on CPU processes drop it"
-        )
     if recipe.sync_bn and world > 1:
         net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
-    if run.ddp_bf16_grads and world > 1 and not on_cuda:
-        raise UserError(
-            "--ddp-bf16-grads compresses the GPUs' gradient all-reduce (NCCL); on CPU processes "
-            "drop it"
-        )
     loader = BatchLoader.of(
         data,
         data.train,

@@ -208,3 +208,25 @@ def test_a_lost_rank_is_one_line_naming_it(tiny_image_folder, tmp_path):
     assert proc.returncode != 0
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and f"rank 1 (pid {victim}) went away" in lines[0], err
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--arch", "resnet9000"], "unknown architecture"),
+        (["--sync-bn"], "--sync-bn"),
+        (["--ddp-bf16-grads"], "--ddp-bf16-grads"),
+    ],
+)
+def test_what_every_rank_would_refuse_is_refused_before_any_starts(
+    tiny_image_folder, tmp_path, monkeypatch, extra, message
+):
+    from distill import distributed
+
+    started = []
+    monkeypatch.setattr(distributed, "relaunch", lambda *a: started.append(a) or 0)
+    args = train_args(tiny_image_folder, tmp_path, str(tmp_path / "t.pt"), "--nproc-per-node", "2")
+    result = runner.invoke(app, [*args, *extra])
+    assert result.exit_code == 2 and not started, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], result.output

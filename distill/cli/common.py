@@ -284,5 +284,28 @@ def run_settings(flags: Flags, name: str) -> RunSettings:
     return run
 
 
+def start_run(
+    flags: Flags,
+    name: str,
+    nproc: int,
+    *,
+    arch: str | None = None,
+    recipe: str | None = None,
+    kind: str = "student",
+) -> RunSettings:
+    """How every training command starts: its run settings, then, when --nproc-per-node asks
+    for several processes, what the ranks would refuse at once (the output, `arch`, `recipe`
+    on this device) checked here, and this command relaunched under torchrun."""
+    from distill.api import check_launch
+
+    run = run_settings(flags, name)
+    relaunched(
+        nproc,
+        run.device,
+        lambda: check_launch(arch, recipe, run, nproc, kind=kind, **flags["recipe"]),
+    )
+    return run
+
+
 def quiet_console(run: RunSettings):
     return make_console(run.quiet)

@@ -21,8 +21,7 @@ from distill.cli.common import (
     console,
     print_saved,
     quiet_console,
-    relaunched,
-    run_settings,
+    start_run,
     stem_option,
     teacher_app,
     theirs,
@@ -61,10 +60,7 @@ def teacher_train_cmd(
     with phase("imports: torch and training"):
         from distill.api import train_teacher
 
-    run = run_settings(flags, "teacher")
-    from distill.run_guard import check_run_output  # (imports torch: not for --help)
-
-    relaunched(nproc_per_node, run.device, lambda: check_run_output(run))
+    run = start_run(flags, "teacher", nproc_per_node, arch=arch, recipe=recipe, kind="teacher")
     with training_command():
         ckpt = train_teacher(
             arch,
@@ -105,10 +101,7 @@ def teacher_import_cmd(
     then learn from it, at its input size or their own."""
     from distill.api import import_teacher
 
-    run = run_settings(flags, "teacher")
-    from distill.run_guard import check_run_output  # (imports torch: not for --help)
-
-    relaunched(nproc_per_node, run.device, lambda: check_run_output(run))
+    run = start_run(flags, "teacher", nproc_per_node, recipe=recipe, kind="teacher")
     with training_command():
         ckpt = import_teacher(
             architecture,
@@ -167,10 +160,7 @@ def student_cmd(
     default (README: What each choice is worth)."""
     from distill.api import train_student
 
-    run = run_settings(flags, "student")
-    from distill.run_guard import check_run_output  # (imports torch: not for --help)
-
-    relaunched(nproc_per_node, run.device, lambda: check_run_output(run))
+    run = start_run(flags, "student", nproc_per_node, arch=arch, recipe=recipe)
     data = flags["data"]  # what was typed; the rest is the teacher's data and split
     with training_command():
         ckpt = train_student(
@@ -231,10 +221,7 @@ def prune_cmd(
     settings = flags.build("prune")
     if not settings.budget:
         raise UserError("no --budget given; pass the pruned model's budget, e.g. --budget 2.5M")
-    run = run_settings(flags, "pruned")
-    from distill.run_guard import check_run_output  # (imports torch: not for --help)
-
-    relaunched(nproc_per_node, run.device, lambda: check_run_output(run))
+    run = start_run(flags, "pruned", nproc_per_node, recipe=recipe)
     data = flags["data"]  # what was typed; the rest is MODEL's data and split
     with training_command():
         ckpt = prune(

@@ -234,9 +234,9 @@ def _layer(values: Mapping[str, Any], layer: Mapping[str, Any]) -> dict[str, Any
     values = dict(values)
     for stage in ("teacher", "student"):
         given, below = layer.get(stage), values.get(stage)
-        if isinstance(given, Mapping) and isinstance(below, Mapping):
-            if "lr" in given and "lr_batch" not in given:
-                values[stage] = {k: v for k, v in below.items() if k != "lr_batch"}
+        lr_alone = isinstance(given, Mapping) and "lr" in given and "lr_batch" not in given
+        if lr_alone and isinstance(below, Mapping):
+            values[stage] = {k: v for k, v in below.items() if k != "lr_batch"}
     return merge(values, layer)
 
 
