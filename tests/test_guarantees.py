@@ -469,6 +469,36 @@ def test_text_in_markdown_cannot_break_a_table_or_add_tags():
     assert code("x`y|z") == "``x`y\\|z``"
 
 
+def test_a_report_of_hostile_names_keeps_every_table_row_whole(tmp_path):
+    """The report end to end, not only its escaping helpers: an arch label, class names and a
+    file name holding pipes, tags and newlines leave every table row with its header's cells."""
+    from distill.report import write_report
+
+    model = CifarResNet(plan("basic", (1, 1), (8, 16), stem_width=8, num_classes=len(HOSTILE)))
+    ckpt = new_checkpoint(
+        kind="teacher", arch="micro|<b>x</b>", model=model, classes=HOSTILE, mean=[0.5] * 3,
+        std=[0.25] * 3, input_size=[3, 32, 32], recipe={}, data={},
+        metrics={"val_accuracy": 0.5, "per_class": [0.5] * 10, "confusion": [[1] * 10] * 10},
+    )  # fmt: skip
+    save_checkpoint(ckpt, tmp_path / "m|<i>]x.pt")
+    report = write_report(tmp_path).read_text()
+    outside_code = re.sub(r"(`+).*?\1", "", report)  # a code span shows a tag as text
+    assert "<b>" not in outside_code and "<i>" not in outside_code
+    images = [line for line in report.splitlines() if line.startswith("![")]
+    assert any("confusion" in line for line in images)
+    for line in images:  # a `]` in the title would end the link early
+        assert re.fullmatch(r"!\[(?:[^\]\\]|\\.)*\]\(plots/[\w.]+\.png\)", line), line
+
+    def cells(row: str) -> int:
+        return len(re.split(r"(?<!\\)\|", row))
+
+    tables = re.findall(r"(?:^\|.*\n)+", report, re.MULTILINE)
+    assert len(tables) >= 2  # the models and the per-class accuracy
+    for table in tables:
+        rows = table.splitlines()
+        assert {cells(row) for row in rows} == {cells(rows[0])}, table
+
+
 # ---------------------------------------------------------------------------------------------
 # Sizes that would take the machine: bounded, and estimated before anything is allocated
 
