@@ -418,7 +418,8 @@ def evaluate(
     **data_overrides: Any,
 ) -> dict[str, Any]:
     """Top-1 (`accuracy`), `top5`, `loss`, `per_class` and `confusion` of a .pt or .onnx model
-    on the split it was validated on (`split="test"`: the data's test split).
+    on the split it was validated on (`split="test"`: the data's test split), and the
+    `input_size` its images were decoded at (the model's own).
 
     `data` and the overrides (`cache_dir`, `data_root`, `val_size`, `split_seed`) say where the
     model's data is when not where it recorded; a split other than the model's is refused.

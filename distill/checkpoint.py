@@ -20,7 +20,8 @@ from torch import nn
 
 from distill.errors import UserError
 from distill.files import atomic_save
-from distill.registry import build_model
+from distill.registry import build_model, label_disagrees
+from students.resnet import ResNetConfig
 from teachers.imported import is_imported
 
 FORMAT = "distill-checkpoint"
@@ -173,7 +174,11 @@ def _malformed(ckpt: dict[str, Any]) -> str | None:
             return (
                 f"model_config predicts {config.get('num_classes')!r} classes, not {len(classes)}"
             )
-        return None if isinstance(ckpt.get("state_dict"), dict) else "state_dict is missing"
+        if not isinstance(ckpt.get("state_dict"), dict):
+            return "state_dict is missing"
+        named = f"{config['source']}:{config['name']}"
+        arch = ckpt.get("arch")
+        return None if arch == named else f"arch says {arch}, but its weights are {named}"
     widths = [config.get("stem_width"), *(config.get("widths") or [None])]
     widths += [w for stage in config.get("inner") or [] for block in stage for w in block]
     if not all(isinstance(w, int) and 0 < w <= MAX_WIDTH for w in widths):
@@ -184,7 +189,32 @@ def _malformed(ckpt: dict[str, Any]) -> str | None:
         return "state_dict is missing"
     if not isinstance(ckpt.get("arch"), str):
         return "arch is not a name"
-    return _bad_record(ckpt)
+    return _plan_disagrees(ckpt) or _bad_record(ckpt)
+
+
+def _plan_disagrees(ckpt: dict[str, Any]) -> str | None:
+    """Where the weights, the channel plan and the arch label do not tell one story, or None.
+
+    The model is built from the plan and every reader repeats the label, so a hand-edited label
+    (or plan) would be shown everywhere as a model it is not. The weights are what runs: each
+    tensor must have the shape the plan gives it (checked on the meta device, nothing
+    allocated), and the label must name that plan (or, NAME-pruned, a narrowing of NAME's).
+    A tensor the plan lacks is refused here; one the plan has and the weights lack is refused
+    where the model is built."""
+    try:
+        config = ResNetConfig.from_dict(ckpt["model_config"])
+        with torch.device("meta"):
+            expected = build_model(config).state_dict()
+    except (KeyError, TypeError, ValueError) as e:
+        return f"model_config is not a channel plan ({str(e)[:80]})"
+    for key, value in ckpt["state_dict"].items():
+        shape = expected.get(key)
+        if shape is None:
+            return f"the weights hold {str(key)[:80]!r}, which the channel plan has no layer for"
+        if not isinstance(value, torch.Tensor) or value.shape != shape.shape:
+            got = list(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            return f"the weights' {key} is {got}, the channel plan makes {list(shape.shape)}"
+    return label_disagrees(ckpt["arch"], config)
 
 
 FRACTIONS = ("val_accuracy", "val_top5", "test_accuracy", "test_top5", "teacher_agreement")

@@ -210,6 +210,7 @@ def evaluate_file(
         "source": settings.source,
         "split": split,
         "tta": tta,
+        "input_size": list(input_size),  # the model's own, whatever size the data's files are
     }
 
 

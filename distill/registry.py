@@ -87,6 +87,62 @@ def build_model(config: ResNetConfig | dict) -> nn.Module:
     return _built(config, "the recorded channel plan")
 
 
+# What pruning appends to its source's name: "resnet18-quarter-pruned" is a plan no wider and no
+# deeper than resnet18-quarter's, with the widths the pruner chose.
+PRUNED = "-pruned"
+
+
+def label_disagrees(arch: str, config: ResNetConfig) -> str | None:
+    """Why `arch`, the name a checkpoint records, is not a name of its channel plan `config`, or
+    None. A registered or fitted name must be that plan (any stem); NAME-pruned must be NAME's
+    blocks with no layer wider. A name the registry does not know (a plan built in code) claims
+    no plan, so it is not checked."""
+    base = arch.removesuffix(PRUNED)
+    if not is_fitted(base) and base not in list_models():
+        return None
+    try:
+        claimed = replace(get_entry(base).plan(config.num_classes), stem=config.stem)
+    except UserError:
+        return f"arch says {arch}, which names no channel plan"
+    if config == claimed or (arch != base and _pruned_from(config, claimed)):
+        return None
+    shown = plan_name(config)
+    what = (
+        f"{shown}'s channel plan"
+        if shown
+        else f"{config.block} blocks {list(config.blocks)} of widths {list(config.widths)}"
+    )
+    return f"arch says {arch}, but its weights are {what}"
+
+
+def plan_name(config: ResNetConfig) -> str | None:
+    """The registered architecture whose plan `config` is (any stem), or None."""
+    for name in list_models():
+        if replace(model_config(name, config.num_classes), stem=config.stem) == config:
+            return name
+    return None
+
+
+def _pruned_from(config: ResNetConfig, source: ResNetConfig) -> bool:
+    """Whether pruning `source` could have made `config`: the same blocks, no layer wider."""
+
+    def narrower(a: tuple, b: tuple) -> bool:
+        return len(a) == len(b) and all(x <= y for x, y in zip(a, b, strict=True))
+
+    same = replace(config, stem_width=0, widths=(), inner=(), projections=())
+    return (
+        same == replace(source, stem_width=0, widths=(), inner=(), projections=())
+        and config.stem_width <= source.stem_width
+        and narrower(config.widths, source.widths)
+        and config.blocks == source.blocks
+        and all(
+            narrower(a, b)
+            for stage, source_stage in zip(config.inner, source.inner, strict=True)
+            for a, b in zip(stage, source_stage, strict=True)
+        )
+    )
+
+
 def _built(config: ResNetConfig, what: str) -> CifarResNet:
     """The model, once its size (counted from the plan, nothing allocated) is known to fit."""
     if torch.get_default_device().type != "meta":

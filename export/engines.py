@@ -112,11 +112,7 @@ def onnxruntime_engine(
     run = in_fixed_batches(lambda x: session.run(None, {name: x})[0], fixed)
 
     def prepare(x: np.ndarray) -> Callable[[], object]:
-        if fixed is not None and len(x) != fixed:
-            raise UserError(
-                f"{path} takes a fixed batch of {fixed} (exported without a dynamic batch "
-                f"axis), not {len(x)}; bench it with --batch-sizes {fixed}, or export it again"
-            )
+        check_batch(path, fixed, len(x))
         if device == "cpu":
             return lambda: session.run(None, {name: x})
         binding = session.io_binding()
@@ -133,6 +129,15 @@ def onnxruntime_engine(
     spin = "" if spinning else ", intra-op spinning off"
     detail = f"{session.get_providers()[0]}, {where}{spin}, {Path(path).name}"
     return Engine("onnxruntime", precision, precision, device, detail, run, prepare)
+
+
+def check_batch(path: str | os.PathLike, fixed: int | None, n: int) -> None:
+    """A timed run is one call on the whole batch: a graph of a fixed batch takes only that."""
+    if fixed is not None and n != fixed:
+        raise UserError(
+            f"{path} takes a fixed batch of {fixed} (exported without a dynamic batch "
+            f"axis), not {n}; bench it with --batch-sizes {fixed}, or export it again"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,7 +171,8 @@ def openvino_engine(
         config["INFERENCE_PRECISION_HINT"] = "f32"
     core = ov.Core()
     try:
-        compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+        model = core.read_model(str(path))
+        compiled = core.compile_model(model, "CPU", config)
     except RuntimeError as e:
         reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
         raise UserError(f"OpenVINO cannot load {path} ({reason}); use --engine ort") from None
@@ -174,11 +180,14 @@ def openvino_engine(
     arithmetic = "int8" if precision == "int8" else _OV_TYPES.get(hint, hint)
     label = precision if precision != "fp32" else ("fp32" if f32 else "default")
     request = compiled.create_infer_request()
-
-    def run(x: np.ndarray) -> np.ndarray:
-        return np.array(request.infer([x])[0])
+    batch = model.input(0).get_partial_shape()[0]
+    # A graph exported without a dynamic batch axis takes that many images per call, as under
+    # onnxruntime (export/runtime.py).
+    fixed = batch.get_length() if batch.is_static else None
+    run = in_fixed_batches(lambda x: np.array(request.infer([x])[0]), fixed)
 
     def prepare(x: np.ndarray) -> Callable[[], object]:
+        check_batch(path, fixed, len(x))
         # Shared buffers: no copy of the input in or the logits out, as onnxruntime on CPU.
         return lambda: request.infer([x], share_inputs=True, share_outputs=True)
 

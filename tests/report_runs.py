@@ -53,6 +53,11 @@ def history(epochs: int, final_acc: float) -> list[dict]:
     ]
 
 
+# The labels of the tiny network: a registry name (resnet34) would be refused as a label
+# its weights do not fit.
+TEACHER, STUDENT = "micro-teacher", "micro"
+
+
 def tiny_model():
     # A real (tiny) model: what is under test is the report, not the architecture.
     return build_model(plan("basic", (1, 1), (8, 16), stem_width=8, num_classes=len(CLASSES)))
@@ -112,7 +117,7 @@ def save_onnx(path, source, val, params, **meta_extra):
         "classes": json.dumps(CLASSES),
         "mean": "[0.5, 0.5, 0.5]",
         "std": "[0.25, 0.25, 0.25]",
-        "arch": "resnet18-quarter",
+        "arch": STUDENT,
         "params": str(params),
         "source_sha256": file_sha256(source),
         "val_accuracy": str(val),
@@ -136,7 +141,7 @@ def bench_record(model: str, p50_ms: float, device: str = "cpu") -> dict:
         {"engine": "onnxruntime", "batch_size": 32, "p50_ms": 9 * p50_ms, "p90_ms": 10 * p50_ms},
     ]
     return {
-        "model": {"path": f"/runs/x/{model}", "precision": precision, "arch": "resnet18-quarter"},
+        "model": {"path": f"/runs/x/{model}", "precision": precision, "arch": STUDENT},
         "environment": {"device": device, "threads": 2, "cpu": "Test CPU"},
         "results": rows,
         "speedup": {"1": 3.0, "32": 2.0},
@@ -162,7 +167,7 @@ def row(engine, precision, batch, p50, *, tail=1.3, noisy=False, acc=0.851):
 
 def new_bench_record(model: str, rows: list[dict], *, load=0.4, device="cpu", speedup=None):
     return {
-        "model": {"path": f"/runs/x/{model}", "precision": "fp32", "arch": "resnet18-quarter",
+        "model": {"path": f"/runs/x/{model}", "precision": "fp32", "arch": STUDENT,
                   "input_size": [3, 32, 32], "onnx_bytes": 1000, "checkpoint": None},
         "environment": {"device": device, "threads": 2, "cpu": "Test CPU",
                         "loadavg": [load, load, load]},
@@ -199,15 +204,15 @@ def make_run(d, *, kd_acc=0.851, base_acc=0.838, names=None, test=None, exports=
         return {"per_class": PER_CLASS[role], "confusion": CONFUSION[role]} | more
 
     d.mkdir(parents=True, exist_ok=True)
-    teacher = save(d / f"{n['teacher']}.pt", "teacher", "resnet34", 0.931, 21_282_122,
+    teacher = save(d / f"{n['teacher']}.pt", "teacher", TEACHER, 0.931, 21_282_122,
                    1_160_000_000, metrics=extra("teacher"))  # fmt: skip
-    t_rec = {"path": str(teacher), "sha256": file_sha256(teacher), "arch": "resnet34"}
+    t_rec = {"path": str(teacher), "sha256": file_sha256(teacher), "arch": TEACHER}
     t_rec["val_accuracy"] = 0.931
     # As KDConfig.to_dict() writes it: beta is there for Hinton too, though only DKD reads it.
     kd = {"method": "hinton", "alpha": 0.9, "temperature": 4.0, "beta": 8.0, "warmup_epochs": 0.0}
-    save(d / f"{n['baseline']}.pt", "student", "resnet18-quarter", base_acc, 697_546, 35_500_000,
+    save(d / f"{n['baseline']}.pt", "student", STUDENT, base_acc, 697_546, 35_500_000,
          test=test and test[0], metrics=extra("baseline"))  # fmt: skip
-    student = save(d / f"{n['student']}.pt", "student", "resnet18-quarter", kd_acc, 697_546,
+    student = save(d / f"{n['student']}.pt", "student", STUDENT, kd_acc, 697_546,
                    35_500_000, test=test and test[1], teachers=[t_rec], kd=kd,
                    metrics=extra("kd", teacher_agreement=0.912))  # fmt: skip
     pruning = {"source": {"path": str(student), "sha256": file_sha256(student)}}
@@ -217,7 +222,7 @@ def make_run(d, *, kd_acc=0.851, base_acc=0.838, names=None, test=None, exports=
     pruning |= {"val_accuracy_before": kd_acc, "val_accuracy_pruned": 0.61}
     pruning |= {"val_accuracy_after": 0.842}
     pruning |= {} if old else {"schedule": SCHEDULE}
-    save(d / f"{n['pruned']}.pt", "pruned", "resnet18-quarter", 0.842, 398_000, 20_100_000,
+    save(d / f"{n['pruned']}.pt", "pruned", f"{STUDENT}-pruned", 0.842, 398_000, 20_100_000,
          teachers=[t_rec], kd=kd, pruning=pruning,
          metrics={} if old else {"teacher_agreement": 0.884})  # fmt: skip
     if exports:

@@ -37,13 +37,13 @@ COLORS = {"red": (200, 40, 40), "green": (40, 190, 60), "blue": (40, 60, 210), "
 SIZE = 16  # small images keep export, training and parity fast; the graph is size-agnostic
 
 
-def write_image_folder(root: Path, per_class: int = 24, seed: int = 0) -> Path:
+def write_image_folder(root: Path, per_class: int = 24, seed: int = 0, side: int = SIZE) -> Path:
     """Class = dominant colour + noise: a tiny ResNet learns it in a few dozen steps."""
     rng = np.random.default_rng(seed)
     for name, rgb in COLORS.items():
         (root / "train" / name).mkdir(parents=True)
         for i in range(per_class):
-            noise = rng.normal(0, 30, (SIZE, SIZE, 3))
+            noise = rng.normal(0, 30, (side, side, 3))
             pixels = np.clip(np.array(rgb) + noise, 0, 255).astype(np.uint8)
             Image.fromarray(pixels).save(root / "train" / name / f"{i:03d}.png")
     return root
@@ -276,6 +276,21 @@ def test_python_dash_m_export_is_the_same_app():
     )
     assert result.returncode == 0, result.stderr
     assert "python -m export onnx" in result.stdout and "--int8" in result.stdout
+
+
+def test_eval_of_an_onnx_file_decodes_images_at_the_models_own_size(trained, exported, tmp_path):
+    """Images twice the model's side: the graph's height and width are fixed, so decoding them
+    at their own size (also the data's default, 32) would fail in onnxruntime."""
+    folder = write_image_folder(tmp_path / "big", per_class=12, seed=1, side=2 * SIZE)
+    data = ["--data", str(folder), "--cache-dir", str(tmp_path / "cache")]
+    result = runner.invoke(app, ["eval", str(exported["path"]), *data, "--json"])
+    assert result.exit_code == 0, result.output
+    assert f"centre-cropped to {SIZE}x{SIZE}" in result.stderr  # the decode says it too
+    said = json.loads(result.stdout)
+    assert said["input_size"] == [3, SIZE, SIZE] and said["count"] == 32
+    assert said["accuracy"] > 0.5  # the colours are still learned ones at the model's size
+    table = runner.invoke(app, ["eval", str(exported["path"]), *data])
+    assert f"32 images at {SIZE}x{SIZE}" in table.output, table.output
 
 
 def test_metadata_rebuilds_the_same_validation_split(trained, exported):

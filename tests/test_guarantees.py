@@ -469,6 +469,36 @@ def test_text_in_markdown_cannot_break_a_table_or_add_tags():
     assert code("x`y|z") == "``x`y\\|z``"
 
 
+def test_a_report_of_hostile_names_keeps_every_table_row_whole(tmp_path):
+    """The report end to end, not only its escaping helpers: an arch label, class names and a
+    file name holding pipes, tags and newlines leave every table row with its header's cells."""
+    from distill.report import write_report
+
+    model = CifarResNet(plan("basic", (1, 1), (8, 16), stem_width=8, num_classes=len(HOSTILE)))
+    ckpt = new_checkpoint(
+        kind="teacher", arch="micro|<b>x</b>", model=model, classes=HOSTILE, mean=[0.5] * 3,
+        std=[0.25] * 3, input_size=[3, 32, 32], recipe={}, data={},
+        metrics={"val_accuracy": 0.5, "per_class": [0.5] * 10, "confusion": [[1] * 10] * 10},
+    )  # fmt: skip
+    save_checkpoint(ckpt, tmp_path / "m|<i>]x.pt")
+    report = write_report(tmp_path).read_text()
+    outside_code = re.sub(r"(`+).*?\1", "", report)  # a code span shows a tag as text
+    assert "<b>" not in outside_code and "<i>" not in outside_code
+    images = [line for line in report.splitlines() if line.startswith("![")]
+    assert any("confusion" in line for line in images)
+    for line in images:  # a `]` in the title would end the link early
+        assert re.fullmatch(r"!\[(?:[^\]\\]|\\.)*\]\(plots/[\w.]+\.png\)", line), line
+
+    def cells(row: str) -> int:
+        return len(re.split(r"(?<!\\)\|", row))
+
+    tables = re.findall(r"(?:^\|.*\n)+", report, re.MULTILINE)
+    assert len(tables) >= 2  # the models and the per-class accuracy
+    for table in tables:
+        rows = table.splitlines()
+        assert {cells(row) for row in rows} == {cells(rows[0])}, table
+
+
 # ---------------------------------------------------------------------------------------------
 # Sizes that would take the machine: bounded, and estimated before anything is allocated
 
@@ -547,3 +577,81 @@ def test_the_report_counts_weights_and_ignores_a_hostile_bench_record(tmp_path):
     again = runner.invoke(app, ["report", str(tmp_path)])
     assert again.exit_code == 0, again.output
     assert "nested too deeply" in (tmp_path / "report.md").read_text()
+
+
+def _relabelled(path: Path, **fields) -> Path:
+    """A resnet18-quarter checkpoint with some of its record edited by hand."""
+    save_checkpoint(_checkpoint(**fields), path)
+    return path
+
+
+def test_an_arch_label_that_disagrees_with_the_weights_is_refused_everywhere(
+    tiny_image_folder, tmp_path
+):
+    from distill.api import load_model
+    from distill.registry import model_config
+
+    half_plan = model_config("resnet18-half", 4).to_dict()
+    cases = {
+        "label.pt": {"arch": "resnet18-half"},  # the label alone edited
+        "fitted.pt": {"arch": "resnet18@2M"},
+        "both.pt": {"arch": "resnet18-half", "model_config": half_plan},  # label and plan edited
+        "imported.pt": {
+            "arch": "torchvision:resnet50",
+            "model_config": {"source": "torchvision", "name": "resnet18", "num_classes": 4},
+        },
+    }
+    for name, fields in cases.items():
+        path = _relabelled(tmp_path / "bad" / name, **fields)
+        with pytest.raises(UserError) as e:
+            load_checkpoint(path)
+        said = str(e.value)
+        assert "\n" not in said and "damaged" in said, said
+        assert fields["arch"] in said or "weights" in said, said
+        if name == "label.pt":
+            assert "resnet18-quarter" in said, said  # what the weights really are
+        with pytest.raises(UserError):
+            load_model(path)
+    path = tmp_path / "bad" / "label.pt"
+    data = ["--data", str(tiny_image_folder), "--cache-dir", str(tmp_path / "cache")]
+    for args in (
+        ["eval", str(path), *data],
+        ["budget", str(path)],
+        ["compare", str(path)],
+        ["export", "onnx", str(path), "-o", str(tmp_path / "m.onnx")],
+        ["predict", str(path), str(tiny_image_folder)],
+    ):
+        one_line(runner.invoke(app, args), "resnet18-half", "resnet18-quarter")
+    assert not (tmp_path / "m.onnx").exists()
+    # The report of a folder shows the checkpoints it can trust and says why it left one out.
+    good = tmp_path / "run" / "good.pt"
+    save_checkpoint(_checkpoint(metrics={"val_accuracy": 0.5}), good)
+    _relabelled(tmp_path / "run" / "edited.pt", arch="resnet18-half")
+    result = runner.invoke(app, ["report", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "Skipped `edited.pt`" in report and "resnet18-half" in report.split("Skipped")[1]
+    assert "| resnet18-half |" not in report
+
+
+def test_a_pruned_label_is_derived_from_its_source_and_may_not_grow_it(tmp_path):
+    narrower = CifarResNet(plan("basic", (2, 2, 2, 2), (8, 16, 32, 64), stem_width=8,
+                                num_classes=4))  # fmt: skip
+    pruned = _checkpoint(kind="pruned", arch="resnet18-quarter-pruned")
+    pruned.update(model_config=narrower.channel_plan().to_dict(), state_dict=narrower.state_dict())
+    save_checkpoint(pruned, tmp_path / "p.pt")
+    assert load_checkpoint(tmp_path / "p.pt")["arch"] == "resnet18-quarter-pruned"
+    result = runner.invoke(app, ["compare", str(tmp_path / "p.pt")])
+    assert result.exit_code == 0 and "resnet18-quarter-pruned" in result.output, result.output
+    wider = CifarResNet(plan("basic", (2, 2, 2, 2), (32, 32, 64, 128), stem_width=16,
+                             num_classes=4))  # fmt: skip
+    grown = dict(pruned, model_config=wider.channel_plan().to_dict(), state_dict=wider.state_dict())
+    save_checkpoint(grown, tmp_path / "g.pt")
+    with pytest.raises(UserError, match="resnet18-quarter-pruned"):
+        load_checkpoint(tmp_path / "g.pt")
+    deeper = CifarResNet(plan("basic", (2, 2, 3, 2), (8, 16, 32, 64), stem_width=8,
+                              num_classes=4))  # fmt: skip
+    save_checkpoint(dict(pruned, model_config=deeper.channel_plan().to_dict(),
+                         state_dict=deeper.state_dict()), tmp_path / "d.pt")  # fmt: skip
+    with pytest.raises(UserError, match="resnet18-quarter-pruned"):
+        load_checkpoint(tmp_path / "d.pt")

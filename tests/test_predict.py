@@ -181,18 +181,42 @@ def test_openvino_predicts_what_onnxruntime_does(model, tmp_path):
         assert b.top[0].probability == pytest.approx(a.top[0].probability, abs=0.02)
 
 
+def fixed_batch_copy(path, out, batch: int = 1):
+    """The exported file with its batch axis fixed, as an export without dynamic axes writes."""
+    graph = onnx.load(str(path))
+    for value in (*graph.graph.input, *graph.graph.output):
+        value.type.tensor_type.shape.dim[0].Clear()
+        value.type.tensor_type.shape.dim[0].dim_value = batch
+    onnx.save(graph, str(out))
+    return out
+
+
 def test_a_fixed_batch_model_runs_one_batch_at_a_time_and_bench_names_the_limit(model, tmp_path):
     from export.engines import onnxruntime_engine
 
-    graph = onnx.load(str(model["onnx"]))
-    for value in (*graph.graph.input, *graph.graph.output):
-        value.type.tensor_type.shape.dim[0].Clear()
-        value.type.tensor_type.shape.dim[0].dim_value = 1  # as exported without dynamic axes
-    fixed = tmp_path / "fixed.onnx"
-    onnx.save(graph, str(fixed))
+    fixed = fixed_batch_copy(model["onnx"], tmp_path / "fixed.onnx")
     files = images_of_every_kind(tmp_path)
     ours = [p.top for p in predict(fixed, files)]
     assert ours == [p.top for p in predict(model["onnx"], files)]
     engine = onnxruntime_engine(fixed, "fp32")
+    with pytest.raises(UserError, match="fixed batch of 1 .* --batch-sizes 1"):
+        engine.prepare(np.zeros((2, 3, SIZE, SIZE), dtype=np.float32))
+
+
+def test_openvino_runs_a_fixed_batch_model_one_batch_at_a_time(model, tmp_path):
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        pytest.skip("OpenVINO is not installed (pip install 'distill[openvino]')")
+    from export.engines import openvino_engine
+
+    fixed = fixed_batch_copy(model["onnx"], tmp_path / "fixed.onnx")
+    files = images_of_every_kind(tmp_path)
+    ours = predict(fixed, files, top_k=1, engine="openvino")
+    dynamic = predict(model["onnx"], files, top_k=1, engine="openvino")
+    assert [p.top[0].index for p in ours] == [p.top[0].index for p in dynamic]
+    engine = openvino_engine(fixed, "fp32", threads=1, f32=True)
+    assert engine.run(np.zeros((3, 3, SIZE, SIZE), dtype=np.float32)).shape == (3, len(CLASSES))
+    engine.prepare(np.zeros((1, 3, SIZE, SIZE), dtype=np.float32))()
     with pytest.raises(UserError, match="fixed batch of 1 .* --batch-sizes 1"):
         engine.prepare(np.zeros((2, 3, SIZE, SIZE), dtype=np.float32))

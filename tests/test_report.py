@@ -6,6 +6,8 @@ import shutil
 import pytest
 from report_runs import (
     PNG_SIGNATURE,
+    STUDENT,
+    TEACHER,
     engine_rows,
     linked_pngs,
     make_run,
@@ -39,12 +41,12 @@ def test_table_rows_hold_the_checkpoint_numbers(full_run):
     # (which says 21.28M for the teacher): every file here holds the same tiny network.
     params, macs = tiny_counts()
     assert table_row(report, "teacher.pt")[:6] == [
-        "`teacher.pt`", "teacher", "resnet34", params, macs, "93.10%"
+        "`teacher.pt`", "teacher", TEACHER, params, macs, "93.10%"
     ]  # fmt: skip
     assert table_row(report, "baseline.pt")[1] == "baseline student (labels only)"
     assert table_row(report, "baseline.pt")[5] == "83.80%"
     assert table_row(report, "student.pt")[1:6] == [
-        "KD student", "resnet18-quarter", params, macs, "85.10%"
+        "KD student", STUDENT, params, macs, "85.10%"
     ]  # fmt: skip
     assert table_row(report, "pruned.pt")[3:6] == [params, macs, "84.20%"]
 
@@ -134,8 +136,8 @@ def test_negative_gain_test_split_and_discovery_by_content(tmp_path):
     (d / "plots" / "mine.png").write_bytes(PNG_SIGNATURE)  # not a name the report writes
     (d / "junk.pt").write_bytes(b"not a checkpoint")
     # b.pt retrained after its export: the ONNX files now describe an older model.
-    save(d / "b.pt", "student", "resnet18-quarter", 0.80, 697_546, 35_500_000, test=0.795,
-         teachers=[{"path": str(d / "t.pt"), "arch": "resnet34"}])  # fmt: skip
+    save(d / "b.pt", "student", STUDENT, 0.80, 697_546, 35_500_000, test=0.795,
+         teachers=[{"path": str(d / "t.pt"), "arch": TEACHER}])  # fmt: skip
     report = write_report(d).read_text()
     assert "**-0.7 points**, negative" in report and "(80.0% vs 80.7% val top-1)" in report
     assert "test: +0.5 points (79.5% vs 79.0%)" in report
@@ -155,7 +157,7 @@ def test_cli_writes_report_and_rejects_bad_dirs(tmp_path):
     runner = CliRunner()
     d = tmp_path / "only"
     d.mkdir()
-    save(d / "m.pt", "teacher", "resnet18", 0.9, 11_173_962, 556_000_000)
+    save(d / "m.pt", "teacher", TEACHER, 0.9, 11_173_962, 556_000_000)
     result = runner.invoke(app, ["report", str(d)])
     assert result.exit_code == 0, result.output
     assert str(d / "report.md") in result.output.replace("\n", "")

@@ -4,7 +4,7 @@ fatal."""
 
 import pytest
 from matplotlib.figure import Figure
-from report_runs import CLASSES, PNG_SIGNATURE, linked_pngs, make_run, save, section
+from report_runs import CLASSES, PNG_SIGNATURE, STUDENT, linked_pngs, make_run, save, section
 
 from distill.report import collect_models, write_report
 from distill.report.class_plots import draw_confusion
@@ -66,7 +66,7 @@ def test_confusion_heatmap_is_row_normalised_with_class_names(run):
 def test_older_checkpoints_are_named_in_missing_not_fatal(tmp_path):
     d = make_run(tmp_path / "old", exports=False, old=True)
     # one newer checkpoint keeps per-class accuracy but no confusion matrix
-    save(d / "baseline.pt", "student", "resnet18-quarter", 0.838, 697_546, 35_500_000,
+    save(d / "baseline.pt", "student", STUDENT, 0.838, 697_546, 35_500_000,
          metrics={"per_class": [0.85, 0.78, 0.88]})  # fmt: skip
     report = write_report(d).read_text()
     missing = section(report, "Missing or skipped")

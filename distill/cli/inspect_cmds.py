@@ -163,7 +163,9 @@ def eval_cmd(
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return
-    title = f"{model} on {result['source']} ({split}, {result['count']:,} images)"
+    _, height, width = result["input_size"]
+    images = f"{result['count']:,} images at {height}x{width}"
+    title = f"{model} on {result['source']} ({split}, {images})"
     table = Table(title=title + (", flip TTA" if tta else ""))
     table.add_column("class")
     table.add_column("accuracy", justify="right")

@@ -40,7 +40,7 @@ from distill.pruning.search import (
     prune_to_budget,
     rebuild,
 )
-from distill.registry import build_model
+from distill.registry import PRUNED, build_model
 from distill.resume import TrainingInterrupted, last_path
 from distill.run_guard import training_run
 from distill.settings import KDSettings, PruneSettings, Recipe, RunSettings, kd_record, resolve_kd
@@ -123,7 +123,8 @@ def prune_checkpoint(
             kd_now = resolve_kd(kd, epochs, dataset.num_classes)
             return make_objective(model, teachers, kd_now, dataset, recipe, device, run.seed)
 
-        arch = src["arch"] if src["kind"] == "pruned" else f"{src['arch']}-pruned"
+        # The label a checkpoint reader checks the plan against (registry.label_disagrees).
+        arch = src["arch"] if src["arch"].endswith(PRUNED) else src["arch"] + PRUNED
         identity = {
             "source model": file_sha256(model_path),
             "teacher files": [r["sha256"] for r in records],

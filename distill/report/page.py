@@ -43,7 +43,8 @@ Section = tuple[list[str], list[Path | None]]
 
 
 def _image(title: str, png: Path | None) -> list[str]:
-    return [f"![{title}]({PLOTS}/{png.name})", ""] if png is not None else []
+    # The title may hold a file name: a `]` in it would end the link, a tag would be markup.
+    return [f"![{plain(title)}]({PLOTS}/{png.name})", ""] if png is not None else []
 
 
 def missing_notes(col: Collection) -> list[str]:
