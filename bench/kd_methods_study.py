@@ -27,12 +27,11 @@ from typing import Any
 
 import torch
 
-from distill.api import train_teacher
+from distill.api import train_student, train_teacher
 from distill.checkpoint import load_checkpoint
 from distill.data import DataSettings, load_data
 from distill.recipes import make_recipe
 from distill.settings import KDSettings, RunSettings
-from distill.student import train_student
 
 ARCH = "resnet18-quarter"
 CRD_NEGATIVES = 1024  # half the proxy's training set; the published 16,384 is 8x all of it
@@ -117,7 +116,7 @@ def main() -> None:
             if kd is None:
                 ckpt = train_teacher(ARCH, data, recipe=recipe, run=run, kind="student")
             else:
-                ckpt = train_student(ARCH, [teacher], data, recipe, run, kd, 5_000_000)
+                ckpt = train_student(teacher, ARCH, data, recipe=recipe, run=run, kd=kd)
             record = {
                 "val_accuracy": ckpt["metrics"]["val_accuracy"],
                 "seconds": time.perf_counter() - started,

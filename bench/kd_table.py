@@ -19,11 +19,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from distill.api import train_teacher
+from distill.api import train_student, train_teacher
 from distill.checkpoint import load_checkpoint
 from distill.data import DataSettings, load_data
 from distill.settings import KD_METHOD_HELP, AugmentSettings, KDSettings, Recipe, RunSettings
-from distill.student import train_student
 
 PAIRS = ("resnet32x4:resnet8x4", "wrn-40-2:wrn-16-2")
 # Top-1 on the CIFAR-100 test set: mdistiller's table (teacher, student trained on labels, KD,
@@ -84,8 +83,8 @@ def run(args: argparse.Namespace) -> None:
     if args.method == "labels":
         train_teacher(student_arch, data, recipe=recipe, run=run_settings, kind="student")
     else:
-        train_student(student_arch, [teacher], data, recipe, run_settings, kd_of(args.method),
-                      50_000_000)  # fmt: skip
+        train_student(teacher, student_arch, data, budget=50_000_000, kd=kd_of(args.method),
+                      recipe=recipe, run=run_settings)  # fmt: skip
 
 
 def accuracy(path: Path) -> float | None:

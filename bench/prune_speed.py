@@ -78,7 +78,9 @@ def prune_all(
     notes = []
     for r in round_tos:
         try:
-            pruned, _ = prune_to_budget(source, budget, example_inputs=example, steps=1, round_to=r)
+            pruned, _ = prune_to_budget(
+                source, budget, example_inputs=example, steps=1, importance="magnitude", round_to=r
+            )
         except UserError as e:  # the budget is below what this grid can reach
             notes.append(f"round_to {r}: {e}")
             continue

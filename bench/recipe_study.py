@@ -23,13 +23,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from distill.api import train_teacher
+from distill.api import train_student, train_teacher
 from distill.checkpoint import load_checkpoint
 from distill.data import DataSettings, load_data
 from distill.evaluation import evaluate_file
 from distill.recipes import make_recipe
 from distill.settings import KDSettings, RunSettings
-from distill.student import train_student
 
 ARCH = "resnet18-quarter"
 
@@ -133,7 +132,7 @@ def main() -> None:
             else:
                 if published:  # mdistiller's warm-up: 20 of 240 epochs, the same share here
                     kd = replace(kd, warmup_epochs=args.epochs * 20 / 240)
-                ckpt = train_student(ARCH, [teachers[teacher]], data, recipe, run, kd, 5_000_000)
+                ckpt = train_student(teachers[teacher], ARCH, data, recipe=recipe, run=run, kd=kd)
             seconds = time.perf_counter() - started
             record = {"val_accuracy": ckpt["metrics"]["val_accuracy"], "seconds": seconds}
             if name == "Hinton":  # the same students, evaluated with test-time augmentation

@@ -133,31 +133,37 @@ def _label(r: Row) -> str:
     return f"{r.path.parent.name}/{r.path.name}" if r.path.parent.name else r.path.name
 
 
+COLUMNS = ("model", "role", "arch", "params", "MACs", "size", "recipe", "KD", "val top-1",
+           "int8 top-1", "latency b1")  # fmt: skip
 RIGHT = ("params", "MACs", "size", "val top-1", "int8 top-1", "latency b1")
+TEXT = ("role", "arch", "recipe", "KD")  # read from files: escaped where the format needs it
+
+
+def row_cells(r: Row) -> dict[str, str]:
+    """A row's cells as text, by column (the model's path is the caller's to show)."""
+    from distill.budget import format_count
+
+    return {
+        "role": r.role,
+        "arch": r.arch,
+        "params": f"{r.params:,}" if r.params else "-",
+        "MACs": format_count(r.macs) if r.macs else "-",
+        "size": f"{r.image_size}px" if r.image_size else "-",
+        "recipe": r.recipe,
+        "KD": r.kd or "-",
+        "val top-1": f"{r.val_accuracy:.2%}" if r.val_accuracy is not None else "-",
+        "int8 top-1": f"{r.int8_accuracy:.2%}" if r.int8_accuracy is not None else "-",
+        "latency b1": f"{r.latency_ms:.2f} ms" if r.latency_ms else "-",
+    }
 
 
 def rows_table(rows: list[Row], title: str):
     """The rows as a rich table (`distill compare`, the pipeline's closing table)."""
     from rich.table import Table
 
-    from distill.budget import format_count
-
     table = Table(title=title)
-    heads = ("model", "role", "arch", "params", "MACs", "size", "recipe", "KD")
-    for col in (*heads, "val top-1", "int8 top-1", "latency b1"):
+    for col in COLUMNS:
         table.add_column(col, justify="right" if col in RIGHT else "left")
     for r in rows:
-        table.add_row(
-            str(r.path),
-            r.role,
-            r.arch,
-            f"{r.params:,}" if r.params else "-",
-            format_count(r.macs) if r.macs else "-",
-            f"{r.image_size}px" if r.image_size else "-",
-            r.recipe,
-            r.kd or "-",
-            f"{r.val_accuracy:.2%}" if r.val_accuracy is not None else "-",
-            f"{r.int8_accuracy:.2%}" if r.int8_accuracy is not None else "-",
-            f"{r.latency_ms:.2f} ms" if r.latency_ms else "-",
-        )
+        table.add_row(str(r.path), *row_cells(r).values())
     return table

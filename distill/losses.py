@@ -24,10 +24,6 @@ from torch import nn
 
 from distill.data.loader import Batch
 from distill.device import Precision, autocast
-from distill.settings import KD_DEFAULTS, KDSettings
-from distill.typed import defaults_of
-
-TEMPERATURE = defaults_of(KDSettings)["temperature"]  # the one default lives in the settings
 
 
 def _kl(log_p_teacher: torch.Tensor, log_p_student: torch.Tensor) -> torch.Tensor:
@@ -40,12 +36,13 @@ def hinton_kd_loss(
     teacher: torch.Tensor,
     targets: torch.Tensor,
     *,
-    alpha: float = KD_DEFAULTS["hinton"]["alpha"],
-    temperature: float = TEMPERATURE,
+    alpha: float,
+    temperature: float,
     label_smoothing: float = 0.0,
     kd_weight: float = 1.0,
 ) -> torch.Tensor:
     """(1 - alpha) * CE(targets, student) + kd_weight * alpha * T^2 * KL(t/T || s/T).
+    The weights and T come from the run's KDSettings (their defaults live there alone).
 
     `targets` are int64 labels or soft targets [B, C] (Mixup/CutMix); `kd_weight` is the
     warm-up factor (1 outside any warm-up).
@@ -87,9 +84,9 @@ def dkd_loss(
     teacher: torch.Tensor,
     targets: torch.Tensor,
     *,
-    alpha: float = KD_DEFAULTS["dkd"]["alpha"],
-    beta: float = KD_DEFAULTS["dkd"]["beta_per_other_class"] * 99,  # the published CIFAR-100 8
-    temperature: float = TEMPERATURE,
+    alpha: float,
+    beta: float,
+    temperature: float,
     label_smoothing: float = 0.0,
     kd_weight: float = 1.0,
 ) -> torch.Tensor:

@@ -250,13 +250,3 @@ def to_dict(obj: Any) -> dict[str, Any]:
         return v
 
     return plain(obj)
-
-
-def defaults_of(cls: type) -> dict[str, Any]:
-    out = {}
-    for f in fields(cls):
-        if f.default is not dataclasses.MISSING:
-            out[f.name] = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            out[f.name] = f.default_factory()
-    return out

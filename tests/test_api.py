@@ -1,4 +1,4 @@
-"""The Python API (distill/api.py): the README's example runs as written, a loaded model computes
+"""The Python API (distill/api/): the README's example runs as written, a loaded model computes
 what its ONNX export computes, quiet means silent, and mistakes are UserErrors."""
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from test_student import TINY, assert_one_line_error, data_args, make_teacher, q
 from typer.testing import CliRunner
 
 import distill.pruning.iterative as prune_run
+from distill.api import train_student
 from distill.budget import count_params
 from distill.checkpoint import load_checkpoint, model_from_checkpoint
 from distill.cli import app
@@ -30,7 +31,6 @@ from distill.recipes import make_recipe
 from distill.registry import create_model
 from distill.resume import TrainingInterrupted, last_path
 from distill.settings import KD_METHOD_HELP, KDSettings, PruneSettings, RunSettings
-from distill.student import train_student
 from students.resnet import CifarResNet, plan
 
 runner = CliRunner()
@@ -108,7 +108,7 @@ def test_method_modules_stay_out_of_the_student_and_resume_bit_identical(
     def distil(out, resume=False, stop_after_steps=None):
         run = RunSettings(out, "cpu", resume=resume, quiet=True)
         return train_student(
-            TINY, [teacher_file], dataset, recipe, run, kd, 5_000_000,
+            teacher_file, TINY, dataset, recipe=recipe, run=run, kd=kd,
             stop_after_steps=stop_after_steps,
         )  # fmt: skip
 

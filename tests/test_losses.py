@@ -72,24 +72,24 @@ def test_hinton_with_soft_targets_and_label_smoothing():
     eps, smoothed = 0.1, []
     for z, c in zip(STUDENT, LABELS, strict=True):
         smoothed.append(ce(z, [(1 - eps) * (i == c) + eps / 3 for i in range(3)]))
-    got = hinton_kd_loss(s, t, tensors()[2], alpha=0.0, label_smoothing=eps)
+    got = hinton_kd_loss(s, t, tensors()[2], alpha=0.0, label_smoothing=eps, temperature=4.0)
     assert got.item() == pytest.approx(mean(smoothed), abs=TOL)
 
 
 def test_alpha_zero_is_plain_cross_entropy():
     s, t, y = tensors()
-    assert hinton_kd_loss(s, t, y, alpha=0.0).item() == pytest.approx(
+    assert hinton_kd_loss(s, t, y, alpha=0.0, temperature=4.0).item() == pytest.approx(
         F.cross_entropy(s, y).item(), abs=1e-7
     )
     # ...whatever the teacher says.
-    assert hinton_kd_loss(s, -5 * t, y, alpha=0.0).item() == pytest.approx(
+    assert hinton_kd_loss(s, -5 * t, y, alpha=0.0, temperature=4.0).item() == pytest.approx(
         F.cross_entropy(s, y).item(), abs=1e-7
     )
 
 
 def test_identical_logits_leave_only_the_ce_term():
     s, _, y = tensors()
-    got = hinton_kd_loss(s, s.clone(), y, alpha=0.9).item()
+    got = hinton_kd_loss(s, s.clone(), y, alpha=0.9, temperature=4.0).item()
     assert got == pytest.approx(0.1 * hand_ce(), abs=TOL)
 
 
@@ -136,16 +136,17 @@ def test_dkd_two_classes_has_no_non_target_term():
     s, t, y = torch.tensor([[0.3, -0.2]]), torch.tensor([[2.0, 1.0]]), torch.tensor([0])
     ps, pt = softmax([0.3, -0.2], 4), softmax([2.0, 1.0], 4)
     expected = ce([0.3, -0.2], 0) + 16 * kl(pt, ps)  # binary KL = the full KL here
-    assert dkd_loss(s, t, y, beta=100.0).item() == pytest.approx(expected, abs=TOL)
+    got = dkd_loss(s, t, y, alpha=1.0, beta=100.0, temperature=4.0).item()
+    assert got == pytest.approx(expected, abs=TOL)
 
 
 def test_dkd_decomposes_classical_kd():
     """Zhao et al. eq. 7: KL(p_t || p_s) = TCKD + (1 - p_t[target]) * NCKD, per sample."""
     s, t, y = torch.tensor([STUDENT[0]]), torch.tensor([TEACHER[0]]), torch.tensor([1])
-    ce_only = dkd_loss(s, t, y, alpha=0.0, beta=0.0)
-    tckd = dkd_loss(s, t, y, alpha=1.0, beta=0.0) - ce_only
-    nckd = dkd_loss(s, t, y, alpha=0.0, beta=1.0) - ce_only
-    kd = hinton_kd_loss(s, t, y, alpha=1.0)
+    ce_only = dkd_loss(s, t, y, alpha=0.0, beta=0.0, temperature=4.0)
+    tckd = dkd_loss(s, t, y, alpha=1.0, beta=0.0, temperature=4.0) - ce_only
+    nckd = dkd_loss(s, t, y, alpha=0.0, beta=1.0, temperature=4.0) - ce_only
+    kd = hinton_kd_loss(s, t, y, alpha=1.0, temperature=4.0)
     pt_target = softmax(TEACHER[0], 4)[1]
     assert kd.item() == pytest.approx((tckd + (1 - pt_target) * nckd).item(), abs=1e-4)
 
@@ -154,7 +155,7 @@ def test_dkd_stays_finite_when_the_teacher_is_certain():
     # p_target = 1 - 3e-11 at T=4: 1 - p in float32 is 0 and a naive log(1 - p) is -inf.
     s = torch.tensor([[50.0, 0.0, -1.0]], requires_grad=True)
     t = torch.tensor([[100.0, 0.0, 1.0]])
-    loss = dkd_loss(s, t, torch.tensor([0]))
+    loss = dkd_loss(s, t, torch.tensor([0]), alpha=1.0, beta=8.0, temperature=4.0)
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(s.grad).all()
 
@@ -162,9 +163,9 @@ def test_dkd_stays_finite_when_the_teacher_is_certain():
 def test_dkd_soft_targets_decouple_on_the_largest_share():
     s, t, _ = tensors()
     soft = torch.tensor([[0.1, 0.6, 0.3], [0.2, 0.0, 0.8]])
-    hard = dkd_loss(s, t, torch.tensor(LABELS), alpha=1.0, beta=8.0)
+    hard = dkd_loss(s, t, torch.tensor(LABELS), alpha=1.0, beta=8.0, temperature=4.0)
     ce_gap = F.cross_entropy(s, soft) - F.cross_entropy(s, torch.tensor(LABELS))
-    got = dkd_loss(s, t, soft, alpha=1.0, beta=8.0)
+    got = dkd_loss(s, t, soft, alpha=1.0, beta=8.0, temperature=4.0)
     assert got.item() == pytest.approx((hard + ce_gap).item(), abs=TOL)
 
 
@@ -235,7 +236,7 @@ def test_dkd_warmup_is_linear_in_epochs():
     objective = KDObjective(student, (FixedLogits(TEACHER),), kd, input_size=(3, 1, 1))
     images = torch.zeros(2, 3, 1, 1)
     ce_only = F.cross_entropy(s, y).item()
-    full = dkd_loss(s, t, y).item()
+    full = dkd_loss(s, t, y, alpha=1.0, beta=8.0, temperature=4.0).item()
 
     def loss(progress):
         return step(objective, student, images, y, progress)[1].item()

@@ -18,7 +18,7 @@ from distill.pruning import min_params, prune_checkpoint, prune_to_budget, sched
 from distill.recipes import make_recipe
 from distill.registry import build_model, create_model
 from distill.settings import PruneSettings, RunSettings
-from distill.student import load_teachers, read_teachers
+from distill.teacher_checks import load_teachers, read_teachers
 from students.resnet import ResNetConfig, plan
 
 runner = CliRunner()
@@ -30,6 +30,7 @@ EXAMPLE = X[:1]
 # dropout, and MaxPool downsampling.
 FAMILIES = ["resnet18-quarter", "resnet50-5m", "preact-resnet42", "seresnet24", "resnet22-maxpool"]
 # Batch 8 over 64 images: OneCycle needs more than four steps an epoch.
+BY_MAGNITUDE = {"importance": "magnitude", "round_to": 8}  # PruneSettings' defaults, spelled out
 TINY_RECIPE = replace(make_recipe("quick", epochs=1, batch_size=8), channels_last=False)
 
 
@@ -60,7 +61,7 @@ def test_every_block_type_prunes_and_its_plan_rebuilds_exactly(name):
     model = create_model(name).eval()
     before = count_params(model)
     budget = int(before * 0.7)
-    pruned, steps = prune_to_budget(model, budget, example_inputs=EXAMPLE, steps=1)
+    pruned, steps = prune_to_budget(model, budget, example_inputs=EXAMPLE, steps=1, **BY_MAGNITUDE)
     assert count_params(pruned) <= budget < count_params(pruned) * 1.15  # under, not far under
     assert count_params(model) == before  # the input model is left as it was
     assert pruned.fc.out_features == 10 and len(steps) == 1
@@ -74,8 +75,8 @@ def test_projection_shortcut_survives_equal_widths():
     # the plan must still rebuild the projection rather than an identity.
     torch.manual_seed(0)
     model = build_model(plan("bottleneck", (2, 1), (8, 16), stem_width=16)).eval()
-    floor = min_params(model, EXAMPLE)
-    pruned, _ = prune_to_budget(model, floor, example_inputs=EXAMPLE, steps=1)
+    floor = min_params(model, EXAMPLE, round_to=8)
+    pruned, _ = prune_to_budget(model, floor, example_inputs=EXAMPLE, steps=1, **BY_MAGNITUDE)
     config = pruned.channel_plan()
     assert config.stem_width == config.widths[0] == 8
     assert config.projections == ((0, 0),)
@@ -85,7 +86,7 @@ def test_projection_shortcut_survives_equal_widths():
 def test_teacher_prunes_straight_to_a_student_budget():
     torch.manual_seed(0)
     teacher = create_model("resnet34")
-    pruned, _ = prune_to_budget(teacher, 5_000_000, example_inputs=EXAMPLE, steps=1)
+    pruned, _ = prune_to_budget(teacher, 5_000_000, example_inputs=EXAMPLE, steps=1, **BY_MAGNITUDE)
     assert 4_500_000 < count_params(pruned) <= 5_000_000
     assert_plan_round_trips(pruned)
 
@@ -101,6 +102,7 @@ def test_steps_follow_the_schedule_and_fine_tune_between_them():
         example_inputs=EXAMPLE,
         steps=3,
         importance="taylor",
+        round_to=8,
         gradient_batches=lambda k: [(X, torch.tensor([0, 1]))],
         after_step=lambda m, s: calls.append(s.step),
     )

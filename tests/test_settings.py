@@ -43,7 +43,7 @@ CHANGED = [
 PROBE = """
 import json
 from typer.testing import CliRunner
-from distill import api
+from distill.api import args as api_args
 from distill.cli import app
 from distill.docs import pipeline_settings_table
 from distill.settings import KDSettings, resolve_kd
@@ -57,8 +57,8 @@ out = {
         app, ["pipeline", "--data", "x", "--preset", "standard", "--print-config"]
     ).output,
     "README table": pipeline_settings_table(),
-    "API data": str(api._data("x", {}).val_size),
-    "API kd": str(resolve_kd(api._kd(None), 10, 10).temperature),
+    "API data": str(api_args.data_settings("x", {}).val_size),
+    "API kd": str(resolve_kd(api_args.kd_settings(None), 10, 10).temperature),
 }
 print(json.dumps(out))
 """

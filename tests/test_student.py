@@ -7,8 +7,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+import distill.api.training as training_mod
 import distill.kd.objective as kd_objective
-import distill.student as student_mod
+import distill.teacher_checks as teacher_checks
+from distill.api import train_student
 from distill.checkpoint import (
     load_checkpoint,
     model_from_checkpoint,
@@ -24,7 +26,6 @@ from distill.recipes import make_recipe
 from distill.registry import create_model
 from distill.resume import TrainingInterrupted, last_path
 from distill.settings import KDSettings, RunSettings, kd_record, resolve_kd
-from distill.student import train_student
 
 runner = CliRunner()
 TINY = "resnet18-quarter"
@@ -218,7 +219,7 @@ def test_data_on_another_split_is_refused(key, flag, tiny_dataset, tmp_path):
     run = RunSettings(tmp_path / "s.pt", "cpu", quiet=True)
     recipe = make_recipe("quick", epochs=1)
     with pytest.raises(UserError, match=flag):
-        train_student(TINY, [teacher], tiny_dataset, recipe, run, KDSettings(), 5_000_000)
+        train_student(teacher, TINY, tiny_dataset, recipe=recipe, run=run, kd=KDSettings())
     assert not (tmp_path / "s.pt").exists()
 
 
@@ -245,8 +246,8 @@ def test_teacher_sees_exactly_the_students_mixed_batch(tiny_dataset, tmp_path, m
             targets_seen.append(batch.targets)
             return super().forward_train(model, batch, progress)
 
-    monkeypatch.setattr(student_mod, "create_model", spy_student)
-    monkeypatch.setattr(student_mod, "model_from_checkpoint", spy_teacher)
+    monkeypatch.setattr(training_mod, "create_model", spy_student)
+    monkeypatch.setattr(teacher_checks, "model_from_checkpoint", spy_teacher)
     monkeypatch.setattr(kd_objective, "KDObjective", SpyObjective)
     recipe = make_recipe("sgd-lookahead-cutmix", epochs=1, batch_size=8)
     recipe = replace(recipe, augment=replace(recipe.augment, mixup=0.2))  # Mixup and CutMix
@@ -254,7 +255,7 @@ def test_teacher_sees_exactly_the_students_mixed_batch(tiny_dataset, tmp_path, m
     run = RunSettings(tmp_path / "s.pt", "cpu", quiet=True)
     with pytest.raises(TrainingInterrupted):
         train_student(
-            TINY, [teacher], small(tiny_dataset), recipe, run, KDSettings(), 5_000_000,
+            teacher, TINY, small(tiny_dataset), recipe=recipe, run=run, kd=KDSettings(),
             stop_after_steps=2,
         )  # fmt: skip
     assert len(teacher_calls) == len(student_inputs) == 2
@@ -273,7 +274,7 @@ def test_interrupted_student_resumes_to_the_same_weights(tiny_dataset, tmp_path)
     def distil(out, kd=kd, resume=False, stop_after_steps=None):
         run = RunSettings(out, "cpu", resume=resume, quiet=True)
         return train_student(
-            TINY, [teacher], dataset, recipe, run, kd, 5_000_000,
+            teacher, TINY, dataset, recipe=recipe, run=run, kd=kd,
             stop_after_steps=stop_after_steps,
         )  # fmt: skip
 

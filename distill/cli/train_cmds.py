@@ -211,8 +211,8 @@ def prune_cmd(
     ),
     nproc_per_node: int = NPROC,
 ) -> None:
-    """Prune MODEL to a parameter budget (torch-pruning, global, round_to=8), distilling while
-    it recovers.
+    """Prune MODEL to a parameter budget (torch-pruning, global, channels kept in multiples of
+    --round-to), distilling while it recovers.
 
     The recovery continues with MODEL's own recipe, training subsample and image size unless
     flags say otherwise."""

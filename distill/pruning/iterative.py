@@ -44,7 +44,12 @@ from distill.registry import PRUNED, build_model
 from distill.resume import TrainingInterrupted, last_path
 from distill.run_guard import training_run
 from distill.settings import KDSettings, PruneSettings, Recipe, RunSettings, kd_record, resolve_kd
-from distill.student import check_model_fits_data, load_teachers, read_teachers, teacher_record
+from distill.teacher_checks import (
+    check_model_fits_data,
+    load_teachers,
+    read_teachers,
+    teacher_record,
+)
 from distill.train import fit
 from students.resnet import CifarResNet
 from teachers.imported import is_imported

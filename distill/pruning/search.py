@@ -35,11 +35,9 @@ from distill.device import exact_float32
 from distill.errors import UserError
 from distill.losses import hard_labels
 from distill.registry import build_model
-from distill.settings import IMPORTANCE, PruneSettings
-from distill.typed import defaults_of
+from distill.settings import IMPORTANCE
 from students.resnet import CifarResNet
 
-ROUND_TO = defaults_of(PruneSettings)["round_to"]
 IMPORTANCES = typing.get_args(IMPORTANCE)
 TARGET_TOLERANCE = 0.005  # a step may land this fraction under its parameter target
 TAYLOR_BATCHES = 8  # training batches whose summed gradients score channels for Taylor importance
@@ -78,7 +76,7 @@ class BudgetPruner(tp.pruner.BasePruner):
         model: CifarResNet,
         example_inputs: torch.Tensor,
         importance: tp.importance.Importance,
-        round_to: int = ROUND_TO,
+        round_to: int,
     ) -> None:
         self._ratios = [0.0, 0.0]  # step k prunes at self._ratios[k]; only step 1 is used
         self._scores: dict[Any, torch.Tensor] = {}
@@ -153,7 +151,7 @@ def make_importance(name: str) -> tp.importance.Importance:
     raise UserError(f"unknown importance {name!r}; choose one of: {', '.join(IMPORTANCES)}")
 
 
-def min_params(model: CifarResNet, example_inputs: torch.Tensor, round_to: int = ROUND_TO) -> int:
+def min_params(model: CifarResNet, example_inputs: torch.Tensor, round_to: int) -> int:
     """Parameters left when every channel group is cut to its floor: the lowest reachable budget."""
     was_training = model.training
     # At ratio 1 every channel ranks below the threshold, so every group falls to its floor,
@@ -164,7 +162,7 @@ def min_params(model: CifarResNet, example_inputs: torch.Tensor, round_to: int =
 
 
 def check_reachable(
-    model: CifarResNet, budget: int, example_inputs: torch.Tensor, round_to: int = ROUND_TO
+    model: CifarResNet, budget: int, example_inputs: torch.Tensor, round_to: int
 ) -> None:
     """Raise a UserError when no pruning of `model` fits in `budget` parameters."""
     if budget <= 0:
@@ -184,7 +182,7 @@ def prune_step(
     *,
     importance: tp.importance.Importance,
     example_inputs: torch.Tensor,
-    round_to: int = ROUND_TO,
+    round_to: int,
     tolerance: float = TARGET_TOLERANCE,
 ) -> tuple[CifarResNet, float]:
     """A pruned copy of `model` with at most `target` parameters and the channel ratio it took.
@@ -259,8 +257,8 @@ def prune_to_budget(
     *,
     example_inputs: torch.Tensor,
     steps: int,
-    importance: str = "magnitude",
-    round_to: int = ROUND_TO,
+    importance: IMPORTANCE,
+    round_to: int,
     gradient_batches: Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor]]] | None = None,
     after_step: Callable[[CifarResNet, PruneStep], float | None] | None = None,
     evaluate_step: Callable[[CifarResNet], float] | None = None,

@@ -24,7 +24,8 @@ def subfolder_rows(run_dir: Path) -> list[Row]:
 
 
 def runs_section(run_dir: Path, plots: Path) -> tuple[list[str], list[Path | None]]:
-    from distill.compare import plot_rows
+    from distill.compare import COLUMNS, RIGHT, TEXT, plot_rows, row_cells
+    from distill.report.text import code, plain
 
     rows = subfolder_rows(run_dir)
     if not rows:
@@ -36,25 +37,14 @@ def runs_section(run_dir: Path, plots: Path) -> tuple[list[str], list[Path | Non
         f"{len(rows)} checkpoints in the folders below this one, best val top-1 first "
         "(`distill compare` prints the same).",
         "",
-        "| model | role | arch | params | MACs | size | recipe | KD | val top-1 | int8 top-1 "
-        "| latency b1 |",
-        "|---|---|---|---:|---:|---:|---|---|---:|---:|---:|",
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "|".join("---:" if c in RIGHT else "---" for c in COLUMNS) + "|",
     ]
     for r in rows:
-        cells = [
-            f"`{r.path.relative_to(run_dir)}`",
-            r.role,
-            r.arch,
-            f"{r.params:,}" if r.params else "-",
-            f"{r.macs / 1e6:,.1f}M" if r.macs else "-",
-            f"{r.image_size}px" if r.image_size else "-",
-            r.recipe,
-            r.kd or "-",
-            f"{r.val_accuracy:.2%}" if r.val_accuracy is not None else "-",
-            f"{r.int8_accuracy:.2%}" if r.int8_accuracy is not None else "-",
-            f"{r.latency_ms:.2f} ms" if r.latency_ms else "-",
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
+        cells = {k: plain(v) if k in TEXT else v for k, v in row_cells(r).items()}
+        lines.append(
+            f"| {code(r.path.relative_to(run_dir))} | " + " | ".join(cells.values()) + " |"
+        )
     lines.append("")
     if png is not None:
         lines += [f"![Accuracy vs compute of the runs]({png.parent.name}/{png.name})", ""]

@@ -1,39 +1,25 @@
-"""Train a student on its teacher's (or an ensemble's mean) soft targets (SPEC 1, 4).
-
-Everything a user can get wrong is checked before any file is written, cheapest first: the
-architecture name and output path, the teacher files, the parameter budget (before the data is
-even decoded), the data source against the teachers' own, then the decoded data against the
-teachers (classes, input size, normalisation and the validation split, which must be the
-teachers' own or its images were in their training set). Training itself is `distill.train.fit`
-with the method's `KDObjective` (distill/kd/objective.py), so recipes, progress, resume and
-checkpoints behave exactly as for teachers.
+"""A student's teachers, read and checked (SPEC 1, 4): the files, the data source against the
+teachers' own, then the decoded data against the teachers (classes, input size, normalisation
+and the validation split, which must be the teachers' own or its images were in their training
+set), and the teachers loaded for distillation. `distill.api.train_student` and pruning's
+recovery use them.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from rich.console import Console
 from torch import nn
 
-from distill.budget import check_budget
 from distill.checkpoint import load_checkpoint, model_from_checkpoint
 from distill.data import Dataset, DataSettings, load_data
-from distill.device import resolve_device, seed_everything
 from distill.errors import UserError
 from distill.files import file_sha256
-from distill.kd.objective import make_objective
-from distill.registry import create_model, get_entry
 from distill.resized import at_size
-from distill.run_guard import training_run
-from distill.settings import KDSettings, Recipe, RunSettings, kd_notes, kd_record, resolve_kd
-from distill.stems import choose_stem
-from distill.train import fit
 
 # Per-channel mean/std in [0,1] units. A teacher trained on another subsample of the same images
 # differs by ~0.003 (10k images); a different dataset or a normalisation bug differs by far more.
@@ -196,80 +182,6 @@ def load_teachers(
         modules.append(model.eval().requires_grad_(False))
         records.append(teacher_record(path, ckpt))
     return modules, records
-
-
-def train_student(
-    arch: str,
-    teacher_paths: Sequence[str | Path],
-    data: DataSettings | Dataset,
-    recipe: Recipe,
-    run: RunSettings,
-    kd: KDSettings,
-    budget: int,
-    *,
-    console: Console | None = None,
-    stop_after_steps: int | None = None,
-    provenance: dict[str, Any] | None = None,
-    on_epoch: Callable[[dict[str, Any]], bool] | None = None,
-    stem: str = "auto",
-) -> dict[str, Any]:
-    """Distil `arch` from the teacher(s) and return its checkpoint (also written to `run.out`).
-
-    `data` must be on the teachers' validation split (`distill.settings.data_for_model` of the
-    first teacher's `data` record builds such settings); its image size may differ from the
-    teachers' (each sees the batch resized to its own). `stem`: auto, cifar or imagenet.
-    """
-    paths = [Path(p) for p in teacher_paths]
-    side = data.image_size if isinstance(data, DataSettings) else data.input_size[1]
-    stem = choose_stem(stem, side)
-
-    def checks() -> list[dict[str, Any]]:
-        get_entry(arch)
-        ckpts = read_teachers(paths)
-        # The budget needs only the class count, which the teachers already tell: check it
-        # before decoding any data (that writes a cache). A meta-device model costs no memory.
-        with torch.device("meta"):
-            student = create_model(arch, len(ckpts[0]["classes"]), stem)
-            check_budget(student, budget, f"--arch {arch}")
-        return ckpts
-
-    with training_run(run, checks) as ckpts:
-        dataset = data if isinstance(data, Dataset) else load_teacher_data(paths, ckpts[0], data)
-        device = resolve_device(run.device)
-        channels_last = recipe.channels_last
-        teachers, records = load_teachers(
-            paths, dataset, device, channels_last=channels_last, checkpoints=ckpts
-        )
-        del ckpts  # the teachers' weights now live in their modules; don't hold a second copy
-        if console is not None:
-            for r in records:
-                acc = r["val_accuracy"]
-                text = f"{acc:.2%}" if isinstance(acc, float) and math.isfinite(acc) else "n/a"
-                console.print(f"teacher {r['path']}: {r['arch']}, val top-1 {text}")
-        seed_everything(run.seed)
-        model = create_model(arch, dataset.num_classes, stem)
-        if console is not None:
-            for note in kd_notes(kd, dataset.num_classes):
-                console.print(f"note: {note}")
-        kd = resolve_kd(kd, recipe.epochs, dataset.num_classes)
-        objective = make_objective(model, teachers, kd, dataset, recipe, device, run.seed)
-        return fit(
-            model,
-            dataset,
-            recipe,
-            run,
-            kind="student",
-            arch=arch,
-            objective=objective,
-            meta={"teachers": records, "kd": kd_record(kd), "pipeline": provenance},
-            identity={
-                "teacher files": [r["sha256"] for r in records],
-                "KD settings": kd_record(kd),
-            },
-            console=console,
-            stop_after_steps=stop_after_steps,
-            on_epoch=on_epoch,
-        )
 
 
 def _short(values: Sequence[Any], n: int = 5) -> str:
