@@ -7,6 +7,8 @@
 - `tiny_dataset` (session): `load_data` of it, val_size 20 (5 per class), cache in a temp dir.
 - `real_cifar_jpegs` (session): 20 real CIFAR-10 JPEGs per class copied from the shared data
   folder into a temp image folder; skips where that folder is absent.
+- `one_thread` (module): torch on one thread; a module asks for it with
+  `pytestmark = pytest.mark.usefixtures("one_thread")`.
 """
 
 from __future__ import annotations
@@ -139,6 +141,20 @@ def write_image_folder(
             folder.mkdir(parents=True, exist_ok=True)
             Image.fromarray(image).save(folder / f"{i % count:03d}.png")
     return root
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one intra-op thread for a module (`pytestmark =
+    pytest.mark.usefixtures("one_thread")`): tiny models gain nothing from a second thread, and
+    on a shared, busy machine spinning OpenMP threads, woken for every newly shaped layer, make a
+    training step many times slower than one thread."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

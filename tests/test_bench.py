@@ -10,7 +10,7 @@ import time
 
 import pytest
 import torch
-from test_export import SIZE, make_checkpoint, one_thread, write_image_folder  # noqa: F401
+from test_export import SIZE, make_checkpoint, write_image_folder
 from typer.testing import CliRunner
 
 import export.engines as engines
@@ -23,6 +23,7 @@ from export.machine import has_native_bf16
 from export.record import check_bench_output, result_row, summarize, write_bench_record
 from export.timing import Timing, measure
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 runner = CliRunner()
 FAST = Timing(
     warmup=1, min_runs=3, max_runs=20, min_seconds=0.0, block_seconds=0.0, probe_seconds=0.0

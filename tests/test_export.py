@@ -32,6 +32,7 @@ from export.quantize import quantize_int8
 from export.runtime import make_session, run_logits
 from export.wrappers import Normalized
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 runner = CliRunner()
 COLORS = {"red": (200, 40, 40), "green": (40, 190, 60), "blue": (40, 60, 210), "grey": (128,) * 3}
 SIZE = 16  # small images keep export, training and parity fast; the graph is size-agnostic
@@ -66,16 +67,6 @@ def make_checkpoint(path: Path, *, data: dict, classes, model=None, mean=None, s
     )
     save_checkpoint(ckpt, path)
     return path
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Correctness tests on one thread: on a shared, busy machine two spinning OpenMP threads per
-    process make a training step ~50x slower than one thread."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 import pytest
 from PIL import Image
-from test_export import SIZE, make_checkpoint, one_thread  # noqa: F401 (autouse fixture)
+from test_export import SIZE, make_checkpoint
 from typer.testing import CliRunner
 
 from distill.api import export_onnx
@@ -18,6 +18,7 @@ from export.metadata import read_metadata
 from export.predict import predict
 from export.timing import Timing
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 runner = CliRunner()
 FAST = Timing(warmup=0, min_runs=1, max_runs=2, min_seconds=0, block_seconds=0, probe_seconds=0)
 

@@ -7,7 +7,7 @@ import onnx
 import pytest
 import torch
 from PIL import Image
-from test_export import SIZE, make_checkpoint, one_thread  # noqa: F401 (autouse fixture)
+from test_export import SIZE, make_checkpoint
 from typer.testing import CliRunner
 
 from distill.api import export_onnx
@@ -17,6 +17,7 @@ from distill.errors import UserError
 from export.predict import predict, softmax
 from export.wrappers import Normalized
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 runner = CliRunner()
 CLASSES = ["cat", "dog", "ship"]
 

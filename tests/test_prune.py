@@ -21,6 +21,7 @@ from distill.settings import PruneSettings, RunSettings
 from distill.student import load_teachers, read_teachers
 from students.resnet import ResNetConfig, plan
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 runner = CliRunner()
 # 16x16 is the smallest input every family takes (five stages: four halvings) and costs a
 # quarter of 32x32 in tracing and forward checks; the graph torch-pruning traces is the same.
@@ -31,17 +32,6 @@ EXAMPLE = X[:1]
 FAMILIES = ["resnet18-quarter", "resnet50-5m", "preact-resnet42", "seresnet24", "resnet22-maxpool"]
 # Batch 8 over 64 images: OneCycle needs more than four steps an epoch.
 TINY_RECIPE = replace(make_recipe("quick", epochs=1, batch_size=8), channels_last=False)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from a second intra-op thread, and on a busy shared machine
-    waking the thread pool for every newly shaped layer (each probe and step makes new shapes)
-    costs more than the layers themselves."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def assert_plan_round_trips(pruned: torch.nn.Module) -> None:
