@@ -7,6 +7,8 @@
 - `tiny_dataset` (session): `load_data` of it, val_size 20 (5 per class), cache in a temp dir.
 - `real_cifar_jpegs` (session): 20 real CIFAR-10 JPEGs per class copied from the shared data
   folder into a temp image folder; skips where that folder is absent.
+- `one_line_error(result, *words)`: asserts a refusal, exit 2 and one "error:" line naming each
+  word, from typer's runner or a subprocess; returns the line.
 - `one_thread` (module): torch on one thread; a module asks for it with
   `pytestmark = pytest.mark.usefixtures("one_thread")`.
 """
@@ -141,6 +143,22 @@ def write_image_folder(
             folder.mkdir(parents=True, exist_ok=True)
             Image.fromarray(image).save(folder / f"{i % count:03d}.png")
     return root
+
+
+def one_line_error(result, *words: str) -> str:
+    """Assert how a user's mistake is refused: exit status 2 and one non-blank line that starts
+    "error:" and holds each of `words`; return the line. `result` is a CliRunner result
+    (exit_code, output) or a finished subprocess (returncode, stderr)."""
+    if hasattr(result, "exit_code"):
+        code, text = result.exit_code, result.output
+    else:
+        code, text = result.returncode, result.stderr
+    assert code == 2, text
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), text
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    return lines[0]
 
 
 @pytest.fixture(scope="module")

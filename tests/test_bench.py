@@ -10,6 +10,7 @@ import time
 
 import pytest
 import torch
+from conftest import one_line_error
 from test_export import SIZE, make_checkpoint, write_image_folder
 from typer.testing import CliRunner
 
@@ -307,16 +308,13 @@ def test_cli_prints_table_and_writes_json(model, tmp_path):
     ],
 )
 def test_cli_mistakes_exit_2_with_one_line(model, extra):
-    result = runner.invoke(app, ["bench", str(model["onnx"]), *extra])
-    assert result.exit_code == 2, result.output
-    assert len(result.output.strip().splitlines()) == 1
+    one_line_error(runner.invoke(app, ["bench", str(model["onnx"]), *extra]))
 
 
 def test_cli_rejects_a_file_that_is_not_a_model(tmp_path):
     junk = tmp_path / "notes.txt"
     junk.write_text("hello")
-    result = runner.invoke(app, ["bench", str(junk)])
-    assert result.exit_code == 2 and "notes.txt" in result.output
+    one_line_error(runner.invoke(app, ["bench", str(junk)]), "notes.txt")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

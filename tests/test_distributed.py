@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import one_line_error
 from ddp_worker import micro_plan, without_batchnorm
 
 from distill.checkpoint import load_checkpoint
@@ -143,8 +144,5 @@ def test_a_mistake_under_torchrun_ends_every_rank_with_one_line(tiny_image_folde
         assert result.returncode != 0 and time.monotonic() - started < 120
         ours = [line for line in result.stderr.splitlines() if line.startswith("error:")]
         assert len(ours) == 1 and message in ours[0], result.stderr
-        relaunched = run(distill_cmd(*cmd, "--nproc-per-node", "2"))
-        assert relaunched.returncode == 2
-        lines = [line for line in relaunched.stderr.splitlines() if line.strip()]
-        assert len(lines) == 1 and message in lines[0], relaunched.stderr
+        one_line_error(run(distill_cmd(*cmd, "--nproc-per-node", "2")), message)
         assert not (tmp_path / "t.pt").exists()

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from conftest import one_line_error
 from typer.testing import CliRunner
 
 from distill.checkpoint import new_checkpoint, save_checkpoint
@@ -68,8 +69,7 @@ def test_eval_mistakes(checkpoint, tmp_path):
         (["eval", str(tmp_path / "missing.pt")], "does not exist"),
         (["eval", str(checkpoint), "--split", "train"], "'train' is not one of"),
     ):
-        result = runner.invoke(app, [*args, "--cache-dir", str(tmp_path / "c")])
-        assert result.exit_code == 2 and message in result.output, result.output
+        one_line_error(runner.invoke(app, [*args, "--cache-dir", str(tmp_path / "c")]), message)
 
 
 def test_recorded_accuracy_eval_of_the_pt_and_of_its_onnx_agree(tiny_image_folder, tmp_path):

@@ -14,7 +14,8 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
-from test_student import TINY, assert_one_line_error, data_args, make_teacher, quick_args
+from conftest import one_line_error
+from test_student import TINY, data_args, make_teacher, quick_args
 from typer.testing import CliRunner
 
 import distill.pruning.iterative as prune_run
@@ -214,10 +215,10 @@ def test_method_refusals_are_one_line(tiny_image_folder, tiny_dataset, teacher_f
         return runner.invoke(app, args)
 
     ensemble = student("--teacher", str(teacher_file), "--kd", "at")
-    assert_one_line_error(ensemble, "--kd at", "one teacher")
-    assert_one_line_error(student("--kd", "crd", "--logit-standardize"), "--logit-standardize")
-    assert_one_line_error(student("--kd", "fitnet", "--hint-stage", "9"), "--hint-stage 9")
-    assert_one_line_error(student("--kd", "mlkd", "--recipe", "sgd-lookahead-cutmix"), "mlkd")
+    one_line_error(ensemble, "--kd at", "one teacher")
+    one_line_error(student("--kd", "crd", "--logit-standardize"), "--logit-standardize")
+    one_line_error(student("--kd", "fitnet", "--hint-stage", "9"), "--hint-stage 9")
+    one_line_error(student("--kd", "mlkd", "--recipe", "sgd-lookahead-cutmix"), "mlkd")
     assert not (tmp_path / "s.pt").exists()
 
 
@@ -237,7 +238,7 @@ def test_kd_methods_table_counts_and_times_every_method():
     assert rows["crd"]["extra_params"] == 2 * (128 * 128 + 128)  # two heads, 128 -> 128
     assert not rows["crd"]["ensembles"] and rows["dist"]["ensembles"]
     unknown = runner.invoke(app, ["kd-methods", "--student", "nope", "--no-time"])
-    assert_one_line_error(unknown, "nope")
+    one_line_error(unknown, "nope")
 
 
 def test_mlkd_strong_view_is_made_on_the_loader_and_reproducible(tiny_dataset):

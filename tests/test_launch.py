@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import one_line_error
 from typer.testing import CliRunner
 
 from distill.cli import app
@@ -138,9 +139,7 @@ def test_the_environment_is_checked_when_used_in_one_line(
     if message is None:
         assert result.exit_code == 0 and "distill" in result.output
         return
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and message in lines[0], result.output
+    one_line_error(result, message)
     assert not (tmp_path / "t.pt").exists()
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import pattern_images
+from conftest import one_line_error, pattern_images
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -31,14 +31,6 @@ CLASSES = ("a", "b", "c")
 
 def lines(text: str) -> list[str]:
     return [ln for ln in text.splitlines() if ln.strip()]
-
-
-def one_line_error(result, *words: str) -> None:
-    assert result.exit_code == 2, result.output
-    shown = lines(result.output)
-    assert len(shown) == 1 and shown[0].startswith("error:"), result.output
-    for word in words:
-        assert word in shown[0], (word, shown[0])
 
 
 @pytest.fixture(scope="module")

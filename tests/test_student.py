@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import one_line_error
 from typer.testing import CliRunner
 
 import distill.kd.objective as kd_objective
@@ -64,14 +65,6 @@ def data_args(folder: Path, dataset, cache: Path, train_size: int | None = None)
 
 def quick_args(batch_size: int = 8) -> list[str]:
     return ["--recipe", "quick", "--epochs", "1", "--batch-size", str(batch_size)]
-
-
-def assert_one_line_error(result, *words: str) -> None:
-    assert result.exit_code == 2, result.output
-    lines = [ln for ln in result.output.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
-    for word in words:
-        assert word in lines[0], (word, lines[0])
 
 
 def test_student_from_a_trained_teacher_and_an_ensemble(tiny_image_folder, tiny_dataset, tmp_path):
@@ -135,7 +128,7 @@ def test_over_budget_student_exits_2_and_writes_nothing(tiny_image_folder, tiny_
     result = runner.invoke(
         app, args + ["--out", str(out)] + data_args(tiny_image_folder, tiny_dataset, cache)
     )
-    assert_one_line_error(result, "budget", "100,000")
+    one_line_error(result, "budget", "100,000")
     # Checked before the data is decoded: not even the data cache was written.
     assert not out.exists() and not last_path(out).exists() and not cache.exists()
 
@@ -165,7 +158,7 @@ def test_non_checkpoint_teachers_are_refused(kind, tiny_image_folder, tiny_datas
     out = tmp_path / "s.pt"
     args = ["student", "--teacher", str(bad), "--arch", TINY, "--out", str(out)]
     result = runner.invoke(app, args + data_args(tiny_image_folder, tiny_dataset, tmp_path / "c"))
-    assert_one_line_error(result, str(bad))
+    one_line_error(result, str(bad))
     assert "Traceback" not in result.output and not out.exists()
 
 
@@ -196,7 +189,7 @@ def test_mismatched_teachers_are_refused(what, tiny_image_folder, tiny_dataset, 
     out = tmp_path / "s.pt"
     args = ["student", "--teacher", str(teacher), "--arch", TINY, "--out", str(out), *quick_args()]
     result = runner.invoke(app, args + data_args(tiny_image_folder, tiny_dataset, tmp_path / "c"))
-    assert_one_line_error(result, MESSAGE[what])
+    one_line_error(result, MESSAGE[what])
     assert not out.exists() and not last_path(out).exists()
 
 
@@ -205,9 +198,9 @@ def test_explicit_split_must_be_the_teachers(tiny_image_folder, tiny_dataset, tm
     base = ["student", "--teacher", str(teacher), "--arch", TINY, "--out", str(tmp_path / "s.pt")]
     base += quick_args() + data_args(tiny_image_folder, tiny_dataset, tmp_path / "c")
     wrong_val = str(tiny_dataset.info["val_size"] + 4)
-    assert_one_line_error(runner.invoke(app, base + ["--val-size", wrong_val]), "--val-size")
+    one_line_error(runner.invoke(app, base + ["--val-size", wrong_val]), "--val-size")
     wrong_seed = str(tiny_dataset.info["split_seed"] + 1)
-    assert_one_line_error(runner.invoke(app, base + ["--split-seed", wrong_seed]), "--split-seed")
+    one_line_error(runner.invoke(app, base + ["--split-seed", wrong_seed]), "--split-seed")
 
 
 @pytest.mark.parametrize("key,flag", [("split_seed", "--split-seed"), ("val_size", "--val-size")])

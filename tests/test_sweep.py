@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import one_line_error
 from typer.testing import CliRunner
 
 from distill.cli import app
@@ -224,10 +225,7 @@ def test_a_wrong_space_file_is_one_line_before_any_trial(tiny_image_folder, tmp_
     for body, expected in cases.items():
         space = tmp_path / "bad.toml"
         space.write_text("[space]\n" + body + "\n")
-        result = runner.invoke(app, sweep_args(tiny_image_folder, tmp_path, space))
-        assert result.exit_code == 2, (body, result.output)
-        lines = result.output.strip().splitlines()
-        assert len(lines) == 1 and expected in lines[0], (body, result.output)
+        one_line_error(runner.invoke(app, sweep_args(tiny_image_folder, tmp_path, space)), expected)
         assert not (tmp_path / "sw").exists()
 
 

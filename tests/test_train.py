@@ -10,6 +10,7 @@ import time
 
 import pytest
 import torch
+from conftest import one_line_error
 from typer.testing import CliRunner
 
 from distill.checkpoint import load_checkpoint
@@ -122,7 +123,7 @@ def test_teacher_train_cli_and_eval(tiny_image_folder, tmp_path):
     before = out.read_bytes()
 
     again = runner.invoke(app, args)
-    assert again.exit_code == 2 and "--force" in again.output
+    one_line_error(again, "--force")
     assert out.read_bytes() == before
 
     ev = runner.invoke(app, ["eval", str(out), "--cache-dir", str(tmp_path / "cache"), "--json"])
@@ -176,16 +177,14 @@ def test_teacher_train_mistakes_exit_2_with_one_line(
 ):
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(app, teacher_args(tiny_image_folder, tmp_path, **overrides))
-    assert result.exit_code == 2, result.output
-    lines = [ln for ln in result.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and message in lines[0], result.output
+    one_line_error(result, message)
     assert not (tmp_path / "t.pt").exists() and not (tmp_path / "t.txt").exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
 def test_cuda_without_a_gpu_is_a_clear_error(tiny_image_folder, tmp_path):
     result = runner.invoke(app, teacher_args(tiny_image_folder, tmp_path, device="cuda"))
-    assert result.exit_code == 2 and "no CUDA GPU" in result.output
+    one_line_error(result, "no CUDA GPU")
 
 
 def test_sigterm_leaves_a_resumable_state(tiny_image_folder, tmp_path):
