@@ -44,6 +44,8 @@ TINY_COLOURS = ((40, 70, 220), (40, 170, 60), (215, 45, 40), (225, 205, 40))
 TINY_TRAIN_PER_CLASS = 40
 TINY_TEST_PER_CLASS = 10
 TINY_VAL_SIZE = 20
+TINY_BATCH_SIZE = 32  # 140 training images after the held-out 20: 4 steps an epoch
+TINY_ARCH = "resnet18-quarter"  # the smallest registered model: what tests train
 
 
 def pattern_images(
@@ -143,6 +145,27 @@ def write_image_folder(
             folder.mkdir(parents=True, exist_ok=True)
             Image.fromarray(image).save(folder / f"{i % count:03d}.png")
     return root
+
+
+def teacher_args(
+    folder: str | Path,
+    out: str | Path,
+    *extra: str,
+    cache: str | Path | None = None,
+    epochs: int = 1,
+    quiet: bool = True,
+) -> list[str]:
+    """`distill teacher train` arguments: TINY_ARCH on `folder` with the quick recipe, the tiny
+    folder's batch and val sizes, on the CPU, its data cache in `cache` (default: `cache/` beside
+    `out`). `extra` comes last, and click keeps an option's last value, so it can override any of
+    these."""
+    cache = Path(out).parent / "cache" if cache is None else cache
+    args = [
+        "teacher", "train", "--arch", TINY_ARCH, "--data", str(folder), "--out", str(out),
+        "--recipe", "quick", "--epochs", str(epochs), "--batch-size", str(TINY_BATCH_SIZE),
+        "--val-size", str(TINY_VAL_SIZE), "--cache-dir", str(cache), "--device", "cpu",
+    ]  # fmt: skip
+    return [*args, *(["--quiet"] if quiet else []), *extra]
 
 
 def one_line_error(result, *words: str) -> str:

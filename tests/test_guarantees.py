@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_cifar_python, one_line_error
+from conftest import make_cifar_python, one_line_error, teacher_args
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -35,15 +35,6 @@ from distill.train import TrainingDiverged, fit
 from students.resnet import CifarResNet, plan
 
 runner = CliRunner()
-
-
-def teacher_args(folder: Path, tmp_path: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "teacher", "train", "--arch", "resnet18-quarter", "--data", str(folder),
-        "--out", str(out), "--recipe", "quick", "--epochs", "2", "--batch-size", "32",
-        "--val-size", "20", "--cache-dir", str(tmp_path / "cache"), "--device", "cpu",
-        "--quiet", *extra,
-    ]  # fmt: skip
 
 
 def dead_pid() -> int:
@@ -100,12 +91,12 @@ def test_a_full_disk_keeps_what_was_there_and_says_how_to_continue(
     out = tmp_path / "t.pt"
     monkeypatch.setattr(distill.train, "STATE_SAVE_SECONDS", 0.0)  # a state at every sync
     full_disk(monkeypatch, "t.pt")
-    result = runner.invoke(app, teacher_args(tiny_image_folder, tmp_path, out))
+    result = runner.invoke(app, teacher_args(tiny_image_folder, out, epochs=2))
     line = one_line_error(result, "t.pt", "the disk is full", "--resume")
     assert "no file was written" in line and not out.exists()
     assert leftovers(tmp_path) == [] and last_path(out).exists()
     monkeypatch.undo()  # room again: the command it printed finishes the run
-    resumed = runner.invoke(app, teacher_args(tiny_image_folder, tmp_path, out, "--resume"))
+    resumed = runner.invoke(app, teacher_args(tiny_image_folder, out, "--resume", epochs=2))
     assert resumed.exit_code == 0, resumed.output
     assert [h["epoch"] for h in load_checkpoint(out)["history"]] == [1, 2]
 
@@ -114,7 +105,7 @@ def test_a_full_disk_before_any_state_says_to_run_again(tiny_image_folder, tmp_p
     out = tmp_path / "t.pt"
     full_disk(monkeypatch, "t.last.pt")
     monkeypatch.setattr(distill.train, "STATE_SAVE_SECONDS", 0.0)
-    result = runner.invoke(app, teacher_args(tiny_image_folder, tmp_path, out))
+    result = runner.invoke(app, teacher_args(tiny_image_folder, out, epochs=2))
     one_line_error(result, "t.last.pt", "the disk is full", "run the command again")
     assert leftovers(tmp_path) == [] and not out.exists()
 
@@ -161,12 +152,16 @@ def test_a_real_full_disk_keeps_what_was_there_and_says_how_to_continue(
     # torch.save fails on the real file system with its own RuntimeError.
     monkeypatch.setattr(distill.train, "STATE_SAVE_SECONDS", 0.0)
     fill(12_800_000)
-    result = runner.invoke(app, teacher_args(tiny_image_folder, tmp_path, out, "--force"))
+    result = runner.invoke(
+        app, teacher_args(tiny_image_folder, out, "--force", cache=tmp_path / "cache", epochs=2)
+    )
     line = one_line_error(result, "t.pt", "the disk is full", "the previous file is unchanged")
     assert "--resume" in line and str(last_path(out)) in line
     assert out.read_bytes() == b"the previous checkpoint" and leftovers(disk) == []
     fill(20_000_000)  # room again: the command it printed finishes the run
-    again = teacher_args(tiny_image_folder, tmp_path, out, "--resume", "--force")
+    again = teacher_args(
+        tiny_image_folder, out, "--resume", "--force", cache=tmp_path / "cache", epochs=2
+    )
     resumed = runner.invoke(app, again)
     assert resumed.exit_code == 0, resumed.output
     assert [h["epoch"] for h in load_checkpoint(out)["history"]] == [1, 2]
@@ -175,7 +170,7 @@ def test_a_real_full_disk_keeps_what_was_there_and_says_how_to_continue(
 @pytest.mark.parametrize(
     "command",
     [
-        lambda folder, tmp: teacher_args(folder, tmp, tmp / "f.txt" / "t.pt"),
+        lambda folder, tmp: teacher_args(folder, tmp / "f.txt" / "t.pt", cache=tmp / "cache"),
         lambda folder, tmp: ["pipeline", "--data", str(folder), "-o", str(tmp / "f.txt" / "run")],
         lambda folder, tmp: ["bench", str(tmp / "m.onnx"), "-o", str(tmp / "f.txt" / "b.json")],
         lambda folder, tmp: ["export", "onnx", str(tmp / "m.pt"), "-o", str(tmp / "f.txt/m.onnx")],
@@ -209,7 +204,7 @@ def _checkpoint(**fields):
 def test_a_second_writer_of_an_output_is_refused_naming_the_first(tiny_image_folder, tmp_path):
     out = tmp_path / "t.pt"
     with output_lock(out):  # another run holds it: here, this test process
-        result = runner.invoke(app, teacher_args(tiny_image_folder, tmp_path, out))
+        result = runner.invoke(app, teacher_args(tiny_image_folder, out, epochs=2))
         one_line_error(result, "being written by another distill run", "pid")
         run_dir = tmp_path / "run"
         with output_lock(run_dir / "pipeline"):
@@ -218,7 +213,7 @@ def test_a_second_writer_of_an_output_is_refused_naming_the_first(tiny_image_fol
             one_line_error(again, "being written by another distill run")
     assert not out.exists()
     # Released with its holder: the next run proceeds.
-    assert runner.invoke(app, teacher_args(tiny_image_folder, tmp_path, out)).exit_code == 0
+    assert runner.invoke(app, teacher_args(tiny_image_folder, out, epochs=2)).exit_code == 0
 
 
 def test_temp_files_of_a_killed_process_are_swept_and_live_ones_kept(tmp_path, monkeypatch):
@@ -320,8 +315,7 @@ def test_a_crafted_checkpoint_is_refused_with_one_line(tmp_path, fields, problem
     ],
 )
 def test_absurd_training_numbers_are_refused_up_front(tiny_image_folder, tmp_path, flags, named):
-    result = runner.invoke(app, teacher_args(tiny_image_folder, tmp_path, tmp_path / "t.pt",
-                                             *flags))  # fmt: skip
+    result = runner.invoke(app, teacher_args(tiny_image_folder, tmp_path / "t.pt", *flags))
     one_line_error(result, named)
     assert not (tmp_path / "cache").exists()
 
@@ -471,8 +465,7 @@ def test_text_in_markdown_cannot_break_a_table_or_add_tags():
     ],
 )
 def test_absurd_sizes_are_refused_before_any_allocation(tiny_image_folder, tmp_path, flags, named):
-    result = runner.invoke(app, teacher_args(tiny_image_folder, tmp_path, tmp_path / "t.pt",
-                                             *flags))  # fmt: skip
+    result = runner.invoke(app, teacher_args(tiny_image_folder, tmp_path / "t.pt", *flags))
     one_line_error(result, named)
     with pytest.raises(UserError, match="image_size"):
         DataSettings(str(tiny_image_folder), image_size=100_000)
