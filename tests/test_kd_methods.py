@@ -14,8 +14,8 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
-from conftest import one_line_error
-from test_student import TINY, data_args, make_teacher, quick_args
+from conftest import TINY_ARCH, one_line_error
+from test_student import data_args, make_teacher, quick_args
 from typer.testing import CliRunner
 
 import distill.pruning.iterative as prune_run
@@ -109,7 +109,7 @@ def test_method_modules_stay_out_of_the_student_and_resume_bit_identical(
     def distil(out, resume=False, stop_after_steps=None):
         run = RunSettings(out, "cpu", resume=resume, quiet=True)
         return train_student(
-            TINY, [teacher_file], dataset, recipe, run, kd, 5_000_000,
+            TINY_ARCH, [teacher_file], dataset, recipe, run, kd, 5_000_000,
             stop_after_steps=stop_after_steps,
         )  # fmt: skip
 
@@ -123,7 +123,7 @@ def test_method_modules_stay_out_of_the_student_and_resume_bit_identical(
     for key, value in whole["state_dict"].items():
         assert torch.equal(value, resumed["state_dict"][key]), key
     # The student's checkpoint, parameter count and ONNX graph hold the student alone.
-    student = create_model(TINY, 4)
+    student = create_model(TINY_ARCH, 4)
     assert set(whole["state_dict"]) == set(student.state_dict())
     assert whole["metrics"]["params"] == count_params(student)
     onnx_file = tmp_path / "s.onnx"
@@ -184,7 +184,7 @@ def test_recovery_of_a_pruned_student_sizes_its_connectors_to_the_new_plan(
         else:
             ins = [b.conv1[0].in_channels for b in objective.review.blocks]
             assert ins == widths + [widths[-1]]  # each stage, then the pooled embedding
-    assert built[0][1] != list(create_model(TINY, 4).channel_plan().widths)
+    assert built[0][1] != list(create_model(TINY_ARCH, 4).channel_plan().widths)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,7 +197,7 @@ def test_student_cli_runs_every_method(method, tiny_image_folder, tiny_dataset, 
     out = tmp_path / "s.pt"
     extra = ["--crd-negatives", "16"] if method == "crd" else []
     data = data_args(tiny_image_folder, tiny_dataset, tmp_path / "cache", train_size=16)
-    args = ["student", "--teacher", str(teacher_file), "--arch", TINY, "--kd", method,
+    args = ["student", "--teacher", str(teacher_file), "--arch", TINY_ARCH, "--kd", method,
             "--out", str(out), *quick_args(), *extra, *data]  # fmt: skip
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -210,7 +210,7 @@ def test_method_refusals_are_one_line(tiny_image_folder, tiny_dataset, teacher_f
     data = data_args(tiny_image_folder, tiny_dataset, tmp_path / "cache", train_size=16)
 
     def student(*extra):
-        args = ["student", "--teacher", str(teacher_file), "--arch", TINY,
+        args = ["student", "--teacher", str(teacher_file), "--arch", TINY_ARCH,
                 "--out", str(tmp_path / "s.pt"), *quick_args(), *data, *extra]  # fmt: skip
         return runner.invoke(app, args)
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import one_line_error
+from conftest import TINY_ARCH, one_line_error
 from typer.testing import CliRunner
 
 import distill.kd.objective as kd_objective
@@ -28,10 +28,9 @@ from distill.settings import KDSettings, RunSettings, kd_record, resolve_kd
 from distill.student import train_student
 
 runner = CliRunner()
-TINY = "resnet18-quarter"
 
 
-def make_teacher(path: Path, dataset, arch: str = TINY, num_classes=None, **fields) -> Path:
+def make_teacher(path: Path, dataset, arch: str = TINY_ARCH, num_classes=None, **fields) -> Path:
     """An untrained teacher checkpoint for `dataset` (fields override the checkpoint's)."""
     torch.manual_seed(len(str(path)))
     ckpt = new_checkpoint(
@@ -72,7 +71,7 @@ def test_student_from_a_trained_teacher_and_an_ensemble(tiny_image_folder, tiny_
     val_size, split_seed = tiny_dataset.info["val_size"], tiny_dataset.info["split_seed"]
     data = data_args(tiny_image_folder, tiny_dataset, cache, train_size=16)  # 2 steps an epoch
     split = ["--val-size", str(val_size), "--split-seed", str(split_seed)]
-    args = ["teacher", "train", "--arch", TINY, "--out", str(t1), *quick_args(), *split]
+    args = ["teacher", "train", "--arch", TINY_ARCH, "--out", str(t1), *quick_args(), *split]
     trained = runner.invoke(app, args + data)
     assert trained.exit_code == 0, trained.output
     seen = load_data(
@@ -81,19 +80,20 @@ def test_student_from_a_trained_teacher_and_an_ensemble(tiny_image_folder, tiny_
     )  # fmt: skip
     t2 = make_teacher(tmp_path / "t2.pt", seen, arch="resnet18-half")
 
-    args = ["student", "--teacher", str(t1), "--teacher", str(t2), "--arch", TINY, "--kd", "dkd"]
+    args = ["student", "--teacher", str(t1), "--teacher", str(t2), "--arch", TINY_ARCH]
+    args += ["--kd", "dkd"]
     result = runner.invoke(app, args + ["--out", str(out), *quick_args(), *data])
     assert result.exit_code == 0, result.output
     assert "saved" in result.output
 
     ckpt = load_checkpoint(out)  # torch.load(weights_only=True) under the hood
-    assert ckpt["kind"] == "student" and ckpt["arch"] == TINY
+    assert ckpt["kind"] == "student" and ckpt["arch"] == TINY_ARCH
     teacher1 = load_checkpoint(t1)
     assert ckpt["teachers"] == [
         {
             "path": str(t1.resolve()),
             "sha256": file_sha256(t1),
-            "arch": TINY,
+            "arch": TINY_ARCH,
             "val_accuracy": teacher1["metrics"]["val_accuracy"],
         },
         {
@@ -124,7 +124,7 @@ def test_student_from_a_trained_teacher_and_an_ensemble(tiny_image_folder, tiny_
 def test_over_budget_student_exits_2_and_writes_nothing(tiny_image_folder, tiny_dataset, tmp_path):
     teacher = make_teacher(tmp_path / "t.pt", tiny_dataset)
     out, cache = tmp_path / "s.pt", tmp_path / "cache"
-    args = ["student", "--teacher", str(teacher), "--arch", TINY, "--budget", "100k"]
+    args = ["student", "--teacher", str(teacher), "--arch", TINY_ARCH, "--budget", "100k"]
     result = runner.invoke(
         app, args + ["--out", str(out)] + data_args(tiny_image_folder, tiny_dataset, cache)
     )
@@ -156,7 +156,7 @@ def test_non_checkpoint_teachers_are_refused(kind, tiny_image_folder, tiny_datas
         bad = tmp_path / "t.pt"
         bad.write_bytes(good[: len(good) // 2])
     out = tmp_path / "s.pt"
-    args = ["student", "--teacher", str(bad), "--arch", TINY, "--out", str(out)]
+    args = ["student", "--teacher", str(bad), "--arch", TINY_ARCH, "--out", str(out)]
     result = runner.invoke(app, args + data_args(tiny_image_folder, tiny_dataset, tmp_path / "c"))
     one_line_error(result, str(bad))
     assert "Traceback" not in result.output and not out.exists()
@@ -187,7 +187,8 @@ def test_mismatched_teachers_are_refused(what, tiny_image_folder, tiny_dataset, 
     num_classes = fields.pop("num_classes", None)
     teacher = make_teacher(tmp_path / "t.pt", tiny_dataset, num_classes=num_classes, **fields)
     out = tmp_path / "s.pt"
-    args = ["student", "--teacher", str(teacher), "--arch", TINY, "--out", str(out), *quick_args()]
+    args = ["student", "--teacher", str(teacher), "--arch", TINY_ARCH, "--out", str(out)]
+    args += quick_args()
     result = runner.invoke(app, args + data_args(tiny_image_folder, tiny_dataset, tmp_path / "c"))
     one_line_error(result, MESSAGE[what])
     assert not out.exists() and not last_path(out).exists()
@@ -195,8 +196,9 @@ def test_mismatched_teachers_are_refused(what, tiny_image_folder, tiny_dataset, 
 
 def test_explicit_split_must_be_the_teachers(tiny_image_folder, tiny_dataset, tmp_path):
     teacher = make_teacher(tmp_path / "t.pt", tiny_dataset)
-    base = ["student", "--teacher", str(teacher), "--arch", TINY, "--out", str(tmp_path / "s.pt")]
-    base += quick_args() + data_args(tiny_image_folder, tiny_dataset, tmp_path / "c")
+    base = ["student", "--teacher", str(teacher), "--arch", TINY_ARCH]
+    base += ["--out", str(tmp_path / "s.pt"), *quick_args()]
+    base += data_args(tiny_image_folder, tiny_dataset, tmp_path / "c")
     wrong_val = str(tiny_dataset.info["val_size"] + 4)
     one_line_error(runner.invoke(app, base + ["--val-size", wrong_val]), "--val-size")
     wrong_seed = str(tiny_dataset.info["split_seed"] + 1)
@@ -211,7 +213,7 @@ def test_data_on_another_split_is_refused(key, flag, tiny_dataset, tmp_path):
     run = RunSettings(tmp_path / "s.pt", "cpu", quiet=True)
     recipe = make_recipe("quick", epochs=1)
     with pytest.raises(UserError, match=flag):
-        train_student(TINY, [teacher], tiny_dataset, recipe, run, KDSettings(), 5_000_000)
+        train_student(TINY_ARCH, [teacher], tiny_dataset, recipe, run, KDSettings(), 5_000_000)
     assert not (tmp_path / "s.pt").exists()
 
 
@@ -247,7 +249,7 @@ def test_teacher_sees_exactly_the_students_mixed_batch(tiny_dataset, tmp_path, m
     run = RunSettings(tmp_path / "s.pt", "cpu", quiet=True)
     with pytest.raises(TrainingInterrupted):
         train_student(
-            TINY, [teacher], small(tiny_dataset), recipe, run, KDSettings(), 5_000_000,
+            TINY_ARCH, [teacher], small(tiny_dataset), recipe, run, KDSettings(), 5_000_000,
             stop_after_steps=2,
         )  # fmt: skip
     assert len(teacher_calls) == len(student_inputs) == 2
@@ -266,7 +268,7 @@ def test_interrupted_student_resumes_to_the_same_weights(tiny_dataset, tmp_path)
     def distil(out, kd=kd, resume=False, stop_after_steps=None):
         run = RunSettings(out, "cpu", resume=resume, quiet=True)
         return train_student(
-            TINY, [teacher], dataset, recipe, run, kd, 5_000_000,
+            TINY_ARCH, [teacher], dataset, recipe, run, kd, 5_000_000,
             stop_after_steps=stop_after_steps,
         )  # fmt: skip
 
