@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import one_line_error
+from conftest import TINY_VAL_SIZE, one_line_error
 from ddp_worker import micro_plan, without_batchnorm
 
 from distill.checkpoint import load_checkpoint
@@ -63,7 +63,8 @@ def test_two_processes_equal_one_process_with_twice_the_batch(tiny_image_folder,
 def cli_args(folder: Path, tmp_path: Path, out: Path, *extra: str) -> list[str]:
     return [
         "--data", str(folder), "--out", str(out), "--recipe", "quick", "--batch-size", "16",
-        "--val-size", "20", "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", *extra,
+        "--val-size", str(TINY_VAL_SIZE), "--cache-dir", str(tmp_path / "cache"), "--device",
+        "cpu", *extra,
     ]  # fmt: skip
 
 

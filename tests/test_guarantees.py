@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_cifar_python, one_line_error, teacher_args
+from conftest import TINY_VAL_SIZE, make_cifar_python, one_line_error, teacher_args
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -145,8 +145,10 @@ def test_a_real_full_disk_keeps_what_was_there_and_says_how_to_continue(
     out.write_bytes(b"the previous checkpoint")
     # A full cache disk costs the next run a decode, nothing more.
     fill(0)
-    data = load_data(DataSettings(str(tiny_image_folder), cache_dir=disk / "cache", val_size=20))
-    assert len(data.val) == 20 and "the disk is full" in capfd.readouterr().err
+    data = load_data(
+        DataSettings(str(tiny_image_folder), cache_dir=disk / "cache", val_size=TINY_VAL_SIZE)
+    )
+    assert len(data.val) == TINY_VAL_SIZE and "the disk is full" in capfd.readouterr().err
 
     # Room for the resumable state (~11 MB for this model) but not then the checkpoint (~3 MB):
     # torch.save fails on the real file system with its own RuntimeError.
@@ -477,7 +479,9 @@ def test_what_cannot_fit_the_memory_is_refused_saying_how_much(
     import distill.memory
 
     monkeypatch.setattr(distill.memory, "available", lambda device="cpu": 2**30)
-    big = DataSettings(str(tiny_image_folder), cache_dir=tmp_path, val_size=20, image_size=4096)
+    big = DataSettings(
+        str(tiny_image_folder), cache_dir=tmp_path, val_size=TINY_VAL_SIZE, image_size=4096
+    )
     with pytest.raises(UserError, match=r"at 4096x4096 needs at least 9\.\d GiB .* 1\.0 GiB free"):
         load_data(big)  # 200 images x 3 x 4096^2 bytes, before a single one is decoded
     model = CifarResNet(plan("basic", (1, 1), (8, 16), stem_width=8, num_classes=4))

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import one_line_error
+from conftest import TINY_VAL_SIZE, one_line_error
 from typer.testing import CliRunner
 
 from distill.cli import app
@@ -30,7 +30,7 @@ runner = CliRunner()
 def train_args(folder: Path, tmp_path: Path, out: str, *extra: str) -> list[str]:
     return [
         "teacher", "train", "--arch", "resnet18-quarter", "--data", str(folder), "--out", out,
-        "--epochs", "1", "--batch-size", "4", "--val-size", "20", "--cache-dir",
+        "--epochs", "1", "--batch-size", "4", "--val-size", str(TINY_VAL_SIZE), "--cache-dir",
         str(tmp_path / "cache"), "--device", "cpu", *extra,
     ]  # fmt: skip
 

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import one_line_error
+from conftest import TINY_VAL_SIZE, one_line_error
 from typer.testing import CliRunner
 
 from distill.cli import app
@@ -45,7 +45,7 @@ def space_file(tmp_path: Path, epochs: int = 1, text: str = SPACE) -> Path:
 
 
 def sweep_args(folder: Path, tmp_path: Path, space: Path, *extra: str) -> list[str]:
-    return ["sweep", "--data", str(folder), "--val-size", "20", "--cache-dir",
+    return ["sweep", "--data", str(folder), "--val-size", str(TINY_VAL_SIZE), "--cache-dir",
             str(tmp_path.parent / "sweep-cache"), "--device", "cpu", "--space", str(space),
             "--out", str(tmp_path / "sw"), *extra]  # fmt: skip
 
@@ -67,7 +67,7 @@ def teacher(tiny_image_folder, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("sweep-teacher") / "t.pt"
     distill.train_teacher("resnet18@0.08M", tiny_image_folder, out, recipe="quick", epochs=2,
-                          batch_size=32, val_size=20, device="cpu",
+                          batch_size=32, val_size=TINY_VAL_SIZE, device="cpu",
                           cache_dir=tmp_path_factory.getbasetemp() / "sweep-cache")  # fmt: skip
     return out
 
