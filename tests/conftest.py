@@ -198,6 +198,29 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+# Flat colours for write_colour_noise_folder: nothing but the colour tells them apart.
+NOISY_COLOURS = {
+    "red": (200, 40, 40),
+    "green": (40, 190, 60),
+    "blue": (40, 60, 210),
+    "grey": (128, 128, 128),
+}
+
+
+def write_colour_noise_folder(root: Path, per_class: int, size: int = 16, seed: int = 0) -> Path:
+    """`root/train/<colour>/NNN.png`: one flat colour of NOISY_COLOURS per class plus strong
+    noise (sd 30), size x size. A tiny ResNet learns it in a dozen steps, sooner than the
+    striped pattern images at 16x16."""
+    rng = np.random.default_rng(seed)
+    for name, rgb in NOISY_COLOURS.items():
+        (root / "train" / name).mkdir(parents=True)
+        for i in range(per_class):
+            noise = rng.normal(0, 30, (size, size, 3))
+            pixels = np.clip(np.array(rgb) + noise, 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / "train" / name / f"{i:03d}.png")
+    return root
+
+
 @pytest.fixture(scope="session")
 def tiny_image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("tiny-images")

@@ -10,8 +10,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import one_line_error
-from PIL import Image
+from conftest import one_line_error, write_colour_noise_folder
 from typer.testing import CliRunner
 
 from distill.api import export_onnx
@@ -35,20 +34,7 @@ from export.wrappers import Normalized
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 runner = CliRunner()
-COLORS = {"red": (200, 40, 40), "green": (40, 190, 60), "blue": (40, 60, 210), "grey": (128,) * 3}
 SIZE = 16  # small images keep export, training and parity fast; the graph is size-agnostic
-
-
-def write_image_folder(root: Path, per_class: int = 24, seed: int = 0) -> Path:
-    """Class = dominant colour + noise: a tiny ResNet learns it in a few dozen steps."""
-    rng = np.random.default_rng(seed)
-    for name, rgb in COLORS.items():
-        (root / "train" / name).mkdir(parents=True)
-        for i in range(per_class):
-            noise = rng.normal(0, 30, (SIZE, SIZE, 3))
-            pixels = np.clip(np.array(rgb) + noise, 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(root / "train" / name / f"{i:03d}.png")
-    return root
 
 
 def make_checkpoint(path: Path, *, data: dict, classes, model=None, mean=None, std=None) -> Path:
@@ -78,7 +64,7 @@ def trained(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("export")
     cache = root / "cache"
-    folder = write_image_folder(root / "images")
+    folder = write_colour_noise_folder(root / "images", per_class=24, size=SIZE)
     ds = load_data(DataSettings(str(folder), cache_dir=cache, val_size=32, image_size=SIZE))
     torch.manual_seed(0)
     model = create_model("resnet18-quarter", len(ds.classes))
