@@ -46,6 +46,9 @@ TINY_TEST_PER_CLASS = 10
 TINY_VAL_SIZE = 20
 TINY_BATCH_SIZE = 32  # 140 training images after the held-out 20: 4 steps an epoch
 TINY_ARCH = "resnet18-quarter"  # the smallest registered model: what tests train
+# Export, predict and bench tests' image side: export, training and parity stay fast, and the
+# graph is size-agnostic.
+EXPORT_SIZE = 16
 
 
 def pattern_images(
@@ -182,6 +185,86 @@ def one_line_error(result, *words: str) -> str:
     for word in words:
         assert word in lines[0], (word, lines[0])
     return lines[0]
+
+
+def make_checkpoint(path: Path, *, data: dict, classes, model=None, mean=None, std=None) -> Path:
+    """A seeded, untrained TINY_ARCH student checkpoint at EXPORT_SIZE for the export, predict
+    and bench tests; `data` is its data record (empty: no images on hand)."""
+    import torch
+
+    from distill.checkpoint import new_checkpoint, save_checkpoint
+    from distill.registry import create_model
+
+    torch.manual_seed(0)
+    model = model or create_model(TINY_ARCH, len(classes))
+    ckpt = new_checkpoint(
+        kind="student",
+        arch=TINY_ARCH,
+        model=model,
+        classes=list(classes),
+        mean=mean or [0.5, 0.45, 0.4],
+        std=std or [0.25, 0.25, 0.25],
+        input_size=[3, EXPORT_SIZE, EXPORT_SIZE],
+        recipe={},
+        data=data,
+        metrics={"val_accuracy": 0.75},
+    )
+    save_checkpoint(ckpt, path)
+    return path
+
+
+def make_teacher(
+    path: Path, dataset, arch: str = TINY_ARCH, num_classes: int | None = None, **fields
+) -> Path:
+    """An untrained teacher checkpoint for `dataset` (fields override the checkpoint's)."""
+    import torch
+
+    from distill.checkpoint import new_checkpoint, save_checkpoint
+    from distill.registry import create_model
+
+    torch.manual_seed(len(str(path)))
+    ckpt = new_checkpoint(
+        kind="teacher",
+        arch=arch,
+        model=create_model(arch, num_classes or dataset.num_classes),
+        classes=list(dataset.classes),
+        mean=list(dataset.mean),
+        std=list(dataset.std),
+        input_size=list(dataset.input_size),
+        recipe={},
+        data=dict(dataset.info),
+        metrics={"val_accuracy": 0.25},
+    )
+    ckpt.update(fields)
+    save_checkpoint(ckpt, path)
+    return path
+
+
+def data_args(folder: Path, dataset, cache: Path, train_size: int | None = None) -> list[str]:
+    """`distill student` data flags for `dataset` read from `folder`, quiet, on the CPU."""
+    train_size = train_size or dataset.info["train_size"]
+    args = ["--data", str(folder), "--train-size", str(train_size), "--cache-dir", str(cache)]
+    return args + ["--device", "cpu", "--quiet"]
+
+
+def quick_args(batch_size: int = 8) -> list[str]:
+    """One epoch of the quick recipe."""
+    return ["--recipe", "quick", "--epochs", "1", "--batch-size", str(batch_size)]
+
+
+def png_header_only(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header claims width x height (1-bit grey) and holds no pixel data: what a
+    decompression bomb looks like to a reader before it decodes."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
+    return path
 
 
 @pytest.fixture(scope="module")

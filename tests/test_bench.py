@@ -10,8 +10,7 @@ import time
 
 import pytest
 import torch
-from conftest import one_line_error, write_colour_noise_folder
-from test_export import SIZE, make_checkpoint
+from conftest import EXPORT_SIZE, make_checkpoint, one_line_error, write_colour_noise_folder
 from typer.testing import CliRunner
 
 import export.engines as engines
@@ -71,8 +70,8 @@ def with_data(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("bench-data")
     cache = root / "cache"
-    folder = write_colour_noise_folder(root / "images", per_class=12, size=SIZE)
-    ds = load_data(DataSettings(str(folder), cache_dir=cache, val_size=16, image_size=SIZE))
+    folder = write_colour_noise_folder(root / "images", per_class=12, size=EXPORT_SIZE)
+    ds = load_data(DataSettings(str(folder), cache_dir=cache, val_size=16, image_size=EXPORT_SIZE))
     ckpt = make_checkpoint(
         root / "m.pt", data=ds.info, classes=ds.classes, mean=list(ds.mean), std=list(ds.std)
     )

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import one_line_error, write_colour_noise_folder
+from conftest import EXPORT_SIZE, make_checkpoint, one_line_error, write_colour_noise_folder
 from typer.testing import CliRunner
 
 from distill.api import export_onnx
@@ -18,8 +18,6 @@ from distill.budget import count_macs
 from distill.checkpoint import (
     load_checkpoint,
     model_from_checkpoint,
-    new_checkpoint,
-    save_checkpoint,
 )
 from distill.cli import app
 from distill.errors import UserError
@@ -34,26 +32,6 @@ from export.wrappers import Normalized
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 runner = CliRunner()
-SIZE = 16  # small images keep export, training and parity fast; the graph is size-agnostic
-
-
-def make_checkpoint(path: Path, *, data: dict, classes, model=None, mean=None, std=None) -> Path:
-    torch.manual_seed(0)
-    model = model or create_model("resnet18-quarter", len(classes))
-    ckpt = new_checkpoint(
-        kind="student",
-        arch="resnet18-quarter",
-        model=model,
-        classes=list(classes),
-        mean=mean or [0.5, 0.45, 0.4],
-        std=std or [0.25, 0.25, 0.25],
-        input_size=[3, SIZE, SIZE],
-        recipe={},
-        data=data,
-        metrics={"val_accuracy": 0.75},
-    )
-    save_checkpoint(ckpt, path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +42,8 @@ def trained(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("export")
     cache = root / "cache"
-    folder = write_colour_noise_folder(root / "images", per_class=24, size=SIZE)
-    ds = load_data(DataSettings(str(folder), cache_dir=cache, val_size=32, image_size=SIZE))
+    folder = write_colour_noise_folder(root / "images", per_class=24, size=EXPORT_SIZE)
+    ds = load_data(DataSettings(str(folder), cache_dir=cache, val_size=32, image_size=EXPORT_SIZE))
     torch.manual_seed(0)
     model = create_model("resnet18-quarter", len(ds.classes))
     opt = torch.optim.Adam(model.parameters(), 3e-3)
@@ -111,7 +89,7 @@ def test_round_trip_checker_metadata_and_parity(trained, exported):
     model = onnx.load(str(path))
     assert {o.domain: o.version for o in model.opset_import}[""] == OPSET
     dims = model.graph.input[0].type.tensor_type.shape.dim
-    assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [3, SIZE, SIZE]
+    assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [3, EXPORT_SIZE, EXPORT_SIZE]
     raw = {p.key: p.value for p in model.metadata_props}
     assert raw["input_range"] == "[0,1]" and raw["input_layout"] == "NCHW"
     assert json.loads(raw["classes"]) == list(trained["dataset"].classes)
@@ -120,7 +98,7 @@ def test_round_trip_checker_metadata_and_parity(trained, exported):
     ds = trained["dataset"]
     assert meta["classes"] == list(ds.classes)
     assert meta["mean"] == pytest.approx(list(ds.mean)) and meta["std"] == pytest.approx(ds.std)
-    assert meta["input_size"] == [3, SIZE, SIZE] and meta["precision"] == "fp32"
+    assert meta["input_size"] == [3, EXPORT_SIZE, EXPORT_SIZE] and meta["precision"] == "fp32"
     assert meta["arch"] == "resnet18-quarter" and meta["params"] > 100_000
     assert meta["source_sha256"] == file_sha256(trained["ckpt"])
     assert meta["source_val_accuracy"] == pytest.approx(0.75)  # the checkpoint's record
@@ -131,7 +109,8 @@ def test_round_trip_checker_metadata_and_parity(trained, exported):
     )
     assert meta["val_images"] == len(ds.val) == 32
     model_ = model_from_checkpoint(load_checkpoint(trained["ckpt"]))
-    assert meta["macs"] == count_macs(model_, (3, SIZE, SIZE)) and meta["tta"] is False
+    assert meta["macs"] == count_macs(model_, (3, EXPORT_SIZE, EXPORT_SIZE))
+    assert meta["tta"] is False
     assert meta["data"] == {
         k: ds.info[k] for k in ("source", "val_size", "split_seed", "train_size")
     }

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_VAL_SIZE, make_cifar_python, one_line_error, teacher_args
+from conftest import TINY_VAL_SIZE, make_cifar_python, one_line_error, png_header_only, teacher_args
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -268,7 +268,6 @@ def test_outputs_are_never_overwritten_without_force(tmp_path):
 
 
 def test_a_decompression_bomb_in_training_data_is_refused_like_in_predict(tmp_path):
-    from test_predict import png_header_only
 
     for split, n in (("train", 3),):
         for label in ("a", "b"):

@@ -14,8 +14,7 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
-from conftest import TINY_ARCH, one_line_error
-from test_student import data_args, make_teacher, quick_args
+from conftest import TINY_ARCH, data_args, make_teacher, one_line_error, quick_args
 from typer.testing import CliRunner
 
 import distill.pruning.iterative as prune_run

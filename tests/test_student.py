@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_ARCH, one_line_error
+from conftest import TINY_ARCH, data_args, make_teacher, one_line_error, quick_args
 from typer.testing import CliRunner
 
 import distill.kd.objective as kd_objective
@@ -13,8 +13,6 @@ import distill.student as student_mod
 from distill.checkpoint import (
     load_checkpoint,
     model_from_checkpoint,
-    new_checkpoint,
-    save_checkpoint,
 )
 from distill.cli import app
 from distill.data import DataSettings, Split, load_data
@@ -30,40 +28,10 @@ from distill.student import train_student
 runner = CliRunner()
 
 
-def make_teacher(path: Path, dataset, arch: str = TINY_ARCH, num_classes=None, **fields) -> Path:
-    """An untrained teacher checkpoint for `dataset` (fields override the checkpoint's)."""
-    torch.manual_seed(len(str(path)))
-    ckpt = new_checkpoint(
-        kind="teacher",
-        arch=arch,
-        model=create_model(arch, num_classes or dataset.num_classes),
-        classes=list(dataset.classes),
-        mean=list(dataset.mean),
-        std=list(dataset.std),
-        input_size=list(dataset.input_size),
-        recipe={},
-        data=dict(dataset.info),
-        metrics={"val_accuracy": 0.25},
-    )
-    ckpt.update(fields)
-    save_checkpoint(ckpt, path)
-    return path
-
-
 def small(dataset, n: int = 16):
     """The dataset with only its first `n` training images: fewer steps, same statistics."""
     train = Split(dataset.train.images[:n], dataset.train.labels[:n])
     return replace(dataset, train=train)
-
-
-def data_args(folder: Path, dataset, cache: Path, train_size: int | None = None) -> list[str]:
-    train_size = train_size or dataset.info["train_size"]
-    args = ["--data", str(folder), "--train-size", str(train_size), "--cache-dir", str(cache)]
-    return args + ["--device", "cpu", "--quiet"]
-
-
-def quick_args(batch_size: int = 8) -> list[str]:
-    return ["--recipe", "quick", "--epochs", "1", "--batch-size", str(batch_size)]
 
 
 def test_student_from_a_trained_teacher_and_an_ensemble(tiny_image_folder, tiny_dataset, tmp_path):
