@@ -1,12 +1,33 @@
-"""Shared fixtures: small data sets in every format `load_data` reads.
+"""What the test modules share: data, constants, command lines, checkpoints and checks. Helpers
+are imported (`from conftest import teacher_args`); fixtures are asked for by name.
 
-- `make_cifar_python(root, ...)`: writes the official CIFAR-10/100 python layout (import it:
-  `from conftest import make_cifar_python`).
+Data
 - `tiny_image_folder` (session): `train/<class>/*.png` and `test/<class>/*.png`, 4 classes of
   coloured, striped 32x32 images that a tiny CNN separates within a few steps.
 - `tiny_dataset` (session): `load_data` of it, val_size 20 (5 per class), cache in a temp dir.
 - `real_cifar_jpegs` (session): 20 real CIFAR-10 JPEGs per class copied from the shared data
   folder into a temp image folder; skips where that folder is absent.
+- `write_image_folder(root, classes, per_class, seed, size)`, `pattern_images(...)`: the striped
+  images of any classes, splits and size.
+- `write_colour_noise_folder(root, per_class, size)`: flat colours plus noise, learned sooner at
+  16x16 than the stripes (the export and bench tests train on it).
+- `make_cifar_python(root, ...)`: the official CIFAR-10/100 python layout.
+- `png_header_only(path, width, height)`: a decompression bomb's header, no pixels.
+
+Constants
+- TINY_CLASSES, TINY_TRAIN_PER_CLASS, TINY_TEST_PER_CLASS, TINY_VAL_SIZE, TINY_BATCH_SIZE: the
+  tiny folder and how tests split and batch it; TINY_ARCH: the model tests train;
+  EXPORT_SIZE: the export, predict and bench tests' image side.
+
+Command lines and checkpoints
+- `teacher_args(folder, out, *extra, cache, epochs, quiet)`: a quick `teacher train` of TINY_ARCH
+  on the CPU; `extra` comes last and overrides.
+- `data_args(folder, dataset, cache, train_size)`, `quick_args(batch_size)`: `distill student`
+  flags.
+- `make_teacher(path, dataset, ...)`, `make_checkpoint(path, data=, classes=, ...)`: untrained
+  teacher and student checkpoints.
+
+Checks and settings
 - `one_line_error(result, *words)`: asserts a refusal, exit 2 and one "error:" line naming each
   word, from typer's runner or a subprocess; returns the line.
 - `one_thread` (module): torch on one thread; a module asks for it with
