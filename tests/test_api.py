@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_BATCH_SIZE, TINY_VAL_SIZE
 
 import distill
 from distill.checkpoint import load_checkpoint
@@ -20,8 +21,8 @@ from distill.errors import UserError
 from distill.recipes import get_recipe, make_recipe, teacher_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
-# The tiny folder has 160 training images: hold out 20 and take batches of 32 (4 steps an epoch).
-TINY = {"val_size": 20, "batch_size": 32}
+# The tiny folder's 160 training images less the held-out ones, in batches (4 steps an epoch).
+TINY_SETTINGS = {"val_size": TINY_VAL_SIZE, "batch_size": TINY_BATCH_SIZE}
 
 
 def readme_example() -> str:
@@ -40,7 +41,7 @@ def readme_run(tiny_image_folder, tmp_path_factory):
     code = readme_example()
     for old, new in (
         ('data = "cifar10"', f"data = {str(tiny_image_folder)!r}"),
-        ('"train_size": 5000', ", ".join(f"{k!r}: {v}" for k, v in TINY.items())),
+        ('"train_size": 5000', ", ".join(f"{k!r}: {v}" for k, v in TINY_SETTINGS.items())),
     ):
         assert code.count(old) == 1, f"the README example no longer has {old}"
         code = code.replace(old, new)
@@ -108,7 +109,7 @@ def test_load_model_computes_what_the_onnx_export_computes(readme_run):
 
 
 def test_quiet_prints_nothing_and_loud_prints_progress(tiny_image_folder, tmp_path, capfd):
-    settings = {"recipe": "quick", "epochs": 1, "cache_dir": tmp_path / "cache", **TINY}
+    settings = {"recipe": "quick", "epochs": 1, "cache_dir": tmp_path / "cache", **TINY_SETTINGS}
     ckpt = distill.train_teacher(
         "resnet18-quarter", tiny_image_folder, tmp_path / "t.pt", **settings
     )
@@ -150,7 +151,10 @@ def test_prune_takes_its_settings_by_name(readme_run, tmp_path):
             lambda data, d: distill.train_teacher("resnet18-quarter", data, epoch=1),
             "did you mean epochs",
         ),
-        (lambda data, d: distill.train_teacher("resnet9000", data, **TINY), "unknown architecture"),
+        (
+            lambda data, d: distill.train_teacher("resnet9000", data, **TINY_SETTINGS),
+            "unknown architecture",
+        ),
         (
             lambda data, d: distill.train_teacher("resnet18-quarter", data, epochs=0),
             "epochs must be",

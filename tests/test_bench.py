@@ -10,7 +10,7 @@ import time
 
 import pytest
 import torch
-from test_export import SIZE, make_checkpoint, one_thread, write_image_folder  # noqa: F401
+from conftest import EXPORT_SIZE, make_checkpoint, one_line_error, write_colour_noise_folder
 from typer.testing import CliRunner
 
 import export.engines as engines
@@ -23,6 +23,7 @@ from export.machine import has_native_bf16
 from export.record import check_bench_output, result_row, summarize, write_bench_record
 from export.timing import Timing, measure
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 runner = CliRunner()
 FAST = Timing(
     warmup=1, min_runs=3, max_runs=20, min_seconds=0.0, block_seconds=0.0, probe_seconds=0.0
@@ -69,8 +70,8 @@ def with_data(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("bench-data")
     cache = root / "cache"
-    folder = write_image_folder(root / "images", per_class=12)
-    ds = load_data(DataSettings(str(folder), cache_dir=cache, val_size=16, image_size=SIZE))
+    folder = write_colour_noise_folder(root / "images", per_class=12, size=EXPORT_SIZE)
+    ds = load_data(DataSettings(str(folder), cache_dir=cache, val_size=16, image_size=EXPORT_SIZE))
     ckpt = make_checkpoint(
         root / "m.pt", data=ds.info, classes=ds.classes, mean=list(ds.mean), std=list(ds.std)
     )
@@ -306,16 +307,13 @@ def test_cli_prints_table_and_writes_json(model, tmp_path):
     ],
 )
 def test_cli_mistakes_exit_2_with_one_line(model, extra):
-    result = runner.invoke(app, ["bench", str(model["onnx"]), *extra])
-    assert result.exit_code == 2, result.output
-    assert len(result.output.strip().splitlines()) == 1
+    one_line_error(runner.invoke(app, ["bench", str(model["onnx"]), *extra]))
 
 
 def test_cli_rejects_a_file_that_is_not_a_model(tmp_path):
     junk = tmp_path / "notes.txt"
     junk.write_text("hello")
-    result = runner.invoke(app, ["bench", str(junk)])
-    assert result.exit_code == 2 and "notes.txt" in result.output
+    one_line_error(runner.invoke(app, ["bench", str(junk)]), "notes.txt")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

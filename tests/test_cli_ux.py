@@ -17,6 +17,7 @@ from typing import get_args
 
 import pytest
 import typer
+from conftest import TINY_BATCH_SIZE, TINY_VAL_SIZE, one_line_error, teacher_args
 from typer.testing import CliRunner
 
 import distill.progress
@@ -33,7 +34,6 @@ ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
 # Wide enough that typer's option table neither cuts a flag name nor folds a list of choices.
 WIDE = {"COLUMNS": "300"}
-TINY = ["--val-size", "20", "--batch-size", "32"]  # the tiny folder: 140 train + 20 val images
 
 
 def walk(command: typer.core.TyperGroup, path: tuple[str, ...] = ()):
@@ -212,25 +212,6 @@ def cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("cache")
 
 
-def teacher_args(folder: Path, out: Path, *extra: str, cache: Path | None = None) -> list[str]:
-    return [
-        "teacher",
-        "train",
-        "--arch",
-        "resnet18-quarter",
-        "--data",
-        str(folder),
-        "--out",
-        str(out),
-        "--cache-dir",
-        str(cache or out.parent / "cache"),
-        "--device",
-        "cpu",
-        *TINY,
-        *extra,
-    ]
-
-
 @pytest.fixture(scope="module")
 def trained(tiny_image_folder, tmp_path_factory, cache):
     """A teacher trained through the CLI with the GPU recipe, on a CPU, with the CPU warning's
@@ -240,7 +221,7 @@ def trained(tiny_image_folder, tmp_path_factory, cache):
         mp.setattr(distill.progress, "CPU_WARN_IMAGE_PASSES", 100)
         mp.setattr(distill.progress, "FEW_STEPS", 0)  # its own test below
         args = teacher_args(
-            tiny_image_folder, out, "--recipe", "standard", "--epochs", "2", cache=cache
+            tiny_image_folder, out, "--recipe", "standard", cache=cache, epochs=2, quiet=False
         )
         result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -270,7 +251,7 @@ def test_a_run_prints_its_plan_a_warning_and_one_line_per_epoch(trained):
 
 def test_a_run_too_short_to_learn_says_so(tiny_image_folder, tmp_path, cache):
     out = tmp_path / "t.pt"
-    args = teacher_args(tiny_image_folder, out, "--recipe", "quick", "--epochs", "2", cache=cache)
+    args = teacher_args(tiny_image_folder, out, cache=cache, epochs=2, quiet=False)
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     warnings = [ln for ln in lines(result.output) if ln.startswith("warning")]
@@ -324,9 +305,9 @@ def test_quiet_prints_only_the_result_line_unwrapped(tiny_image_folder, tmp_path
     """A real process writing to a pipe: no progress, no epoch lines, no wrapping at 80."""
     out = tmp_path / ("a-long-folder-name-so-the-result-line-is-wider-than-a-terminal" * 2) / "t.pt"
     out.parent.mkdir()
-    args = teacher_args(tiny_image_folder, out, "--recipe", "quick", "--epochs", "1", cache=cache)
+    args = teacher_args(tiny_image_folder, out, cache=cache)  # with --quiet
     proc = subprocess.run(
-        [sys.executable, "-m", "distill", *args, "--quiet"],
+        [sys.executable, "-m", "distill", *args],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -342,8 +323,7 @@ def test_quiet_prints_only_the_result_line_unwrapped(tiny_image_folder, tmp_path
 
 def test_keep_last_keeps_the_final_training_state(tiny_image_folder, tmp_path, cache):
     out = tmp_path / "t.pt"
-    args = teacher_args(tiny_image_folder, out, "--recipe", "quick", "--epochs", "1", cache=cache)
-    result = runner.invoke(app, [*args, "--quiet", "--keep-last"])
+    result = runner.invoke(app, teacher_args(tiny_image_folder, out, "--keep-last", cache=cache))
     assert result.exit_code == 0, result.output
     state = load_checkpoint(out.with_name("t.last.pt"))["train_state"]
     assert state["epoch"] == 1 and len(state["history"]) == 1
@@ -365,7 +345,8 @@ def test_training_without_out_writes_a_new_numbered_run(
 ):
     monkeypatch.chdir(tmp_path)
     teacher, _ = trained
-    quick = ["--recipe", "quick", "--epochs", "1", "--steps", "1", "--cache-dir", str(cache), *TINY]
+    quick = ["--recipe", "quick", "--epochs", "1", "--steps", "1", "--cache-dir", str(cache)]
+    quick += ["--val-size", str(TINY_VAL_SIZE), "--batch-size", str(TINY_BATCH_SIZE)]
     for _ in range(2):
         result = runner.invoke(app, ["prune", str(teacher), "--budget", "0.4M", *quick])
         assert result.exit_code == 0, result.output
@@ -382,11 +363,9 @@ def test_training_without_out_writes_a_new_numbered_run(
 def test_tensorboard_without_the_package_is_one_line(tiny_image_folder, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorboard", None)  # `import tensorboard` fails
     out = tmp_path / "t.pt"
-    args = teacher_args(tiny_image_folder, out, "--recipe", "quick", "--epochs", "1")
-    result = runner.invoke(app, [*args, "--tensorboard", str(tmp_path / "tb")])
-    assert result.exit_code == 2, result.output
-    (line,) = lines(result.output)
-    assert "pip install 'distill[tensorboard]'" in line
+    args = teacher_args(tiny_image_folder, out, "--tensorboard", str(tmp_path / "tb"), quiet=False)
+    result = runner.invoke(app, args)
+    one_line_error(result, "pip install 'distill[tensorboard]'")
     assert not list(tmp_path.iterdir())  # refused before the data was decoded
 
 
@@ -395,8 +374,10 @@ def test_tensorboard_logs_the_same_metrics(tiny_image_folder, tmp_path, cache):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out = tmp_path / "t.pt"
-    args = teacher_args(tiny_image_folder, out, "--recipe", "quick", "--epochs", "2", cache=cache)
-    result = runner.invoke(app, [*args, "--quiet", "--tensorboard", str(tmp_path / "tb")])
+    args = teacher_args(
+        tiny_image_folder, out, "--tensorboard", str(tmp_path / "tb"), cache=cache, epochs=2
+    )
+    result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     events = EventAccumulator(str(tmp_path / "tb"))
     events.Reload()
@@ -447,9 +428,7 @@ def test_a_wrong_value_is_one_line_naming_the_key(tiny_image_folder, tmp_path, t
     (tmp_path / "bad.toml").write_text(toml + "\n")
     config = ["--config", str(tmp_path / "bad.toml"), "--dry-run"]
     result = runner.invoke(app, pipeline(tiny_image_folder, *config))
-    assert result.exit_code == 2, result.output
-    (line,) = lines(result.output)
-    assert message in line
+    one_line_error(result, message)
 
 
 def leaves(table: dict, prefix: str = ""):

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from conftest import TINY_VAL_SIZE, one_line_error, teacher_args
 from typer.testing import CliRunner
 
 from distill.checkpoint import new_checkpoint, save_checkpoint
@@ -49,7 +50,7 @@ def test_onnx_and_checkpoint_agree(checkpoint, tiny_image_folder, tmp_path):
             "--data",
             str(tiny_image_folder),
             "--val-size",
-            "20",
+            str(TINY_VAL_SIZE),
             "--split",
             "test",
             "--json",
@@ -68,8 +69,7 @@ def test_eval_mistakes(checkpoint, tmp_path):
         (["eval", str(tmp_path / "missing.pt")], "does not exist"),
         (["eval", str(checkpoint), "--split", "train"], "'train' is not one of"),
     ):
-        result = runner.invoke(app, [*args, "--cache-dir", str(tmp_path / "c")])
-        assert result.exit_code == 2 and message in result.output, result.output
+        one_line_error(runner.invoke(app, [*args, "--cache-dir", str(tmp_path / "c")]), message)
 
 
 def test_recorded_accuracy_eval_of_the_pt_and_of_its_onnx_agree(tiny_image_folder, tmp_path):
@@ -80,15 +80,13 @@ def test_recorded_accuracy_eval_of_the_pt_and_of_its_onnx_agree(tiny_image_folde
 
     cache = ["--cache-dir", str(tmp_path / "cache")]
     out = tmp_path / "t.pt"
-    args = ["teacher", "train", "--arch", "resnet18-quarter", "--data", str(tiny_image_folder),
-            "--out", str(out), "--recipe", "quick", "--epochs", "2", "--batch-size", "16",
-            "--val-size", "20", "--quiet", *cache]  # fmt: skip
+    args = teacher_args(tiny_image_folder, out, "--batch-size", "16", epochs=2)
     assert runner.invoke(app, args).exit_code == 0
     saved = torch.load(out, weights_only=True)
     assert saved["metrics"]["precision"] == ("bf16" if cpu_has_native_bf16() else "fp32")
     recorded = saved["metrics"]["val_accuracy"]
     pt = json.loads(runner.invoke(app, ["eval", str(out), "--json", *cache]).output)
-    assert pt["accuracy"] == recorded and pt["count"] == 20
+    assert pt["accuracy"] == recorded and pt["count"] == TINY_VAL_SIZE
     exported = runner.invoke(app, ["export", "onnx", str(out), *cache])
     assert exported.exit_code == 0, exported.output
     ox = runner.invoke(app, ["eval", str(out.with_suffix(".onnx")), "--json", *cache])

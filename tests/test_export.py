@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from PIL import Image
+from conftest import EXPORT_SIZE, make_checkpoint, one_line_error, write_colour_noise_folder
 from typer.testing import CliRunner
 
 from distill.api import export_onnx
@@ -18,8 +18,6 @@ from distill.budget import count_macs
 from distill.checkpoint import (
     load_checkpoint,
     model_from_checkpoint,
-    new_checkpoint,
-    save_checkpoint,
 )
 from distill.cli import app
 from distill.errors import UserError
@@ -32,50 +30,8 @@ from export.quantize import quantize_int8
 from export.runtime import make_session, run_logits
 from export.wrappers import Normalized
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 runner = CliRunner()
-COLORS = {"red": (200, 40, 40), "green": (40, 190, 60), "blue": (40, 60, 210), "grey": (128,) * 3}
-SIZE = 16  # small images keep export, training and parity fast; the graph is size-agnostic
-
-
-def write_image_folder(root: Path, per_class: int = 24, seed: int = 0, side: int = SIZE) -> Path:
-    """Class = dominant colour + noise: a tiny ResNet learns it in a few dozen steps."""
-    rng = np.random.default_rng(seed)
-    for name, rgb in COLORS.items():
-        (root / "train" / name).mkdir(parents=True)
-        for i in range(per_class):
-            noise = rng.normal(0, 30, (side, side, 3))
-            pixels = np.clip(np.array(rgb) + noise, 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(root / "train" / name / f"{i:03d}.png")
-    return root
-
-
-def make_checkpoint(path: Path, *, data: dict, classes, model=None, mean=None, std=None) -> Path:
-    torch.manual_seed(0)
-    model = model or create_model("resnet18-quarter", len(classes))
-    ckpt = new_checkpoint(
-        kind="student",
-        arch="resnet18-quarter",
-        model=model,
-        classes=list(classes),
-        mean=mean or [0.5, 0.45, 0.4],
-        std=std or [0.25, 0.25, 0.25],
-        input_size=[3, SIZE, SIZE],
-        recipe={},
-        data=data,
-        metrics={"val_accuracy": 0.75},
-    )
-    save_checkpoint(ckpt, path)
-    return path
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Correctness tests on one thread: on a shared, busy machine two spinning OpenMP threads per
-    process make a training step ~50x slower than one thread."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +42,8 @@ def trained(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("export")
     cache = root / "cache"
-    folder = write_image_folder(root / "images")
-    ds = load_data(DataSettings(str(folder), cache_dir=cache, val_size=32, image_size=SIZE))
+    folder = write_colour_noise_folder(root / "images", per_class=24, size=EXPORT_SIZE)
+    ds = load_data(DataSettings(str(folder), cache_dir=cache, val_size=32, image_size=EXPORT_SIZE))
     torch.manual_seed(0)
     model = create_model("resnet18-quarter", len(ds.classes))
     opt = torch.optim.Adam(model.parameters(), 3e-3)
@@ -133,7 +89,7 @@ def test_round_trip_checker_metadata_and_parity(trained, exported):
     model = onnx.load(str(path))
     assert {o.domain: o.version for o in model.opset_import}[""] == OPSET
     dims = model.graph.input[0].type.tensor_type.shape.dim
-    assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [3, SIZE, SIZE]
+    assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [3, EXPORT_SIZE, EXPORT_SIZE]
     raw = {p.key: p.value for p in model.metadata_props}
     assert raw["input_range"] == "[0,1]" and raw["input_layout"] == "NCHW"
     assert json.loads(raw["classes"]) == list(trained["dataset"].classes)
@@ -142,7 +98,7 @@ def test_round_trip_checker_metadata_and_parity(trained, exported):
     ds = trained["dataset"]
     assert meta["classes"] == list(ds.classes)
     assert meta["mean"] == pytest.approx(list(ds.mean)) and meta["std"] == pytest.approx(ds.std)
-    assert meta["input_size"] == [3, SIZE, SIZE] and meta["precision"] == "fp32"
+    assert meta["input_size"] == [3, EXPORT_SIZE, EXPORT_SIZE] and meta["precision"] == "fp32"
     assert meta["arch"] == "resnet18-quarter" and meta["params"] > 100_000
     assert meta["source_sha256"] == file_sha256(trained["ckpt"])
     assert meta["source_val_accuracy"] == pytest.approx(0.75)  # the checkpoint's record
@@ -153,7 +109,8 @@ def test_round_trip_checker_metadata_and_parity(trained, exported):
     )
     assert meta["val_images"] == len(ds.val) == 32
     model_ = model_from_checkpoint(load_checkpoint(trained["ckpt"]))
-    assert meta["macs"] == count_macs(model_, (3, SIZE, SIZE)) and meta["tta"] is False
+    assert meta["macs"] == count_macs(model_, (3, EXPORT_SIZE, EXPORT_SIZE))
+    assert meta["tta"] is False
     assert meta["data"] == {
         k: ds.info[k] for k in ("source", "val_size", "split_seed", "train_size")
     }
@@ -247,20 +204,16 @@ def test_a_disagreeing_graph_is_never_written(trained, exported, tmp_path, monke
 def test_cli_refuses_overwrite_and_non_checkpoints(trained, exported, tmp_path):
     out = exported["path"]
     before = (out.read_bytes(), out.stat().st_mtime_ns)
-    again = runner.invoke(app, exported["args"])
-    assert again.exit_code == 2
-    assert "already exists" in again.output and "--force" in again.output
+    one_line_error(runner.invoke(app, exported["args"]), "already exists", "--force")
     assert (out.read_bytes(), out.stat().st_mtime_ns) == before
 
     junk = tmp_path / "junk.pt"
     junk.write_text("not a checkpoint")
-    bad = runner.invoke(app, ["export", "onnx", str(junk)])
-    assert bad.exit_code == 2
-    assert len(bad.output.strip().splitlines()) == 1 and "junk.pt" in bad.output
+    one_line_error(runner.invoke(app, ["export", "onnx", str(junk)]), "junk.pt")
     assert not (tmp_path / "junk.onnx").exists()
 
     both = runner.invoke(app, ["export", "onnx", str(trained["ckpt"]), "--int8", "--fp16"])
-    assert both.exit_code == 2 and "one of them" in both.output
+    one_line_error(both, "one of them")
 
 
 def test_python_dash_m_export_is_the_same_app():
@@ -281,16 +234,18 @@ def test_python_dash_m_export_is_the_same_app():
 def test_eval_of_an_onnx_file_decodes_images_at_the_models_own_size(trained, exported, tmp_path):
     """Images twice the model's side: the graph's height and width are fixed, so decoding them
     at their own size (also the data's default, 32) would fail in onnxruntime."""
-    folder = write_image_folder(tmp_path / "big", per_class=12, seed=1, side=2 * SIZE)
+    folder = write_colour_noise_folder(tmp_path / "big", per_class=12, size=2 * EXPORT_SIZE, seed=1)
     data = ["--data", str(folder), "--cache-dir", str(tmp_path / "cache")]
     result = runner.invoke(app, ["eval", str(exported["path"]), *data, "--json"])
     assert result.exit_code == 0, result.output
-    assert f"centre-cropped to {SIZE}x{SIZE}" in result.stderr  # the decode says it too
+    assert (
+        f"centre-cropped to {EXPORT_SIZE}x{EXPORT_SIZE}" in result.stderr
+    )  # the decode says it too
     said = json.loads(result.stdout)
-    assert said["input_size"] == [3, SIZE, SIZE] and said["count"] == 32
+    assert said["input_size"] == [3, EXPORT_SIZE, EXPORT_SIZE] and said["count"] == 32
     assert said["accuracy"] > 0.5  # the colours are still learned ones at the model's size
     table = runner.invoke(app, ["eval", str(exported["path"]), *data])
-    assert f"32 images at {SIZE}x{SIZE}" in table.output, table.output
+    assert f"32 images at {EXPORT_SIZE}x{EXPORT_SIZE}" in table.output, table.output
 
 
 def test_metadata_rebuilds_the_same_validation_split(trained, exported):
@@ -343,7 +298,7 @@ def test_int8_that_loses_too_much_is_refused_unless_allowed(
     assert seen["reduce_range"] is True and "reduce_range" in report.metadata["int8_scheme"]
 
     bad = runner.invoke(app, ["export", "onnx", str(trained["ckpt"]), "--int8-max-drop", "5"])
-    assert bad.exit_code == 2 and "--int8-max-drop must be between 0 and 1" in bad.output
+    one_line_error(bad, "--int8-max-drop must be between 0 and 1")
 
 
 def dead_pid() -> int:
@@ -414,12 +369,12 @@ def test_the_same_weights_are_exported_once_per_process(tmp_path, monkeypatch):
     monkeypatch.setattr(graph, "_export", lambda *a: calls.append(1) or real(*a))
     monkeypatch.setattr(graph, "_RECENT", type(graph._RECENT)())
     model = create_model("resnet18-quarter", 4).eval()
-    graph.export_graph(model, [3, SIZE, SIZE], tmp_path / "a.onnx")
-    graph.export_graph(model, [3, SIZE, SIZE], tmp_path / "b.onnx")
+    graph.export_graph(model, [3, EXPORT_SIZE, EXPORT_SIZE], tmp_path / "a.onnx")
+    graph.export_graph(model, [3, EXPORT_SIZE, EXPORT_SIZE], tmp_path / "b.onnx")
     assert len(calls) == 1
     assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
     with torch.no_grad():  # one weight changed, or another input size: a new graph
         model.fc.bias[0] += 1
-    graph.export_graph(model, [3, SIZE, SIZE], tmp_path / "c.onnx")
-    graph.export_graph(model, [3, 2 * SIZE, 2 * SIZE], tmp_path / "d.onnx")
+    graph.export_graph(model, [3, EXPORT_SIZE, EXPORT_SIZE], tmp_path / "c.onnx")
+    graph.export_graph(model, [3, 2 * EXPORT_SIZE, 2 * EXPORT_SIZE], tmp_path / "d.onnx")
     assert len(calls) == 3

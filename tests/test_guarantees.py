@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_VAL_SIZE, make_cifar_python, one_line_error, png_header_only, teacher_args
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -34,24 +35,6 @@ from distill.train import TrainingDiverged, fit
 from students.resnet import CifarResNet, plan
 
 runner = CliRunner()
-
-
-def one_line(result, *words: str) -> str:
-    assert result.exit_code == 2, result.output
-    lines = [ln for ln in result.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
-    for word in words:
-        assert word in lines[0], (word, lines[0])
-    return lines[0]
-
-
-def teacher_args(folder: Path, tmp_path: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "teacher", "train", "--arch", "resnet18-quarter", "--data", str(folder),
-        "--out", str(out), "--recipe", "quick", "--epochs", "2", "--batch-size", "32",
-        "--val-size", "20", "--cache-dir", str(tmp_path / "cache"), "--device", "cpu",
-        "--quiet", *extra,
-    ]  # fmt: skip
 
 
 def dead_pid() -> int:
@@ -108,12 +91,12 @@ def test_a_full_disk_keeps_what_was_there_and_says_how_to_continue(
     out = tmp_path / "t.pt"
     monkeypatch.setattr(distill.train, "STATE_SAVE_SECONDS", 0.0)  # a state at every sync
     full_disk(monkeypatch, "t.pt")
-    result = runner.invoke(app, teacher_args(tiny_image_folder, tmp_path, out))
-    line = one_line(result, "t.pt", "the disk is full", "--resume")
+    result = runner.invoke(app, teacher_args(tiny_image_folder, out, epochs=2))
+    line = one_line_error(result, "t.pt", "the disk is full", "--resume")
     assert "no file was written" in line and not out.exists()
     assert leftovers(tmp_path) == [] and last_path(out).exists()
     monkeypatch.undo()  # room again: the command it printed finishes the run
-    resumed = runner.invoke(app, teacher_args(tiny_image_folder, tmp_path, out, "--resume"))
+    resumed = runner.invoke(app, teacher_args(tiny_image_folder, out, "--resume", epochs=2))
     assert resumed.exit_code == 0, resumed.output
     assert [h["epoch"] for h in load_checkpoint(out)["history"]] == [1, 2]
 
@@ -122,8 +105,8 @@ def test_a_full_disk_before_any_state_says_to_run_again(tiny_image_folder, tmp_p
     out = tmp_path / "t.pt"
     full_disk(monkeypatch, "t.last.pt")
     monkeypatch.setattr(distill.train, "STATE_SAVE_SECONDS", 0.0)
-    result = runner.invoke(app, teacher_args(tiny_image_folder, tmp_path, out))
-    one_line(result, "t.last.pt", "the disk is full", "run the command again")
+    result = runner.invoke(app, teacher_args(tiny_image_folder, out, epochs=2))
+    one_line_error(result, "t.last.pt", "the disk is full", "run the command again")
     assert leftovers(tmp_path) == [] and not out.exists()
 
 
@@ -162,19 +145,25 @@ def test_a_real_full_disk_keeps_what_was_there_and_says_how_to_continue(
     out.write_bytes(b"the previous checkpoint")
     # A full cache disk costs the next run a decode, nothing more.
     fill(0)
-    data = load_data(DataSettings(str(tiny_image_folder), cache_dir=disk / "cache", val_size=20))
-    assert len(data.val) == 20 and "the disk is full" in capfd.readouterr().err
+    data = load_data(
+        DataSettings(str(tiny_image_folder), cache_dir=disk / "cache", val_size=TINY_VAL_SIZE)
+    )
+    assert len(data.val) == TINY_VAL_SIZE and "the disk is full" in capfd.readouterr().err
 
     # Room for the resumable state (~11 MB for this model) but not then the checkpoint (~3 MB):
     # torch.save fails on the real file system with its own RuntimeError.
     monkeypatch.setattr(distill.train, "STATE_SAVE_SECONDS", 0.0)
     fill(12_800_000)
-    result = runner.invoke(app, teacher_args(tiny_image_folder, tmp_path, out, "--force"))
-    line = one_line(result, "t.pt", "the disk is full", "the previous file is unchanged")
+    result = runner.invoke(
+        app, teacher_args(tiny_image_folder, out, "--force", cache=tmp_path / "cache", epochs=2)
+    )
+    line = one_line_error(result, "t.pt", "the disk is full", "the previous file is unchanged")
     assert "--resume" in line and str(last_path(out)) in line
     assert out.read_bytes() == b"the previous checkpoint" and leftovers(disk) == []
     fill(20_000_000)  # room again: the command it printed finishes the run
-    again = teacher_args(tiny_image_folder, tmp_path, out, "--resume", "--force")
+    again = teacher_args(
+        tiny_image_folder, out, "--resume", "--force", cache=tmp_path / "cache", epochs=2
+    )
     resumed = runner.invoke(app, again)
     assert resumed.exit_code == 0, resumed.output
     assert [h["epoch"] for h in load_checkpoint(out)["history"]] == [1, 2]
@@ -183,7 +172,7 @@ def test_a_real_full_disk_keeps_what_was_there_and_says_how_to_continue(
 @pytest.mark.parametrize(
     "command",
     [
-        lambda folder, tmp: teacher_args(folder, tmp, tmp / "f.txt" / "t.pt"),
+        lambda folder, tmp: teacher_args(folder, tmp / "f.txt" / "t.pt", cache=tmp / "cache"),
         lambda folder, tmp: ["pipeline", "--data", str(folder), "-o", str(tmp / "f.txt" / "run")],
         lambda folder, tmp: ["bench", str(tmp / "m.onnx"), "-o", str(tmp / "f.txt" / "b.json")],
         lambda folder, tmp: ["export", "onnx", str(tmp / "m.pt"), "-o", str(tmp / "f.txt/m.onnx")],
@@ -194,7 +183,7 @@ def test_an_output_under_a_file_is_refused_before_any_work(tiny_image_folder, tm
     (tmp_path / "m.onnx").write_bytes(b"not looked at")
     save_checkpoint(_checkpoint(), tmp_path / "m.pt")
     result = runner.invoke(app, command(tiny_image_folder, tmp_path))
-    one_line(result, "is a file, not a folder")
+    one_line_error(result, "is a file, not a folder")
     assert not (tmp_path / "cache").exists()  # refused before the data was even read
 
 
@@ -217,16 +206,16 @@ def _checkpoint(**fields):
 def test_a_second_writer_of_an_output_is_refused_naming_the_first(tiny_image_folder, tmp_path):
     out = tmp_path / "t.pt"
     with output_lock(out):  # another run holds it: here, this test process
-        result = runner.invoke(app, teacher_args(tiny_image_folder, tmp_path, out))
-        one_line(result, "being written by another distill run", "pid")
+        result = runner.invoke(app, teacher_args(tiny_image_folder, out, epochs=2))
+        one_line_error(result, "being written by another distill run", "pid")
         run_dir = tmp_path / "run"
         with output_lock(run_dir / "pipeline"):
             again = runner.invoke(app, ["pipeline", "--data", str(tiny_image_folder), "-o",
                                         str(run_dir), "--quiet"])  # fmt: skip
-            one_line(again, "being written by another distill run")
+            one_line_error(again, "being written by another distill run")
     assert not out.exists()
     # Released with its holder: the next run proceeds.
-    assert runner.invoke(app, teacher_args(tiny_image_folder, tmp_path, out)).exit_code == 0
+    assert runner.invoke(app, teacher_args(tiny_image_folder, out, epochs=2)).exit_code == 0
 
 
 def test_temp_files_of_a_killed_process_are_swept_and_live_ones_kept(tmp_path, monkeypatch):
@@ -262,7 +251,7 @@ def test_outputs_are_never_overwritten_without_force(tmp_path):
     mine.write_text("# my own notes\n")
     save_checkpoint(_checkpoint(), tmp_path / "m.pt")
     refused = runner.invoke(app, ["report", str(tmp_path)])
-    one_line(refused, "report.md", "--force")
+    one_line_error(refused, "report.md", "--force")
     assert mine.read_text() == "# my own notes\n"
     assert runner.invoke(app, ["report", str(tmp_path), "--force"]).exit_code == 0
     # Now it is the tool's own file: regenerated without --force.
@@ -270,7 +259,7 @@ def test_outputs_are_never_overwritten_without_force(tmp_path):
     bench = tmp_path / "b.json"
     bench.write_text('{"mine": true}')
     result = runner.invoke(app, ["bench", str(tmp_path / "m.pt"), "-o", str(bench)])
-    one_line(result, "b.json", "--force")
+    one_line_error(result, "b.json", "--force")
     assert json.loads(bench.read_text()) == {"mine": True}
 
 
@@ -279,7 +268,6 @@ def test_outputs_are_never_overwritten_without_force(tmp_path):
 
 
 def test_a_decompression_bomb_in_training_data_is_refused_like_in_predict(tmp_path):
-    from test_predict import png_header_only
 
     for split, n in (("train", 3),):
         for label in ("a", "b"):
@@ -328,9 +316,8 @@ def test_a_crafted_checkpoint_is_refused_with_one_line(tmp_path, fields, problem
     ],
 )
 def test_absurd_training_numbers_are_refused_up_front(tiny_image_folder, tmp_path, flags, named):
-    result = runner.invoke(app, teacher_args(tiny_image_folder, tmp_path, tmp_path / "t.pt",
-                                             *flags))  # fmt: skip
-    one_line(result, named)
+    result = runner.invoke(app, teacher_args(tiny_image_folder, tmp_path / "t.pt", *flags))
+    one_line_error(result, named)
     assert not (tmp_path / "cache").exists()
 
 
@@ -348,14 +335,14 @@ def test_absurd_kd_numbers_are_refused_up_front(tmp_path, flags, named):
     save_checkpoint(_checkpoint(), teacher)
     args = ["student", "--teacher", str(teacher), "--arch", "resnet18-quarter", "--out",
             str(tmp_path / "s.pt"), "--data", str(tmp_path), *flags]  # fmt: skip
-    one_line(runner.invoke(app, args), named)
+    one_line_error(runner.invoke(app, args), named)
 
 
 def test_absurd_bench_sizes_are_refused_before_timing(tmp_path):
     save_checkpoint(_checkpoint(), tmp_path / "m.pt")
     for sizes in ("100000000", "0", "1,a"):
         result = runner.invoke(app, ["bench", str(tmp_path / "m.pt"), "--batch-sizes", sizes])
-        one_line(result, "batch")
+        one_line_error(result, "batch")
 
 
 def test_a_late_divergence_names_its_suspects_and_resumes_with_a_lower_lr(
@@ -429,7 +416,7 @@ def test_a_teacher_trained_on_other_data_is_named(tiny_image_folder, tiny_datase
     args = ["student", "--teacher", str(teacher), "--arch", "resnet18-quarter", "--out",
             str(tmp_path / "s.pt"), "--data", str(tiny_image_folder), "--cache-dir",
             str(tmp_path / "c")]  # fmt: skip
-    line = one_line(runner.invoke(app, args), "trained on other data", "/data/elsewhere")
+    line = one_line_error(runner.invoke(app, args), "trained on other data", "/data/elsewhere")
     assert "45,000" in line and "5,000" in line
 
 
@@ -440,8 +427,6 @@ HOSTILE = ["[/x]", "a|b", "<b>c</b>", "d`e", "[bold]f", "g*h_i", "j\\k", "l\nm",
 
 
 def test_class_names_from_a_file_are_printed_as_text(tmp_path):
-    from conftest import make_cifar_python
-
     from distill.data.splits import channel_stats
 
     base = make_cifar_python(tmp_path / "src", per_class=2, test_per_class=1, label_names=HOSTILE)
@@ -511,9 +496,8 @@ def test_a_report_of_hostile_names_keeps_every_table_row_whole(tmp_path):
     ],
 )
 def test_absurd_sizes_are_refused_before_any_allocation(tiny_image_folder, tmp_path, flags, named):
-    result = runner.invoke(app, teacher_args(tiny_image_folder, tmp_path, tmp_path / "t.pt",
-                                             *flags))  # fmt: skip
-    one_line(result, named)
+    result = runner.invoke(app, teacher_args(tiny_image_folder, tmp_path / "t.pt", *flags))
+    one_line_error(result, named)
     with pytest.raises(UserError, match="image_size"):
         DataSettings(str(tiny_image_folder), image_size=100_000)
 
@@ -524,7 +508,9 @@ def test_what_cannot_fit_the_memory_is_refused_saying_how_much(
     import distill.memory
 
     monkeypatch.setattr(distill.memory, "available", lambda device="cpu": 2**30)
-    big = DataSettings(str(tiny_image_folder), cache_dir=tmp_path, val_size=20, image_size=4096)
+    big = DataSettings(
+        str(tiny_image_folder), cache_dir=tmp_path, val_size=TINY_VAL_SIZE, image_size=4096
+    )
     with pytest.raises(UserError, match=r"at 4096x4096 needs at least 9\.\d GiB .* 1\.0 GiB free"):
         load_data(big)  # 200 images x 3 x 4096^2 bytes, before a single one is decoded
     model = CifarResNet(plan("basic", (1, 1), (8, 16), stem_width=8, num_classes=4))
@@ -621,7 +607,7 @@ def test_an_arch_label_that_disagrees_with_the_weights_is_refused_everywhere(
         ["export", "onnx", str(path), "-o", str(tmp_path / "m.onnx")],
         ["predict", str(path), str(tiny_image_folder)],
     ):
-        one_line(runner.invoke(app, args), "resnet18-half", "resnet18-quarter")
+        one_line_error(runner.invoke(app, args), "resnet18-half", "resnet18-quarter")
     assert not (tmp_path / "m.onnx").exists()
     # The report of a folder shows the checkpoints it can trust and says why it left one out.
     good = tmp_path / "run" / "good.pt"

@@ -14,7 +14,7 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
-from test_student import TINY, assert_one_line_error, data_args, make_teacher, quick_args
+from conftest import TINY_ARCH, data_args, make_teacher, one_line_error, quick_args
 from typer.testing import CliRunner
 
 import distill.pruning.iterative as prune_run
@@ -108,7 +108,7 @@ def test_method_modules_stay_out_of_the_student_and_resume_bit_identical(
     def distil(out, resume=False, stop_after_steps=None):
         run = RunSettings(out, "cpu", resume=resume, quiet=True)
         return train_student(
-            teacher_file, TINY, dataset, recipe=recipe, run=run, kd=kd,
+            teacher_file, TINY_ARCH, dataset, recipe=recipe, run=run, kd=kd,
             stop_after_steps=stop_after_steps,
         )  # fmt: skip
 
@@ -122,7 +122,7 @@ def test_method_modules_stay_out_of_the_student_and_resume_bit_identical(
     for key, value in whole["state_dict"].items():
         assert torch.equal(value, resumed["state_dict"][key]), key
     # The student's checkpoint, parameter count and ONNX graph hold the student alone.
-    student = create_model(TINY, 4)
+    student = create_model(TINY_ARCH, 4)
     assert set(whole["state_dict"]) == set(student.state_dict())
     assert whole["metrics"]["params"] == count_params(student)
     onnx_file = tmp_path / "s.onnx"
@@ -183,7 +183,7 @@ def test_recovery_of_a_pruned_student_sizes_its_connectors_to_the_new_plan(
         else:
             ins = [b.conv1[0].in_channels for b in objective.review.blocks]
             assert ins == widths + [widths[-1]]  # each stage, then the pooled embedding
-    assert built[0][1] != list(create_model(TINY, 4).channel_plan().widths)
+    assert built[0][1] != list(create_model(TINY_ARCH, 4).channel_plan().widths)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,7 +196,7 @@ def test_student_cli_runs_every_method(method, tiny_image_folder, tiny_dataset, 
     out = tmp_path / "s.pt"
     extra = ["--crd-negatives", "16"] if method == "crd" else []
     data = data_args(tiny_image_folder, tiny_dataset, tmp_path / "cache", train_size=16)
-    args = ["student", "--teacher", str(teacher_file), "--arch", TINY, "--kd", method,
+    args = ["student", "--teacher", str(teacher_file), "--arch", TINY_ARCH, "--kd", method,
             "--out", str(out), *quick_args(), *extra, *data]  # fmt: skip
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -209,15 +209,15 @@ def test_method_refusals_are_one_line(tiny_image_folder, tiny_dataset, teacher_f
     data = data_args(tiny_image_folder, tiny_dataset, tmp_path / "cache", train_size=16)
 
     def student(*extra):
-        args = ["student", "--teacher", str(teacher_file), "--arch", TINY,
+        args = ["student", "--teacher", str(teacher_file), "--arch", TINY_ARCH,
                 "--out", str(tmp_path / "s.pt"), *quick_args(), *data, *extra]  # fmt: skip
         return runner.invoke(app, args)
 
     ensemble = student("--teacher", str(teacher_file), "--kd", "at")
-    assert_one_line_error(ensemble, "--kd at", "one teacher")
-    assert_one_line_error(student("--kd", "crd", "--logit-standardize"), "--logit-standardize")
-    assert_one_line_error(student("--kd", "fitnet", "--hint-stage", "9"), "--hint-stage 9")
-    assert_one_line_error(student("--kd", "mlkd", "--recipe", "sgd-lookahead-cutmix"), "mlkd")
+    one_line_error(ensemble, "--kd at", "one teacher")
+    one_line_error(student("--kd", "crd", "--logit-standardize"), "--logit-standardize")
+    one_line_error(student("--kd", "fitnet", "--hint-stage", "9"), "--hint-stage 9")
+    one_line_error(student("--kd", "mlkd", "--recipe", "sgd-lookahead-cutmix"), "mlkd")
     assert not (tmp_path / "s.pt").exists()
 
 
@@ -237,7 +237,7 @@ def test_kd_methods_table_counts_and_times_every_method():
     assert rows["crd"]["extra_params"] == 2 * (128 * 128 + 128)  # two heads, 128 -> 128
     assert not rows["crd"]["ensembles"] and rows["dist"]["ensembles"]
     unknown = runner.invoke(app, ["kd-methods", "--student", "nope", "--no-time"])
-    assert_one_line_error(unknown, "nope")
+    one_line_error(unknown, "nope")
 
 
 def test_mlkd_strong_view_is_made_on_the_loader_and_reproducible(tiny_dataset):

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import TINY_VAL_SIZE, one_line_error
 from typer.testing import CliRunner
 
 from distill.cli import app
@@ -29,7 +30,7 @@ runner = CliRunner()
 def train_args(folder: Path, tmp_path: Path, out: str, *extra: str) -> list[str]:
     return [
         "teacher", "train", "--arch", "resnet18-quarter", "--data", str(folder), "--out", out,
-        "--epochs", "1", "--batch-size", "4", "--val-size", "20", "--cache-dir",
+        "--epochs", "1", "--batch-size", "4", "--val-size", str(TINY_VAL_SIZE), "--cache-dir",
         str(tmp_path / "cache"), "--device", "cpu", *extra,
     ]  # fmt: skip
 
@@ -138,9 +139,7 @@ def test_the_environment_is_checked_when_used_in_one_line(
     if message is None:
         assert result.exit_code == 0 and "distill" in result.output
         return
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and message in lines[0], result.output
+    one_line_error(result, message)
     assert not (tmp_path / "t.pt").exists()
 
 

@@ -6,8 +6,8 @@ import json
 import numpy as np
 import onnx
 import pytest
+from conftest import EXPORT_SIZE, make_checkpoint, one_line_error
 from PIL import Image
-from test_export import SIZE, make_checkpoint, one_thread  # noqa: F401 (autouse fixture)
 from typer.testing import CliRunner
 
 from distill.api import export_onnx
@@ -18,6 +18,7 @@ from export.metadata import read_metadata
 from export.predict import predict
 from export.timing import Timing
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 runner = CliRunner()
 FAST = Timing(warmup=0, min_runs=1, max_runs=2, min_seconds=0, block_seconds=0, probe_seconds=0)
 
@@ -28,7 +29,7 @@ def model(tmp_path_factory):
     ckpt = make_checkpoint(root / "m.pt", data={}, classes=["cat", "dog", "ship"])
     path = export_onnx(ckpt).path
     image = root / "x.png"
-    Image.fromarray(np.zeros((SIZE, SIZE, 3), np.uint8)).save(image)
+    Image.fromarray(np.zeros((EXPORT_SIZE, EXPORT_SIZE, 3), np.uint8)).save(image)
     return {"onnx": path, "image": image, "root": root}
 
 
@@ -63,8 +64,12 @@ FAULTS = {
     "input_size huge floats": ("input_size", "[3, 1e5, 1e5]", "integer"),
     "input_size huge ints": ("input_size", "[3, 100000, 100000]", "out of range"),
     "input_size zero": ("input_size", "[3, 0, 0]", "out of range"),
-    "input_size other graph": ("input_size", f"[3, {SIZE + 1}, {SIZE}]", "differs from the graph"),
-    "input_size grey": ("input_size", f"[1, {SIZE}, {SIZE}]", "3 (RGB) channels"),
+    "input_size other graph": (
+        "input_size",
+        f"[3, {EXPORT_SIZE + 1}, {EXPORT_SIZE}]",
+        "differs from the graph",
+    ),
+    "input_size grey": ("input_size", f"[1, {EXPORT_SIZE}, {EXPORT_SIZE}]", "3 (RGB) channels"),
     "input_range": ("input_range", "[0,255]", "not one of [0,1]"),
     "precision": ("precision", "int4", "not one of"),
     "val_accuracy": ("val_accuracy", "7", "between 0 and 1"),
@@ -94,9 +99,7 @@ def test_predict_and_bench_refuse_the_same_way(model, tmp_path, fault):
         predict(path, [model["image"]])
     with pytest.raises(UserError, match=f"metadata {field}"):
         benchmark(path, [1], threads=1, timing=FAST, accuracy=False)
-    result = runner.invoke(app, ["predict", path, str(model["image"])])
-    assert result.exit_code == 2, result.output
-    assert len(result.output.strip().splitlines()) == 1 and field in result.output
+    one_line_error(runner.invoke(app, ["predict", path, str(model["image"])]), field)
 
 
 def test_missing_fields_and_a_foreign_graph(model, tmp_path):
@@ -115,4 +118,4 @@ def test_missing_fields_and_a_foreign_graph(model, tmp_path):
 def test_unknown_keys_pass_and_good_files_read_back(model, tmp_path):
     meta = read_metadata(crafted(model, tmp_path, note="made by hand"))
     assert meta["note"] == "made by hand" and meta["classes"] == ["cat", "dog", "ship"]
-    assert meta["input_size"] == [3, SIZE, SIZE] and meta["tta"] is False
+    assert meta["input_size"] == [3, EXPORT_SIZE, EXPORT_SIZE] and meta["tta"] is False

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import pattern_images
+from conftest import TINY_VAL_SIZE, one_line_error, pattern_images
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -31,14 +31,6 @@ CLASSES = ("a", "b", "c")
 
 def lines(text: str) -> list[str]:
     return [ln for ln in text.splitlines() if ln.strip()]
-
-
-def one_line_error(result, *words: str) -> None:
-    assert result.exit_code == 2, result.output
-    shown = lines(result.output)
-    assert len(shown) == 1 and shown[0].startswith("error:"), result.output
-    for word in words:
-        assert word in shown[0], (word, shown[0])
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +161,8 @@ def test_an_imported_torchvision_teacher_teaches_a_student_at_another_size(
 ):
     cache, t, s = tmp_path / "c", tmp_path / "t.pt", tmp_path / "s.pt"
     args = ["teacher", "import", "torchvision:shufflenet_v2_x0_5", "--weights"]
-    args += [str(shufflenet_weights), "--data", str(tiny_image_folder), "--val-size", "20"]
+    args += [str(shufflenet_weights), "--data", str(tiny_image_folder)]
+    args += ["--val-size", str(TINY_VAL_SIZE)]
     args += ["--cache-dir", str(cache), "--epochs", "1", "--batch-size", "32", "-o", str(t)]
     result = runner.invoke(app, [*args, "--device", "cpu"])
     assert result.exit_code == 0, result.output
@@ -235,7 +228,8 @@ def test_a_timm_teacher_is_imported_from_a_safetensors_file(tiny_image_folder, t
     save_file(timm.create_model("test_resnet", pretrained=False).state_dict(), str(weights))
     t = tmp_path / "t.pt"
     args = ["teacher", "import", "timm:test_resnet", "--weights", str(weights), "--data"]
-    args += [str(tiny_image_folder), "--val-size", "20", "--cache-dir", str(tmp_path / "c")]
+    args += [str(tiny_image_folder), "--val-size", str(TINY_VAL_SIZE)]
+    args += ["--cache-dir", str(tmp_path / "c")]
     result = runner.invoke(app, [*args, "--epochs", "1", "--device", "cpu", "-o", str(t)])
     assert result.exit_code == 0, result.output
     ckpt = load_checkpoint(t)
@@ -250,7 +244,8 @@ def test_a_run_is_tracked_in_mlflow_and_read_back(tiny_image_folder, tmp_path):
     uri = f"sqlite:///{tmp_path / 'runs.db'}"
     t = tmp_path / "t.pt"
     args = ["teacher", "train", "--arch", "resnet18-quarter", "--data", str(tiny_image_folder)]
-    args += ["--val-size", "20", "--cache-dir", str(tmp_path / "c"), *QUICK, "--epochs", "2"]
+    args += ["--val-size", str(TINY_VAL_SIZE), "--cache-dir", str(tmp_path / "c")]
+    args += [*QUICK, "--epochs", "2"]
     result = runner.invoke(app, [*args, "--mlflow", uri, "-o", str(t)])
     assert result.exit_code == 0, result.output
     record = load_checkpoint(t)["tracking"]

@@ -6,8 +6,8 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import EXPORT_SIZE, make_checkpoint, one_line_error, png_header_only
 from PIL import Image
-from test_export import SIZE, make_checkpoint, one_thread  # noqa: F401 (autouse fixture)
 from typer.testing import CliRunner
 
 from distill.api import export_onnx
@@ -17,6 +17,7 @@ from distill.errors import UserError
 from export.predict import predict, softmax
 from export.wrappers import Normalized
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 runner = CliRunner()
 CLASSES = ["cat", "dog", "ship"]
 
@@ -33,7 +34,7 @@ def model(tmp_path_factory):
 
 def images_of_every_kind(folder):
     rng = np.random.default_rng(0)
-    rgb = rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+    rgb = rng.integers(0, 256, (EXPORT_SIZE, EXPORT_SIZE, 3), dtype=np.uint8)
     made = {
         "rgb.png": Image.fromarray(rgb),
         "grey.png": Image.fromarray(rng.integers(0, 256, (40, 25), dtype=np.uint8)),
@@ -59,7 +60,8 @@ def test_every_mode_and_size_gets_top_k_from_the_files_classes(model, tmp_path):
 
 
 def test_probabilities_match_pytorch_on_the_same_pixels(model, tmp_path):
-    pixels = np.random.default_rng(1).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(0, 256, (EXPORT_SIZE, EXPORT_SIZE, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(tmp_path / "x.png")
     (pred,) = predict(model["onnx"], [tmp_path / "x.png"], top_k=3)
     ckpt = load_checkpoint(model["ckpt"])
@@ -102,9 +104,7 @@ def test_bad_inputs_exit_2_with_one_line_naming_them(model, tmp_path):
     fake = tmp_path / "fake.png"
     fake.write_text("this is text")
     for bad in (fake, tmp_path / "missing.jpg"):
-        result = runner.invoke(app, ["predict", str(model["onnx"]), str(bad)])
-        assert result.exit_code == 2, result.output
-        assert len(result.output.strip().splitlines()) == 1 and bad.name in result.output
+        one_line_error(runner.invoke(app, ["predict", str(model["onnx"]), str(bad)]), bad.name)
 
     bare = tmp_path / "bare.onnx"
     proto = onnx.load(str(model["onnx"]))
@@ -113,23 +113,7 @@ def test_bad_inputs_exit_2_with_one_line_naming_them(model, tmp_path):
     Image.new("RGB", (8, 8)).save(tmp_path / "ok.png")
     for args in ([str(bare)], [str(model["onnx"]), "--top-k", "0"]):  # (a .pt is predicted)
         result = runner.invoke(app, ["predict", *args[:1], str(tmp_path / "ok.png"), *args[1:]])
-        assert result.exit_code == 2, result.output
-        assert len(result.output.strip().splitlines()) == 1
-
-
-def png_header_only(path, width, height):
-    """A PNG whose header claims width x height (1-bit grey) and holds no pixel data: what a
-    decompression bomb looks like to a reader before it decodes."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
-    return path
+        one_line_error(result)
 
 
 @pytest.mark.parametrize("side", [20_000, 10_000])  # over twice PIL's limit, and just over it
@@ -139,19 +123,17 @@ def test_a_decompression_bomb_is_refused_naming_file_and_limit(model, tmp_path, 
 
     bomb = png_header_only(tmp_path / f"bomb{side}.png", side, side)
     with pytest.raises(UserError) as info:
-        read_image(bomb, (SIZE, SIZE))
+        read_image(bomb, (EXPORT_SIZE, EXPORT_SIZE))
     assert str(bomb) in str(info.value) and f"{MAX_PIXELS:,}" in str(info.value)
-    result = runner.invoke(app, ["predict", str(model["onnx"]), str(bomb)])
-    assert result.exit_code == 2, result.output
-    assert len(result.output.strip().splitlines()) == 1 and "decompression" in result.output
+    one_line_error(runner.invoke(app, ["predict", str(model["onnx"]), str(bomb)]), "decompression")
 
 
 def test_read_image_gives_hwc_rgb_at_the_asked_size(tmp_path):
     from distill.data.images import read_image
 
     Image.new("L", (40, 25), 7).save(tmp_path / "g.png")
-    pixels = read_image(tmp_path / "g.png", (SIZE, SIZE + 2))
-    assert pixels.shape == (SIZE, SIZE + 2, 3) and pixels.dtype == np.uint8
+    pixels = read_image(tmp_path / "g.png", (EXPORT_SIZE, EXPORT_SIZE + 2))
+    assert pixels.shape == (EXPORT_SIZE, EXPORT_SIZE + 2, 3) and pixels.dtype == np.uint8
     assert (pixels == 7).all()
 
 
@@ -200,7 +182,7 @@ def test_a_fixed_batch_model_runs_one_batch_at_a_time_and_bench_names_the_limit(
     assert ours == [p.top for p in predict(model["onnx"], files)]
     engine = onnxruntime_engine(fixed, "fp32")
     with pytest.raises(UserError, match="fixed batch of 1 .* --batch-sizes 1"):
-        engine.prepare(np.zeros((2, 3, SIZE, SIZE), dtype=np.float32))
+        engine.prepare(np.zeros((2, 3, EXPORT_SIZE, EXPORT_SIZE), dtype=np.float32))
 
 
 def test_openvino_runs_a_fixed_batch_model_one_batch_at_a_time(model, tmp_path):
@@ -216,7 +198,10 @@ def test_openvino_runs_a_fixed_batch_model_one_batch_at_a_time(model, tmp_path):
     dynamic = predict(model["onnx"], files, top_k=1, engine="openvino")
     assert [p.top[0].index for p in ours] == [p.top[0].index for p in dynamic]
     engine = openvino_engine(fixed, "fp32", threads=1, f32=True)
-    assert engine.run(np.zeros((3, 3, SIZE, SIZE), dtype=np.float32)).shape == (3, len(CLASSES))
-    engine.prepare(np.zeros((1, 3, SIZE, SIZE), dtype=np.float32))()
+    assert engine.run(np.zeros((3, 3, EXPORT_SIZE, EXPORT_SIZE), dtype=np.float32)).shape == (
+        3,
+        len(CLASSES),
+    )
+    engine.prepare(np.zeros((1, 3, EXPORT_SIZE, EXPORT_SIZE), dtype=np.float32))()
     with pytest.raises(UserError, match="fixed batch of 1 .* --batch-sizes 1"):
-        engine.prepare(np.zeros((2, 3, SIZE, SIZE), dtype=np.float32))
+        engine.prepare(np.zeros((2, 3, EXPORT_SIZE, EXPORT_SIZE), dtype=np.float32))

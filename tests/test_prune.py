@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import one_line_error
 from typer.testing import CliRunner
 
 from distill.api import train_teacher
@@ -21,6 +22,7 @@ from distill.settings import PruneSettings, RunSettings
 from distill.teacher_checks import load_teachers, read_teachers
 from students.resnet import ResNetConfig, plan
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 runner = CliRunner()
 # 16x16 is the smallest input every family takes (five stages: four halvings) and costs a
 # quarter of 32x32 in tracing and forward checks; the graph torch-pruning traces is the same.
@@ -32,17 +34,6 @@ FAMILIES = ["resnet18-quarter", "resnet50-5m", "preact-resnet42", "seresnet24", 
 # Batch 8 over 64 images: OneCycle needs more than four steps an epoch.
 BY_MAGNITUDE = {"importance": "magnitude", "round_to": 8}  # PruneSettings' defaults, spelled out
 TINY_RECIPE = replace(make_recipe("quick", epochs=1, batch_size=8), channels_last=False)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from a second intra-op thread, and on a busy shared machine
-    waking the thread pool for every newly shaped layer (each probe and step makes new shapes)
-    costs more than the layers themselves."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def assert_plan_round_trips(pruned: torch.nn.Module) -> None:
@@ -184,6 +175,5 @@ def test_cli_prunes_with_taylor_distilling_from_the_model_itself(source, tmp_pat
 def test_cli_refuses_a_bad_budget_before_any_work(source, tmp_path, budget, message):
     out = tmp_path / "p.pt"
     result = runner.invoke(app, ["prune", str(source), "--budget", budget, "--out", str(out)])
-    assert result.exit_code == 2, result.output
-    assert message in result.output and "Traceback" not in result.output
+    one_line_error(result, message)
     assert not out.exists() and not (tmp_path / "p.last.pt").exists()

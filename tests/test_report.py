@@ -4,6 +4,7 @@ import json
 import shutil
 
 import pytest
+from conftest import one_line_error
 from report_runs import (
     PNG_SIGNATURE,
     STUDENT,
@@ -170,9 +171,7 @@ def test_cli_writes_report_and_rejects_bad_dirs(tmp_path):
     for bad in (tmp_path / "missing", tmp_path / "empty"):
         if bad.name == "empty":
             bad.mkdir()
-        result = runner.invoke(app, ["report", str(bad)])
-        assert result.exit_code == 2
-        assert result.output.startswith("error:") and result.output.count("\n") == 1
+        one_line_error(runner.invoke(app, ["report", str(bad)]), bad.name)
     assert "Example" in runner.invoke(app, ["report", "--help"]).output
 
 

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_ARCH, data_args, make_teacher, one_line_error, quick_args
 from typer.testing import CliRunner
 
 import distill.api.training as training_mod
@@ -14,8 +15,6 @@ from distill.api import train_student
 from distill.checkpoint import (
     load_checkpoint,
     model_from_checkpoint,
-    new_checkpoint,
-    save_checkpoint,
 )
 from distill.cli import app
 from distill.data import DataSettings, Split, load_data
@@ -28,27 +27,6 @@ from distill.resume import TrainingInterrupted, last_path
 from distill.settings import KDSettings, RunSettings, kd_record, resolve_kd
 
 runner = CliRunner()
-TINY = "resnet18-quarter"
-
-
-def make_teacher(path: Path, dataset, arch: str = TINY, num_classes=None, **fields) -> Path:
-    """An untrained teacher checkpoint for `dataset` (fields override the checkpoint's)."""
-    torch.manual_seed(len(str(path)))
-    ckpt = new_checkpoint(
-        kind="teacher",
-        arch=arch,
-        model=create_model(arch, num_classes or dataset.num_classes),
-        classes=list(dataset.classes),
-        mean=list(dataset.mean),
-        std=list(dataset.std),
-        input_size=list(dataset.input_size),
-        recipe={},
-        data=dict(dataset.info),
-        metrics={"val_accuracy": 0.25},
-    )
-    ckpt.update(fields)
-    save_checkpoint(ckpt, path)
-    return path
 
 
 def small(dataset, n: int = 16):
@@ -57,30 +35,12 @@ def small(dataset, n: int = 16):
     return replace(dataset, train=train)
 
 
-def data_args(folder: Path, dataset, cache: Path, train_size: int | None = None) -> list[str]:
-    train_size = train_size or dataset.info["train_size"]
-    args = ["--data", str(folder), "--train-size", str(train_size), "--cache-dir", str(cache)]
-    return args + ["--device", "cpu", "--quiet"]
-
-
-def quick_args(batch_size: int = 8) -> list[str]:
-    return ["--recipe", "quick", "--epochs", "1", "--batch-size", str(batch_size)]
-
-
-def assert_one_line_error(result, *words: str) -> None:
-    assert result.exit_code == 2, result.output
-    lines = [ln for ln in result.output.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
-    for word in words:
-        assert word in lines[0], (word, lines[0])
-
-
 def test_student_from_a_trained_teacher_and_an_ensemble(tiny_image_folder, tiny_dataset, tmp_path):
     cache, t1, out = tmp_path / "cache", tmp_path / "t1.pt", tmp_path / "s.pt"
     val_size, split_seed = tiny_dataset.info["val_size"], tiny_dataset.info["split_seed"]
     data = data_args(tiny_image_folder, tiny_dataset, cache, train_size=16)  # 2 steps an epoch
     split = ["--val-size", str(val_size), "--split-seed", str(split_seed)]
-    args = ["teacher", "train", "--arch", TINY, "--out", str(t1), *quick_args(), *split]
+    args = ["teacher", "train", "--arch", TINY_ARCH, "--out", str(t1), *quick_args(), *split]
     trained = runner.invoke(app, args + data)
     assert trained.exit_code == 0, trained.output
     seen = load_data(
@@ -89,19 +49,20 @@ def test_student_from_a_trained_teacher_and_an_ensemble(tiny_image_folder, tiny_
     )  # fmt: skip
     t2 = make_teacher(tmp_path / "t2.pt", seen, arch="resnet18-half")
 
-    args = ["student", "--teacher", str(t1), "--teacher", str(t2), "--arch", TINY, "--kd", "dkd"]
+    args = ["student", "--teacher", str(t1), "--teacher", str(t2), "--arch", TINY_ARCH]
+    args += ["--kd", "dkd"]
     result = runner.invoke(app, args + ["--out", str(out), *quick_args(), *data])
     assert result.exit_code == 0, result.output
     assert "saved" in result.output
 
     ckpt = load_checkpoint(out)  # torch.load(weights_only=True) under the hood
-    assert ckpt["kind"] == "student" and ckpt["arch"] == TINY
+    assert ckpt["kind"] == "student" and ckpt["arch"] == TINY_ARCH
     teacher1 = load_checkpoint(t1)
     assert ckpt["teachers"] == [
         {
             "path": str(t1.resolve()),
             "sha256": file_sha256(t1),
-            "arch": TINY,
+            "arch": TINY_ARCH,
             "val_accuracy": teacher1["metrics"]["val_accuracy"],
         },
         {
@@ -132,11 +93,11 @@ def test_student_from_a_trained_teacher_and_an_ensemble(tiny_image_folder, tiny_
 def test_over_budget_student_exits_2_and_writes_nothing(tiny_image_folder, tiny_dataset, tmp_path):
     teacher = make_teacher(tmp_path / "t.pt", tiny_dataset)
     out, cache = tmp_path / "s.pt", tmp_path / "cache"
-    args = ["student", "--teacher", str(teacher), "--arch", TINY, "--budget", "100k"]
+    args = ["student", "--teacher", str(teacher), "--arch", TINY_ARCH, "--budget", "100k"]
     result = runner.invoke(
         app, args + ["--out", str(out)] + data_args(tiny_image_folder, tiny_dataset, cache)
     )
-    assert_one_line_error(result, "budget", "100,000")
+    one_line_error(result, "budget", "100,000")
     # Checked before the data is decoded: not even the data cache was written.
     assert not out.exists() and not last_path(out).exists() and not cache.exists()
 
@@ -164,9 +125,9 @@ def test_non_checkpoint_teachers_are_refused(kind, tiny_image_folder, tiny_datas
         bad = tmp_path / "t.pt"
         bad.write_bytes(good[: len(good) // 2])
     out = tmp_path / "s.pt"
-    args = ["student", "--teacher", str(bad), "--arch", TINY, "--out", str(out)]
+    args = ["student", "--teacher", str(bad), "--arch", TINY_ARCH, "--out", str(out)]
     result = runner.invoke(app, args + data_args(tiny_image_folder, tiny_dataset, tmp_path / "c"))
-    assert_one_line_error(result, str(bad))
+    one_line_error(result, str(bad))
     assert "Traceback" not in result.output and not out.exists()
 
 
@@ -195,20 +156,22 @@ def test_mismatched_teachers_are_refused(what, tiny_image_folder, tiny_dataset, 
     num_classes = fields.pop("num_classes", None)
     teacher = make_teacher(tmp_path / "t.pt", tiny_dataset, num_classes=num_classes, **fields)
     out = tmp_path / "s.pt"
-    args = ["student", "--teacher", str(teacher), "--arch", TINY, "--out", str(out), *quick_args()]
+    args = ["student", "--teacher", str(teacher), "--arch", TINY_ARCH, "--out", str(out)]
+    args += quick_args()
     result = runner.invoke(app, args + data_args(tiny_image_folder, tiny_dataset, tmp_path / "c"))
-    assert_one_line_error(result, MESSAGE[what])
+    one_line_error(result, MESSAGE[what])
     assert not out.exists() and not last_path(out).exists()
 
 
 def test_explicit_split_must_be_the_teachers(tiny_image_folder, tiny_dataset, tmp_path):
     teacher = make_teacher(tmp_path / "t.pt", tiny_dataset)
-    base = ["student", "--teacher", str(teacher), "--arch", TINY, "--out", str(tmp_path / "s.pt")]
-    base += quick_args() + data_args(tiny_image_folder, tiny_dataset, tmp_path / "c")
+    base = ["student", "--teacher", str(teacher), "--arch", TINY_ARCH]
+    base += ["--out", str(tmp_path / "s.pt"), *quick_args()]
+    base += data_args(tiny_image_folder, tiny_dataset, tmp_path / "c")
     wrong_val = str(tiny_dataset.info["val_size"] + 4)
-    assert_one_line_error(runner.invoke(app, base + ["--val-size", wrong_val]), "--val-size")
+    one_line_error(runner.invoke(app, base + ["--val-size", wrong_val]), "--val-size")
     wrong_seed = str(tiny_dataset.info["split_seed"] + 1)
-    assert_one_line_error(runner.invoke(app, base + ["--split-seed", wrong_seed]), "--split-seed")
+    one_line_error(runner.invoke(app, base + ["--split-seed", wrong_seed]), "--split-seed")
 
 
 @pytest.mark.parametrize("key,flag", [("split_seed", "--split-seed"), ("val_size", "--val-size")])
@@ -219,7 +182,7 @@ def test_data_on_another_split_is_refused(key, flag, tiny_dataset, tmp_path):
     run = RunSettings(tmp_path / "s.pt", "cpu", quiet=True)
     recipe = make_recipe("quick", epochs=1)
     with pytest.raises(UserError, match=flag):
-        train_student(teacher, TINY, tiny_dataset, recipe=recipe, run=run, kd=KDSettings())
+        train_student(teacher, TINY_ARCH, tiny_dataset, recipe=recipe, run=run, kd=KDSettings())
     assert not (tmp_path / "s.pt").exists()
 
 
@@ -255,7 +218,7 @@ def test_teacher_sees_exactly_the_students_mixed_batch(tiny_dataset, tmp_path, m
     run = RunSettings(tmp_path / "s.pt", "cpu", quiet=True)
     with pytest.raises(TrainingInterrupted):
         train_student(
-            teacher, TINY, small(tiny_dataset), recipe=recipe, run=run, kd=KDSettings(),
+            teacher, TINY_ARCH, small(tiny_dataset), recipe=recipe, run=run, kd=KDSettings(),
             stop_after_steps=2,
         )  # fmt: skip
     assert len(teacher_calls) == len(student_inputs) == 2
@@ -274,7 +237,7 @@ def test_interrupted_student_resumes_to_the_same_weights(tiny_dataset, tmp_path)
     def distil(out, kd=kd, resume=False, stop_after_steps=None):
         run = RunSettings(out, "cpu", resume=resume, quiet=True)
         return train_student(
-            teacher, TINY, dataset, recipe=recipe, run=run, kd=kd,
+            teacher, TINY_ARCH, dataset, recipe=recipe, run=run, kd=kd,
             stop_after_steps=stop_after_steps,
         )  # fmt: skip
 

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import TINY_VAL_SIZE, one_line_error
 from typer.testing import CliRunner
 
 from distill.cli import app
@@ -44,7 +45,7 @@ def space_file(tmp_path: Path, epochs: int = 1, text: str = SPACE) -> Path:
 
 
 def sweep_args(folder: Path, tmp_path: Path, space: Path, *extra: str) -> list[str]:
-    return ["sweep", "--data", str(folder), "--val-size", "20", "--cache-dir",
+    return ["sweep", "--data", str(folder), "--val-size", str(TINY_VAL_SIZE), "--cache-dir",
             str(tmp_path.parent / "sweep-cache"), "--device", "cpu", "--space", str(space),
             "--out", str(tmp_path / "sw"), *extra]  # fmt: skip
 
@@ -66,7 +67,7 @@ def teacher(tiny_image_folder, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("sweep-teacher") / "t.pt"
     distill.train_teacher("resnet18@0.08M", tiny_image_folder, out, recipe="quick", epochs=2,
-                          batch_size=32, val_size=20, device="cpu",
+                          batch_size=32, val_size=TINY_VAL_SIZE, device="cpu",
                           cache_dir=tmp_path_factory.getbasetemp() / "sweep-cache")  # fmt: skip
     return out
 
@@ -224,10 +225,7 @@ def test_a_wrong_space_file_is_one_line_before_any_trial(tiny_image_folder, tmp_
     for body, expected in cases.items():
         space = tmp_path / "bad.toml"
         space.write_text("[space]\n" + body + "\n")
-        result = runner.invoke(app, sweep_args(tiny_image_folder, tmp_path, space))
-        assert result.exit_code == 2, (body, result.output)
-        lines = result.output.strip().splitlines()
-        assert len(lines) == 1 and expected in lines[0], (body, result.output)
+        one_line_error(runner.invoke(app, sweep_args(tiny_image_folder, tmp_path, space)), expected)
         assert not (tmp_path / "sw").exists()
 
 

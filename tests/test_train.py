@@ -10,6 +10,7 @@ import time
 
 import pytest
 import torch
+from conftest import TINY_VAL_SIZE, one_line_error, teacher_args
 from typer.testing import CliRunner
 
 from distill.checkpoint import load_checkpoint
@@ -115,20 +116,20 @@ def test_nan_loss_stops_with_a_clear_message_and_writes_no_output(tiny_dataset, 
 
 def test_teacher_train_cli_and_eval(tiny_image_folder, tmp_path):
     out = tmp_path / "t.pt"
-    args = teacher_args(tiny_image_folder, tmp_path)
+    args = teacher_args(tiny_image_folder, out)
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert out.exists() and "val top-1" in result.output
     before = out.read_bytes()
 
     again = runner.invoke(app, args)
-    assert again.exit_code == 2 and "--force" in again.output
+    one_line_error(again, "--force")
     assert out.read_bytes() == before
 
     ev = runner.invoke(app, ["eval", str(out), "--cache-dir", str(tmp_path / "cache"), "--json"])
     assert ev.exit_code == 0, ev.output
     res = json.loads(ev.output)
-    assert res["count"] == 20 and len(res["confusion"]) == 4
+    assert res["count"] == TINY_VAL_SIZE and len(res["confusion"]) == 4
     assert res["accuracy"] == pytest.approx(load_checkpoint(out)["metrics"]["val_accuracy"])
     test = runner.invoke(
         app, ["eval", str(out), "--split", "test", "--json", "--cache-dir", str(tmp_path / "cache")]
@@ -136,56 +137,34 @@ def test_teacher_train_cli_and_eval(tiny_image_folder, tmp_path):
     assert test.exit_code == 0 and json.loads(test.output)["count"] == 40
 
 
-def teacher_args(folder, tmp_path, quiet=True, **overrides):
-    opts = {
-        "--arch": "resnet18-quarter",
-        "--data": str(folder),
-        "--out": str(tmp_path / "t.pt"),
-        "--recipe": "quick",
-        "--epochs": "1",
-        "--batch-size": "32",
-        "--val-size": "20",
-        "--cache-dir": str(tmp_path / "cache"),
-    }
-    flags = []
-    for key, value in overrides.items():
-        flag = "--" + key.replace("_", "-")
-        if value is True:
-            flags.append(flag)
-        else:
-            opts[flag] = value
-    args = ["teacher", "train", *(x for kv in opts.items() for x in kv), *flags]
-    return args + ["--quiet"] if quiet else args
-
-
 @pytest.mark.parametrize(
-    "overrides,message",
+    "extra,message",
     [
-        ({"arch": "resnet9000"}, "unknown architecture"),
-        ({"recipe": "fastest"}, "'fastest' is not one of"),
-        ({"epochs": "0"}, "--epochs"),
-        ({"val_size": "100000"}, "val"),
-        ({"data": "/nonexistent/folder"}, "/nonexistent/folder"),
-        ({"out": "t.txt"}, "should end in"),
-        ({"device": "tpu"}, "'tpu' is not one of"),
-        ({"resume": True}, "nothing to resume"),
+        (["--arch", "resnet9000"], "unknown architecture"),
+        (["--recipe", "fastest"], "'fastest' is not one of"),
+        (["--epochs", "0"], "--epochs"),
+        (["--val-size", "100000"], "val"),
+        (["--data", "/nonexistent/folder"], "/nonexistent/folder"),
+        (["--out", "t.txt"], "should end in"),
+        (["--device", "tpu"], "'tpu' is not one of"),
+        (["--resume"], "nothing to resume"),
     ],
 )
 def test_teacher_train_mistakes_exit_2_with_one_line(
-    tiny_image_folder, tmp_path, monkeypatch, overrides, message
+    tiny_image_folder, tmp_path, monkeypatch, extra, message
 ):
     monkeypatch.chdir(tmp_path)
-    result = runner.invoke(app, teacher_args(tiny_image_folder, tmp_path, **overrides))
-    assert result.exit_code == 2, result.output
-    lines = [ln for ln in result.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and message in lines[0], result.output
+    result = runner.invoke(app, teacher_args(tiny_image_folder, tmp_path / "t.pt", *extra))
+    one_line_error(result, message)
     assert not (tmp_path / "t.pt").exists() and not (tmp_path / "t.txt").exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
 def test_cuda_without_a_gpu_is_a_clear_error(tiny_image_folder, tmp_path):
-    result = runner.invoke(app, teacher_args(tiny_image_folder, tmp_path, device="cuda"))
-    assert result.exit_code == 2 and "no CUDA GPU" in result.output
+    result = runner.invoke(
+        app, teacher_args(tiny_image_folder, tmp_path / "t.pt", "--device", "cuda")
+    )
+    one_line_error(result, "no CUDA GPU")
 
 
 def test_sigterm_leaves_a_resumable_state(tiny_image_folder, tmp_path):
@@ -196,7 +175,7 @@ def test_sigterm_leaves_a_resumable_state(tiny_image_folder, tmp_path):
         "-m",
         "distill",
         *teacher_args(
-            tiny_image_folder, tmp_path, quiet=False, epochs="3", batch_size="8", train_size="40"
+            tiny_image_folder, out, "--batch-size", "8", "--train-size", "40", epochs=3, quiet=False
         ),
     ]
     env = os.environ | {"PYTHONUNBUFFERED": "1"}
