@@ -216,7 +216,16 @@ def relaunched(nproc: int, device: str = "auto", check: Callable[[], Any] = lamb
         if not a.startswith("--nproc-per-node="):
             argv.append(a)
     os.environ["DISTILL_COMMAND"] = resume_command()
-    raise typer.Exit(distributed.relaunch(nproc, argv))
+    code = distributed.relaunch(nproc, argv)
+    # The launcher's rendezvous store still has C++ threads in this process: a normal exit can
+    # abort in their destructors ("terminate called without an active exception", a second
+    # line after the ranks' one). Nothing of ours is left to tear down: leave at once.
+    import atexit
+
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 @contextlib.contextmanager
