@@ -161,7 +161,7 @@ def test_kd_table_script_runs_its_pairs_and_prints_the_published_figures(tmp_pat
     # The plumbing at toy size: a 240-epoch CIFAR-100 run needs a GPU and a day.
     from conftest import make_cifar_python
 
-    make_cifar_python(tmp_path / "data", num_classes=100, per_class=3, test_per_class=1)
+    make_cifar_python(tmp_path / "data", num_classes=100, per_class=2, test_per_class=1)
     env = os.environ | {
         "PY": sys.executable, "DATA": str(tmp_path / "data"), "OUT": str(tmp_path / "out"),
         "EPOCHS": "1", "PAIRS": "wrn-40-2:wrn-16-2", "METHODS": "labels fitnet",

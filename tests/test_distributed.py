@@ -105,7 +105,8 @@ def test_two_process_teacher_and_student_write_one_checkpoint(tiny_image_folder,
 
 
 def test_sigterm_to_the_launcher_then_resume_matches(tiny_image_folder, tmp_path):
-    args = ["teacher", "train", "--arch", "resnet18-quarter", "--epochs", "3"]
+    # 96 training images at 4 per rank: 12 steps an epoch, time to be stopped inside epoch 2.
+    args = ["teacher", "train", "--arch", "resnet18-quarter", "--epochs", "3", "--train-size", "96"]
     whole = tmp_path / "whole.pt"
     done = run(distill_cmd(*args, *cli_args(tiny_image_folder, tmp_path, whole, "--batch-size",
                                             "4"), "--nproc-per-node", "2"))  # fmt: skip
