@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from distill.errors import UserError
+from distill.errors import UserError, first_line
 from distill.files import atomic_save
 from distill.registry import build_model, label_disagrees
 from students.resnet import ResNetConfig
@@ -115,7 +115,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # zip/pickle errors: not a torch file, truncated, or holds code
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = first_line(e, None)
         raise UserError(
             f"{path} is not a readable distill checkpoint ({reason[:120]}); "
             "pass a .pt file written by distill"
@@ -248,7 +248,7 @@ def model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
         model = build_model(ckpt["model_config"])
         model.load_state_dict(ckpt["state_dict"])
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        reason = first_line(e, 120)
         raise UserError(
             f"the checkpoint's weights do not fit its channel plan ({reason}); it is damaged"
         ) from None

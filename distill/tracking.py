@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from distill.errors import UserError
+from distill.errors import UserError, first_line
 
 EXPERIMENT = "distill"
 # `distill pipeline --mlflow` and the pipeline config's `mlflow` key (here: the CLI imports it
@@ -86,7 +86,7 @@ class Tracker:
             self.client = _client(uri)
             run = self.client.create_run(_experiment(self.client, uri), run_name=name, tags=tags)
         except Exception as e:
-            reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+            reason = first_line(e, 120)
             raise UserError(
                 f"--mlflow {uri}: cannot reach the tracking store ({reason}); pass a running "
                 "server's URL or sqlite:///runs.db"

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from distill.errors import UserError
+from distill.errors import UserError, first_line
 from export.checks import accuracy
 from export.runtime import (
     batched_logits,
@@ -174,7 +174,7 @@ def openvino_engine(
         model = core.read_model(str(path))
         compiled = core.compile_model(model, "CPU", config)
     except RuntimeError as e:
-        reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        reason = first_line(e, 120)
         raise UserError(f"OpenVINO cannot load {path} ({reason}); use --engine ort") from None
     hint = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
     arithmetic = "int8" if precision == "int8" else _OV_TYPES.get(hint, hint)

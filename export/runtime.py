@@ -16,7 +16,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from distill.errors import UserError
+from distill.errors import UserError, first_line
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -180,7 +180,7 @@ def make_session(
             str(path), session_options(threads, tuned=tuned, spinning=spinning), providers=providers
         )
     except Exception as e:  # protobuf parse errors, unsupported ops: the file is the problem
-        reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        reason = first_line(e, 120)
         raise UserError(
             f"{path} is not a loadable ONNX model ({reason}); pass a file written by distill export"
         ) from None

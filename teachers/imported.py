@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from distill.errors import UserError
+from distill.errors import UserError, first_line
 
 SOURCES = ("torchvision", "timm")
 
@@ -126,7 +126,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        reason = str(e).strip().splitlines()[0][:100] if str(e).strip() else type(e).__name__
+        reason = first_line(e, 100)
         raise UserError(
             f"{path} is not a readable state dict ({reason}); save it with "
             "torch.save(model.state_dict(), path)"

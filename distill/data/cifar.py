@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from distill.data.dataset import Decoded, Split, check_class_names
-from distill.errors import UserError
+from distill.errors import UserError, first_line
 
 DATASET_NAMES = ("cifar10", "cifar100")
 
@@ -175,7 +175,7 @@ def download(name: str, data_root: Path) -> None:
     try:
         download_url(cls.url, str(data_root), filename=cls.filename, md5=cls.tgz_md5)
     except Exception as e:
-        reason = str(e).strip().splitlines()[0][:100] if str(e).strip() else type(e).__name__
+        reason = first_line(e, 100)
         raise UserError(
             f"could not download {name} from {cls.url} ({reason}); without network access pass a "
             "local folder holding cifar-10-batches-py / cifar-100-python, or an image folder, "

@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from distill.data.resize import fit_to
-from distill.errors import UserError
+from distill.errors import UserError, first_line
 
 # PIL's own default limit (Image.MAX_IMAGE_PIXELS, about 9459 x 9459), pinned so that a change
 # upstream or elsewhere in the process cannot lift it.
@@ -125,7 +125,7 @@ def read_image_noting(
             "8-bit RGB, greyscale or 16-bit greyscale, or remove it"
         ) from None
     except Exception as e:  # any failure to decode means the file is not an image we can use
-        reason = str(e).strip().splitlines()[0][:80] if str(e).strip() else type(e).__name__
+        reason = first_line(e, 80)
         raise UserError(
             f"{path} is not a readable image ({reason}); remove it or replace it with an image"
         ) from None

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from distill.errors import UserError
+from distill.errors import UserError, first_line
 from distill.launch import alive
 from distill.sweep.settings import SweepSettings
 
@@ -76,7 +76,7 @@ def open_storage(url: str, heartbeat: int) -> Any:
     except ImportError as e:
         raise UserError(f"--storage {url}: {e}; pip install the database's driver") from None
     except Exception as e:  # sqlalchemy's OperationalError: a server that does not answer
-        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        first = first_line(e, 160)
         raise UserError(f"--storage {url} could not be opened: {first}") from None
 
 
