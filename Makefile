@@ -16,8 +16,12 @@ $(BIN)/distill: pyproject.toml
 	$(BIN)/python -c "import torch, torchvision, torch_pruning, onnxruntime; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
 	touch $@
 
+# Two pytest workers, one thread each (tests/conftest.py): most of the suite's time is processes
+# starting (torchrun ranks, CLI runs), one core each; two workers keep two cores busy.
+TEST_WORKERS ?= 2
+
 test: $(BIN)/distill
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 demo: $(BIN)/distill
 	$(BIN)/distill pipeline --data $(DATA) --preset quick --out $(DEMO)

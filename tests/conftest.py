@@ -36,6 +36,7 @@ Checks and settings
 
 from __future__ import annotations
 
+import os
 import pickle
 import shutil
 from pathlib import Path
@@ -43,6 +44,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+
+if "PYTEST_XDIST_WORKER" in os.environ:
+    # pytest-xdist gives its workers COLUMNS=80 (the controller's width). Tests stand for a user
+    # whose output is a pipe or a file, where distill lays tables out wide; a test that wants a
+    # width sets its own.
+    os.environ.pop("COLUMNS", None)
+    # One thread per worker, for it and every process it starts: workers share the cores, and
+    # thread pools that spin beside another busy process slow both several times over (tiny
+    # models gain nothing from a second thread anyway).
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 CIFAR10_NAMES = (
     "airplane",

@@ -80,16 +80,22 @@ def eval_accuracy(path: Path, tmp_path: Path) -> float:
         torch.set_num_threads(threads)
 
 
-def test_two_process_teacher_and_student_write_one_checkpoint(tiny_image_folder, tmp_path):
+def test_two_process_teacher_and_feature_kd_student_write_one_checkpoint(tiny_image_folder, tmp_path):
     teacher, student = tmp_path / "t.pt", tmp_path / "s.pt"
     args = ["teacher", "train", "--arch", "resnet18-quarter", "--epochs", "2", "--lr", "0.05"]
     trained = run(distill_cmd(*args, *cli_args(tiny_image_folder, tmp_path, teacher),
                               "--nproc-per-node", "2"))  # fmt: skip
     assert trained.returncode == 0, trained.stderr
-    args = ["student", "--teacher", str(teacher), "--arch", "resnet18-quarter", "--epochs", "1"]
+    # A feature method: its connector trains beside the student, its gradients averaged over
+    # the ranks by the objective (DDP sees the student alone).
+    args = ["student", "--teacher", str(teacher), "--arch", "resnet18-quarter", "--epochs", "1",
+            "--kd", "fitnet"]  # fmt: skip
     distilled = run(distill_cmd(*args, *cli_args(tiny_image_folder, tmp_path, student),
                                 "--nproc-per-node", "2"))  # fmt: skip
     assert distilled.returncode == 0, distilled.stderr
+    raw = torch.load(student, weights_only=True)
+    assert raw["kd"]["method"] == "fitnet"
+    assert not any(k.startswith("connector") for k in raw["state_dict"])
     # One checkpoint per run (and its metrics), no resumable state left, nothing per rank.
     names = sorted(p.name for p in tmp_path.iterdir() if p.is_file())
     assert names == ["s.metrics.csv", "s.pt", "t.metrics.csv", "t.pt"]
