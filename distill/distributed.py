@@ -18,7 +18,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from distill import launch
 from distill.errors import UserError
@@ -100,6 +100,20 @@ def _share_compile_threads() -> None:
 def shutdown() -> None:
     if active():
         _dist().destroy_process_group()
+
+
+def exit_now(code: int) -> NoReturn:
+    """Leave a process that took part in torch.distributed (a rank, or the launcher's parent)
+    with `code`, after Python's own exit functions, skipping C++ static destructors: the
+    rendezvous store's and gloo's threads can still be joinable then, and their destructors
+    abort ("terminate called without an active exception", a second line after the one error
+    line, and a lost exit code), depending on which process ends first."""
+    import atexit
+
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def lost_peer_line(error: BaseException | None) -> str | None:

@@ -80,7 +80,9 @@ def eval_accuracy(path: Path, tmp_path: Path) -> float:
         torch.set_num_threads(threads)
 
 
-def test_two_process_teacher_and_feature_kd_student_write_one_checkpoint(tiny_image_folder, tmp_path):
+def test_two_process_teacher_and_feature_kd_student_write_one_checkpoint(
+    tiny_image_folder, tmp_path
+):
     teacher, student = tmp_path / "t.pt", tmp_path / "s.pt"
     args = ["teacher", "train", "--arch", "resnet18-quarter", "--epochs", "2", "--lr", "0.05"]
     trained = run(distill_cmd(*args, *cli_args(tiny_image_folder, tmp_path, teacher),

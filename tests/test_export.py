@@ -368,6 +368,7 @@ def test_the_same_weights_are_exported_once_per_process(tmp_path, monkeypatch):
     real = graph._export
     monkeypatch.setattr(graph, "_export", lambda *a: calls.append(1) or real(*a))
     monkeypatch.setattr(graph, "_RECENT", type(graph._RECENT)())
+
     class Small(torch.nn.Module):  # what is tested is when the exporter runs, not its output
         def __init__(self):
             super().__init__()

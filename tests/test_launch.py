@@ -228,3 +228,25 @@ def test_what_every_rank_would_refuse_is_refused_before_any_starts(
     monkeypatch.setattr(distributed, "relaunch", started)
     args = train_args(tiny_image_folder, tmp_path, str(tmp_path / "t.pt"), "--nproc-per-node", "2")
     one_line_error(runner.invoke(app, [*args, *extra]), message)
+
+
+@pytest.mark.parametrize("argv, code", [(["models", "--json"], 0), (["budget", "resnet9000"], 2)])
+def test_a_rank_leaves_with_its_commands_code_without_cpp_destructors(monkeypatch, argv, code):
+    # A rank's ordinary exit can abort in the destructors of the store's and gloo's threads:
+    # every rank leaves through exit_now, with the code the command ended with.
+    import distill.cli as cli
+    from distill import distributed, launch
+
+    left = []
+    for name, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "2")):
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setattr(launch, "stop_with_launcher", lambda rank: None)
+    monkeypatch.setattr(distributed, "exit_now", left.append)
+    monkeypatch.setattr(sys, "argv", ["distill", *argv])
+    handler = signal.getsignal(signal.SIGTERM)  # main() ignores SIGTERM as it leaves
+    try:
+        cli.main()
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    assert left == [code]

@@ -43,6 +43,23 @@ def _terminate(signum, frame):
 
 
 def main() -> None:
+    if not distributed.launched():
+        _main()
+        return
+    # A rank leaves without C++ static destructors (distributed.exit_now), whatever ends it.
+    try:
+        _main()
+    except SystemExit as e:
+        code = e.code
+    else:
+        code = 0
+    if code is not None and not isinstance(code, int):
+        print(code, file=sys.stderr)
+        code = 1
+    distributed.exit_now(code or 0)
+
+
+def _main() -> None:
     from distill.errors import UserError
     from distill.files import sweep_stale
     from distill.timing import mark

@@ -216,16 +216,9 @@ def relaunched(nproc: int, device: str = "auto", check: Callable[[], Any] = lamb
         if not a.startswith("--nproc-per-node="):
             argv.append(a)
     os.environ["DISTILL_COMMAND"] = resume_command()
-    code = distributed.relaunch(nproc, argv)
-    # The launcher's rendezvous store still has C++ threads in this process: a normal exit can
-    # abort in their destructors ("terminate called without an active exception", a second
-    # line after the ranks' one). Nothing of ours is left to tear down: leave at once.
-    import atexit
-
-    atexit._run_exitfuncs()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    # The launcher's rendezvous store keeps C++ threads in this process: leave without their
+    # destructors.
+    distributed.exit_now(distributed.relaunch(nproc, argv))
 
 
 @contextlib.contextmanager
