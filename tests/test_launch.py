@@ -250,3 +250,34 @@ def test_a_rank_leaves_with_its_commands_code_without_cpp_destructors(monkeypatc
     finally:
         signal.signal(signal.SIGTERM, handler)
     assert left == [code]
+
+
+def test_a_sigterm_while_a_lost_peer_is_reported_keeps_the_one_line(monkeypatch, capfd):
+    # The launcher stops the ranks that are left after one died, while they report the lost
+    # peer: that SIGTERM must not turn the one line into a traceback of the error handled.
+    import distill.cli as cli
+    from distill import distributed, launch
+
+    left = []
+    for name, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "2")):
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(launch, "stop_with_launcher", lambda rank: None)
+    monkeypatch.setattr(distributed, "exit_now", left.append)
+
+    def gloo_error():
+        raise RuntimeError("Connection closed by peer")
+
+    def lost_line(error):
+        os.kill(os.getpid(), signal.SIGTERM)  # delivered at the next bytecode: mid-report
+        time.sleep(0.1)
+        return "rank 1 (pid 123) went away" if error is not None else None
+
+    monkeypatch.setattr(cli, "app", gloo_error)
+    monkeypatch.setattr(distributed, "lost_peer_line", lost_line)
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        cli.main()
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    lines = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
+    assert left == [1] and lines == ["[rank 0] error: rank 1 (pid 123) went away"], lines

@@ -15,8 +15,16 @@ def exits_on_user_error(fn):
         try:
             return fn(*args, **kwargs)
         except UserError as e:
+            import signal
+
             from distill import distributed
 
+            try:
+                ranked = distributed.launched()
+            except UserError:  # WORLD_SIZE garbage: the error being reported says so
+                ranked = False
+            if ranked:  # the launcher may stop this rank while it reports
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
             # Under torchrun: once, naming the rank that found it; exit 2 everywhere.
             prefix = distributed.error_prefix(str(e), getattr(e, "rank", None))
             if prefix is not None:
