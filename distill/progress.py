@@ -202,8 +202,11 @@ def failure_warning(ckpt: dict[str, Any]) -> str | None:
         if chance
         else f"the val loss is {loss}"
     )
+    from distill.data.loader import steps_per_epoch
+
     batch = recipe.get("batch_size") or 1
-    steps = (ckpt.get("data") or {}).get("train_size", 0) // batch * (m.get("epochs_run") or 0)
+    images = (ckpt.get("data") or {}).get("train_size") or 0
+    steps = steps_per_epoch(images, batch, m.get("processes") or 1) * (m.get("epochs_run") or 0)
     peak = m.get("peak_lr")  # what the optimizer was given (Recipe.peak_lr)
     shown = f"{peak:.3g}" if isinstance(peak, float) else "?"
     return (

@@ -277,6 +277,12 @@ def test_a_run_that_learned_nothing_says_so_with_the_likely_causes():
     diverged = failure_warning(ckpt | {"metrics": {"val_accuracy": 0.6, "val_loss": math.nan}})
     assert "val loss is nan" in diverged
     assert failure_warning(ckpt | {"metrics": {"val_accuracy": 0.6, "val_loss": 1.0}}) is None
+    # Counted as the loader takes them: a set smaller than a batch is one step an epoch, and
+    # two processes take two batches a step.
+    small = ckpt | {"data": {"train_size": 90}, "recipe": recipe | {"batch_size": 256}}
+    assert "2 steps here" in failure_warning(small)
+    two = ckpt | {"metrics": ckpt["metrics"] | {"processes": 2}}
+    assert "4 steps here" in failure_warning(two)
 
 
 def test_a_run_writes_its_metrics_beside_the_checkpoint(trained):

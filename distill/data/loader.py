@@ -34,6 +34,14 @@ class Batch(NamedTuple):
     strong: torch.Tensor | None = None
 
 
+def steps_per_epoch(images: int, batch_size: int, world_size: int = 1) -> int:
+    """Optimizer steps of one epoch over `images` at `batch_size` per process, as the training
+    loader takes them: whole global batches (the last partial one dropped), or one smaller batch
+    when the set is smaller than a global batch."""
+    global_batch = batch_size * world_size
+    return images // global_batch if images >= global_batch else math.ceil(images / global_batch)
+
+
 class BatchLoader:
     """Batches of one split, held on `device` as uint8, augmented and normalised there.
 
