@@ -12,7 +12,7 @@ from torch import nn
 
 from distill import distributed
 from distill.data import BatchLoader, Dataset
-from distill.data.loader import Batch
+from distill.data.loader import Batch, drops_last
 from distill.device import Precision, choose_precision
 from distill.errors import UserError
 from distill.optim import EMA, Lookahead, make_optimizer, make_scheduler
@@ -118,7 +118,7 @@ def make_trainer(
         device=device,
         augment=recipe.augment,
         shuffle=True,
-        drop_last=len(data.train.labels) >= recipe.batch_size * world,
+        drop_last=drops_last(len(data.train.labels), recipe.batch_size, world),
         seed=run.seed,
         rank=distributed.rank(),
         world_size=world,

@@ -30,6 +30,7 @@ from distill.cli import (  # noqa: F401
     train_cmds,
 )
 from distill.cli.common import app
+from distill.cli.errors import leaving
 
 __all__ = ["app", "main"]
 
@@ -39,15 +40,8 @@ class Terminated(BaseException):
 
 
 def _terminate(signum, frame):
-    _leaving()  # once: a second SIGTERM must not interrupt the way out
+    leaving()  # once: a second SIGTERM must not interrupt the way out
     raise Terminated
-
-
-def _leaving() -> None:
-    """From here the process only reports and exits: a SIGTERM (a launcher stopping the ranks
-    that are left after one failed) arriving now would turn the one error line into a
-    traceback of the exception being handled."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def main() -> None:
@@ -81,7 +75,7 @@ def _main() -> None:
             launch.stop_with_launcher(distributed.rank())
         app()
     except UserError as e:  # the launcher's variables, read before any command ran
-        _leaving()
+        leaving()
         typer.echo(f"error: {e}", err=True)
         sys.exit(2)
     except Terminated:
@@ -92,18 +86,18 @@ def _main() -> None:
             typer.echo("terminated: nothing half-written was left behind", err=True)
         sys.exit(143)
     except KeyboardInterrupt:
-        _leaving()
+        leaving()
         typer.echo("interrupted", err=True)
         sys.exit(130)
     except Exception as e:
-        _leaving()
+        leaving()
         lost = distributed.lost_peer_line(e)
         if lost is None:
             raise
         typer.echo(f"[rank {distributed.rank()}] error: {lost}", err=True)  # not 65 lines of gloo
         sys.exit(1)
     finally:
-        _leaving()  # nor in the middle of the interpreter's shutdown
+        leaving()  # nor in the middle of the interpreter's shutdown
         distributed.shutdown()
 
 

@@ -4,6 +4,15 @@ traceback (a UserError from the library, and click's own usage errors alike)."""
 from distill.errors import UserError
 
 
+def leaving() -> None:
+    """From here the process only reports and exits: a SIGTERM (a launcher stopping the ranks
+    that are left after one failed) arriving now would turn the one error line into a
+    traceback of the exception being handled."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def exits_on_user_error(fn):
     """Decorator for CLI commands: a UserError becomes one line on stderr and exit code 2."""
     import functools
@@ -15,8 +24,6 @@ def exits_on_user_error(fn):
         try:
             return fn(*args, **kwargs)
         except UserError as e:
-            import signal
-
             from distill import distributed
 
             try:
@@ -24,7 +31,7 @@ def exits_on_user_error(fn):
             except UserError:  # WORLD_SIZE garbage: the error being reported says so
                 ranked = False
             if ranked:  # the launcher may stop this rank while it reports
-                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                leaving()
             # Under torchrun: once, naming the rank that found it; exit 2 everywhere.
             prefix = distributed.error_prefix(str(e), getattr(e, "rank", None))
             if prefix is not None:

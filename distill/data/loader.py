@@ -34,12 +34,18 @@ class Batch(NamedTuple):
     strong: torch.Tensor | None = None
 
 
+def drops_last(images: int, batch_size: int, world_size: int = 1) -> bool:
+    """Whether training drops the last partial global batch: always, unless the set is smaller
+    than one global batch (then that one smaller batch is the epoch)."""
+    return images >= batch_size * world_size
+
+
 def steps_per_epoch(images: int, batch_size: int, world_size: int = 1) -> int:
-    """Optimizer steps of one epoch over `images` at `batch_size` per process, as the training
-    loader takes them: whole global batches (the last partial one dropped), or one smaller batch
-    when the set is smaller than a global batch."""
+    """Optimizer steps of one training epoch over `images` at `batch_size` per process."""
     global_batch = batch_size * world_size
-    return images // global_batch if images >= global_batch else math.ceil(images / global_batch)
+    if drops_last(images, batch_size, world_size):
+        return images // global_batch
+    return math.ceil(images / global_batch)
 
 
 class BatchLoader:
