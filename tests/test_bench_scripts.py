@@ -1,10 +1,13 @@
 """The bench/ scripts' own logic, at toy sizes (their numbers are the lead's to measure):
 gpu_check.sh on a machine without a GPU, the synthetic data the GPU rows train on, the variants
-kd_overhead.py times, and prune_speed.py's choice of round_to."""
+kd_overhead.py times, prune_speed.py's choice of round_to, and cpu_step_variants.py's rows and
+its check that every teacher variant gives the same logits."""
 
 from __future__ import annotations
 
+import json
 import os
+import platform
 import re
 import subprocess
 import sys
@@ -175,3 +178,24 @@ def test_kd_table_script_runs_its_pairs_and_prints_the_published_figures(tmp_pat
     assert "73.58" in rows["fitnet"] and "not run" not in rows["fitnet"]  # ours beside theirs
     assert "not run" in rows["dkd"] and "76.24" in rows["dkd"]
     assert (tmp_path / "out" / "wrn-40-2_wrn-16-2" / "teacher.pt").exists()
+
+
+def test_cpu_step_variants_times_every_row_and_checks_the_teachers_agree(tmp_path: Path) -> None:
+    out = tmp_path / "rows.json"
+    script = ROOT / "bench" / "cpu_step_variants.py"
+    args = [sys.executable, str(script), "--smoke", "--allocator", "--json", str(out)]
+    subprocess.run(args, check=True, capture_output=True, text=True)
+    rows = json.loads(out.read_text())
+    by_table: dict[str, list[dict]] = {}
+    for row in rows:
+        by_table.setdefault(row["table"], []).append(row)
+    train, forward = by_table["training step"], by_table["teacher forward (KD)"]
+    assert len(train) == 4 and len(forward) == 4
+    for group in (train, forward):
+        default = next(r for r in group if r["variant"] == "eager, channels_last")
+        assert default["vs_default"] == 1.0 and all(r["images_per_s"] > 0 for r in group)
+    # Folding and TorchScript's fusion are the same function: logits agree to float rounding.
+    assert all(r["max_abs_diff"] < 1e-3 for r in forward), forward
+    if platform.libc_ver()[0] == "glibc":
+        kinds = [r["variant"] for r in by_table["allocator"]]
+        assert kinds == ["glibc defaults", "freed blocks kept"]
