@@ -143,7 +143,7 @@ def table(title: str, makers: dict[str, tuple[Callable, int]], timing: Timing) -
         print(f"  {name:44s} {rate[name]:9.0f} {row['vs_default']:9.2f}x "
               f"{row['first_call_s']:9.1f}s {row['runs']:5d}")  # fmt: skip
     if same:
-        diffs = ", ".join(f"{n.split(',')[0]} {d:.1e}" for n, d in same.items() if n != DEFAULT)
+        diffs = ", ".join(f"{n} {d:.1e}" for n, d in same.items() if n != DEFAULT)
         print(f"  largest logit difference from the default: {diffs}")
     return rows
 
