@@ -84,7 +84,7 @@ def _refuse_cache_inside(cache_dir: Path, folder: Path) -> None:
 def _fingerprint(folder: Path) -> str:
     """Names (below `folder`), sizes and mtimes of its files: cheap, and changes on any edit,
     move or rename, whatever the folders' own mtimes say."""
-    return _listing_digest(folder, _files_under(str(folder)))
+    return _listing_digest(folder, [f for f, _ in _files_under(str(folder))])
 
 
 def _listing_digest(root: Path, files: list[str]) -> str:
@@ -106,9 +106,13 @@ def _hidden_folders(folder: str) -> list[str]:
         return sorted(e.name for e in it if e.name.startswith(".") and e.is_dir())
 
 
-def _files_under(folder: str, seen: set[str] | None = None) -> list[str]:
-    """Visible files below `folder`, sorted; a folder reached again through a link (a loop, or a
-    second way to the same images) is walked once."""
+def _files_under(folder: str, seen: set[str] | None = None) -> list[tuple[str, str]]:
+    """Visible files below `folder`, sorted, each with its real path; a folder reached again
+    through a link (a loop, or a second way to the same images) is walked once.
+
+    A file that is not a link is its real folder's entry: only links pay for `realpath`, which
+    costs eight `lstat`s in Python per file (2.3 s of a 50,000-image scan when every file paid).
+    """
     seen = set() if seen is None else seen
     real = os.path.realpath(folder)
     if real in seen:
@@ -119,7 +123,9 @@ def _files_under(folder: str, seen: set[str] | None = None) -> list[str]:
         if e.is_dir():
             files += _files_under(e.path, seen)
         elif e.is_file():
-            files.append(e.path)
+            files.append(
+                (e.path, os.path.realpath(e.path) if e.is_symlink() else f"{real}/{e.name}")
+            )
     return files
 
 
@@ -160,11 +166,10 @@ def scan_image_folder(root: Path) -> Source:
                     f"the training classes or remove it"
                 )
             found = []
-            for f in _files_under(e.path):
+            for f, real in _files_under(e.path):
                 if not is_image_name(f):
                     skipped.append(f)
                     continue
-                real = os.path.realpath(f)
                 first = owner.setdefault(real, (split, e.name, f))
                 if first[2] == f:
                     found.append(f)
