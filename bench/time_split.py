@@ -1,7 +1,7 @@
 """Where the time goes, from process start to the saved checkpoint: runs one distill command in a
 child process with DISTILL_TIMINGS set (distill/timing.py) and prints the split: interpreter
-start-up and imports, data (source scan, cache check, decode, cache write, split), model and
-trainer build, each epoch's steps and validation, saves, pipeline stages, and what no phase
+start-up and imports, data (source scan, cache check, decode, cache write, split), memory check
+and trainer build, each epoch's steps and validation, saves, pipeline stages, and what no phase
 covers. Also the child's peak resident memory and the training step's achieved GFLOP/s against
 the CPU's measured fp32 peak.
 

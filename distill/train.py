@@ -269,8 +269,10 @@ def fit(
     distributed.init(device.type)
     configure_for_training(device)
     objective = objective or CrossEntropy(recipe.label_smoothing)
-    _check_memory(model, data, recipe, device)
-    with phase("trainer build"):
+    # The memory check's meta-device pass loads torch._dynamo (its meta kernels), as building
+    # the optimizer would anyway: this phase carries that import, 1.7-1.9 s of every run.
+    with phase("memory check and trainer build"):
+        _check_memory(model, data, recipe, device)
         t = make_trainer(model, data, recipe, run, device, objective)
     writes = run.out is not None and distributed.is_main()
     state_file = last_path(run.out) if run.out is not None else None
