@@ -106,18 +106,21 @@ def torch_threads(n: int):
 
 
 def _rate(run, flops: float, seconds: float, sync=lambda: None) -> float:
-    """GFLOP/s of `run` (one call = `flops`), after one untimed call (kernels pick and cache
-    their blocking); at least two timed calls however short `seconds` is."""
+    """GFLOP/s of `run`'s fastest call (one call = `flops`) over `seconds`, after one untimed
+    call (kernels pick and cache their blocking); at least two timed calls however short
+    `seconds` is. The fastest, not the mean: this is a ceiling, and on a shared host another
+    process's burst only ever slows a call (a mean once put a training step at 109% of it)."""
     run()
     sync()
-    count, start = 0, time.perf_counter()
+    count, start, best = 0, time.perf_counter(), float("inf")
     while True:
+        t0 = time.perf_counter()
         run()
-        count += 1
         sync()  # sync point on CUDA: kernels run asynchronously
-        elapsed = time.perf_counter() - start
-        if elapsed >= seconds and count >= 2:
-            return flops * count / elapsed / 1e9
+        now = time.perf_counter()
+        best, count = min(best, now - t0), count + 1
+        if now - start >= seconds and count >= 2:
+            return flops / best / 1e9
 
 
 def ort_matmul_gflops(threads: int, seconds: float = 0.3, n: int = 1024) -> float:
