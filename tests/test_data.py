@@ -636,6 +636,10 @@ def test_links_and_hidden_folders_cannot_relabel_images(tmp_path, capfd):
     with pytest.raises(UserError, match=r"same file .* train/x and train/z"):
         load_data(settings)
     (root / "train" / "z").unlink()
+    (root / "train" / "y" / "moved.png").symlink_to(root / "train" / "x" / "000.png")
+    with pytest.raises(UserError, match=r"same file .* train/x and train/y"):
+        load_data(settings)  # a file link, not a folder link, across classes
+    (root / "train" / "y" / "moved.png").unlink()
     (root / "train" / "x" / "again.png").symlink_to(root / "train" / "x" / "000.png")
     (root / "train" / ".w").mkdir()
     shutil.copy(root / "train" / "x" / "000.png", root / "train" / ".w")
