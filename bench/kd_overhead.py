@@ -2,7 +2,7 @@
 
 Variants of one training step (forward, loss, backward, optimizer step) on the same student and
 batch, under the training's own precision (distill.device.choose_precision) and memory format
-(channels_last on CUDA, as `fit` does):
+(the recipes' channels_last, on CPUs and GPUs alike, as `fit` uses it):
 
   labels  cross-entropy on labels alone: the baseline every ratio is divided by
   hinton  Hinton KD against the teacher (its forward pass in inference mode, no backward)
@@ -36,6 +36,7 @@ from distill.kd.objective import KDObjective
 from distill.kd.table import training_step
 from distill.losses import CrossEntropy
 from distill.optim import EMA
+from distill.recipes import get_recipe
 from distill.registry import create_model
 from distill.settings import KDSettings, resolve_kd
 from distill.train_setup import Objective
@@ -81,7 +82,8 @@ def measure_variants(
     dev = resolve_device(device)
     configure_for_training(dev)  # cuDNN autotuning and TF32, as in training
     precision = choose_precision(dev, amp)
-    memory_format = torch.channels_last if dev.type == "cuda" else torch.contiguous_format
+    cl = get_recipe("quick").channels_last  # every recipe's default, on every device
+    memory_format = torch.channels_last if cl else torch.contiguous_format
     torch.manual_seed(0)
     student = create_model(student_arch)
     teacher = create_model(teacher_arch)
