@@ -45,6 +45,8 @@ from torch.fx.experimental.optimization import fuse
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from distill.device import autocast, choose_precision  # noqa: E402
+from distill.optim import make_optimizer  # noqa: E402
+from distill.recipes import get_recipe  # noqa: E402
 from distill.registry import create_model  # noqa: E402
 from export.timing import Timing, measure  # noqa: E402
 
@@ -58,20 +60,21 @@ def batch(size: int, channels_last: bool, image: int) -> torch.Tensor:
 
 
 def trainer(arch: str, size: int, channels_last: bool, compiled: bool, image: int):
-    """One recipe-like SGD step of a fresh model on a fixed batch, as a callable."""
+    """One step of the `quick` recipe (its optimizer, lr, smoothing and precision) on a fresh
+    model and a fixed batch, as a callable."""
     torch.manual_seed(0)
+    recipe = get_recipe("quick")
     model = create_model(arch)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True,
-                          weight_decay=5e-4)  # fmt: skip
+    opt = make_optimizer(model, recipe, recipe.lr_at(size))
     net = torch.compile(model) if compiled else model
     x, y = batch(size, channels_last, image), torch.randint(0, 10, (size,))
-    precision = choose_precision(CPU, amp=True)
+    precision = choose_precision(CPU, recipe.amp)
 
     def step() -> None:
         with autocast(CPU, precision):
-            loss = F.cross_entropy(net(x).float(), y, label_smoothing=0.1)
+            loss = F.cross_entropy(net(x).float(), y, label_smoothing=recipe.label_smoothing)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
