@@ -11,10 +11,14 @@ default (eager, channels_last).
   allocator      (--allocator) the default step in two child processes, glibc's defaults
                  against freed blocks kept (mallopt: up to 32 MiB from the heap, no trimming),
                  A B A B: images/s, page faults per step and peak resident memory
+  profile        (--profile) where the default step's time goes (torch.profiler, self time by
+                 kind of op) and each convolution's achieved GFLOP/s, forward and backward,
+                 against the CPU's measured matmul peak
 
     python bench/cpu_step_variants.py                  # about 2 minutes on 2 cores
     python bench/cpu_step_variants.py --compile        # + compiled rows (a C++ compiler; minutes)
     python bench/cpu_step_variants.py --allocator      # + the allocator rows
+    python bench/cpu_step_variants.py --profile        # + the step's profile
     python bench/cpu_step_variants.py --smoke          # every row at toy sizes, seconds
 
 Precision is the training's own (distill.device.choose_precision: bf16 where the CPU has it
@@ -204,6 +208,123 @@ def allocator_rows(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+# Self time by kind of op: a leaf op's own time, so nothing is counted twice. Ops run inside the
+# optimizer's step (its per-parameter add_ and mul_ on a CPU) count as the optimizer's.
+OP_KINDS = {
+    "convolution forward": ("aten::mkldnn_convolution", "aten::_slow_conv2d_forward"),
+    "convolution backward": ("aten::convolution_backward", "aten::mkldnn_convolution_backward"),
+    "batch norm forward": ("aten::native_batch_norm", "aten::_native_batch_norm_legit"),
+    "batch norm backward": ("aten::native_batch_norm_backward",),
+    "ReLU and residual adds": ("aten::clamp_min", "aten::relu", "aten::threshold_backward",
+                               "aten::add", "aten::add_"),
+}  # fmt: skip
+OTHER = "other (loss, pooling, allocation, autograd)"
+
+
+def op_kind(event) -> str:
+    """The kind of a profiler event (torch.autograd.profiler.FunctionEvent)."""
+    up = event
+    while up is not None:
+        if up.name.startswith("Optimizer."):
+            return "optimizer"
+        up = up.cpu_parent
+    return next((k for k, names in OP_KINDS.items() if event.name in names), OTHER)
+
+
+def conv_flops(model: torch.nn.Module, x: torch.Tensor) -> dict[tuple, tuple[str, float, float]]:
+    """(input shape, weight shape) -> (label, forward FLOPs, backward FLOPs) of each convolution,
+    from one forward pass. Backward computes the input's gradient and the weight's, twice the
+    forward's work, except where the input needs no gradient (the stem: the weight's only)."""
+    found: dict[tuple, tuple[str, float, float]] = {}
+
+    def hook(conv: torch.nn.Conv2d, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        x_in = inputs[0]
+        w = conv.weight
+        fwd = 2.0 * out.numel() * w.shape[1] * w.shape[2] * w.shape[3]
+        n, c, h, wd = x_in.shape
+        label = f"{c}x{h}x{wd} -> {w.shape[0]}, {w.shape[2]}x{w.shape[3]} stride {conv.stride[0]}"
+        bwd = fwd * (2 if x_in.requires_grad else 1)
+        found[(tuple(x_in.shape), tuple(w.shape))] = (label, fwd, bwd)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, torch.nn.Conv2d)]  # fmt: skip
+    model(x).sum().backward()
+    for h in handles:
+        h.remove()
+    model.zero_grad(set_to_none=True)
+    return found
+
+
+def profile_rows(args: argparse.Namespace) -> list[dict]:
+    """Where the default step's time goes, by kind of op, and each convolution's GFLOP/s."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from export.machine import peak_gflops
+
+    torch.manual_seed(0)
+    model = create_model(args.arch).to(memory_format=torch.channels_last)
+    flops = conv_flops(model, batch(args.batch_size, True, args.image))
+    step = trainer(args.arch, args.batch_size, True, False, args.image)
+    for _ in range(args.warmup_steps):
+        step()
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        for _ in range(args.profile_steps):
+            step()
+    events = prof.events()
+    total = sum(e.self_cpu_time_total for e in events)
+    by_kind: dict[str, float] = {}
+    convs: dict[str, dict[str, float]] = {}
+    for e in events:
+        kind = op_kind(e)
+        by_kind[kind] = by_kind.get(kind, 0.0) + e.self_cpu_time_total
+        if not kind.startswith("convolution"):
+            continue
+        shapes = [tuple(s) for s in e.input_shapes if s]
+        # forward: (input, weight, ..); backward: (grad_output, input, weight, ..)
+        forward = kind.endswith("forward")
+        key = tuple(shapes[:2]) if forward else tuple(shapes[1:3])
+        if key not in flops:
+            continue
+        label, fwd_flops, bwd_flops = flops[key]
+        row = convs.setdefault(label, dict.fromkeys(("calls", "fwd_us", "fwd", "bwd_us", "bwd"), 0))
+        side = "fwd" if forward else "bwd"
+        row[f"{side}_us"] += e.self_cpu_time_total
+        row[side] += fwd_flops if forward else bwd_flops
+        row["calls"] += forward
+    peak = peak_gflops("cpu", torch.get_num_threads())["fp32"]
+    step_ms = total / args.profile_steps / 1000
+    print(f"\nprofile ({args.profile_steps} steps of the default, {step_ms:.0f} ms of op time a "
+          f"step; self time of each op)")  # fmt: skip
+    rows = []
+    for kind, us in sorted(by_kind.items(), key=lambda kv: -kv[1]):
+        rows.append({"table": "profile", "variant": kind, "share": us / total})
+        print(f"  {kind:44s} {100 * us / total:5.1f}%")
+    print(
+        f"\nconvolutions by shape (batch {args.batch_size}): achieved GFLOP/s, forward and "
+        f"backward, against the CPU's fp32 matmul peak measured now ({peak:.0f} GFLOP/s)"
+    )
+    print(f"  {'input -> output channels, kernel':38s} {'calls':>5s} {'of step':>8s} "
+          f"{'forward':>8s} {'backward':>9s}")  # fmt: skip
+    for label, r in sorted(convs.items(), key=lambda kv: -(kv[1]["fwd_us"] + kv[1]["bwd_us"])):
+        fwd = r["fwd"] / r["fwd_us"] / 1e3 if r["fwd_us"] else 0.0
+        bwd = r["bwd"] / r["bwd_us"] / 1e3 if r["bwd_us"] else 0.0
+        share = (r["fwd_us"] + r["bwd_us"]) / total
+        calls = r["calls"] // args.profile_steps
+        rows.append(
+            {
+                "table": "profile: convolutions",
+                "variant": label,
+                "share": share,
+                "calls": calls,
+                "forward_gflops": fwd,
+                "backward_gflops": bwd,
+                "peak_gflops": peak,
+            }
+        )
+        print(f"  {label:38s} {calls:5d} {100 * share:7.1f}% {fwd:8.0f} {bwd:9.0f}")
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--arch", default="resnet18-quarter", help="the student and the teacher")
@@ -214,6 +335,8 @@ def main() -> None:
     p.add_argument("--pairs", type=int, default=3, help="allocator: process pairs")
     p.add_argument("--steps", type=int, default=20, help="allocator: timed steps per process")
     p.add_argument("--warmup-steps", type=int, default=5)
+    p.add_argument("--profile", action="store_true", help="add the step's profile")
+    p.add_argument("--profile-steps", type=int, default=3, help="profile: steps profiled")
     p.add_argument("--seconds", type=float, default=8.0, help="timed seconds per variant")
     p.add_argument("--smoke", action="store_true", help="toy sizes: the plumbing, not a figure")
     p.add_argument("--json", type=Path, help="also write the rows here")
@@ -222,7 +345,7 @@ def main() -> None:
     args = p.parse_args()
     if args.smoke:
         args.batch_size, args.image, args.seconds = 8, 16, 0.05
-        args.pairs, args.steps, args.warmup_steps = 1, 2, 1
+        args.pairs, args.steps, args.warmup_steps, args.profile_steps = 1, 2, 1, 1
     if args.allocator_child:
         return allocator_child(args)
     timing = Timing(warmup=1, min_runs=3, min_seconds=args.seconds, block_seconds=1.0)
@@ -256,6 +379,8 @@ def main() -> None:
     rows += table("teacher forward (KD)", forwards, timing)
     if args.allocator:
         rows += allocator_rows(args)
+    if args.profile:
+        rows += profile_rows(args)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 

@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.nn import Conv2d
 
 from distill.data import DataSettings, load_data
+from distill.registry import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))  # the scripts import their siblings by name
@@ -183,7 +185,7 @@ def test_kd_table_script_runs_its_pairs_and_prints_the_published_figures(tmp_pat
 def test_cpu_step_variants_times_every_row_and_checks_the_teachers_agree(tmp_path: Path) -> None:
     out = tmp_path / "rows.json"
     script = ROOT / "bench" / "cpu_step_variants.py"
-    args = [sys.executable, str(script), "--smoke", "--allocator", "--json", str(out)]
+    args = [sys.executable, str(script), "--smoke", "--allocator", "--profile", "--json", str(out)]
     subprocess.run(args, check=True, capture_output=True, text=True)
     rows = json.loads(out.read_text())
     by_table: dict[str, list[dict]] = {}
@@ -199,3 +201,12 @@ def test_cpu_step_variants_times_every_row_and_checks_the_teachers_agree(tmp_pat
     if platform.libc_ver()[0] == "glibc":
         kinds = [r["variant"] for r in by_table["allocator"]]
         assert kinds == ["glibc defaults", "freed blocks kept"]
+    # The profile accounts for the whole step, and every convolution of the model is found in
+    # it, forward and backward (a shape it failed to match would drop out of the table).
+    shares = {r["variant"]: r["share"] for r in by_table["profile"]}
+    assert abs(sum(shares.values()) - 1.0) < 1e-6
+    assert shares["convolution forward"] > 0 and shares["convolution backward"] > 0
+    convs = by_table["profile: convolutions"]
+    model = create_model("resnet18-quarter")
+    assert sum(r["calls"] for r in convs) == sum(isinstance(m, Conv2d) for m in model.modules())
+    assert all(r["forward_gflops"] > 0 and r["backward_gflops"] > 0 for r in convs), convs
