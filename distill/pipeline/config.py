@@ -77,7 +77,7 @@ class PipelineSettings:
 
 # Presets are plain nested tables so a TOML file overrides them key by key.
 PRESETS: dict[str, dict[str, Any]] = {
-    # CPU demo on CIFAR-10: about 16 minutes on 2 cores with native bf16 (Zen 4), 43 on an
+    # CPU demo on CIFAR-10: about 16 minutes on 2 cores with native bf16 (Zen 4), 40-44 on an
     # fp32-only Zen 3 (README: What each minute buys, for the epochs' price). On a CPU a wider
     # teacher costs more per image than the student's whole training step, so the teacher is
     # the student's own architecture trained three times as long ("born-again" distillation,
