@@ -248,10 +248,9 @@ def conv_flops(model: torch.nn.Module, x: torch.Tensor) -> dict[tuple, tuple[str
 
     handles = [m.register_forward_hook(hook) for m in model.modules()
                if isinstance(m, torch.nn.Conv2d)]  # fmt: skip
-    model(x).sum().backward()
+    model(x)  # with autograd on, so each input says whether it needs a gradient; no backward
     for h in handles:
         h.remove()
-    model.zero_grad(set_to_none=True)
     return found
 
 
