@@ -160,7 +160,12 @@ def coerce(value: Any, tp: Any, name: str, label: Callable[[str], str] = str) ->
         item = typing.get_args(tp)[0]
         if not isinstance(value, (list, tuple)):
             raise wrong
-        return tuple(coerce(v, item, f"{name}[{i}]", label) for i, v in enumerate(value))
+        # The item's position after the setting's own label: "--batch-sizes item 2", never
+        # a Python index pasted into the name, which the label could no longer map to a flag.
+        return tuple(
+            coerce(v, item, name, lambda n, i=i: f"{label(n)} item {i + 1}")
+            for i, v in enumerate(value)
+        )
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value

@@ -422,7 +422,10 @@ def test_print_config_reads_back_to_the_same_settings(tiny_image_folder, tmp_pat
         ),
         ('epochs = "three"', "unknown pipeline setting epochs (bad.toml)"),
         ('[export]\nint8 = "no"', "export.int8 (bad.toml) must be true or false, got 'no'"),
-        ('[bench]\nbatch_sizes = ["a"]', "bench.batch_sizes[0] (bad.toml) must be an integer"),
+        (
+            '[bench]\nbatch_sizes = [1, "a"]',
+            "bench.batch_sizes (bad.toml) item 2 must be an integer, got 'a'",
+        ),
         ("[prune]\nsteps = 0", "prune.steps (bad.toml) must be greater than 0, got 0"),
         (
             '[prune]\nimportance = "random"',

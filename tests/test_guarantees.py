@@ -340,9 +340,10 @@ def test_absurd_kd_numbers_are_refused_up_front(tmp_path, flags, named):
 
 def test_absurd_bench_sizes_are_refused_before_timing(tmp_path):
     save_checkpoint(_checkpoint(), tmp_path / "m.pt")
-    for sizes in ("100000000", "0", "1,a"):
+    for sizes, named in (("100000000", "between 1 and"), ("0", "between 1 and"),
+                         ("1,a", "--batch-sizes item 2 must be an integer")):  # fmt: skip
         result = runner.invoke(app, ["bench", str(tmp_path / "m.pt"), "--batch-sizes", sizes])
-        one_line_error(result, "batch")
+        one_line_error(result, named)
 
 
 def test_a_late_divergence_names_its_suspects_and_resumes_with_a_lower_lr(

@@ -114,6 +114,9 @@ def test_types_are_checked_and_named_as_the_user_wrote_them():
         build(PruneSettings, {"steps": 2.5})
     with pytest.raises(UserError, match="batch_sizes must be between 1 and 65536"):
         build(BenchSettings, {"batch_sizes": [0]})
+    # A list's item is named by the setting's own label and its place, so a flag reads as typed.
+    with pytest.raises(UserError, match="^--batch-sizes item 2 must be an integer, got 'x'$"):
+        build(BenchSettings, {"batch_sizes": [1, "x"]}, label=lambda n: "--batch-sizes")
     with pytest.raises(UserError, match="unknown setting colour"):
         build(RunSettings, {"colour": "blue"})
 
