@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from distill.errors import UserError, first_line
+from distill.errors import UserError, first_line, unreadable_torch_file
 from distill.files import atomic_save
 from distill.registry import build_model, label_disagrees
 from students.resnet import ResNetConfig
@@ -115,9 +115,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # zip/pickle errors: not a torch file, truncated, or holds code
-        reason = first_line(e, None)
         raise UserError(
-            f"{path} is not a readable distill checkpoint ({reason[:120]}); "
+            f"{path} is not a readable distill checkpoint ({unreadable_torch_file(e, path)}); "
             "pass a .pt file written by distill"
         ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:

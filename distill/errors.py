@@ -1,9 +1,31 @@
 """The one exception type for a user's mistake. The command line prints it on one line and exits
 2 (distill/cli/errors.py); the Python API raises it as it is."""
 
+import os
+import re
+import unicodedata
+
 
 class UserError(Exception):
-    """Bad input from the user. The message says what is wrong and how to fix it."""
+    """Bad input from the user. The message says what is wrong and how to fix it.
+
+    Its text is always one line: a control character in it (a newline or an escape sequence in
+    a file name the user gave, a library's coloured message) is shown escaped, so the error
+    stays the one line every caller prints and no terminal ever interprets it."""
+
+    def __str__(self) -> str:
+        return one_line(super().__str__())
+
+
+def one_line(text: str) -> str:
+    """`text` with each control character (newlines, tabs, ESC, the Unicode line separators)
+    written as its Python escape: what a user typed stays recognisable, and nothing breaks the
+    line or drives the terminal."""
+    return "".join(c.encode("unicode_escape").decode("ascii") if _control(c) else c for c in text)
+
+
+def _control(c: str) -> bool:
+    return unicodedata.category(c) in ("Cc", "Zl", "Zp")
 
 
 def first_line(e: BaseException, limit: int | None = 120) -> str:
@@ -11,3 +33,24 @@ def first_line(e: BaseException, limit: int | None = 120) -> str:
     most `limit` characters), or its type's name when it says nothing."""
     text = str(e).strip()
     return text.splitlines()[0][:limit] if text else type(e).__name__
+
+
+def unreadable_torch_file(e: BaseException, path: str | os.PathLike) -> str:
+    """Why `torch.load(path, weights_only=True)` raised `e`, in the user's terms. torch's own
+    messages are paragraphs about its defaults, or miniz internals, that tell a user nothing
+    about the file they passed."""
+    text = str(e)
+    try:
+        empty = os.path.getsize(path) == 0
+    except OSError:
+        empty = False
+    if empty:
+        return "the file is empty"
+    if isinstance(e, EOFError) or "zip archive" in text or "central directory" in text:
+        return "it is cut short or is not a file torch.save wrote"
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if found:
+        return f"it holds a Python object ({found[1]}) that a safe load refuses to run"
+    if "Weights only load failed" in text:
+        return "it is not a file torch.save wrote"
+    return first_line(e)

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from distill.errors import UserError, first_line
+from distill.errors import UserError, unreadable_torch_file
 
 SOURCES = ("torchvision", "timm")
 
@@ -126,9 +126,8 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        reason = first_line(e, 100)
         raise UserError(
-            f"{path} is not a readable state dict ({reason}); save it with "
+            f"{path} is not a readable state dict ({unreadable_torch_file(e, path)}); save it with "
             "torch.save(model.state_dict(), path)"
         ) from None
     if isinstance(obj, dict):

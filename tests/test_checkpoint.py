@@ -115,8 +115,30 @@ def test_truncated_checkpoint_is_refused(tmp_path):
     save_checkpoint(make_ckpt(), path)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(UserError, match="not a readable distill checkpoint"):
+    with pytest.raises(UserError, match=r"not a readable distill checkpoint \(it is cut short"):
         load_checkpoint(path)
+
+
+class Foreign:  # a class torch.save pickles by reference: a safe load must refuse it
+    pass
+
+
+@pytest.mark.parametrize(
+    "write,reason",
+    [
+        (lambda p: p.write_bytes(b""), "the file is empty"),
+        (lambda p: p.write_text("garbage"), "it is not a file torch.save wrote"),
+        (lambda p: torch.save({"m": Foreign()}, p), "a Python object (test_checkpoint.Foreign)"),
+    ],
+    ids=["empty", "text", "object"],
+)
+def test_an_unreadable_file_is_named_in_the_users_terms(tmp_path, write, reason):
+    # torch's own messages are paragraphs about its defaults: one clause about the file instead.
+    path = tmp_path / "m.pt"
+    write(path)
+    with pytest.raises(UserError) as e:
+        load_checkpoint(path)
+    assert reason in str(e.value) and "PyTorch 2.6" not in str(e.value), str(e.value)
 
 
 def test_pickled_code_is_never_executed(tmp_path):

@@ -455,6 +455,15 @@ def test_text_in_markdown_cannot_break_a_table_or_add_tags():
     assert code("x`y|z") == "``x`y\\|z``"
 
 
+@pytest.mark.parametrize("name", ["a\nb.pt", "a\x1b[31mb.pt", "a\u2028b.pt", "a\rb.pt"])
+def test_a_file_name_with_control_characters_stays_one_escaped_line(tmp_path, name):
+    # A newline or an escape sequence in a name the user gave: the error is still one line,
+    # shows the name as Python writes it, and never drives the terminal.
+    for args in (["eval", str(tmp_path / name)], ["export", "onnx", str(tmp_path / name)]):
+        line = one_line_error(runner.invoke(app, args), "does not exist")
+        assert repr(name)[1:-1] in line and "\x1b" not in line, line
+
+
 def test_a_report_of_hostile_names_keeps_every_table_row_whole(tmp_path):
     """The report end to end, not only its escaping helpers: an arch label, class names and a
     file name holding pipes, tags and newlines leave every table row with its header's cells."""
