@@ -356,8 +356,19 @@ def test_source_errors(tmp_path, monkeypatch):
     Image.new("RGB", (32, 32)).save(flat / "a.png")
     with pytest.raises(UserError, match="holds no class folders"):
         load_data(DataSettings(str(flat), cache_dir=tmp_path / "c"))
+    (flat / "only").mkdir()
+    Image.new("RGB", (32, 32)).save(flat / "only" / "a.png")
+    with pytest.raises(UserError, match=r"1 class \('only'\); a classifier needs at least two"):
+        load_data(DataSettings(str(flat), cache_dir=tmp_path / "c"))
     (flat / "empty_class").mkdir()
     with pytest.raises(UserError, match="empty_class holds no images"):
+        load_data(DataSettings(str(flat), cache_dir=tmp_path / "c"))
+    # A link whose image is gone is a lost image, not a file to pass over in silence.
+    (flat / "empty_class").rmdir()
+    (flat / "second").mkdir()
+    Image.new("RGB", (32, 32)).save(flat / "second" / "b.png")
+    (flat / "second" / "dead.png").symlink_to(tmp_path / "moved.png")
+    with pytest.raises(UserError, match=r"dead.png is a link to .*moved.png, which does not exist"):
         load_data(DataSettings(str(flat), cache_dir=tmp_path / "c"))
 
 

@@ -54,6 +54,11 @@ def check_class_names(names: list, where: str) -> tuple[str, ...]:
                 "must be distinct: rename or merge them"
             )
         seen[key] = name
+    if len(names) < 2:  # one class: every prediction right by construction, nothing learned
+        raise UserError(
+            f"{where}: {len(names)} class ({', '.join(map(repr, names))}); a classifier needs "
+            "at least two: add another class"
+        )
     return tuple(names)
 
 

@@ -126,6 +126,11 @@ def _files_under(folder: str, seen: set[str] | None = None) -> list[tuple[str, s
             files.append(
                 (e.path, os.path.realpath(e.path) if e.is_symlink() else f"{real}/{e.name}")
             )
+        elif e.is_symlink() and is_image_name(e.name):  # its target is gone: an image lost
+            raise UserError(
+                f"{e.path} is a link to {os.readlink(e.path)}, which does not exist; fix the "
+                "link or remove it"
+            )
     return files
 
 
