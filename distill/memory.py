@@ -80,3 +80,22 @@ def activation_bytes(model: nn.Module, input_size: tuple[int, ...], batch: int) 
         for h in hooks:
             h.remove()
     return total * 4 * batch
+
+
+def check_training_step(
+    model: nn.Module,
+    input_size: tuple[int, ...],
+    batch: int,
+    device: torch.device,
+    data_bytes: int = 0,
+) -> None:
+    """Refuse a step that cannot fit before the first one tries: activations kept for the
+    backward pass, and weights, gradients, momentum and an average (4 copies, float32), plus
+    `data_bytes` that live beside them (the data set, on a GPU)."""
+    params = sum(p.numel() for p in model.parameters())
+    require(
+        activation_bytes(model, input_size, batch) + 16 * params + data_bytes,
+        f"a training step of {batch:,} images at {input_size[1]}x{input_size[2]}",
+        "lower --batch-size",
+        device,
+    )

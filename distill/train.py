@@ -35,7 +35,7 @@ from distill.errors import UserError
 from distill.evaluation import EvalResult, eval_loader, evaluate
 from distill.files import WriteError, atomic_save
 from distill.losses import CrossEntropy, hard_labels
-from distill.memory import activation_bytes, require
+from distill.memory import check_training_step
 from distill.progress import (
     MetricsLog,
     announce,
@@ -162,19 +162,10 @@ def _finite(model: nn.Module) -> bool:
 
 
 def _check_memory(model: nn.Module, data: Dataset, recipe: Recipe, device: torch.device) -> None:
-    """Refuse a step that cannot fit before the first one tries: activations kept for the
-    backward pass, and weights, gradients, momentum and an average (4 copies, float32)."""
-    params = sum(p.numel() for p in model.parameters())
-    need = activation_bytes(model, data.input_size, recipe.batch_size) + 16 * params
-    if device.type == "cuda":  # the data set lives on the GPU too
-        need += sum(s.images.numel() for s in (data.train, data.val))
-    require(
-        need,
-        f"a training step of {recipe.batch_size:,} images at {data.input_size[1]}x"
-        f"{data.input_size[2]}",
-        "lower --batch-size",
-        device,
-    )
+    """The step's check again, now with the real class count, and with the data set where it
+    lives on the GPU."""
+    on_gpu = sum(s.images.numel() for s in (data.train, data.val)) if device.type == "cuda" else 0
+    check_training_step(model, data.input_size, recipe.batch_size, device, on_gpu)
 
 
 class _Watch:

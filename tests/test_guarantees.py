@@ -521,13 +521,48 @@ def test_what_cannot_fit_the_memory_is_refused_saying_how_much(
     big = DataSettings(
         str(tiny_image_folder), cache_dir=tmp_path, val_size=TINY_VAL_SIZE, image_size=4096
     )
-    with pytest.raises(UserError, match=r"at 4096x4096 needs at least 9\.\d GiB .* 1\.0 GiB free"):
-        load_data(big)  # 200 images x 3 x 4096^2 bytes, before a single one is decoded
+    # 200 images decoded and the split's copy of the 160 training ones, x 3 x 4096^2 bytes,
+    # before a single one is decoded.
+    with pytest.raises(
+        UserError,
+        match=r"4096x4096 \(decoded, and the split's copy\) needs at least 16\.9 GiB .* 1\.0 GiB",
+    ):
+        load_data(big)
     model = CifarResNet(plan("basic", (1, 1), (8, 16), stem_width=8, num_classes=4))
     run = RunSettings(tmp_path / "t.pt", "cpu", quiet=True)
     recipe = make_recipe("quick", batch_size=50_000)
     with pytest.raises(UserError, match="training step of 50,000 images .* --batch-size"):
         fit(model, tiny_dataset, recipe, run, kind="teacher", arch="micro")
+
+
+def test_a_step_that_cannot_fit_is_refused_before_the_data_is_decoded(
+    tiny_image_folder, tmp_path, monkeypatch
+):
+    # The step needs only the architecture, the image size and the batch: a run that could
+    # never take one step must not first decode (and cache) gigabytes of images.
+    import distill.memory
+
+    monkeypatch.setattr(distill.memory, "available", lambda device="cpu": 2**30)
+    teacher = teacher_args(tiny_image_folder, tmp_path / "t.pt", "--image-size", "4096")
+    one_line_error(runner.invoke(app, teacher), "training step of 32 images at 4096x4096")
+    assert not (tmp_path / "cache").exists()
+    save_checkpoint(_checkpoint(), tmp_path / "teacher.pt")
+    student = ["student", "--teacher", str(tmp_path / "teacher.pt"), "--arch", "resnet18-quarter",
+               "--out", str(tmp_path / "s.pt"), "--image-size", "4096", "--batch-size", "8",
+               "--data", str(tiny_image_folder),
+               "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
+    one_line_error(runner.invoke(app, student), "training step of 8 images at 4096x4096")
+    assert not (tmp_path / "cache").exists()
+
+
+def test_a_decode_block_stays_small_at_any_image_size():
+    # 500 images per block at 32x32; at 4096x4096 that would be a 25 GB block beside the result.
+    from distill.data.decode import CHUNK, CHUNK_BYTES, chunk_for
+
+    assert chunk_for(32) == CHUNK
+    for side in (96, 224, 512, 2048, 4096):
+        n = chunk_for(side)
+        assert n >= 1 and (n * 3 * side * side <= CHUNK_BYTES or n == 1), side
 
 
 # ---------------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from distill.budget import DEFAULT_BUDGET, check_budget, parse_budget
 from distill.data import Dataset, load_data
 from distill.device import resolve_device, seed_everything
 from distill.kd.objective import make_objective
+from distill.memory import check_training_step
 from distill.recipes import make_recipe, teacher_recipe
 from distill.registry import create_model, get_entry
 from distill.run_guard import training_run
@@ -89,7 +90,15 @@ def train_teacher(
     resolve = teacher_recipe if kind == "teacher" and isinstance(recipe, str) else make_recipe
     resolved = resolve(recipe, **given["recipe"])
     settings = data_settings(data, given["data"])
-    with training_run(run, lambda: get_entry(arch)):
+    side = settings.image_size if isinstance(settings, DataSettings) else settings.input_size[1]
+
+    def checks() -> None:
+        get_entry(arch)
+        # Before any data is decoded: the fewest classes a data set has (two) give a lower
+        # bound that holds for every data set, so a step that cannot fit is refused at once.
+        step_fits(arch, 2, choose_stem(stem_name(stem), side), side, resolved.batch_size, run)
+
+    with training_run(run, checks):
         dataset = settings if isinstance(settings, Dataset) else load_data(settings)
         seed_everything(run.seed)
         return fit(
@@ -194,6 +203,7 @@ def train_student(
         with torch.device("meta"):
             student = create_model(arch, len(ckpts[0]["classes"]), stem)
             check_budget(student, limit, f"--arch {arch}")
+        step_fits(arch, len(ckpts[0]["classes"]), stem, side, recipe.batch_size, run)
         return ckpts
 
     with training_run(run, checks) as ckpts:
@@ -231,6 +241,15 @@ def train_student(
             stop_after_steps=stop_after_steps,
             on_epoch=on_epoch,
         )
+
+
+def step_fits(arch: str, classes: int, stem: str, side: int, batch: int, run: RunSettings) -> None:
+    """Refuse, before any data is decoded or cached, a training step that cannot fit on the
+    run's device (distill/memory.py: lower bounds, so a refusal is never wrong). `fit` checks
+    again once the data is known."""
+    with torch.device("meta"):  # no memory: only the shapes
+        model = create_model(arch, classes, stem)
+    check_training_step(model, (3, side, side), batch, resolve_device(run.device))
 
 
 def check_launch(

@@ -19,7 +19,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from distill.console import make_console, note
-from distill.data.cifar import cifar_complete, download, read_cifar
+from distill.data.cifar import cifar_complete, cifar_layout, download, read_cifar
 from distill.data.dataset import Decoded, Split
 from distill.data.decode import SERIAL_BELOW, decode_files, usable_cores
 from distill.data.resize import size_note
@@ -42,13 +42,9 @@ def cached_decode(source: Source, settings: DataSettings) -> Decoded:
     full_key = f"{key}|{source.fingerprint}"
     with phase("data: cache check"):
         cached = read_cache(path, full_key)
+    _check_room(source, settings, decoding=cached is None)
     if cached is not None:
         return cached
-    require(
-        _count(source) * 3 * settings.image_size**2,
-        f"decoding {source.name} at {settings.image_size}x{settings.image_size}",
-        "lower image_size or use a smaller data set",
-    )
     with phase("data: decode"):
         decoded = decode(source, settings)
         decoded = replace(decoded, sha256=checksum(_tensors(_tensor_fields(decoded))))
@@ -57,13 +53,37 @@ def cached_decode(source: Source, settings: DataSettings) -> Decoded:
     return decoded
 
 
-def _count(source: Source) -> int:
-    """How many images the source holds, from its listing (CIFAR rows are 3,072 bytes)."""
+def _counts(source: Source) -> tuple[int, int]:
+    """How many training and test images the source holds, from its listing (CIFAR rows are
+    3,072 bytes; a download to come is the official 50,000 and 10,000)."""
     if source.kind == "image-folder":
-        return sum(len(files) for _, files in source.image_files)
+        n = {split: len(files) for split, files in source.image_files}
+        return n.get("train", 0), n.get("test", 0)
     if source.download is not None:
-        return 60_000
-    return sum(f.stat().st_size for f in source.folder.iterdir() if f.is_file()) // 3072
+        return 50_000, 10_000
+    layout = cifar_layout(source.kind)
+
+    def rows(names: list[str]) -> int:
+        return sum((source.folder / f).stat().st_size for f in names) // 3072
+
+    return rows(layout["train"]), rows(layout["test"])
+
+
+def _check_room(source: Source, settings: DataSettings, decoding: bool) -> None:
+    """Refuse, before the decode, data that cannot be held: every image as uint8 (a cache hit
+    is mapped from the file, not held), and the split's own copy of the training images it
+    takes (`Split.take`). A lower bound, like every estimate in distill/memory.py."""
+    train, test = _counts(source)
+    wanted = settings.train_size
+    taken = train if wanted is None else min(train, wanted + settings.val_size)
+    held = (train + test) * decoding + taken
+    side = settings.image_size
+    require(
+        held * 3 * side * side,
+        f"{source.name}'s {train + test:,} images at {side}x{side}"
+        + (" (decoded, and the split's copy)" if decoding else " (the split's copy)"),
+        "lower --image-size, or --train-size to take fewer",
+    )
 
 
 def decode(source: Source, settings: DataSettings) -> Decoded:

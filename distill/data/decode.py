@@ -21,8 +21,16 @@ import torch
 
 from distill.data.images import read_image_noting
 
-CHUNK = 500  # images per task: ~1.5 MB back through the pipe, many progress updates
+CHUNK = 500  # images per task: ~1.5 MB back through the pipe at 32x32, many progress updates
+# ...and at most this much per task: 500 images at 4096x4096 would be a 25 GB block held beside
+# the result it is copied into (a chunk is one image there, a hundred at 224x224).
+CHUNK_BYTES = 16 << 20
 SERIAL_BELOW = 2 * CHUNK  # fewer files decode faster than workers start
+
+
+def chunk_for(size: int) -> int:
+    """Images per task at `size`x`size`: CHUNK, fewer where the block would pass CHUNK_BYTES."""
+    return max(1, min(CHUNK, CHUNK_BYTES // (3 * size * size)))
 
 
 def usable_cores() -> int:
@@ -49,7 +57,7 @@ def decode_files(
     *,
     workers: int | None = None,
     on_progress: Callable[[int], None] = lambda done: None,
-    chunk: int = CHUNK,
+    chunk: int | None = None,
 ) -> tuple[torch.Tensor, Counter[str], list[tuple[int, int]]]:
     """uint8 [N, 3, size, size] of `paths` (RGB, at `size` where they differ), decoded by
     `workers` processes (default: every usable core); how many files had each thing done to
@@ -57,6 +65,7 @@ def decode_files(
     height). `on_progress(images done)` runs in
     this process after each chunk. A file that is not a readable image raises its UserError
     here, and the chunks not yet started are dropped."""
+    chunk = chunk or chunk_for(size)
     out = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
     notes: Counter[str] = Counter()
     sizes: list[tuple[int, int]] = []
