@@ -96,7 +96,9 @@ def train_teacher(
         get_entry(arch)
         # Before any data is decoded: the fewest classes a data set has (two) give a lower
         # bound that holds for every data set, so a step that cannot fit is refused at once.
-        step_fits(arch, 2, choose_stem(stem_name(stem), side), side, resolved.batch_size, run)
+        with torch.device("meta"):  # no memory: only the shapes
+            model = create_model(arch, 2, choose_stem(stem_name(stem), side))
+        step_fits(model, side, resolved.batch_size, run)
 
     with training_run(run, checks):
         dataset = settings if isinstance(settings, Dataset) else load_data(settings)
@@ -203,7 +205,7 @@ def train_student(
         with torch.device("meta"):
             student = create_model(arch, len(ckpts[0]["classes"]), stem)
             check_budget(student, limit, f"--arch {arch}")
-        step_fits(arch, len(ckpts[0]["classes"]), stem, side, recipe.batch_size, run)
+        step_fits(student, side, recipe.batch_size, run)
         return ckpts
 
     with training_run(run, checks) as ckpts:
@@ -243,12 +245,10 @@ def train_student(
         )
 
 
-def step_fits(arch: str, classes: int, stem: str, side: int, batch: int, run: RunSettings) -> None:
-    """Refuse, before any data is decoded or cached, a training step that cannot fit on the
-    run's device (distill/memory.py: lower bounds, so a refusal is never wrong). `fit` checks
-    again once the data is known."""
-    with torch.device("meta"):  # no memory: only the shapes
-        model = create_model(arch, classes, stem)
+def step_fits(model: torch.nn.Module, side: int, batch: int, run: RunSettings) -> None:
+    """Refuse, before any data is decoded or cached, a training step of `model` (built on the
+    meta device) that cannot fit on the run's device (distill/memory.py: lower bounds, so a
+    refusal is never wrong). `fit` checks again once the data is known."""
     check_training_step(model, (3, side, side), batch, resolve_device(run.device))
 
 
