@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from distill.errors import UserError, first_line, unreadable_torch_file
+from distill.errors import UserError, control_characters, first_line, unreadable_torch_file
 from distill.files import atomic_save
 from distill.registry import build_model, label_disagrees
 from students.resnet import ResNetConfig
@@ -151,6 +151,9 @@ def _malformed(ckpt: dict[str, Any]) -> str | None:
     classes = ckpt.get("classes")
     if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
         return "classes is not a list of names"
+    named = next((c for c in classes if control_characters(c)), None)
+    if named is not None:  # data with such a name is refused; so is a file claiming one
+        return f"class name {named!r} holds a control character ({control_characters(named)})"
     size = ckpt.get("input_size")
     if not (
         isinstance(size, list)

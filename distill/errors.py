@@ -21,11 +21,29 @@ def one_line(text: str) -> str:
     """`text` with each control character (newlines, tabs, ESC, the Unicode line separators)
     written as its Python escape: what a user typed stays recognisable, and nothing breaks the
     line or drives the terminal."""
-    return "".join(c.encode("unicode_escape").decode("ascii") if _control(c) else c for c in text)
+    return "".join(_escape(c) if _control(c) else c for c in text)
 
 
 def _control(c: str) -> bool:
     return unicodedata.category(c) in ("Cc", "Zl", "Zp")
+
+
+def _escape(c: str) -> str:
+    return c.encode("unicode_escape").decode("ascii")
+
+
+def control_characters(text: str) -> str:
+    """The control characters in `text`, escaped and joined ('\\n\\x1b'), or '' when it has none:
+    for the rule that names (class names) are plain one-line text."""
+    found = dict.fromkeys(c for c in text if _control(c))
+    return "".join(map(_escape, found))
+
+
+def terminal_safe(text: str) -> str:
+    """`text` for a terminal: line breaks and tabs kept, every other control character (ESC,
+    carriage return, backspace, bell) escaped, so text from files or users cannot recolour,
+    overwrite or clear what is printed around it."""
+    return "".join(_escape(c) if _control(c) and c not in "\n\t" else c for c in text)
 
 
 def first_line(e: BaseException, limit: int | None = 120) -> str:

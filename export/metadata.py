@@ -19,7 +19,7 @@ from typing import Any
 
 import onnx
 
-from distill.errors import UserError
+from distill.errors import UserError, control_characters
 
 PRECISIONS = ("fp32", "fp16", "int8")
 REQUIRED = ("classes", "input_size", "input_range")
@@ -176,6 +176,9 @@ def _classes(value: Any) -> list[str]:
         raise _Bad("should be a non-empty JSON list of class names")
     if len(value) > MAX_CLASSES or not all(isinstance(c, str) and c for c in value):
         raise _Bad("should list class names as non-empty strings")
+    named = next((c for c in value if control_characters(c)), None)
+    if named is not None:
+        raise _Bad(f"names class {named!r}, which holds a control character")
     if len(set(value)) != len(value):
         raise _Bad("repeats a class name, so a prediction's name would be ambiguous")
     return value

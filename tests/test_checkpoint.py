@@ -110,6 +110,15 @@ def test_non_checkpoints_are_refused_with_one_line(tmp_path, content):
     assert "\n" not in str(e.value) and "x.pt" in str(e.value)
 
 
+def test_a_class_name_with_a_control_character_is_a_damaged_checkpoint(tmp_path):
+    path = tmp_path / "m.pt"
+    ckpt = make_ckpt()
+    ckpt["classes"] = ["a\x1b]0;pwned\x07"] + ckpt["classes"][1:]
+    torch.save(ckpt, path)
+    with pytest.raises(UserError, match=r"damaged distill checkpoint \(class name .* control ch"):
+        load_checkpoint(path)
+
+
 def test_truncated_checkpoint_is_refused(tmp_path):
     path = tmp_path / "m.pt"
     save_checkpoint(make_ckpt(), path)

@@ -687,6 +687,21 @@ def test_duplicate_class_names_are_refused(tmp_path):
         load_data(DataSettings(str(root), cache_dir=tmp_path / "cache", val_size=2))
 
 
+@pytest.mark.parametrize("name", ["new\nline", "esc\x1b[31mred", "back\rspace", "sep\u2028x"])
+def test_class_names_with_control_characters_are_refused(tmp_path, name):
+    # Names are printed in tables, reports and predictions: a newline breaks a row, an escape
+    # sequence drives the terminal. Both ways in: a folder's name and a CIFAR archive's labels.
+    root = tmp_path / "imgs"
+    write_image_folder(root, ("cat", name), {"train": 2})
+    with pytest.raises(UserError, match="holds a control character") as e:
+        load_data(DataSettings(str(root), cache_dir=tmp_path / "cache", val_size=2))
+    assert "\n" not in str(e.value) and "\x1b" not in str(e.value)
+    names = [name] + [f"c{i}" for i in range(9)]
+    base = make_cifar_python(tmp_path / "src", per_class=2, label_names=names)
+    with pytest.raises(UserError, match="holds a control character"):
+        load_data(DataSettings(str(base), cache_dir=tmp_path / "cache", val_size=10))
+
+
 def _crafted_archive(path: Path, add) -> Path:
     with tarfile.open(path, "w:gz") as tar:
         add(tar)

@@ -424,7 +424,7 @@ def test_a_teacher_trained_on_other_data_is_named(tiny_image_folder, tiny_datase
 # ---------------------------------------------------------------------------------------------
 # Text from files is text: never markup on the console, escaped in Markdown
 
-HOSTILE = ["[/x]", "a|b", "<b>c</b>", "d`e", "[bold]f", "g*h_i", "j\\k", "l\nm", "n", "o"]
+HOSTILE = ["[/x]", "a|b", "<b>c</b>", "d`e", "[bold]f", "g*h_i", "j\\k", "l m", "n", "o"]
 
 
 def test_class_names_from_a_file_are_printed_as_text(tmp_path):
@@ -448,11 +448,25 @@ def test_class_names_from_a_file_are_printed_as_text(tmp_path):
 def test_text_in_markdown_cannot_break_a_table_or_add_tags():
     from distill.report.text import code, plain
 
-    for name in HOSTILE:
+    for name in [*HOSTILE, "l\nm"]:  # a path may hold a newline (a class name may not)
         cell = plain(name)
         assert "\n" not in cell and "<b>" not in cell
         assert "|" not in cell.replace("\\|", "")  # no unescaped pipe to split the row
     assert code("x`y|z") == "``x`y\\|z``"
+
+
+def test_the_console_prints_text_from_files_without_driving_the_terminal(capsys):
+    from rich.table import Table
+
+    from distill.console import make_console
+
+    table = Table()
+    table.add_column("name")
+    table.add_row("a\x1b[2Jb\rc")
+    make_console().print(table, "path\x1b]0;title\x07.pt")
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\r" not in out and "\x07" not in out
+    assert "a\\x1b[2Jb\\rc" in out and "path\\x1b]0;title\\x07.pt" in out
 
 
 @pytest.mark.parametrize("name", ["a\nb.pt", "a\x1b[31mb.pt", "a\u2028b.pt", "a\rb.pt"])

@@ -59,6 +59,7 @@ FAULTS = {
     "classes not JSON": ("classes", "cat", "not JSON"),
     "classes not strings": ("classes", "[1, 2, 3]", "non-empty strings"),
     "classes repeated": ("classes", json.dumps(["cat", "cat", "dog"]), "repeats"),
+    "classes escape code": ("classes", json.dumps(["cat", "\x1b[2Jdog", "x"]), "control character"),
     "input_size not JSON": ("input_size", "abc", "not JSON"),
     "input_size two numbers": ("input_size", "[32, 32]", "[3, height, width]"),
     "input_size huge floats": ("input_size", "[3, 1e5, 1e5]", "integer"),

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from distill.errors import UserError
+from distill.errors import UserError, control_characters
 
 
 # eq=False: field-wise == on tensors is ambiguous; splits and datasets compare by identity.
@@ -47,6 +47,13 @@ def check_class_names(names: list, where: str) -> tuple[str, ...]:
     for name in names:
         if not isinstance(name, str) or not name.strip():
             raise UserError(f"{where}: class name {name!r} is not a non-empty text; fix the names")
+        if control := control_characters(name):
+            # A name is printed in tables, reports and predictions: a newline or an escape
+            # sequence in it would break a row or drive the user's terminal.
+            raise UserError(
+                f"{where}: class name {name!r} holds a control character ({control}); rename "
+                "it to plain one-line text"
+            )
         key = unicodedata.normalize("NFC", name)
         if key in seen:
             raise UserError(
