@@ -4,8 +4,10 @@ rank is spawned, ranks end with their launcher, and a lost peer is one line nami
 
 - `env_int` reads WORLD_SIZE, RANK, LOCAL_RANK and DISTILL_DIST_TIMEOUT_MIN: a value that is not
   a whole number in range is a UserError naming the variable and what it should be.
-- `check_nproc` runs in the launcher before torchrun starts: more processes than GPUs is refused
-  (NCCL cannot share a GPU between ranks), more processes or threads than cores is a warning.
+- `check_nproc` runs in the launcher before torchrun starts (and before a sweep starts its
+  workers): more processes than GPUs is refused (NCCL cannot share a GPU between ranks), and so
+  are more than four per core or more than the memory holds; more threads than cores is a
+  warning.
 - `watch_parent` runs in every rank: when the launcher dies (even by `kill -9`, which it cannot
   forward) the rank is re-parented; the watchdog then stops it as SIGTERM does (a resumable state
   at the next step), and ends it outright if that does not happen in `GRACE_S`.
@@ -68,9 +70,17 @@ def physical_cores() -> int:
         return os.cpu_count() or 1
 
 
-def check_nproc(nproc: int, device: str, warn) -> None:
-    """Refuse what cannot run and warn about what will crawl, before any process is started."""
+# What each process holds of its own once torch is imported (about 0.5 GB resident here, much
+# of it shared libraries): a lower bound for refusing more processes than the memory can hold.
+PROCESS_BYTES = 200 * 2**20
+
+
+def check_nproc(nproc: int, device: str, warn, workers: int = 1) -> None:
+    """Refuse what cannot run and warn about what will crawl, before any process is started:
+    `workers` launchers (a sweep's) each start `nproc` processes."""
     import torch
+
+    from distill.memory import require
 
     timeout_minutes()  # a bad value would otherwise surface in every rank
     cores = physical_cores()
@@ -80,16 +90,21 @@ def check_nproc(nproc: int, device: str, warn) -> None:
             f"--nproc-per-node {nproc} asks for one GPU per process but {gpus} are visible; "
             f"pass at most {gpus}"
         )
-    if gpus == 0 and nproc > 4 * cores:
+    processes = workers * nproc
+    asked = f"--workers {workers} x --nproc-per-node {nproc}" if workers > 1 else (
+        f"--nproc-per-node {nproc}"
+    )  # fmt: skip
+    if processes > 4 * cores:
         raise UserError(
-            f"--nproc-per-node {nproc} would start {nproc} processes on {cores} cores; pass at "
-            f"most {cores} (one per core) on a CPU"
+            f"{asked} would start {processes:,} processes on {cores} cores; start at most "
+            f"{cores} (one per core)"
         )
-    threads = env_int("OMP_NUM_THREADS", max(1, cores // nproc), 1, unit=" of threads")
-    if gpus == 0 and nproc * threads > cores:
+    require(processes * PROCESS_BYTES, f"{asked}: {processes:,} processes", "start fewer")
+    threads = env_int("OMP_NUM_THREADS", max(1, cores // processes), 1, unit=" of threads")
+    if gpus == 0 and processes * threads > cores:
         warn(
-            f"note: {nproc} processes x {threads} threads exceed the {cores} cores here; each "
-            "process will wait for the others (fewer processes train faster)"
+            f"note: {processes} processes x {threads} threads exceed the {cores} cores here; "
+            "each process will wait for the others (fewer processes train faster)"
         )
 
 

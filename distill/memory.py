@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # the bounds above are read by settings.py: `distill --help` 
 MAX_IMAGE_SIDE = 4096  # pixels; a CIFAR-style classifier at 4096x4096 is already absurd
 MAX_BATCH = 1 << 16  # images per step and process
 MAX_PARAMS = 10**9  # trainable parameters of a model to build
+MAX_CLASSES = 100_000  # outputs of a classifier (ImageNet-21k has 21,841)
 
 
 def gib(n: float) -> str:

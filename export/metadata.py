@@ -20,6 +20,7 @@ from typing import Any
 import onnx
 
 from distill.errors import UserError, control_characters
+from distill.memory import MAX_CLASSES
 
 PRECISIONS = ("fp32", "fp16", "int8")
 REQUIRED = ("classes", "input_size", "input_range")
@@ -28,7 +29,6 @@ INPUT_RANGE = "[0,1]"
 # a graph with symbolic height/width, whose metadata would otherwise size every input buffer
 # (a [3,1e5,1e5] batch is 120 GB).
 MAX_SIDE = 4096
-MAX_CLASSES = 100_000
 
 # Metadata values stored as JSON (the rest are plain strings). `input_range` reads "[0,1]" by
 # spec and stays a string.

@@ -569,6 +569,16 @@ def test_a_step_that_cannot_fit_is_refused_before_the_data_is_decoded(
     assert not (tmp_path / "cache").exists()
 
 
+def test_kd_methods_sizes_are_bounded_and_its_step_estimated(monkeypatch):
+    import distill.memory
+
+    one_line_error(runner.invoke(app, ["kd-methods", "--batch-size", "100000"]), "--batch-size")
+    one_line_error(runner.invoke(app, ["kd-methods", "--classes", "10000000"]), "--classes")
+    monkeypatch.setattr(distill.memory, "available", lambda device="cpu": 2**30)
+    args = ["kd-methods", "--device", "cpu", "--batch-size", "20000"]
+    one_line_error(runner.invoke(app, args), "training step of 20,000 images", "1.0 GiB free")
+
+
 def test_a_decode_block_stays_small_at_any_image_size():
     # 500 images per block at 32x32; at 4096x4096 that would be a 25 GB block beside the result.
     from distill.data.decode import CHUNK, CHUNK_BYTES, chunk_for

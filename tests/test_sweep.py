@@ -229,6 +229,23 @@ def test_a_wrong_space_file_is_one_line_before_any_trial(tiny_image_folder, tmp_
         assert not (tmp_path / "sw").exists()
 
 
+def test_workers_that_would_take_the_machine_are_refused_before_any_trial(
+    tiny_image_folder, tmp_path, monkeypatch
+):
+    import distill.launch
+    import distill.memory
+
+    cores = distill.launch.physical_cores()
+    args = sweep_args(tiny_image_folder, tmp_path, space_file(tmp_path), "--workers")
+    line = one_line_error(runner.invoke(app, [*args, str(4 * cores + 1)]), "--workers")
+    assert f"{4 * cores + 1:,} processes on {cores} cores" in line
+    # As many as the cores allow, but not the memory: 200 MiB each is more than 1 GiB.
+    monkeypatch.setattr(distill.memory, "available", lambda device="cpu": 2**30)
+    workers = min(4 * cores, 8)
+    one_line_error(runner.invoke(app, [*args, str(workers)]), f"{workers} processes needs at least")
+    assert not (tmp_path / "sw" / "workers").exists()
+
+
 def test_another_sweep_on_the_same_folder_is_refused(tiny_image_folder, tmp_path):
     from distill.errors import UserError
     from distill.sweep.job import make_job

@@ -17,6 +17,7 @@ from distill.cli.common import (
 )
 from distill.console import styled
 from distill.flags import Flags, with_settings
+from distill.memory import MAX_BATCH, MAX_CLASSES
 
 # Models and budgets
 
@@ -228,10 +229,12 @@ def compare_cmd(
 def kd_methods_cmd(
     student: str = typer.Option("resnet8x4", help="Student architecture of the pair."),
     teacher: str = typer.Option("resnet32x4", help="Teacher architecture of the pair."),
-    classes: int = typer.Option(100, min=2, help="Classes of the pair's classifier."),
-    batch_size: int = typer.Option(64, min=1, help="Images per timed step."),
-    steps: int = typer.Option(1, min=1, help="Training steps per timed block."),
-    repeats: int = typer.Option(2, min=1, help="Timed blocks per method (median)."),
+    classes: int = typer.Option(
+        100, min=2, max=MAX_CLASSES, help="Classes of the pair's classifier."
+    ),
+    batch_size: int = typer.Option(64, min=1, max=MAX_BATCH, help="Images per timed step."),
+    steps: int = typer.Option(1, min=1, max=1000, help="Training steps per timed block."),
+    repeats: int = typer.Option(2, min=1, max=1000, help="Timed blocks per method (median)."),
     device: Literal["auto", "cpu", "cuda"] = typer.Option("auto", help="auto, cpu or cuda."),
     time_steps: bool = typer.Option(
         True, "--time/--no-time", help="Time each method's step against Hinton's."

@@ -70,7 +70,6 @@ def sweep_cmd(
         out, space, flags["sweep"], flags["data"], [str(t) for t in teacher or []], device,
         nproc_per_node,
     )  # fmt: skip
-    console.print(f"sweep {out}: {job.settings.trials} trials, study in {job.storage_url}")
     try:
         run_sweep(job, say=console.print)
     except TrainingInterrupted:

@@ -20,6 +20,7 @@ from distill.budget import count_params
 from distill.data.loader import Batch
 from distill.device import autocast, choose_precision, configure_for_training, resolve_device
 from distill.kd.objective import FEATURE_METHODS, KDObjective
+from distill.memory import check_training_step
 from distill.registry import create_model
 from distill.settings import KD_METHOD_HELP, KDSettings, resolve_kd
 from export.timing import Timing, measure
@@ -93,7 +94,13 @@ def method_table(
     configure_for_training(dev)
     precision = choose_precision(dev, amp)
     torch.manual_seed(0)
-    student = create_model(student_arch, num_classes).to(dev).train()
+    student = create_model(student_arch, num_classes).train()
+    # A lower bound (the student's step beside the two views of the batch, the teacher not
+    # counted) refuses a batch that cannot fit before a tensor of it is made.
+    check_training_step(
+        student, (3, 32, 32), batch_size, dev, data_bytes=2 * batch_size * 3 * 32 * 32 * 4
+    )
+    student = student.to(dev)
     teacher = create_model(teacher_arch, num_classes).to(dev)
     g = torch.Generator(device="cpu").manual_seed(0)
     images = torch.randn(batch_size, 3, 32, 32, generator=g).to(dev)

@@ -25,11 +25,16 @@ WORKERS = "workers"
 
 
 def check_before_trials(job: SweepJob) -> None:
-    """What would otherwise fail in every trial, checked once: at least one architecture fits
-    the budget, and the held-out split the confirmation needs exists."""
+    """What would otherwise fail in every trial, checked once: the processes the workers would
+    start fit the machine, at least one architecture fits the budget, and the held-out split
+    the confirmation needs exists."""
+    from distill.launch import check_nproc
     from distill.sweep.trial import feasibility
     from distill.sweep.worker import _num_classes
 
+    if job.settings.workers > 1 or job.nproc_per_node > 1:
+        warn = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+        check_nproc(job.nproc_per_node, job.device, warn, workers=job.settings.workers)
     num_classes = _num_classes(job)
     verdicts = [feasibility(job, a, num_classes) for a in job.space["arch"].choices]
     if all(why is not None for _, _, why in verdicts):
@@ -46,6 +51,7 @@ def check_before_trials(job: SweepJob) -> None:
 def run_sweep(job: SweepJob, *, say: Say = print, quiet: bool = True) -> Any:
     """Run the study to `--trials` finished trials (and confirm the best); return the study."""
     check_before_trials(job)
+    say(f"sweep {job.out}: {job.settings.trials} trials, study in {job.storage_url}")
     study = studies.open_study(job.settings, job.storage_url, job.identity)
     job.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(job.out / JOB_FILE, job.to_json() + "\n")
