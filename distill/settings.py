@@ -548,6 +548,8 @@ class BenchSettings:
         whole_numbers_as_floats(self)
         require(len(self.batch_sizes) > 0, "batch_sizes", "must name at least one batch size")
         for b in self.batch_sizes:
-            require(0 < b <= 65536, "batch_sizes", f"must be between 1 and 65536, got {b}")
+            require(
+                0 < b <= MAX_BATCH, "batch_sizes", f"must be between 1 and {MAX_BATCH:,}, got {b}"
+            )
         positive(self, "seconds", "threads")
         require(self.seconds <= 3600, "seconds", f"must be at most 3600, got {self.seconds}")

@@ -22,6 +22,7 @@ engine's threads need, which slows the other engine, not onnxruntime.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -32,6 +33,7 @@ import numpy as np
 import torch
 
 from distill.errors import UserError
+from distill.memory import MAX_BATCH, require
 from export.engines import (
     OPENVINO_INSTALL,
     Engine,
@@ -41,6 +43,7 @@ from export.engines import (
     pytorch_engine,
     top1,
 )
+from export.footprint import bench_bytes
 from export.machine import has_native_bf16, loadavg, peak_gflops, torch_threads
 from export.model_files import ModelFiles, resolve_files
 from export.record import environment, result_row, speedup, summarize
@@ -155,8 +158,11 @@ def benchmark(
     path = Path(path)
     notes: list[str] = []
     device, onnxruntime_here = bench_device(device, say=notes.append)
-    if not batch_sizes or any(int(b) < 1 for b in batch_sizes):
-        raise UserError(f"batch sizes {list(batch_sizes)} must be positive integers, e.g. 1,32,256")
+    if not batch_sizes or any(not 0 < int(b) <= MAX_BATCH for b in batch_sizes):
+        raise UserError(
+            f"batch sizes {list(batch_sizes)} must be integers from 1 to {MAX_BATCH:,}, "
+            "e.g. 1,32,256"
+        )
     threads = threads or default_threads()
     if threads < 1:
         raise UserError(f"--threads {threads} must be at least 1")
@@ -171,6 +177,7 @@ def benchmark(
         files = resolve_files(path, checkpoint, int8, tmp)
         notes += files.notes
         engine_list = _engines(files, names, device, threads, notes, onnxruntime_here)
+        _check_memory(files, engine_list, max(batch_sizes), device)
         val = _accuracies(files, engine_list, accuracy, data, data_root, cache_dir, notes, say)
         say("probing peak GFLOP/s")
         peaks = peak_gflops(device, threads, timing.probe_seconds)
@@ -221,6 +228,18 @@ def benchmark(
         "summary": summarize(results),
         "note": "; ".join(notes) or None,
     }
+
+
+def _check_memory(files: ModelFiles, engines: list[Engine], batch: int, device: str) -> None:
+    """Refuse, before any engine runs, a batch size the engines cannot hold together."""
+    graph = files.by_precision.get("fp32") or next(iter(files.by_precision.values()))
+    need = bench_bytes(graph, math.prod(files.meta["input_size"]), batch, engines, device)
+    require(
+        need,
+        f"timing {len(engines)} engines at batch {batch:,}",
+        "lower the largest batch size (--batch-sizes)",
+        device,
+    )
 
 
 def _accuracies(

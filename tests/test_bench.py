@@ -310,6 +310,61 @@ def test_cli_mistakes_exit_2_with_one_line(model, extra):
     one_line_error(runner.invoke(app, ["bench", str(model["onnx"]), *extra]))
 
 
+def test_a_batch_the_engines_cannot_hold_together_is_refused_before_any_runs(
+    with_data, monkeypatch
+):
+    import distill.memory
+    import export.benchmark
+
+    line = one_line_error(
+        runner.invoke(app, ["bench", str(with_data["onnx"]), "--batch-sizes", "1,400000"]),
+        "--batch-sizes",
+    )
+    assert "65,536" in line
+    timed = []
+    monkeypatch.setattr(export.benchmark, "measure", lambda *a, **k: timed.append(a))
+    monkeypatch.setattr(distill.memory, "available", lambda device="cpu": 2**28)
+    # Every engine's buffers side by side (the int8 sibling's too), and the input once.
+    with pytest.raises(UserError, match=r"timing [3-9] engines at batch 65,536 needs at least"):
+        benchmark(with_data["onnx"], [1, 65_536], timing=FAST, accuracy=False)
+    assert not timed
+
+
+def test_the_memory_a_graph_holds_is_counted_by_liveness(tmp_path):
+    # conv -> relu -> conv -> add(relu's output, conv's): 32 elements per tensor per image.
+    # While the second conv runs, the relu's output (needed by the add) and the conv's output
+    # are live: 64. The relu and the add may write over an input that dies there; the first
+    # conv reads the caller's input, which is not counted.
+    import onnx
+    from onnx import TensorProto, helper
+
+    from export.footprint import live_elements_per_image
+
+    w1 = helper.make_tensor("w1", TensorProto.FLOAT, [2, 1, 3, 3], [0.1] * 18)
+    w2 = helper.make_tensor("w2", TensorProto.FLOAT, [2, 2, 3, 3], [0.1] * 36)
+    pad = {"pads": [1, 1, 1, 1]}
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a"], **pad),
+        helper.make_node("Relu", ["a"], ["r"]),
+        helper.make_node("Conv", ["r", "w2"], ["b"], **pad),
+        helper.make_node("Add", ["r", "b"], ["c"]),
+        helper.make_node("GlobalAveragePool", ["c"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, 1, 1])], [w1, w2],
+    )  # fmt: skip
+    path = tmp_path / "g.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    assert live_elements_per_image(path) == 64
+    # The add reading the first conv's output instead keeps it live across relu and conv: 96.
+    nodes[3] = helper.make_node("Add", ["a", "b"], ["c"])
+    graph.ClearField("node")
+    graph.node.extend(nodes)
+    onnx.save(helper.make_model(graph), str(path))
+    assert live_elements_per_image(path) == 96
+
+
 def test_cli_rejects_a_file_that_is_not_a_model(tmp_path):
     junk = tmp_path / "notes.txt"
     junk.write_text("hello")
@@ -332,6 +387,7 @@ def no_onnxruntime_on_cuda(monkeypatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "a simulated GPU")
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (80 * 2**30, 80 * 2**30))
     monkeypatch.setattr(
         "export.runtime.ort.get_available_providers", lambda: ["CPUExecutionProvider"]
     )

@@ -112,7 +112,7 @@ def test_types_are_checked_and_named_as_the_user_wrote_them():
         build(Recipe, {"lr": float("inf")})
     with pytest.raises(UserError, match="must be an integer, got 2.5"):
         build(PruneSettings, {"steps": 2.5})
-    with pytest.raises(UserError, match="batch_sizes must be between 1 and 65536"):
+    with pytest.raises(UserError, match="batch_sizes must be between 1 and 65,536"):
         build(BenchSettings, {"batch_sizes": [0]})
     # A list's item is named by the setting's own label and its place, so a flag reads as typed.
     with pytest.raises(UserError, match="^--batch-sizes item 2 must be an integer, got 'x'$"):
