@@ -43,7 +43,8 @@ def import_teacher(
         with_weights(source, name, state, weights, num_classes=2)
         return source, name, state
 
-    with training_run(run, checks) as (source, name, state):
+    reads = [("the weights it imports", weights)]
+    with training_run(run, checks, reads) as (source, name, state):
         dataset = data if isinstance(data, Dataset) else load_data(data)
         seed_everything(run.seed)  # the new classifier's initialisation
         model = with_weights(source, name, state, weights, dataset.num_classes)

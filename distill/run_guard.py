@@ -6,7 +6,9 @@ same one line, then hold the output's lock for the whole run (one writer per out
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+import os
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import TypeVar
 
 from distill import distributed
@@ -17,6 +19,20 @@ from distill.resume import last_path
 from distill.settings import RunSettings
 
 T = TypeVar("T")
+
+
+Reads = Sequence[tuple[str, Path]]  # (what a file is to the run, its path): the run's inputs
+
+
+def check_not_an_input(run: RunSettings, reads: Reads) -> None:
+    """The output is none of the files the run reads, not even with --force: the result would
+    replace what it is made from."""
+    for what, path in reads:
+        if run.out is not None and _same_file(run.out, path):
+            raise UserError(
+                f"--out {run.out} is {what}; choose another path (--force never overwrites an "
+                "input)"
+            )
 
 
 def check_run_output(run: RunSettings) -> None:
@@ -33,16 +49,28 @@ def check_run_output(run: RunSettings) -> None:
         )
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    """The same file by any name: a link, a relative path, or a hard link to it."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet): compare where the names lead
+        return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
+
 @contextlib.contextmanager
-def training_run(run: RunSettings, checks: Callable[[], T] = lambda: None) -> Iterator[T]:
+def training_run(
+    run: RunSettings, checks: Callable[[], T] = lambda: None, reads: Reads = ()
+) -> Iterator[T]:
     """Check everything cheap before any work, on every rank, then lock the output.
 
-    `checks()` returns whatever the command needs next (e.g. the teacher files it read).
+    `checks()` returns whatever the command needs next (e.g. the teacher files it read);
+    `reads` names the files the run reads, which its output must not be.
     """
     distributed.init(resolve_device(run.device).type)
     with contextlib.ExitStack() as stack:
 
         def check() -> T:
+            check_not_an_input(run, reads)
             result = checks()
             if distributed.is_main():
                 check_run_output(run)

@@ -73,6 +73,29 @@ def test_a_corrupt_data_cache_is_decoded_again(tiny_image_folder, tmp_path, capf
 # Writes that fail or collide
 
 
+def test_an_output_that_is_one_of_the_inputs_is_refused_even_with_force(
+    tiny_image_folder, tmp_path
+):
+    # The result would replace what it is made from: by the same name, another name for it
+    # (a relative path) or a hard link to it.
+    teacher = tmp_path / "t.pt"
+    save_checkpoint(_checkpoint(), teacher)
+    before = teacher.read_bytes()
+    (tmp_path / "link.pt").hardlink_to(teacher)
+    data = ["--data", str(tiny_image_folder), "--cache-dir", str(tmp_path / "c"), "--force"]
+    cases = {
+        "the teacher it learns from": ["student", "--teacher", str(teacher), "--arch",
+                                       "resnet18-quarter", "--out", str(teacher), *data],
+        "the model it prunes": ["prune", str(teacher), "--budget", "0.2M", "--out",
+                                str(tmp_path / "link.pt"), *data],
+        "the weights it imports": ["teacher", "import", "torchvision:resnet18", "--weights",
+                                   str(teacher), "--out", str(teacher), *data],
+    }  # fmt: skip
+    for what, args in cases.items():
+        one_line_error(runner.invoke(app, args), what, "--force never overwrites an input")
+    assert teacher.read_bytes() == before and not (tmp_path / "c").exists()
+
+
 def full_disk(monkeypatch, target: str) -> None:
     """torch.save of a file named like `target` fails as a full disk does (ENOSPC)."""
     real = torch.save

@@ -208,7 +208,8 @@ def train_student(
         step_fits(student, side, recipe.batch_size, run)
         return ckpts
 
-    with training_run(run, checks) as ckpts:
+    reads = [("the teacher it learns from", t) for t in teachers_at]
+    with training_run(run, checks, reads) as ckpts:
         dataset = (
             data if isinstance(data, Dataset) else load_teacher_data(teachers_at, ckpts[0], data)
         )

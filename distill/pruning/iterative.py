@@ -103,7 +103,9 @@ def prune_checkpoint(
         check_reachable(model, limit, torch.randn(1, *src["input_size"]), prune.round_to)
         return src, model, limit, read_teachers(teachers_at) if teachers_at else []
 
-    with training_run(run, checks) as (src, source_model, limit, teacher_ckpts):
+    reads = [("the model it prunes", Path(model_path))]
+    reads += [("a teacher it learns from", t) for t in teachers_at]
+    with training_run(run, checks, reads) as (src, source_model, limit, teacher_ckpts):
         dataset = data if isinstance(data, Dataset) else load_data(data)
         check_model_fits_data(model_path, src, dataset, "model")
         # The weights were learned under the source's normalisation: keep it for every phase.
