@@ -96,6 +96,15 @@ def test_an_output_that_is_one_of_the_inputs_is_refused_even_with_force(
     assert teacher.read_bytes() == before and not (tmp_path / "c").exists()
 
 
+def test_a_run_folder_inside_the_data_is_refused_before_it_is_made(tiny_image_folder, tmp_path):
+    # Its plots would be a new class of images and its files would change the data's
+    # fingerprint: the next run would read other data.
+    inside = tiny_image_folder / "train" / "run"
+    args = ["pipeline", "--data", str(tiny_image_folder), "--out", str(inside)]
+    one_line_error(runner.invoke(app, args), "inside the data folder", "--out")
+    assert not inside.exists()
+
+
 def full_disk(monkeypatch, target: str) -> None:
     """torch.save of a file named like `target` fails as a full disk does (ENOSPC)."""
     real = torch.save

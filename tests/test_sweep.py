@@ -227,6 +227,10 @@ def test_a_wrong_space_file_is_one_line_before_any_trial(tiny_image_folder, tmp_
         space.write_text("[space]\n" + body + "\n")
         one_line_error(runner.invoke(app, sweep_args(tiny_image_folder, tmp_path, space)), expected)
         assert not (tmp_path / "sw").exists()
+    inside = ["--out", str(tiny_image_folder / "sw")]  # its plots would join the data
+    args = sweep_args(tiny_image_folder, tmp_path, space_file(tmp_path))
+    one_line_error(runner.invoke(app, [*args, *inside]), "inside the data folder")
+    assert not (tiny_image_folder / "sw").exists()
 
 
 def test_workers_that_would_take_the_machine_are_refused_before_any_trial(

@@ -74,11 +74,24 @@ def resolve_source(settings: DataSettings) -> Source:
 def _refuse_cache_inside(cache_dir: Path, folder: Path) -> None:
     # A cache inside the data would be written beside the source (which may be read-only) and
     # would change its fingerprint, so every run would miss the cache.
-    if cache_dir.resolve().is_relative_to(folder):
+    _refuse_inside(cache_dir, folder, f"cache dir {cache_dir}", "--cache-dir")
+
+
+def _refuse_inside(place: Path, folder: Path, what: str, flag: str) -> None:
+    if Path(place).expanduser().resolve().is_relative_to(folder):
         raise UserError(
-            f"cache dir {cache_dir} is inside the data folder {folder}; pass a --cache-dir "
-            "outside the data"
+            f"{what} is inside the data folder {folder}; pass a {flag} outside the data"
         )
+
+
+def check_outside_data(place: Path, settings: DataSettings, flag: str = "--out") -> None:
+    """A folder a command writes many files into (a pipeline's or a sweep's) is not inside
+    the local data it reads: its plots and checkpoints would join the data (a `plots` folder of
+    PNGs is a new class) and change its fingerprint, so the next run would see other data."""
+    name = settings.source.strip()
+    folder = Path(name).expanduser()
+    if name.lower() not in DATASET_NAMES and folder.is_dir():
+        _refuse_inside(place, folder.resolve(), f"{flag} {place}", flag)
 
 
 def _fingerprint(folder: Path) -> str:

@@ -24,6 +24,7 @@ from rich.rule import Rule
 from distill import distributed, launch
 from distill.console import make_console, styled
 from distill.data import Dataset, load_data
+from distill.data.sources import check_outside_data
 from distill.device import resolve_device
 from distill.errors import UserError
 from distill.files import check_folder, file_sha256, output_lock
@@ -67,6 +68,7 @@ def run_pipeline(
         if not distributed.is_main():
             return None
         _check_run_dir(run_dir, force)
+        check_outside_data(run_dir, settings.data)
         return _tracking_run(settings, run_dir)
 
     tracker = distributed.agree(check)  # rank 0's, when tracked

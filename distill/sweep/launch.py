@@ -25,13 +25,16 @@ WORKERS = "workers"
 
 
 def check_before_trials(job: SweepJob) -> None:
-    """What would otherwise fail in every trial, checked once: the processes the workers would
-    start fit the machine, at least one architecture fits the budget, and the held-out split
-    the confirmation needs exists."""
+    """What would otherwise fail in every trial, checked once: the sweep's folder is outside
+    the data, the processes the workers would start fit the machine, at least one architecture
+    fits the budget, and the held-out split the confirmation needs exists."""
+    from distill.data.sources import check_outside_data
     from distill.launch import check_nproc
+    from distill.sweep.confirm import trial_data
     from distill.sweep.trial import feasibility
     from distill.sweep.worker import _num_classes
 
+    check_outside_data(job.out, trial_data(job))
     if job.settings.workers > 1 or job.nproc_per_node > 1:
         warn = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
         check_nproc(job.nproc_per_node, job.device, warn, workers=job.settings.workers)
