@@ -35,13 +35,13 @@ from distill.typed import (
     non_negative,
     positive,
     require,
+    seeds,
     setting,
     to_dict,
     whole_numbers_as_floats,
 )
 
 CACHE_HOME = "~/.cache/distill"  # downloads and the decoded-data cache, never beside the data
-MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit integer
 
 
 # ---------------------------------------------------------------------------------------------
@@ -78,11 +78,7 @@ class DataSettings:
             "image_size",
             f"must be at most {MAX_IMAGE_SIDE} pixels, got {self.image_size}",
         )
-        require(
-            0 <= self.split_seed <= MAX_SEED,
-            "split_seed",
-            f"must be in [0, 2^63), got {self.split_seed}",
-        )
+        seeds(self, "split_seed")
 
     def record(self) -> dict[str, Any]:
         return to_dict(self)
@@ -508,7 +504,7 @@ class RunSettings:
     def __post_init__(self) -> None:
         whole_numbers_as_floats(self)
         as_paths(self, "out", "tensorboard")
-        require(0 <= self.seed <= MAX_SEED, "seed", f"must be in [0, 2^63), got {self.seed}")
+        seeds(self, "seed")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -102,6 +102,19 @@ def non_negative(obj: Any, *names: str) -> None:
         require(v is None or v >= 0, n, f"must be 0 or more, got {v}")
 
 
+# torch.Generator.manual_seed takes a signed 64-bit integer; numpy's legacy RandomState (which
+# Optuna's samplers seed) an unsigned 32-bit one.
+MAX_SEED = 2**63 - 1
+MAX_SAMPLER_SEED = 2**32 - 1
+
+
+def seeds(obj: Any, *names: str, limit: int = MAX_SEED) -> None:
+    """Seeds: whole numbers from 0 to `limit`, refused here rather than deep in a library."""
+    for n in names:
+        v = getattr(obj, n)
+        require(0 <= v <= limit, n, f"must be from 0 to {limit:,}, got {v:,}")
+
+
 def fraction(obj: Any, *names: str) -> None:
     for n in names:
         v = getattr(obj, n)

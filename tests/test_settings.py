@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from distill.cli import app
 from distill.errors import UserError
-from distill.pipeline.config import load_config, parse, to_toml
+from distill.pipeline.config import PRESETS, load_config, parse, to_toml
 from distill.recipes import RECIPES, make_recipe
 from distill.settings import (
     BenchSettings,
@@ -119,6 +119,22 @@ def test_types_are_checked_and_named_as_the_user_wrote_them():
         build(BenchSettings, {"batch_sizes": [1, "x"]}, label=lambda n: "--batch-sizes")
     with pytest.raises(UserError, match="unknown setting colour"):
         build(RunSettings, {"colour": "blue"})
+
+
+def test_every_seed_is_checked_where_it_is_set_against_what_seeds_it():
+    from distill.sweep.settings import SweepSettings
+
+    for cls, name, limit in [
+        (RunSettings, "seed", 2**63 - 1),  # torch.Generator
+        (DataSettings, "split_seed", 2**63 - 1),
+        (SweepSettings, "sampler_seed", 2**32 - 1),  # numpy's legacy RandomState in Optuna
+    ]:
+        build(cls, {name: limit})
+        for bad in (-1, limit + 1):
+            with pytest.raises(UserError, match=f"{name} must be from 0 to {limit:,}"):
+                build(cls, {name: bad})
+    with pytest.raises(UserError, match="seed must be from 0"):  # the pipeline's, from TOML
+        parse({**PRESETS["quick"], "seed": -1})
 
 
 def test_a_models_split_is_the_default_and_another_is_refused():

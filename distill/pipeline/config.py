@@ -39,7 +39,7 @@ from distill.settings import (
     override_recipe,
 )
 from distill.tracking import PIPELINE_HELP
-from distill.typed import build, coerce, require, setting, to_dict
+from distill.typed import build, coerce, require, seeds, setting, to_dict
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,7 @@ class PipelineSettings:
     mlflow: str | None = setting(None, PIPELINE_HELP, shown="off")
 
     def __post_init__(self) -> None:
+        seeds(self, "seed")
         require(
             self.prune.budget != "" or not self.prune.enabled,
             "prune.budget",

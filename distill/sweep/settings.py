@@ -8,7 +8,15 @@ from dataclasses import dataclass
 from typing import Literal
 
 from distill.budget import parse_budget
-from distill.typed import non_negative, positive, require, setting, whole_numbers_as_floats
+from distill.typed import (
+    MAX_SAMPLER_SEED,
+    non_negative,
+    positive,
+    require,
+    seeds,
+    setting,
+    whole_numbers_as_floats,
+)
 
 OBJECTIVES = Literal["top1", "top1+params", "top1+macs", "top1+latency"]
 PRUNERS = Literal["median", "hyperband", "none"]
@@ -56,7 +64,8 @@ class SweepSettings:
     def __post_init__(self) -> None:
         whole_numbers_as_floats(self)
         positive(self, "trials", "workers", "seeds", "holdout_size", "heartbeat")
-        non_negative(self, "confirm_top", "sampler_seed")
+        non_negative(self, "confirm_top")
+        seeds(self, "sampler_seed", limit=MAX_SAMPLER_SEED)
         for name in ("budget", "mac_ceiling"):
             text = getattr(self, name)
             if text is not None:
