@@ -218,6 +218,11 @@ def test_method_refusals_are_one_line(tiny_image_folder, tiny_dataset, teacher_f
     one_line_error(student("--kd", "crd", "--logit-standardize"), "--logit-standardize")
     one_line_error(student("--kd", "fitnet", "--hint-stage", "9"), "--hint-stage 9")
     one_line_error(student("--kd", "mlkd", "--recipe", "sgd-lookahead-cutmix"), "mlkd")
+    # CRD's bank and its gathered negatives, estimated before either is allocated (a
+    # traceback from the allocator before).
+    line = one_line_error(student("--kd", "crd", "--crd-negatives", "1000000000"), "needs at least")
+    assert "--crd-negatives 1,000,000,000" in line and "lower --crd-negatives" in line
+    one_line_error(student("--kd", "crd", "--crd-dim", "100000000"), "--crd-dim 100,000,000")
     assert not (tmp_path / "s.pt").exists()
 
 

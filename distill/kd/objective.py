@@ -41,6 +41,7 @@ from distill.kd.feature_losses import (
 from distill.kd.logit_losses import dist_loss, mlkd_loss, standardize
 from distill.kd.taps import FeatureTaps, feature_shapes, points
 from distill.losses import dkd_loss, ensemble_logits, hinton_kd_loss
+from distill.memory import require
 from distill.settings import LOGIT_METHODS, KDSettings, Recipe
 
 FEATURE_METHODS = ("crd", "fitnet", "at", "reviewkd")
@@ -343,6 +344,22 @@ def check_method(kd: KDSettings, n_teachers: int, student: nn.Module, teacher: n
             raise UserError(f"--hint-stage {kd.hint_stage} is past the last stage; use 1 to {n}")
 
 
+def _check_crd_memory(kd: KDSettings, images: int, batch: int, device: torch.device) -> None:
+    """CRD's memory bank (a student and a teacher embedding per training image) and one step's
+    gathered negatives (batch x (negatives + 1) embeddings per side, and their indices),
+    refused before either is allocated."""
+    batch = min(batch, images)  # a data set smaller than a batch is one smaller batch
+    rows = batch * (kd.crd_negatives + 1)
+    need = 2 * images * kd.crd_dim * 4 + 2 * rows * kd.crd_dim * 4 + rows * 8
+    require(
+        need,
+        f"--kd crd with --crd-dim {kd.crd_dim:,} and --crd-negatives {kd.crd_negatives:,} at "
+        f"batch {batch:,}",
+        "lower --crd-negatives, --crd-dim or --batch-size",
+        device,
+    )
+
+
 def make_objective(
     student: nn.Module,
     teachers: Sequence[nn.Module],
@@ -358,6 +375,8 @@ def make_objective(
             "--kd mlkd aligns a weak and a strong view of the same images, which Mixup/CutMix "
             "blend; choose a recipe without mixing, or another method"
         )
+    if kd.method == "crd":
+        _check_crd_memory(kd, len(dataset.train.labels), recipe.batch_size, device)
     return KDObjective(
         student,
         teachers,
