@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from distill.errors import UserError, control_characters, first_line, unreadable_torch_file
-from distill.files import atomic_save
+from distill.files import atomic_save, not_a_file
 from distill.registry import build_model, label_disagrees
 from students.resnet import ResNetConfig
 from teachers.imported import is_imported
@@ -108,10 +108,8 @@ def save_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike) -> None:
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load and validate a distill checkpoint; anything else is a UserError naming the file."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(
-            f"checkpoint {path} does not exist; pass the .pt file a distill command wrote"
-        )
+    if why := not_a_file(path):
+        raise UserError(f"checkpoint {path} {why}; pass the .pt file a distill command wrote")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # zip/pickle errors: not a torch file, truncated, or holds code

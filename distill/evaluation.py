@@ -23,6 +23,7 @@ from distill import distributed
 from distill.data import BatchLoader, Dataset, Split, load_data
 from distill.device import exact_float32
 from distill.errors import UserError
+from distill.files import not_a_file
 from distill.settings import data_for_model
 
 EVAL_BATCH = 1000
@@ -172,8 +173,8 @@ def evaluate_file(
     from distill.device import resolve_device
 
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path} does not exist; pass a .pt checkpoint or an exported .onnx file")
+    if why := not_a_file(path):
+        raise UserError(f"{path} {why}; pass a .pt checkpoint or an exported .onnx file")
     if path.suffix == ".onnx":
         from export.metadata import read_metadata
 

@@ -44,6 +44,22 @@ class WriteError(UserError):
     """A write failed (disk full, no permission); the previous file, if any, is unchanged."""
 
 
+def not_a_file(path: str | os.PathLike) -> str | None:
+    """Why `path` cannot be read as a file, in words for an error ("does not exist", "is a
+    folder", ...), or None when it is a regular file (or a link to one). A device or a pipe is
+    not "missing": it is there, and reading it would hang or never end."""
+    path = Path(path)
+    if path.is_file():
+        return None
+    if path.is_symlink() and not path.exists():
+        return f"is a link to {os.readlink(path)}, which does not exist"
+    if path.is_dir():
+        return "is a folder"
+    if path.exists():
+        return "is not a regular file (a device, pipe or socket)"
+    return "does not exist"
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -20,6 +20,7 @@ from typing import Any
 import onnx
 
 from distill.errors import UserError, control_characters
+from distill.files import not_a_file
 from distill.memory import MAX_CLASSES
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -68,8 +69,8 @@ def write_metadata(path: str | os.PathLike, values: dict[str, Any]) -> None:
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """The checked distill metadata of an exported file; anything wrong is a UserError."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path} does not exist; pass an .onnx file written by distill export")
+    if why := not_a_file(path):
+        raise UserError(f"{path} {why}; pass an .onnx file written by distill export")
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception:  # protobuf decode errors

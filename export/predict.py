@@ -20,6 +20,7 @@ import torch
 from distill.console import note
 from distill.data.images import is_image_name, read_image
 from distill.errors import UserError
+from distill.files import not_a_file
 from export.engines import open_engine
 from export.metadata import read_metadata
 from export.runtime import batched_logits
@@ -65,10 +66,10 @@ def image_files(paths: Sequence[str | os.PathLike]) -> list[Path]:
                     f"(e.g. {skipped[0].name})"
                 )
             files += found
-        elif p.is_file():
-            files.append(p)
+        elif why := not_a_file(p):
+            raise UserError(f"{p} {why}; pass image files or folders of images")
         else:
-            raise UserError(f"{p} does not exist; pass image files or folders of images")
+            files.append(p)
     return files
 
 

@@ -17,6 +17,7 @@ import onnxruntime as ort
 import torch
 
 from distill.errors import UserError, first_line
+from distill.files import not_a_file
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -171,8 +172,8 @@ def make_session(
     """An inference session on `device` (cpu, cuda or auto); an unreadable file is a UserError
     naming it, and so is a CUDA provider that did not start."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path} does not exist; pass an .onnx file written by distill export")
+    if why := not_a_file(path):
+        raise UserError(f"{path} {why}; pass an .onnx file written by distill export")
     device = resolve_device(device)
     providers = [CUDA, CPU] if device == "cuda" else [CPU]
     try:

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from distill.errors import UserError, unreadable_torch_file
+from distill.files import not_a_file
 
 SOURCES = ("torchvision", "timm")
 
@@ -116,8 +117,8 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A state dict from a .pth/.pt file (read with weights_only=True: no code runs) or a
     .safetensors file; one nesting level under "state_dict", "model" or "model_state_dict"
     (how training scripts often save them) is unwrapped."""
-    if not path.is_file():
-        raise UserError(f"weights file {path} does not exist; pass the state dict you saved")
+    if why := not_a_file(path):
+        raise UserError(f"weights file {path} {why}; pass the state dict you saved")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file

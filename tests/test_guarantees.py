@@ -299,6 +299,25 @@ def test_outputs_are_never_overwritten_without_force(tmp_path):
 # Crafted, damaged or absurd inputs
 
 
+def test_a_device_or_a_pipe_given_as_a_file_is_named_as_such_and_never_read(
+    tiny_image_folder, tmp_path
+):
+    # Not "does not exist" (it does), and never opened: reading a pipe waits for a writer.
+    import os
+
+    pipe = tmp_path / "pipe.pt"
+    os.mkfifo(pipe)
+    weights = ["teacher", "import", "torchvision:resnet18", "--data", str(tiny_image_folder),
+               "--out", str(tmp_path / "t.pt"), "--weights"]  # fmt: skip
+    for special in ("/dev/null", str(pipe)):
+        for args in (["eval", special], ["predict", special, str(tmp_path)], [*weights, special],
+                     ["pipeline", "--config", special, "--out", str(tmp_path / "run")],
+                     ["student", "--teacher", special, "--arch", "resnet18-quarter",
+                      "--out", str(tmp_path / "s.pt")]):  # fmt: skip
+            one_line_error(runner.invoke(app, args), "is not a regular file")
+    one_line_error(runner.invoke(app, ["eval", str(tmp_path)]), "is a folder")
+
+
 def test_a_decompression_bomb_in_training_data_is_refused_like_in_predict(tmp_path):
 
     for split, n in (("train", 3),):

@@ -28,6 +28,7 @@ from typing import Any, Literal
 from distill import distributed
 from distill.budget import parse_budget
 from distill.errors import UserError
+from distill.files import not_a_file
 from distill.recipes import get_recipe
 from distill.settings import (
     BenchSettings,
@@ -219,8 +220,8 @@ def load_config(
     where = ""
     if config_file is not None:
         config_file = Path(config_file)
-        if not config_file.is_file():
-            raise UserError(f"config file {config_file} does not exist or is not a file")
+        if why := not_a_file(config_file):
+            raise UserError(f"config file {config_file} {why}; pass a TOML file")
         try:
             values = _layer(values, tomllib.loads(config_file.read_text()))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:

@@ -148,13 +148,13 @@ def _place(value: Any) -> Any:
 
 
 def _with_identity(job: SweepJob) -> SweepJob:
-    from distill.files import file_sha256
+    from distill.files import file_sha256, not_a_file
 
     s = job.settings
     teachers = []
     for t in job.teachers:
-        if not Path(t).is_file():
-            raise UserError(f"--teacher {t} does not exist; pass a checkpoint written by distill")
+        if why := not_a_file(t):
+            raise UserError(f"--teacher {t} {why}; pass a checkpoint written by distill")
         teachers.append(file_sha256(t))
     identity = {
         "space": job.space.to_record(),
