@@ -168,11 +168,26 @@ def test_changing_student_epochs_redoes_students_and_what_follows(finished_run, 
     shutil.copytree(out, copy)
     config = write_toml(root / "p2.toml", root / "cache", student_epochs=2)
     teacher_before = (copy / "teacher.pt").read_bytes()
+
+    def dry_run() -> dict[str, str]:
+        listing = {p: p.stat().st_mtime_ns for p in copy.rglob("*")}
+        args = [*pipeline_args(tiny_image_folder, config, copy, quiet=False), "--dry-run"]
+        planned = runner.invoke(app, args)
+        assert planned.exit_code == 0, planned.output
+        assert {p: p.stat().st_mtime_ns for p in copy.rglob("*")} == listing  # wrote nothing
+        rows = [line.split(maxsplit=1) for line in planned.output.splitlines()[-len(STAGES) :]]
+        return {name: rest for name, rest in rows}
+
+    # A dry run says what the run will do, before it does it.
+    predicted = dry_run()
+    assert predicted["teacher"].startswith("kept"), predicted
+    assert all(predicted[stage].startswith("runs") for stage in STAGES[1:]), predicted
     result = runner.invoke(app, pipeline_args(tiny_image_folder, config, copy, quiet=False))
     assert result.exit_code == 0, result.output
     assert "teacher: up to date, skipped" in result.output
     for stage in STAGES[1:]:
         assert f"{stage}: redoing" in result.output, stage
+    assert all(rest.startswith("kept") for rest in dry_run().values())
     rules = [line for line in result.output.splitlines() if line.startswith("─")]
     assert rules and all(len(line) <= 80 for line in rules)  # a divider in a log stays short
     assert (copy / "teacher.pt").read_bytes() == teacher_before
@@ -286,7 +301,7 @@ def test_a_damaged_record_costs_no_retraining(finished_run, tiny_image_folder):
     assert result.exit_code == 0, result.output
     assert "was damaged" in result.output
     for stage in ("teacher", "baseline", "student", "prune"):
-        assert f"{stage}: up to date (recognised from its checkpoint)" in result.output
+        assert f"{stage}: up to date, recognised from its checkpoint" in result.output
     assert before == {p.name: p.stat().st_mtime_ns for p in copy.glob("*.pt")}
     assert any(p.name.startswith("pipeline.json.damaged-") for p in copy.iterdir())
     assert set(stage_records(copy)) == set(STAGES)

@@ -58,7 +58,12 @@ def pipeline_cmd(
     ),
     data_root: Path = typer.Option(None, help="Where cifar10/cifar100 are downloaded."),
     cache_dir: Path = typer.Option(None, help="Decoded uint8 cache (never beside the data)."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved stages and exit."),
+    dry_run: bool = typer.Option(
+        False,
+        "--dry-run",
+        help="Print the resolved stages and exit; with --out, also what a run into it would "
+        "do now (each stage kept, resumed or run, and why).",
+    ),
     print_config: bool = typer.Option(
         False, "--print-config", help="Print the resolved settings as TOML and exit."
     ),
@@ -70,7 +75,7 @@ def pipeline_cmd(
     from distill.timing import phase
 
     with phase("imports: torch and training"):
-        from distill.pipeline import describe, load_config, run_pipeline, to_toml
+        from distill.pipeline import describe, load_config, plan, run_pipeline, to_toml
         from distill.resume import TrainingInterrupted
 
     flags_data = {"source": data, "data_root": data_root, "cache_dir": cache_dir}
@@ -86,6 +91,12 @@ def pipeline_cmd(
     say = make_console(quiet)
     if dry_run:
         say.print(describe(settings))
+        if out is not None:  # and what a run into it would do now, stage by stage
+            rows = plan(settings, out, force=force)
+            width = max(len(stage) for stage, _, _ in rows)
+            for stage, action, why in rows:
+                verb = {"skip": "kept", "resume": "resumes", "run": "runs"}[action]
+                say.print(f"{stage:<{width}}  {verb}" + (f" ({why})" if why else ""))
         return
     if out is None:
         raise UserError("no run directory given; pass -o/--out DIR")

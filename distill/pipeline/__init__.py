@@ -34,7 +34,7 @@ from distill.pipeline.state import STATE_FILE, PipelineState, Stage, decide
 from distill.timing import phase
 from distill.tracking import Tracker
 
-__all__ = ["PipelineSettings", "describe", "load_config", "run_pipeline", "to_toml"]
+__all__ = ["PipelineSettings", "describe", "load_config", "plan", "run_pipeline", "to_toml"]
 
 
 def _check_run_dir(run_dir: Path, force: bool) -> None:
@@ -101,6 +101,38 @@ def run_pipeline(
     if tracker is not None:
         tracker.finish(p for p in (run_dir / "bench.json", run_dir / "report.md") if p.is_file())
     return run_dir / "report.md"
+
+
+def plan(
+    settings: PipelineSettings, run_dir: Path, *, force: bool = False
+) -> list[tuple[str, str, str]]:
+    """What `run_pipeline(settings, run_dir)` would do now, stage by stage, without doing it
+    (nothing is written; the data is decoded into its cache when it is not there yet, since
+    whether it changed decides what is redone): (stage, action, why), action skip, resume or
+    run. A stage whose input an earlier stage would make again runs too."""
+    run_dir = Path(run_dir)
+    _check_run_dir(run_dir, force)
+    check_outside_data(run_dir, settings.data)
+    state = PipelineState.load(run_dir, settings.to_dict(), read_only=True)
+    loaded: dict[str, Dataset] = {}
+
+    def dataset() -> Dataset:
+        if "d" not in loaded:
+            loaded["d"] = load_data(settings.data)
+        return loaded["d"]
+
+    remade: set[Path] = set()
+    rows = []
+    for stage in build_stages(settings, run_dir, dataset, make_console(quiet=True), True):
+        changed = [p.name for p in stage.inputs if p in remade]
+        if changed:
+            action, why = "run", f"its input {changed[0]} will be made again"
+        else:
+            action, _, why = decide(stage, state)
+        if action != "skip":
+            remade.update(stage.outputs)
+        rows.append((stage.name, action, why))
+    return rows
 
 
 def _tracking_run(settings: PipelineSettings, run_dir: Path) -> Tracker | None:

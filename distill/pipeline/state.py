@@ -50,7 +50,9 @@ class PipelineState:
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, run_dir: Path, config: dict[str, Any]) -> PipelineState:
+    def load(cls, run_dir: Path, config: dict[str, Any], read_only: bool = False) -> PipelineState:
+        """The record in `run_dir`; a damaged one is kept aside under another name (left as it
+        is when `read_only`: a dry run changes nothing) and counts as no record."""
         path = run_dir / STATE_FILE
         if path.is_dir():
             raise UserError(
@@ -63,6 +65,8 @@ class PipelineState:
                 if not all(isinstance(s, dict) for s in stages.values()):
                     raise TypeError
             except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+                if read_only:
+                    return cls(path, config, {})
                 stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
                 kept = path.with_name(f"{STATE_FILE}.damaged-{stamp}")
                 path.rename(kept)
@@ -110,7 +114,7 @@ def decide(stage: Stage, state: PipelineState) -> tuple[str, str, str]:
     if same and record.get("status") == "done" and outputs_intact(record, stage.outputs):
         return "skip", fp, "up to date"
     if not (record and record.get("status") == "done") and adoptable(stage.outputs, fp):
-        return "skip", fp, "up to date (recognised from its checkpoint)"
+        return "skip", fp, "up to date, recognised from its checkpoint"
     if same and record.get("status") == "running" and stage.resumable and stage.resumable.exists():
         return "resume", fp, "resuming the interrupted run"
     if not record:
