@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.checkpoint import load_checkpoint
+from distill.console import note
 from distill.errors import UserError
 from distill.report.collect import collect_models
 from distill.report.records import Model
@@ -44,6 +45,7 @@ def compare(targets: list[Path]) -> list[Row]:
     if not targets:
         raise UserError("nothing to compare; pass checkpoints or run folders")
     rows: dict[Path, Row] = {}
+    noted: set[Path] = set()  # a file reached by two ways (a link to a folder) is said once
     for target in targets:
         for folder, only in _folders(Path(target)):
             try:
@@ -54,6 +56,8 @@ def compare(targets: list[Path]) -> list[Row]:
                 continue  # a subfolder of other .pt files (a data cache): not a run
             if only is not None and only not in {m.path.name for m in models}:
                 load_checkpoint(folder / only)  # says why it was skipped
+            if only is None:
+                _note_unreadable(folder, {m.path.name for m in models}, noted)
             for m in models:
                 if m.is_onnx or (only is not None and m.path.name != only):
                     continue
@@ -64,6 +68,19 @@ def compare(targets: list[Path]) -> list[Row]:
             "folders holding them"
         )
     return sorted(rows.values(), key=lambda r: (-(r.val_accuracy or -1), str(r.path)))
+
+
+def _note_unreadable(folder: Path, read: set[str], noted: set[Path]) -> None:
+    """A checkpoint in a run folder that could not be read is said, not left out in silence
+    (a folder where none could be read is not a run: it is passed over)."""
+    for path in sorted(folder.glob("*.pt")):
+        if path.name in read or path.name.endswith(".last.pt") or path.resolve() in noted:
+            continue
+        noted.add(path.resolve())
+        try:
+            load_checkpoint(path)
+        except UserError as e:
+            note(f"left out: {e}")
 
 
 def _folders(target: Path) -> list[tuple[Path, str | None]]:

@@ -69,6 +69,7 @@ def unreadable_torch_file(e: BaseException, path: str | os.PathLike) -> str:
     found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
     if found:
         return f"it holds a Python object ({found[1]}) that a safe load refuses to run"
-    if "Weights only load failed" in text:
-        return "it is not a file torch.save wrote"
-    return first_line(e)
+    if isinstance(e, OSError):  # permission denied, an I/O error: about the file, not its bytes
+        return first_line(e)
+    # Anything else (struct, pickle or zip internals) says the bytes are not torch.save's.
+    return "it is damaged or is not a file torch.save wrote"

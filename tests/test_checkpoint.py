@@ -136,10 +136,11 @@ class Foreign:  # a class torch.save pickles by reference: a safe load must refu
     "write,reason",
     [
         (lambda p: p.write_bytes(b""), "the file is empty"),
-        (lambda p: p.write_text("garbage"), "it is not a file torch.save wrote"),
+        (lambda p: p.write_text("garbage"), "is not a file torch.save wrote"),
+        (lambda p: p.write_text("junk"), "is not a file torch.save wrote"),  # struct's error
         (lambda p: torch.save({"m": Foreign()}, p), "a Python object (test_checkpoint.Foreign)"),
     ],
-    ids=["empty", "text", "object"],
+    ids=["empty", "text", "short", "object"],
 )
 def test_an_unreadable_file_is_named_in_the_users_terms(tmp_path, write, reason):
     # torch's own messages are paragraphs about its defaults: one clause about the file instead.

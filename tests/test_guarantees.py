@@ -738,6 +738,13 @@ def test_an_arch_label_that_disagrees_with_the_weights_is_refused_everywhere(
     report = (tmp_path / "run" / "report.md").read_text()
     assert "Skipped `edited.pt`" in report and "resnet18-half" in report.split("Skipped")[1]
     assert "| resnet18-half |" not in report
+    # And so does compare, on stderr, once however the file is reached (a link to its folder).
+    (tmp_path / "run" / "sub").mkdir()
+    (tmp_path / "run" / "sub" / "up").symlink_to(tmp_path / "run")
+    result = runner.invoke(app, ["compare", str(tmp_path / "run")])
+    assert result.exit_code == 0 and "good.pt" in result.stdout, result.output
+    said = [line for line in result.stderr.splitlines() if "edited.pt" in line]
+    assert len(said) == 1 and said[0].startswith("note: left out") and "resnet18-half" in said[0]
 
 
 def test_a_pruned_label_is_derived_from_its_source_and_may_not_grow_it(tmp_path):
