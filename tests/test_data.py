@@ -687,6 +687,16 @@ def test_duplicate_class_names_are_refused(tmp_path):
         load_data(DataSettings(str(root), cache_dir=tmp_path / "cache", val_size=2))
 
 
+def test_more_classes_than_an_export_can_carry_are_refused_before_training():
+    from distill.data.dataset import check_class_names
+    from distill.memory import MAX_CLASSES
+
+    names = [f"c{i}" for i in range(MAX_CLASSES + 1)]
+    assert len(check_class_names(names[:-1], "x")) == MAX_CLASSES
+    with pytest.raises(UserError, match=f"{MAX_CLASSES + 1:,} classes, more than the"):
+        check_class_names(names, "x")
+
+
 @pytest.mark.parametrize("name", ["new\nline", "esc\x1b[31mred", "back\rspace", "sep\u2028x"])
 def test_class_names_with_control_characters_are_refused(tmp_path, name):
     # Names are printed in tables, reports and predictions: a newline breaks a row, an escape

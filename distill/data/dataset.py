@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from distill.errors import UserError, control_characters
+from distill.memory import MAX_CLASSES
 
 
 # eq=False: field-wise == on tensors is ambiguous; splits and datasets compare by identity.
@@ -61,6 +62,11 @@ def check_class_names(names: list, where: str) -> tuple[str, ...]:
                 "must be distinct: rename or merge them"
             )
         seen[key] = name
+    if len(names) > MAX_CLASSES:  # an export could not carry them; refuse before training
+        raise UserError(
+            f"{where}: {len(names):,} classes, more than the {MAX_CLASSES:,} a model may have; "
+            "group them into fewer classes"
+        )
     if len(names) < 2:  # one class: every prediction right by construction, nothing learned
         raise UserError(
             f"{where}: {len(names)} class ({', '.join(map(repr, names))}); a classifier needs "
