@@ -108,13 +108,19 @@ def check_nproc(nproc: int, device: str, warn, workers: int = 1) -> None:
         )
 
 
-def watch_parent(on_lost, grace_s: float = GRACE_S, poll_s: float = POLL_S) -> threading.Thread:
+def watch_parent(
+    on_lost, grace_s: float = GRACE_S, poll_s: float = POLL_S, pid: int | None = None
+) -> threading.Thread:
     """Call `on_lost(pid)` once this process's parent (the launcher) is gone, then, if the process
-    is still alive `grace_s` later, exit with 143 (as SIGTERM would have it)."""
-    parent = os.getppid()
+    is still alive `grace_s` later, exit with 143 (as SIGTERM would have it). `pid`: watch that
+    process instead (a sweep's worker under torchrun watches the sweep, its grandparent)."""
+    parent = pid or os.getppid()
+
+    def there() -> bool:
+        return alive(parent) if pid else os.getppid() == parent
 
     def watch() -> None:
-        while os.getppid() == parent:
+        while there():
             time.sleep(poll_s)
         on_lost(parent)
         time.sleep(grace_s)

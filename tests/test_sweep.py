@@ -167,6 +167,45 @@ def test_kill_9_then_the_same_command_resumes_the_trial(tiny_image_folder, tmp_p
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 2
 
 
+def test_workers_stop_when_the_sweep_is_killed_with_9(tiny_image_folder, tmp_path):
+    # kill -9 cannot pass anything on to the workers: they notice the sweep is gone and stop
+    # as SIGTERM stops a trial (the same command continues it), instead of training on alone.
+    args = sweep_args(tiny_image_folder, tmp_path, space_file(tmp_path, epochs=500), "--trials",
+                      "2", "--workers", "2", "--pruner", "none")  # fmt: skip
+    logs = [tmp_path / "sw" / "workers" / f"worker-{k}.log" for k in (0, 1)]
+    proc = subprocess.Popen([sys.executable, "-m", "distill", *args], env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    workers: list[int] = []
+    try:
+        deadline = time.time() + TIMEOUT
+        while time.time() < deadline and proc.poll() is None:
+            if all(log.exists() and "trial" in log.read_text() for log in logs):
+                break
+            time.sleep(0.1)
+        children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True)
+        workers = [int(pid) for pid in children.stdout.split()]
+        assert len(workers) == 2, children
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        deadline = time.time() + 30
+        while time.time() < deadline and any(_running(pid) for pid in workers):
+            time.sleep(0.2)
+        assert not any(_running(pid) for pid in workers), "a worker trained on alone"
+    finally:
+        proc.kill()
+        for pid in workers:
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)
+    for log in logs:
+        assert "the sweep (pid" in log.read_text() and "went away" in log.read_text()
+
+
+def _running(pid: int) -> bool:
+    from distill.launch import alive
+
+    return alive(pid)
+
+
 def finished_curves(study, job, n: int = 2) -> None:
     """n finished trials whose val top-1 was 100% from the first epoch: any real tiny trial's
     curve is clearly worse."""

@@ -22,6 +22,7 @@ from distill.sweep.job import Say, SweepJob
 
 JOB_FILE = "sweep.json"
 WORKERS = "workers"
+SWEEP_PID = "DISTILL_SWEEP_PID"
 
 
 def check_before_trials(job: SweepJob) -> None:
@@ -78,6 +79,7 @@ def worker_env(job: SweepJob, k: int) -> dict[str, str]:
     from export.runtime import default_threads
 
     env = dict(os.environ)
+    env[SWEEP_PID] = str(os.getpid())  # the workers stop when this process goes (even by kill -9)
     gpus = torch.cuda.device_count() if job.device != "cpu" else 0
     if gpus:
         n = job.nproc_per_node

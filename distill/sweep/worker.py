@@ -177,6 +177,33 @@ def _short(v: Any) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
+def _stop_with_the_sweep() -> None:
+    """A worker ends with the `distill sweep` that started it, even one killed with -9 (which
+    cannot stop its children): its trial stops as SIGTERM stops a run, state saved, and the
+    same command takes it up again. A rank under torchrun also ends with torchrun."""
+    import signal
+
+    from distill import launch
+    from distill.sweep.launch import SWEEP_PID
+
+    sweep = os.environ.get(SWEEP_PID, "")
+    if sweep.isdigit():
+
+        def lost(pid: int) -> None:
+            if distributed.rank() == 0:
+                print(
+                    f"error: the sweep (pid {pid}) went away; stopping this worker (the same "
+                    "command continues its trial)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        launch.watch_parent(lost, pid=int(sweep))
+    if distributed.launched():
+        launch.stop_with_launcher(distributed.rank())
+
+
 def main(argv: list[str]) -> int:
     """A worker process: the job file is written by `distill sweep`."""
     import torch
@@ -184,6 +211,7 @@ def main(argv: list[str]) -> int:
     from distill.resume import TrainingInterrupted
 
     job = SweepJob.from_json(Path(argv[0]).read_text())
+    _stop_with_the_sweep()
     threads = os.environ.get("DISTILL_SWEEP_THREADS")
     if threads:
         torch.set_num_threads(int(threads))
