@@ -628,6 +628,9 @@ def test_kd_methods_sizes_are_bounded_and_its_step_estimated(monkeypatch):
     monkeypatch.setattr(distill.memory, "available", lambda device="cpu": 2**30)
     args = ["kd-methods", "--device", "cpu", "--batch-size", "20000"]
     one_line_error(runner.invoke(app, args), "training step of 20,000 images", "1.0 GiB free")
+    monkeypatch.setattr(distill.memory, "available", lambda device="cpu": 8 * 2**30)
+    args = ["kd-methods", "--device", "cpu", "--batch-size", "1024"]  # CRD's negatives: 16 GiB
+    one_line_error(runner.invoke(app, args), "--kd crd", "lower --batch-size")
 
 
 def test_a_decode_block_stays_small_at_any_image_size():

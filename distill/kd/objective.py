@@ -344,7 +344,13 @@ def check_method(kd: KDSettings, n_teachers: int, student: nn.Module, teacher: n
             raise UserError(f"--hint-stage {kd.hint_stage} is past the last stage; use 1 to {n}")
 
 
-def _check_crd_memory(kd: KDSettings, images: int, batch: int, device: torch.device) -> None:
+def check_crd_memory(
+    kd: KDSettings,
+    images: int,
+    batch: int,
+    device: torch.device,
+    fix: str = "lower --crd-negatives, --crd-dim or --batch-size",
+) -> None:
     """CRD's memory bank (a student and a teacher embedding per training image) and one step's
     gathered negatives (batch x (negatives + 1) embeddings per side, and their indices),
     refused before either is allocated."""
@@ -355,7 +361,7 @@ def _check_crd_memory(kd: KDSettings, images: int, batch: int, device: torch.dev
         need,
         f"--kd crd with --crd-dim {kd.crd_dim:,} and --crd-negatives {kd.crd_negatives:,} at "
         f"batch {batch:,}",
-        "lower --crd-negatives, --crd-dim or --batch-size",
+        fix,
         device,
     )
 
@@ -376,7 +382,7 @@ def make_objective(
             "blend; choose a recipe without mixing, or another method"
         )
     if kd.method == "crd":
-        _check_crd_memory(kd, len(dataset.train.labels), recipe.batch_size, device)
+        check_crd_memory(kd, len(dataset.train.labels), recipe.batch_size, device)
     return KDObjective(
         student,
         teachers,

@@ -19,7 +19,7 @@ from torch import nn
 from distill.budget import count_params
 from distill.data.loader import Batch
 from distill.device import autocast, choose_precision, configure_for_training, resolve_device
-from distill.kd.objective import FEATURE_METHODS, KDObjective
+from distill.kd.objective import FEATURE_METHODS, KDObjective, check_crd_memory
 from distill.memory import check_training_step
 from distill.registry import create_model
 from distill.settings import KD_METHOD_HELP, KDSettings, resolve_kd
@@ -100,6 +100,9 @@ def method_table(
     check_training_step(
         student, (3, 32, 32), batch_size, dev, data_bytes=2 * batch_size * 3 * 32 * 32 * 4
     )
+    if "crd" in methods:
+        kd = KDSettings(method="crd", **({"crd_negatives": crd_negatives} if crd_negatives else {}))
+        check_crd_memory(kd, TABLE_DATA_SIZE, batch_size, dev, fix="lower --batch-size")
     student = student.to(dev)
     teacher = create_model(teacher_arch, num_classes).to(dev)
     g = torch.Generator(device="cpu").manual_seed(0)
