@@ -24,6 +24,7 @@ from distill.data import BatchLoader, Dataset, Split, load_data
 from distill.device import exact_float32
 from distill.errors import UserError
 from distill.files import not_a_file
+from distill.memory import inference_batch
 from distill.settings import data_for_model
 
 EVAL_BATCH = 1000
@@ -51,10 +52,11 @@ def eval_loader(
     split: Split, data: Dataset, device: torch.device, channels_last: bool = False
 ) -> BatchLoader:
     """This rank's shard of `split`, every image exactly once over all ranks."""
+    base = EVAL_BATCH if torch.device(device).type == "cuda" else CPU_EVAL_BATCH
     return BatchLoader.of(
         data,
         split,
-        EVAL_BATCH if torch.device(device).type == "cuda" else CPU_EVAL_BATCH,
+        inference_batch(base, data.input_size),
         device=device,
         rank=distributed.rank(),
         world_size=distributed.world_size(),

@@ -24,6 +24,15 @@ MAX_PARAMS = 10**9  # trainable parameters of a model to build
 MAX_CLASSES = 100_000  # outputs of a classifier (ImageNet-21k has 21,841)
 
 
+def inference_batch(base: int, input_size: tuple[int, ...] | list[int]) -> int:
+    """`base` images per inference batch at 32x32 (where every such default was tuned), or as
+    many as hold the same pixels at `input_size` ([..., H, W]): a batch's activations stay what
+    they are at 32x32, so evaluating a model of large images (own data at its own size) does not
+    take the machine. 128 at 32x32 is 2 at 224x224 and 1 from 256x256 up."""
+    height, width = input_size[-2:]
+    return max(1, min(base, base * 32 * 32 // (height * width)))
+
+
 def gib(n: float) -> str:
     return f"{n / 2**30:.1f} GiB"
 

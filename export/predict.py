@@ -21,6 +21,7 @@ from distill.console import note
 from distill.data.images import is_image_name, read_image
 from distill.errors import UserError
 from distill.files import not_a_file
+from distill.memory import inference_batch
 from export.engines import open_engine
 from export.metadata import read_metadata
 from export.runtime import batched_logits
@@ -85,8 +86,8 @@ def predict(
     """Top-k classes with softmax probabilities for every image in `paths` (files or folders),
     run by `engine` (onnxruntime/ort or openvino) on `device` (cpu, cuda or auto).
 
-    The file's metadata is checked first, then every image is read (and a bad one reported)
-    before the model runs.
+    The file's metadata is checked first; then the images are read and classified a batch at
+    a time, so any number of them fits in memory. A bad image ends the call naming it.
     """
     if top_k < 1:
         raise UserError(f"--top-k {top_k} must be at least 1")
@@ -102,8 +103,6 @@ def predict(
     files = image_files(paths)
     if not files:
         raise UserError("no images given; pass image files or folders of images")
-    pixels = np.stack([read_image(f, (height, width)) for f in files])
-    images = torch.from_numpy(pixels).permute(0, 3, 1, 2)
     if from_checkpoint:
         run = checkpoint_runner(meta, device)
     else:
@@ -111,17 +110,20 @@ def predict(
         run = open_engine(
             onnx_path, engine, precision=precision, device=device, threads=threads
         ).run
-    logits = batched_logits(run, images, batch_size=BATCH_SIZE)
-    probs = softmax(logits)
     k = min(top_k, len(classes))
-    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-    return [
-        Prediction(
-            str(f),
-            tuple(ClassScore(int(i), classes[i], float(p[i])) for i in idx),
-        )
-        for f, p, idx in zip(files, probs, order, strict=True)
-    ]
+    step = inference_batch(BATCH_SIZE, (height, width))
+    out: list[Prediction] = []
+    for start in range(0, len(files), step):
+        chunk = files[start : start + step]
+        pixels = np.stack([read_image(f, (height, width)) for f in chunk])
+        images = torch.from_numpy(pixels).permute(0, 3, 1, 2)
+        probs = softmax(batched_logits(run, images, batch_size=step))
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        out += [
+            Prediction(str(f), tuple(ClassScore(int(i), classes[i], float(p[i])) for i in idx))
+            for f, p, idx in zip(chunk, probs, order, strict=True)
+        ]
+    return out
 
 
 def checkpoint_runner(ckpt: dict, device: str):

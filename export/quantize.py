@@ -24,6 +24,7 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 
+from distill.memory import inference_batch
 from export.graph import INPUT_NAME
 from export.runtime import as_float_batch
 
@@ -33,7 +34,7 @@ class _CalibrationReader(CalibrationDataReader):
     then None."""
 
     def __init__(self, images: torch.Tensor, batch_size: int) -> None:
-        self.batches = iter(images.split(batch_size))
+        self.batches = iter(images.split(inference_batch(batch_size, images.shape)))
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         batch = next(self.batches, None)

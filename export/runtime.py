@@ -18,6 +18,7 @@ import torch
 
 from distill.errors import UserError, first_line
 from distill.files import not_a_file
+from distill.memory import inference_batch
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -209,8 +210,10 @@ def batched_logits(
     batch_size: int = 256,
     progress: Progress | None = None,
 ) -> np.ndarray:
-    """Logits [N, classes] of `run` (any engine) over a tensor of images, in batches (the last
-    one may be short)."""
+    """Logits [N, classes] of `run` (any engine) over a tensor of images, in batches of
+    `batch_size` at 32x32 and fewer of larger images (`inference_batch`; the last one may be
+    short)."""
+    batch_size = inference_batch(batch_size, images.shape)
     out = []
     for start in range(0, len(images), batch_size):
         out.append(np.asarray(run(as_float_batch(images[start : start + batch_size]))))

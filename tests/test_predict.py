@@ -128,6 +128,37 @@ def test_a_decompression_bomb_is_refused_naming_file_and_limit(model, tmp_path, 
     one_line_error(runner.invoke(app, ["predict", str(model["onnx"]), str(bomb)]), "decompression")
 
 
+def test_large_images_run_in_batches_that_hold_the_pixels_of_32x32_ones(
+    model, tmp_path, monkeypatch
+):
+    # A default batch (tuned at 32x32) of 512x512 images would be 256 times the memory: the
+    # batch shrinks with the pixels instead, in every batched pass (prediction, parity,
+    # accuracy, evaluation, calibration).
+    from distill.memory import inference_batch
+    from export.runtime import batched_logits
+
+    assert [inference_batch(128, (3, s, s)) for s in (32, 64, 224, 512)] == [128, 32, 2, 1]
+    seen = []
+    images = torch.zeros(10, 3, 128, 128, dtype=torch.uint8)
+    batched_logits(lambda x: seen.append(len(x)) or np.zeros((len(x), 2)), images, batch_size=64)
+    assert seen == [4, 4, 2]
+    # predict reads and runs the files a batch at a time: never all of them at once.
+    import export.predict as predict_module
+
+    for i in range(5):
+        Image.new("RGB", (40, 40), (i, 0, 0)).save(tmp_path / f"{i}.png")
+    events = []
+    read, run = predict_module.read_image, predict_module.batched_logits
+    assert EXPORT_SIZE <= 32  # so a batch of 2 stays 2
+    monkeypatch.setattr(predict_module, "BATCH_SIZE", 2)
+    monkeypatch.setattr(predict_module, "read_image", lambda f, s: events.append("r") or read(f, s))
+    monkeypatch.setattr(
+        predict_module, "batched_logits", lambda f, x, **k: events.append(len(x)) or run(f, x, **k)
+    )
+    assert len(predict(model["onnx"], [tmp_path])) == 5
+    assert events == ["r", "r", 2, "r", "r", 2, "r", 1], events
+
+
 def test_read_image_gives_hwc_rgb_at_the_asked_size(tmp_path):
     from distill.data.images import read_image
 
