@@ -34,7 +34,7 @@ def inference_batch(base: int, input_size: tuple[int, ...] | list[int]) -> int:
 
 
 def gib(n: float) -> str:
-    return f"{n / 2**30:.1f} GiB"
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
 def available(device: torch.device | str = "cpu") -> int:

@@ -58,6 +58,13 @@ def live_elements_per_image(path: str | os.PathLike) -> int:
     return peak
 
 
+def all_elements_per_image(path: str | os.PathLike) -> int:
+    """Elements per image of every tensor the graph makes: what a calibrator that records each
+    node's output for every image (onnxruntime's MinMax keeps them all) holds per image."""
+    graph = onnx.shape_inference.infer_shapes(onnx.load(str(path))).graph
+    return sum(_per_image(v) for v in [*graph.value_info, *graph.output])
+
+
 def _per_image(value: onnx.ValueInfoProto) -> int:
     """Elements per image of a [batch, ...] tensor with its other sizes known; 0 otherwise."""
     dims = value.type.tensor_type.shape.dim

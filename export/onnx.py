@@ -49,6 +49,7 @@ from export.wrappers import reference_module
 
 PARITY_IMAGES = 500  # validation images the exported graph is compared on
 CALIBRATION_IMAGES = 512  # training images that set the int8 activation ranges
+MIN_CALIBRATION_IMAGES = 32  # fewer when their recorded activations would not fit; never below
 # Refuse an int8 file that loses more than this much val top-1 (its one default: the settings).
 DATA_KEYS = ("source", "val_size", "split_seed", "train_size")  # enough to rebuild the split
 
@@ -226,6 +227,21 @@ def export_onnx(
     )
 
 
+def calibration_images(graph: Path) -> int:
+    """How many training images calibrate int8: CALIBRATION_IMAGES, or as many as half the free
+    memory holds when onnxruntime records every activation of each (a model of large images:
+    1.4 MiB an image for resnet18-quarter at 32x32, 67 MiB at 224x224), at least
+    MIN_CALIBRATION_IMAGES; refused when even those cannot fit."""
+    from distill.memory import available, require
+    from export.footprint import all_elements_per_image
+
+    per_image = 4 * all_elements_per_image(graph)
+    fits = available() // 2 // max(per_image, 1)
+    n = max(MIN_CALIBRATION_IMAGES, min(CALIBRATION_IMAGES, fits))
+    require(n * per_image, f"int8 calibration on {n} images", "export without --int8")
+    return n
+
+
 def _quantize_checked(
     fp32: Path,
     tmp: Path,
@@ -245,9 +261,14 @@ def _quantize_checked(
         raise ParityError(f"the fp32 graph disagrees with PyTorch ({fp32_parity.line()})")
     g = torch.Generator().manual_seed(0)
     train = images.train_images
-    calib = train[torch.randperm(len(train), generator=g)[:CALIBRATION_IMAGES]]
+    calib = train[torch.randperm(len(train), generator=g)[: calibration_images(fp32)]]
     scheme = int8_scheme(reduce_range)
-    say(f"calibrating int8 on {len(calib)} training images ({scheme.split(':')[0]})")
+    fewer = (
+        f"; not {CALIBRATION_IMAGES}: their recorded activations would pass half the free memory"
+        if len(calib) < min(CALIBRATION_IMAGES, len(train))
+        else ""
+    )
+    say(f"calibrating int8 on {len(calib)} training images ({scheme.split(':')[0]}{fewer})")
     quantize_int8(fp32, tmp, calib, reduce_range=reduce_range)
     n = len(images.val_images)
     say(f"fp32 accuracy on {n:,} validation images")

@@ -146,6 +146,26 @@ def test_int8_stays_close_and_is_smaller(trained, exported):
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
 
 
+def test_int8_calibrates_on_as_many_images_as_the_memory_holds(trained, exported, monkeypatch):
+    # onnxruntime keeps every activation of every calibration image: for a model of large
+    # images 512 of them would take the machine. Fewer, recorded, down to a floor; below it, a
+    # refusal before any calibration.
+    import distill.memory
+    from export.footprint import all_elements_per_image
+    from export.onnx import MIN_CALIBRATION_IMAGES, calibration_images
+
+    graph = exported["path"]
+    per_image = 4 * all_elements_per_image(graph)
+    monkeypatch.setattr(distill.memory, "available", lambda device="cpu": 2 * 40 * per_image)
+    assert calibration_images(graph) == 40
+    out = trained["root"] / "out8-few" / "m.int8.onnx"
+    export_onnx(trained["ckpt"], out, int8=True, cache_dir=trained["cache"])
+    assert read_metadata(out)["calibration_images"] == min(40, len(trained["dataset"].train.labels))
+    monkeypatch.setattr(distill.memory, "available", lambda device="cpu": per_image)
+    with pytest.raises(UserError, match=f"int8 calibration on {MIN_CALIBRATION_IMAGES} images"):
+        calibration_images(graph)
+
+
 def test_quantize_int8_on_plain_tensors(trained, exported, tmp_path):
     ds = trained["dataset"]
     quantize_int8(
