@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from distill.console import note
-from distill.data.images import is_image_name, read_image
+from distill.data.images import check_image, is_image_name, read_image
 from distill.errors import UserError
 from distill.files import not_a_file
 from distill.memory import inference_batch
@@ -86,8 +86,9 @@ def predict(
     """Top-k classes with softmax probabilities for every image in `paths` (files or folders),
     run by `engine` (onnxruntime/ort or openvino) on `device` (cpu, cuda or auto).
 
-    The file's metadata is checked first; then the images are read and classified a batch at
-    a time, so any number of them fits in memory. A bad image ends the call naming it.
+    The file's metadata is checked first, then every image's header (a file that is not an
+    image, or cannot be read faithfully, is refused naming it before the model runs); then the
+    images are decoded and classified a batch at a time, so any number of them fits in memory.
     """
     if top_k < 1:
         raise UserError(f"--top-k {top_k} must be at least 1")
@@ -103,6 +104,8 @@ def predict(
     files = image_files(paths)
     if not files:
         raise UserError("no images given; pass image files or folders of images")
+    for f in files:
+        check_image(f)
     if from_checkpoint:
         run = checkpoint_runner(meta, device)
     else:

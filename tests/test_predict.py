@@ -157,6 +157,12 @@ def test_large_images_run_in_batches_that_hold_the_pixels_of_32x32_ones(
     )
     assert len(predict(model["onnx"], [tmp_path])) == 5
     assert events == ["r", "r", 2, "r", "r", 2, "r", 1], events
+    # Streaming does not mean finding a bad file late: the headers are read first.
+    (tmp_path / "9.png").write_text("not an image")
+    events.clear()
+    with pytest.raises(UserError, match="9.png is not a readable image"):
+        predict(model["onnx"], [tmp_path])
+    assert events == []
 
 
 def test_read_image_gives_hwc_rgb_at_the_asked_size(tmp_path):

@@ -3,8 +3,10 @@ prediction sees exactly what training saw and every reader refuses a bad file th
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
+from collections.abc import Iterator
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -106,14 +108,35 @@ def read_image_noting(
     small file that decodes to gigabytes) and a file that is not an image are UserErrors
     naming it.
     """
+    with _refused_by_name(path), _opened(path) as im:
+        im, done = to_rgb(im)
+        if seen is not None:
+            seen.append(im.size)
+        return np.asarray(fit_to(im, size)), done
+
+
+def check_image(path: str | os.PathLike) -> None:
+    """What `read_image` would refuse that the header tells (not an image, a decompression
+    bomb, a mode with no faithful RGB form), found without decoding the pixels: a reader of
+    many files checks them all before spending time on any."""
+    with _refused_by_name(path), _opened(path) as im:
+        if im.mode != "RGB" and im.mode not in _WIDE_GREY and im.mode not in _TO_RGB:
+            raise _Unsupported(im.mode)
+
+
+@contextlib.contextmanager
+def _opened(path: str | os.PathLike) -> Iterator[Image.Image]:
+    with Image.open(path) as im:  # reads the header only: the size is known before decoding
+        if im.width * im.height > MAX_PIXELS:
+            raise Image.DecompressionBombError(f"{im.width}x{im.height}")
+        yield im
+
+
+@contextlib.contextmanager
+def _refused_by_name(path: str | os.PathLike) -> Iterator[None]:
+    """Any failure to read `path` as a UserError naming it and saying what to do."""
     try:
-        with Image.open(path) as im:  # reads the header only: the size is known before decoding
-            if im.width * im.height > MAX_PIXELS:
-                raise Image.DecompressionBombError(f"{im.width}x{im.height}")
-            im, done = to_rgb(im)
-            if seen is not None:
-                seen.append(im.size)
-            return np.asarray(fit_to(im, size)), done
+        yield
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):  # (warnings as errors)
         raise UserError(
             f"{path} has more than {MAX_PIXELS:,} pixels, the limit for an image (a guard against "
