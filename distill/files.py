@@ -24,12 +24,14 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import json
 import os
 import re
 import shutil
 import socket
 import sys
 import tempfile
+import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,24 @@ _live: set[Path] = set()  # temp files and folders this process made and has not
 
 class WriteError(UserError):
     """A write failed (disk full, no permission); the previous file, if any, is unchanged."""
+
+
+def loads_json(text: str) -> Any:
+    """`json.loads`, with nesting deeper than the parser's stack a ValueError like any other
+    malformed text: a crafted file is then one line, not a RecursionError traceback."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+def loads_toml(text: str) -> dict[str, Any]:
+    """`tomllib.loads`, with nesting deeper than the parser's stack a ValueError (as
+    `TOMLDecodeError` is)."""
+    try:
+        return tomllib.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
 
 
 def not_a_file(path: str | os.PathLike) -> str | None:

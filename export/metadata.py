@@ -20,7 +20,7 @@ from typing import Any
 import onnx
 
 from distill.errors import UserError, control_characters
-from distill.files import not_a_file
+from distill.files import loads_json, not_a_file
 from distill.memory import MAX_CLASSES
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -131,8 +131,8 @@ def validate_metadata(path: Path, props: dict[str, str], graph: onnx.GraphProto)
             meta[key] = text
             continue
         try:
-            value = json.loads(text) if key in JSON_KEYS else text
-        except json.JSONDecodeError:
+            value = loads_json(text) if key in JSON_KEYS else text
+        except ValueError:
             raise refuse(f"metadata {key} is not JSON ({text[:40]!r})") from None
         try:
             meta[key] = check(value)

@@ -431,6 +431,7 @@ def test_print_config_reads_back_to_the_same_settings(tiny_image_folder, tmp_pat
             '[prune]\nimportance = "random"',
             "prune.importance (bad.toml) must be one of magnitude, taylor, got 'random'",
         ),
+        ("seed = " + "[" * 5000 + "]" * 5000, "bad.toml is not valid TOML: nested too deeply"),
     ],
 )
 def test_a_wrong_value_is_one_line_naming_the_key(tiny_image_folder, tmp_path, toml, message):

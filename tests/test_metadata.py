@@ -57,6 +57,7 @@ FAULTS = {
     "classes a number": ("classes", "3", "non-empty JSON list"),
     "classes a dict": ("classes", json.dumps({"0": "cat"}), "non-empty JSON list"),
     "classes not JSON": ("classes", "cat", "not JSON"),
+    "classes nested past the parser": ("classes", "[" * 100_000 + "]" * 100_000, "not JSON"),
     "classes not strings": ("classes", "[1, 2, 3]", "non-empty strings"),
     "classes repeated": ("classes", json.dumps(["cat", "cat", "dog"]), "repeats"),
     "classes escape code": ("classes", json.dumps(["cat", "\x1b[2Jdog", "x"]), "control character"),

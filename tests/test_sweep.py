@@ -4,6 +4,7 @@ space file; torchrun with rank 0 alone talking to the study."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -287,6 +288,38 @@ def test_workers_that_would_take_the_machine_are_refused_before_any_trial(
     workers = min(4 * cores, 8)
     one_line_error(runner.invoke(app, [*args, str(workers)]), f"{workers} processes needs at least")
     assert not (tmp_path / "sw" / "workers").exists()
+
+
+def test_damaged_sweep_records_are_one_line_naming_them(tmp_path):
+    from distill.errors import UserError
+    from distill.sweep.results import confirmation
+
+    folder = tmp_path / "sw"
+    folder.mkdir()
+    for body in ("{bad", "[" * 100_000 + "]" * 100_000, '{"settings": 5}',
+                 '{"settings": {"objective": "best"}}'):  # fmt: skip
+        (folder / "sweep.json").write_text(body)
+        one_line_error(
+            runner.invoke(app, ["sweep", "--show", str(folder)]), "sweep.json is damaged"
+        )
+    no_candidate = '{"candidates": [], "winner": 3, "holdout_mean": 0.5, "holdout_std": 0}'
+    for body in ("[]", '{"candidates": [{"trial": 1}], "winner": 1}', no_candidate):
+        (folder / "confirm.json").write_text(body)
+        with pytest.raises(UserError, match="confirm.json is damaged"):
+            confirmation(folder)
+    good = {"candidates": [{"trial": 3, "params": {}, "runs": [], "val_mean": 0.5,
+                            "val_std": 0.0, "train_seconds": 1.0}],
+            "winner": 3, "holdout": "100 images", "holdout_mean": 0.5, "holdout_std": 0.0,
+            "baseline": {"params": {"arch": "a"}, "runs": [], "val_mean": 0.4,
+                         "holdout_mean": 0.4, "train_seconds": 1.0}}  # fmt: skip
+    (folder / "confirm.json").write_text(json.dumps(good))
+    assert confirmation(folder) == good
+
+
+def test_a_space_file_nested_past_the_parser_is_one_line(tiny_image_folder, tmp_path):
+    space = tmp_path / "deep.toml"
+    space.write_text("[space]\narch = " + "[" * 5000 + "]" * 5000 + "\n")
+    one_line_error(runner.invoke(app, sweep_args(tiny_image_folder, tmp_path, space)), "TOML")
 
 
 def test_another_sweep_on_the_same_folder_is_refused(tiny_image_folder, tmp_path):

@@ -19,7 +19,6 @@ TOML layout (every key optional; `distill pipeline --print-config` writes the re
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import Any, Literal
 from distill import distributed
 from distill.budget import parse_budget
 from distill.errors import UserError
-from distill.files import not_a_file
+from distill.files import loads_toml, not_a_file
 from distill.recipes import get_recipe
 from distill.settings import (
     BenchSettings,
@@ -223,8 +222,8 @@ def load_config(
         if why := not_a_file(config_file):
             raise UserError(f"config file {config_file} {why}; pass a TOML file")
         try:
-            values = _layer(values, tomllib.loads(config_file.read_text()))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            values = _layer(values, loads_toml(config_file.read_text()))
+        except ValueError as e:  # TOML's errors, undecodable bytes, nesting past the stack
             raise UserError(f"{config_file} is not valid TOML: {e}") from None
         where = config_file.name
     values = _layer(values, overrides or {})

@@ -20,7 +20,7 @@ from typing import Any
 
 from distill.console import note
 from distill.errors import UserError
-from distill.files import atomic_write_text, file_sha256
+from distill.files import atomic_write_text, file_sha256, loads_json
 
 STATE_FILE = "pipeline.json"
 
@@ -61,7 +61,7 @@ class PipelineState:
         stages: dict[str, dict[str, Any]] = {}
         if path.exists():
             try:
-                stages = {s["name"]: s for s in json.loads(path.read_text())["stages"]}
+                stages = {s["name"]: s for s in loads_json(path.read_text())["stages"]}
                 if not all(isinstance(s, dict) for s in stages.values()):
                     raise TypeError
             except (ValueError, KeyError, TypeError, UnicodeDecodeError):

@@ -8,13 +8,13 @@ that everything after this module works on one `Collection`.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from distill.errors import UserError
+from distill.files import loads_json
 from distill.report.bench_records import batch1_latency, read_bench
 from distill.report.records import ROLES, Collection, Model, as_float, as_int, checkpoint_role
 from distill.report.text import code
@@ -142,9 +142,9 @@ def collect_models(run_dir: Path) -> Collection:
     records = ()
     if bench_file is not None:
         try:
-            records = read_bench(json.loads(bench_file.read_text()))
-        except (ValueError, RecursionError) as e:  # nesting deeper than the parser's stack
-            why = str(e)[:80] if isinstance(e, ValueError) else "nested too deeply"
+            records = read_bench(loads_json(bench_file.read_text()))
+        except ValueError as e:
+            why = str(e)[:80]
             problems.append(f"`bench.json` is not valid JSON ({why}); latency not shown")
         # A record of a file not here (renamed, or measured elsewhere) describes no model on
         # this page.
@@ -160,8 +160,8 @@ def collect_models(run_dir: Path) -> Collection:
     pipeline_file = run_dir / "pipeline.json"
     if pipeline_file.is_file():
         try:
-            pipeline = json.loads(pipeline_file.read_text())
-        except (ValueError, RecursionError):
+            pipeline = loads_json(pipeline_file.read_text())
+        except ValueError:
             problems.append("`pipeline.json` is not valid JSON")
         if not isinstance(pipeline, dict):
             pipeline = None

@@ -4,13 +4,13 @@ node) needs to run its trials, and the identity two sweeps on one folder must sh
 from __future__ import annotations
 
 import json
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from distill.errors import UserError
+from distill.files import loads_toml
 from distill.sweep.settings import SweepSettings
 from distill.sweep.space import SearchSpace, parse_space
 from distill.typed import build, flag_of, to_dict
@@ -81,8 +81,8 @@ def read_space_file(name: str) -> tuple[SearchSpace, dict[str, Any]]:
     """The `[space]` and the `[sweep]` settings of a space file."""
     path = space_path(name)
     try:
-        doc = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
+        doc = loads_toml(path.read_text())
+    except ValueError as e:  # TOML's errors, undecodable bytes, nesting past the stack
         raise UserError(f"{path} is not valid TOML: {e}") from None
     unknown = sorted(set(doc) - {"space", "sweep"})
     if unknown:

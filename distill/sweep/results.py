@@ -4,12 +4,12 @@ report`)."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 from distill.errors import UserError
+from distill.files import loads_json
 from distill.sweep import study as studies
 from distill.sweep.confirm import RESULT
 from distill.sweep.launch import JOB_FILE
@@ -29,7 +29,7 @@ def load(folder: Path) -> tuple[dict[str, Any], Any]:
     folder = Path(folder)
     if not is_sweep(folder):
         raise UserError(f"{folder} holds no sweep ({JOB_FILE} missing); pass a distill sweep --out")
-    job = json.loads((folder / JOB_FILE).read_text())
+    job = _record(folder / JOB_FILE, _job_problem)
     url = job["settings"].get("storage") or str(folder / studies.JOURNAL)
     storage = studies.open_storage(url, int(job["settings"].get("heartbeat", 20)))
     try:
@@ -245,7 +245,61 @@ def _top1_vs_params(study: Any):
 
 def confirmation(folder: Path) -> dict[str, Any] | None:
     path = Path(folder) / RESULT
-    return json.loads(path.read_text()) if path.is_file() else None
+    return _record(path, _confirmation_problem) if path.is_file() else None
+
+
+def _record(path: Path, problem) -> dict[str, Any]:
+    """A record the sweep wrote, read back checked: a damaged or crafted one is a UserError
+    naming it (the sweep command writes it again), never a traceback from what reads it."""
+    try:
+        record = loads_json(path.read_text())
+        why = problem(record)
+    except ValueError as e:  # not JSON, not text, nested past the parser's stack
+        why = f"not JSON: {str(e)[:60]}"
+    if why:
+        raise UserError(
+            f"{path} is damaged ({why}); run the same distill sweep command again to rewrite it"
+        )
+    return record
+
+
+def _job_problem(job: Any) -> str | None:
+    from distill.sweep.settings import SweepSettings
+    from distill.typed import build
+
+    if not isinstance(job, dict) or not isinstance(job.get("settings"), dict):
+        return "no settings table"
+    try:
+        build(SweepSettings, job["settings"])
+    except UserError as e:
+        return str(e)
+    return None
+
+
+def _confirmation_problem(conf: Any) -> str | None:
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    def run(c: Any, *keys: str) -> bool:
+        return isinstance(c, dict) and all(number(c.get(k)) for k in keys)
+
+    candidate = ("trial", "val_mean", "val_std", "train_seconds")
+    if not isinstance(conf, dict) or not isinstance(conf.get("candidates"), list):
+        return "no candidates"
+    if not all(run(c, *candidate) and isinstance(c.get("runs"), list) for c in conf["candidates"]):
+        return "a candidate without its numbers"
+    if not run(conf, "winner", "holdout_mean", "holdout_std"):
+        return "no winner"
+    if conf["winner"] not in [c["trial"] for c in conf["candidates"]]:
+        return "a winner that is not a candidate"
+    base = conf.get("baseline")
+    if base is not None and not (
+        run(base, "val_mean", "holdout_mean", "train_seconds")
+        and isinstance(base.get("params"), dict)
+        and "arch" in base["params"]
+    ):
+        return "a baseline without its numbers"
+    return None
 
 
 def export_hint(folder: Path, trial: Any) -> str:
