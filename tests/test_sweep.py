@@ -290,6 +290,25 @@ def test_workers_that_would_take_the_machine_are_refused_before_any_trial(
     assert not (tmp_path / "sw" / "workers").exists()
 
 
+def test_confirmation_retrains_the_best_and_scores_it_on_images_no_trial_saw(
+    tiny_image_folder, tmp_path
+):
+    from distill.sweep.results import confirmation
+
+    args = sweep_args(tiny_image_folder, tmp_path, space_file(tmp_path), "--trials", "2",
+                      "--confirm-top", "1", "--seeds", "1")  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    conf = confirmation(tmp_path / "sw")
+    (best,) = conf["candidates"]
+    assert [r["seed"] for r in best["runs"]] == [0, 1] and conf["winner"] == best["trial"]
+    assert conf["holdout"].startswith("the data's test split")  # no trial trained or chose on it
+    assert len(conf["holdout_top1"]) == 2 and 0 <= conf["holdout_mean"] <= 1
+    assert conf["baseline"]["params"]["arch"] == best["params"]["arch"]
+    shown = runner.invoke(app, ["sweep", "--show", str(tmp_path / "sw")])
+    assert f"winner: trial {best['trial']}, held-out top-1" in shown.output, shown.output
+
+
 def test_damaged_sweep_records_are_one_line_naming_them(tmp_path):
     from distill.errors import UserError
     from distill.sweep.results import confirmation
