@@ -34,7 +34,7 @@ def inference_batch(base: int, input_size: tuple[int, ...] | list[int]) -> int:
 
 
 def gib(n: float) -> str:
-    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
 def available(device: torch.device | str = "cpu") -> int:
@@ -54,6 +54,11 @@ def available(device: torch.device | str = "cpu") -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
+class TooLarge(UserError):
+    """What the memory cannot hold: a property of these sizes on this machine, not a mistake
+    every run would repeat (a sweep fails that trial and goes on)."""
+
+
 def require(need: int, what: str, fix: str, device: torch.device | str = "cpu") -> None:
     """Refuse, in one line saying how much is needed and how much there is, what cannot fit."""
     import torch
@@ -61,9 +66,7 @@ def require(need: int, what: str, fix: str, device: torch.device | str = "cpu") 
     have = available(device)
     if need > have:
         where = "this GPU" if torch.device(device).type == "cuda" else "this machine"
-        raise UserError(
-            f"{what} needs at least {gib(need)} but {where} has {gib(have)} free; {fix}"
-        )
+        raise TooLarge(f"{what} needs at least {gib(need)} but {where} has {gib(have)} free; {fix}")
 
 
 def activation_bytes(model: nn.Module, input_size: tuple[int, ...], batch: int) -> int:

@@ -309,6 +309,24 @@ def test_confirmation_retrains_the_best_and_scores_it_on_images_no_trial_saw(
     assert f"winner: trial {best['trial']}, held-out top-1" in shown.output, shown.output
 
 
+def test_a_point_the_memory_cannot_hold_fails_its_trial_and_the_sweep_goes_on(
+    tiny_image_folder, tmp_path, monkeypatch
+):
+    # Sizes are searched (arch, batch): that one combination does not fit this machine is a
+    # result for that point, like a divergence, not a mistake that stops the sweep.
+    import distill.memory
+
+    # Room for the tiny data (1.2 MB), not for a step of 32 images (24 MiB of activations).
+    monkeypatch.setattr(distill.memory, "available", lambda device="cpu": 8 * 2**20)
+    args = sweep_args(tiny_image_folder, tmp_path, space_file(tmp_path), "--trials", "2")
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert result.output.count("cannot fit: a training step of") == 2, result.output
+    trials = study_of(tmp_path / "sw").get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL] * 2
+    assert all("needs at least" in t.user_attrs["error"] for t in trials)
+
+
 def test_damaged_sweep_records_are_one_line_naming_them(tmp_path):
     from distill.errors import UserError
     from distill.sweep.results import confirmation

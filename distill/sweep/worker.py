@@ -18,6 +18,7 @@ from typing import Any
 
 from distill import distributed
 from distill.errors import UserError
+from distill.memory import TooLarge
 from distill.sweep import study as studies
 from distill.sweep import trial as trials
 from distill.sweep.job import Say, SweepJob
@@ -151,15 +152,18 @@ def _run_one(
             ckpt = trials.train(job, params, path, on_epoch=on_epoch, quiet=quiet)
             values = trials.objective_values(job, ckpt, path) if main and not pruned else None
     except UserError as e:
-        diverged = isinstance(e, TrainingDiverged)
+        # An lr the model cannot take, or sizes this machine cannot hold, are results of the
+        # search (each counts as a trial); any other mistake every trial would repeat: the
+        # sweep stops with it.
+        of_this_point = isinstance(e, (TrainingDiverged, TooLarge))
         if main:
-            trial.set_user_attr("error" if diverged else "stopped", str(e))
+            trial.set_user_attr("error" if of_this_point else "stopped", str(e))
             study.tell(trial, state=TrialState.FAIL)
-        if not diverged:  # a mistake every trial would repeat: the sweep stops with it
+        if not of_this_point:
             raise
-        # An lr the model cannot take is a result of the search (it counts as a trial).
         if main:
-            say(f"trial {trial.number} diverged: {e}")
+            what = "diverged" if isinstance(e, TrainingDiverged) else "cannot fit"
+            say(f"trial {trial.number} {what}: {e}")
         return
     if not main:
         return
