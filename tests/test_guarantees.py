@@ -620,6 +620,30 @@ def test_a_step_that_cannot_fit_is_refused_before_the_data_is_decoded(
     assert not (tmp_path / "cache").exists()
 
 
+@pytest.mark.parametrize(
+    "error",
+    [
+        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; ...)"),
+        RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory"
+        ),
+    ],
+    ids=["cuda", "cpu"],
+)
+def test_running_out_of_memory_while_training_is_one_line(
+    tiny_image_folder, tmp_path, monkeypatch, error
+):
+    # The estimates are lower bounds: a run that passed them can still run out. That is one
+    # line saying what to lower, not an allocator's traceback.
+    def out_of_memory(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(distill.train, "train_one_epoch", out_of_memory)
+    result = runner.invoke(app, teacher_args(tiny_image_folder, tmp_path / "t.pt"))
+    one_line_error(result, "ran out of memory training at batch", "lower --batch-size")
+    assert not (tmp_path / "t.pt").exists()
+
+
 def test_kd_methods_sizes_are_bounded_and_its_step_estimated(monkeypatch):
     import distill.memory
 
