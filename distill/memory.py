@@ -59,6 +59,22 @@ class TooLarge(UserError):
     every run would repeat (a sweep fails that trial and goes on)."""
 
 
+# How allocators that are not Python's say they failed: PyTorch's CPU allocator, onnxruntime's
+# arena, a C++ library's bad_alloc.
+_ALLOCATION_FAILED = ("can't allocate memory", "Failed to allocate memory", "std::bad_alloc")
+
+
+def out_of_memory(e: BaseException) -> bool:
+    """Whether `e` is an allocation that failed: CUDA's OutOfMemoryError, Python's MemoryError
+    or another allocator's error (when a limit such as ulimit -v refuses it; the kernel's OOM
+    killer leaves no exception to catch)."""
+    import torch
+
+    if isinstance(e, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return any(words in str(e) for words in _ALLOCATION_FAILED)
+
+
 def require(need: int, what: str, fix: str, device: torch.device | str = "cpu") -> None:
     """Refuse, in one line saying how much is needed and how much there is, what cannot fit."""
     import torch

@@ -35,7 +35,7 @@ from distill.errors import UserError, first_line
 from distill.evaluation import EvalResult, eval_loader, evaluate
 from distill.files import WriteError, atomic_save
 from distill.losses import CrossEntropy, hard_labels
-from distill.memory import TooLarge, check_training_step
+from distill.memory import TooLarge, check_training_step, out_of_memory
 from distill.progress import (
     MetricsLog,
     announce,
@@ -152,15 +152,6 @@ def train_one_epoch(
 class _Diverged(Exception):
     def __init__(self, epoch: int, step: int, where: str = "training") -> None:
         self.epoch, self.step, self.where = epoch, step, where
-
-
-def _out_of_memory(e: BaseException) -> bool:
-    """An allocation that failed: CUDA's OutOfMemoryError, or the CPU allocator's (a
-    RuntimeError when a limit such as ulimit -v refuses it; the kernel's OOM killer leaves no
-    exception to catch)."""
-    if isinstance(e, (torch.OutOfMemoryError, MemoryError)):
-        return True
-    return isinstance(e, RuntimeError) and "can't allocate memory" in str(e)
 
 
 def _finite(model: nn.Module) -> bool:
@@ -378,7 +369,7 @@ def fit(
     except BaseException as e:
         if tracker is not None:
             tracker.abandon()
-        if _out_of_memory(e):  # the estimate is a lower bound: the real peak may not fit
+        if out_of_memory(e):  # the estimate is a lower bound: the real peak may not fit
             raise TooLarge(
                 f"the {device.type.upper() if device.type == 'cuda' else 'machine'} ran out of "
                 f"memory training at batch {recipe.batch_size:,} ({first_line(e, 80)}); lower "

@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from distill.errors import UserError
-from distill.memory import MAX_BATCH, require
+from distill.errors import UserError, first_line
+from distill.memory import MAX_BATCH, TooLarge, out_of_memory, require
 from export.engines import (
     OPENVINO_INSTALL,
     Engine,
@@ -193,11 +193,19 @@ def benchmark(
                 f"batch {bs} ({i + 1} of {len(batch_sizes)}: {len(engine_list)} engines, "
                 f"at least {left:.0f} s of timing left)"
             )
-            x = rng.random((bs, *files.meta["input_size"]), dtype=np.float32)
-            runners = {e.label: e.prepare(x) for e in engine_list}
-            before = loadavg()
-            times = measure(runners, timing)
-            after = loadavg()
+            try:
+                x = rng.random((bs, *files.meta["input_size"]), dtype=np.float32)
+                runners = {e.label: e.prepare(x) for e in engine_list}
+                before = loadavg()
+                times = measure(runners, timing)
+                after = loadavg()
+            except Exception as e:  # the estimate is a lower bound: the engines may need more
+                if not out_of_memory(e):
+                    raise
+                raise TooLarge(
+                    f"timing at batch {bs:,} ran out of memory ({first_line(e, 80)}); lower the "
+                    "largest batch size (--batch-sizes)"
+                ) from None
             for e in engine_list:
                 results.append(
                     result_row(e, bs, times[e.label], before, after, limit, val, files.meta, peaks)

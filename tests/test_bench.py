@@ -328,6 +328,15 @@ def test_a_batch_the_engines_cannot_hold_together_is_refused_before_any_runs(
     with pytest.raises(UserError, match=r"timing [3-9] engines at batch 65,536 needs at least"):
         benchmark(with_data["onnx"], [1, 65_536], timing=FAST, accuracy=False)
     assert not timed
+    # The estimate is a lower bound: an engine's allocator may still fail, which is one line.
+    monkeypatch.undo()
+
+    def arena_full(*args, **kwargs):
+        raise RuntimeError("[ONNXRuntimeError] : 6 : Failed to allocate memory for buffer")
+
+    monkeypatch.setattr(export.benchmark, "measure", arena_full)
+    with pytest.raises(UserError, match="timing at batch 1 ran out of memory .*--batch-sizes"):
+        benchmark(with_data["onnx"], [1], timing=FAST, accuracy=False)
 
 
 def test_the_memory_a_graph_holds_is_counted_by_liveness(tmp_path):
