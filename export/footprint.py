@@ -25,9 +25,7 @@ OUT_OF_PLACE = {"Conv", "ConvTranspose", "ConvInteger", "QLinearConv", "Gemm", "
 def live_elements_per_image(path: str | os.PathLike) -> int:
     """The most elements per image (batch dimension excluded) a run of the graph must hold at
     once, the graph's own input not counted (the caller holds it)."""
-    graph = onnx.shape_inference.infer_shapes(onnx.load(str(path))).graph
-    sizes = {v.name: _per_image(v) for v in [*graph.value_info, *graph.output]}
-    sizes = {name: n for name, n in sizes.items() if n}  # batched tensors with a known shape
+    graph, sizes = _batched_tensors(path)
     nodes = list(graph.node)
     producer = {out: i for i, node in enumerate(nodes) for out in node.output}
     consumers: dict[str, list[int]] = {}
@@ -61,8 +59,15 @@ def live_elements_per_image(path: str | os.PathLike) -> int:
 def all_elements_per_image(path: str | os.PathLike) -> int:
     """Elements per image of every tensor the graph makes: what a calibrator that records each
     node's output for every image (onnxruntime's MinMax keeps them all) holds per image."""
+    return sum(_batched_tensors(path)[1].values())
+
+
+def _batched_tensors(path: str | os.PathLike) -> tuple[onnx.GraphProto, dict[str, int]]:
+    """The graph with its shapes inferred, and elements per image of each tensor it makes that
+    has a batch dimension and known other sizes."""
     graph = onnx.shape_inference.infer_shapes(onnx.load(str(path))).graph
-    return sum(_per_image(v) for v in [*graph.value_info, *graph.output])
+    sizes = {v.name: _per_image(v) for v in [*graph.value_info, *graph.output]}
+    return graph, {name: n for name, n in sizes.items() if n}
 
 
 def _per_image(value: onnx.ValueInfoProto) -> int:

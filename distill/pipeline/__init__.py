@@ -14,8 +14,9 @@ or resume (and tells the others), runs the other stages and writes every file.
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from rich.console import Console
@@ -82,12 +83,7 @@ def run_pipeline(
             state = (
                 PipelineState.load(run_dir, settings.to_dict()) if distributed.is_main() else None
             )
-            loaded: dict[str, Dataset] = {}
-
-            def dataset() -> Dataset:
-                if "d" not in loaded:
-                    loaded["d"] = load_data(settings.data)
-                return loaded["d"]
+            dataset = _data_once(settings)
 
             parent = tracker.run_id if tracker is not None else None
             stages = build_stages(settings, run_dir, dataset, console, quiet, parent)
@@ -114,12 +110,7 @@ def plan(
     _check_run_dir(run_dir, force)
     check_outside_data(run_dir, settings.data)
     state = PipelineState.load(run_dir, settings.to_dict(), read_only=True)
-    loaded: dict[str, Dataset] = {}
-
-    def dataset() -> Dataset:
-        if "d" not in loaded:
-            loaded["d"] = load_data(settings.data)
-        return loaded["d"]
+    dataset = _data_once(settings)
 
     remade: set[Path] = set()
     rows = []
@@ -133,6 +124,11 @@ def plan(
             remade.update(stage.outputs)
         rows.append((stage.name, action, why))
     return rows
+
+
+def _data_once(settings: PipelineSettings) -> Callable[[], Dataset]:
+    """The data set, loaded by the first stage that asks (none may: every stage up to date)."""
+    return functools.cache(lambda: load_data(settings.data))
 
 
 def _tracking_run(settings: PipelineSettings, run_dir: Path) -> Tracker | None:
