@@ -19,6 +19,7 @@ import torch
 from torch.nn import Conv2d
 
 from distill.data import DataSettings, load_data
+from distill.device import choose_precision
 from distill.registry import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -196,8 +197,11 @@ def test_cpu_step_variants_times_every_row_and_checks_the_teachers_agree(tmp_pat
     for group in (train, forward):
         default = next(r for r in group if r["variant"] == "eager, channels_last")
         assert default["vs_default"] == 1.0 and all(r["images_per_s"] > 0 for r in group)
-    # Folding and TorchScript's fusion are the same function: logits agree to float rounding.
-    assert all(r["max_abs_diff"] < 1e-3 for r in forward), forward
+    # Folding and TorchScript's fusion are the same function: logits agree to the rounding of
+    # the precision the forward runs in (bf16 where the CPU has it natively: 8-bit mantissas,
+    # measured up to 4e-3 apart on a Zen 5, against 2.5e-7 in float32).
+    bf16 = choose_precision(torch.device("cpu"), amp=True).name == "bf16"
+    assert all(r["max_abs_diff"] < (3e-2 if bf16 else 1e-3) for r in forward), forward
     if platform.libc_ver()[0] == "glibc":
         kinds = [r["variant"] for r in by_table["allocator"]]
         assert kinds == ["glibc defaults", "freed blocks kept"]

@@ -240,13 +240,17 @@ def test_a_run_prints_its_plan_a_warning_and_one_line_per_epoch(trained):
     ), plan
     assert len(plan) > 80  # not a terminal: a long line stays one line
     warnings = [ln for ln in shown if "warning" in ln]
-    assert len(warnings) == 1 and "--recipe quick" in warnings[0]
+    assert "--recipe quick" in warnings[0]
     assert shown.index(warnings[0]) == 1
+    # Eight steps may end at chance (bf16 numerics make it likelier): then the result line is
+    # followed by the louder warning, and by nothing else.
+    late = warnings[1:]
+    assert all("learned nothing" in w for w in late), output
     epochs = [ln for ln in shown if ln.startswith("epoch ")]
     assert [e.split()[1] for e in epochs] == ["1/2", "2/2"]
-    assert shown[-1].startswith(f"saved {out}: resnet18-quarter")
-    assert "top-5" in shown[-1]
-    assert len(shown) == 5
+    saved = shown[-1 - len(late)]
+    assert saved.startswith(f"saved {out}: resnet18-quarter") and "top-5" in saved
+    assert len(shown) == 5 + len(late)
 
 
 def test_a_run_too_short_to_learn_says_so(tiny_image_folder, tmp_path, cache):
