@@ -260,8 +260,6 @@ def fit(
     distributed.init(device.type)
     configure_for_training(device)
     objective = objective or CrossEntropy(recipe.label_smoothing)
-    # The memory check's meta-device pass loads torch._dynamo (its meta kernels), as building
-    # the optimizer would anyway: this phase carries that import, 1.7-1.9 s of every run.
     with phase("memory check and trainer build"):
         _check_memory(model, data, recipe, device)
         t = make_trainer(model, data, recipe, run, device, objective)

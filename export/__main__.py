@@ -4,7 +4,8 @@ one place export/ reaches up to the command line).
 There is no console script named `export`: the shell's builtin `export` would shadow it.
 """
 
+from distill.cli import main
 from distill.cli.export_cmd import app
 
 if __name__ == "__main__":
-    app(prog_name="python -m export")
+    main(app, prog_name="python -m export")

@@ -264,7 +264,7 @@ def test_a_sigterm_while_a_lost_peer_is_reported_keeps_the_one_line(monkeypatch,
     monkeypatch.setattr(launch, "stop_with_launcher", lambda rank: None)
     monkeypatch.setattr(distributed, "exit_now", left.append)
 
-    def gloo_error():
+    def gloo_error(**_):
         raise RuntimeError("Connection closed by peer")
 
     def lost_line(error):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import threading
 
 import typer
 
@@ -44,13 +45,10 @@ def _terminate(signum, frame):
     raise Terminated
 
 
-def main() -> None:
-    if not distributed.launched():
-        _main()
-        return
-    # A rank leaves without C++ static destructors (distributed.exit_now), whatever ends it.
+def main(command: typer.Typer | None = None, prog_name: str | None = None) -> None:
+    """Run `command` (the `distill` app by default, or `python -m export`'s) and leave."""
     try:
-        _main()
+        _main(command or app, prog_name)
     except SystemExit as e:
         code = e.code
     else:
@@ -58,10 +56,22 @@ def main() -> None:
     if code is not None and not isinstance(code, int):
         print(code, file=sys.stderr)
         code = 1
-    distributed.exit_now(code or 0)
+    # A rank leaves without C++ static destructors whatever ends it; any process leaves without
+    # the interpreter's teardown of torch's modules (0.9 s after every command, torch._dynamo's
+    # most of it) once its exit functions have run, unless a thread of its own is still working.
+    if distributed.launched() or not _working_threads():
+        distributed.exit_now(code or 0)
+    else:
+        sys.exit(code)
 
 
-def _main() -> None:
+def _working_threads() -> bool:
+    """Threads the interpreter's exit would wait for (daemon threads it would not)."""
+    me = threading.current_thread()
+    return any(not t.daemon for t in threading.enumerate() if t is not me)
+
+
+def _main(command: typer.Typer, prog_name: str | None) -> None:
     from distill.errors import UserError
     from distill.files import sweep_stale
     from distill.timing import mark
@@ -73,7 +83,7 @@ def _main() -> None:
     try:
         if distributed.launched():  # a rank: it ends with its launcher, even one killed with -9
             launch.stop_with_launcher(distributed.rank())
-        app()
+        command(prog_name=prog_name)
     except UserError as e:  # the launcher's variables, read before any command ran
         leaving()
         typer.echo(f"error: {e}", err=True)
