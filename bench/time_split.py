@@ -8,7 +8,7 @@ the CPU's measured fp32 peak.
   python bench/time_split.py                        # the one-epoch command (10,000 images)
   python bench/time_split.py --compare              # ... and a DataLoader trainer, same epoch
   python bench/time_split.py --full                 # the same on every training image (memory)
-  python bench/time_split.py --demo --out DIR       # the demo pipeline (16-45 min on 2 cores)
+  python bench/time_split.py --demo --out DIR       # the demo pipeline (12-50 min on 2 cores)
   python bench/time_split.py -- teacher train ...   # any distill command line
 
 Run it on a quiet machine; every figure comes from this one run.
