@@ -49,15 +49,18 @@ def compare(targets: list[Path]) -> list[Row]:
     for target in targets:
         for folder, only in _folders(Path(target)):
             try:
-                models = collect_models(folder).models
+                found = collect_models(folder)
             except UserError:
                 if only is not None:  # a file named on the command line must be read
                     raise
                 continue  # a subfolder of other .pt files (a data cache): not a run
+            models, unreadable = found.models, dict(found.unreadable)
+            if only in unreadable:
+                raise UserError(unreadable[only])
             if only is not None and only not in {m.path.name for m in models}:
-                load_checkpoint(folder / only)  # says why it was skipped
+                load_checkpoint(folder / only)  # resume state, named: says what it is
             if only is None:
-                _note_unreadable(folder, {m.path.name for m in models}, noted)
+                _note_unreadable(folder, unreadable, noted)
             for m in models:
                 if m.is_onnx or (only is not None and m.path.name != only):
                     continue
@@ -70,17 +73,14 @@ def compare(targets: list[Path]) -> list[Row]:
     return sorted(rows.values(), key=lambda r: (-(r.val_accuracy or -1), str(r.path)))
 
 
-def _note_unreadable(folder: Path, read: set[str], noted: set[Path]) -> None:
+def _note_unreadable(folder: Path, unreadable: dict[str, str], noted: set[Path]) -> None:
     """A checkpoint in a run folder that could not be read is said, not left out in silence
     (a folder where none could be read is not a run: it is passed over)."""
-    for path in sorted(folder.glob("*.pt")):
-        if path.name in read or path.name.endswith(".last.pt") or path.resolve() in noted:
-            continue
-        noted.add(path.resolve())
-        try:
-            load_checkpoint(path)
-        except UserError as e:
-            note(f"left out: {e}")
+    for name, why in unreadable.items():
+        path = (folder / name).resolve()
+        if path not in noted:
+            noted.add(path)
+            note(f"left out: {why}")
 
 
 def _folders(target: Path) -> list[tuple[Path, str | None]]:

@@ -19,6 +19,8 @@ from conftest import TINY_VAL_SIZE, make_cifar_python, one_line_error, png_heade
 from PIL import Image
 from typer.testing import CliRunner
 
+import distill.checkpoint
+import distill.compare
 import distill.resume
 import distill.train
 from distill.checkpoint import load_checkpoint, new_checkpoint, save_checkpoint
@@ -719,7 +721,7 @@ def _relabelled(path: Path, **fields) -> Path:
 
 
 def test_an_arch_label_that_disagrees_with_the_weights_is_refused_everywhere(
-    tiny_image_folder, tmp_path
+    tiny_image_folder, tmp_path, monkeypatch
 ):
     from distill.api import load_model
     from distill.registry import model_config
@@ -765,10 +767,21 @@ def test_an_arch_label_that_disagrees_with_the_weights_is_refused_everywhere(
     report = (tmp_path / "run" / "report.md").read_text()
     assert "Skipped `edited.pt`" in report and "resnet18-half" in report.split("Skipped")[1]
     assert "| resnet18-half |" not in report
-    # And so does compare, on stderr, once however the file is reached (a link to its folder).
+    # And so does compare, on stderr, once however the file is reached (a link to its folder),
+    # from the one read of each file that collecting the folder made.
     (tmp_path / "run" / "sub").mkdir()
     (tmp_path / "run" / "sub" / "up").symlink_to(tmp_path / "run")
+    reads = []
+    real_load = distill.checkpoint.load_checkpoint
+
+    def counted(path, *args, **kwargs):
+        reads.append(Path(path).name)
+        return real_load(path, *args, **kwargs)
+
+    for module in (distill.checkpoint, distill.compare):
+        monkeypatch.setattr(module, "load_checkpoint", counted)
     result = runner.invoke(app, ["compare", str(tmp_path / "run")])
+    assert reads.count("edited.pt") == 2  # the folder, and the folder through the link
     assert result.exit_code == 0 and "good.pt" in result.stdout, result.output
     said = [line for line in result.stderr.splitlines() if "edited.pt" in line]
     assert len(said) == 1 and said[0].startswith("note: left out") and "resnet18-half" in said[0]

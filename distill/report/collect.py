@@ -108,12 +108,14 @@ def collect_models(run_dir: Path) -> Collection:
         raise UserError(f"{run_dir} is not a directory; pass the folder a distill run wrote")
     problems: list[str] = []
     ckpts: list[Model] = []
+    unreadable: list[tuple[str, str]] = []
     for path in sorted(run_dir.glob("*.pt")):
         if path.name.endswith(".last.pt"):
             continue  # resumable training state, not a finished model
         try:
             ckpts.append(_read_checkpoint(path))
         except UserError as e:
+            unreadable.append((path.name, str(e)))
             problems.append(f"Skipped {code(path.name)}: {e}")
     onnx_paths = sorted(run_dir.glob("*.onnx"))
     by_sha = sha256_index(ckpts) if onnx_paths else {}
@@ -165,7 +167,9 @@ def collect_models(run_dir: Path) -> Collection:
             problems.append("`pipeline.json` is not valid JSON")
         if not isinstance(pipeline, dict):
             pipeline = None
-    return Collection(run_dir, tuple(models), tuple(problems), bench_file, pipeline, records)
+    return Collection(
+        run_dir, tuple(models), tuple(problems), bench_file, pipeline, records, tuple(unreadable)
+    )
 
 
 def _with_bench(m: Model, row: dict[str, Any] | None) -> Model:

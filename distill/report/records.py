@@ -79,6 +79,8 @@ class Collection:
     bench_file: Path | None
     pipeline: dict[str, Any] | None
     bench: tuple[BenchRecord, ...] = ()  # bench.json's records, one per (file, device)
+    # (file name, why) of each checkpoint that could not be read, for a caller's own words
+    unreadable: tuple[tuple[str, str], ...] = ()
 
 
 def checkpoint_role(ckpt: dict[str, Any]) -> str:
