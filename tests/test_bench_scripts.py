@@ -214,3 +214,5 @@ def test_cpu_step_variants_times_every_row_and_checks_the_teachers_agree(tmp_pat
     model = create_model("resnet18-quarter")
     assert sum(r["calls"] for r in convs) == sum(isinstance(m, Conv2d) for m in model.modules())
     assert all(r["forward_gflops"] > 0 and r["backward_gflops"] > 0 for r in convs), convs
+    # Against the peak of the precision the step runs in (bf16 rows once read against fp32's).
+    assert {r["precision"] for r in convs} == {"bf16" if bf16 else "fp32"}
