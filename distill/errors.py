@@ -47,10 +47,22 @@ def terminal_safe(text: str) -> str:
 
 
 def first_line(e: BaseException, limit: int | None = 120) -> str:
-    """What a library's exception says, as a clause of our one-line message: its first line (at
-    most `limit` characters), or its type's name when it says nothing."""
+    """What a library's exception says, as a clause of our one-line message: its first line, or
+    its type's name when it says nothing. A line over `limit` characters keeps its whole
+    sentences that fit, or its whole words and "...": cut at the limit, MLflow's advice read
+    "Please m"."""
     text = str(e).strip()
-    return text.splitlines()[0][:limit] if text else type(e).__name__
+    if not text:
+        return type(e).__name__
+    line = text.splitlines()[0]
+    if limit is None or len(line) <= limit:
+        return line
+    cut = line[:limit]
+    sentence = cut.rfind(". ")
+    if sentence >= limit // 3:
+        return cut[: sentence + 1]
+    words = cut[: cut.rfind(" ")] if " " in cut else cut
+    return words.rstrip(" ,;:(") + "..."
 
 
 def unreadable_torch_file(e: BaseException, path: str | os.PathLike) -> str:

@@ -531,6 +531,24 @@ def test_a_file_name_with_control_characters_stays_one_escaped_line(tmp_path, na
         assert repr(name)[1:-1] in line and "\x1b" not in line, line
 
 
+def test_a_library_message_is_cut_at_a_sentence_or_a_word_never_mid_word():
+    from distill.errors import first_line
+
+    mlflow = RuntimeError(
+        "The filesystem tracking backend (e.g., './mlruns') is in maintenance mode and will not "
+        "receive further updates. Please migrate to a database backend (e.g., 'sqlite:///x.db')."
+    )
+    assert first_line(mlflow) == (
+        "The filesystem tracking backend (e.g., './mlruns') is in maintenance mode and will not "
+        "receive further updates."
+    )
+    said = first_line(RuntimeError("word " * 40), 30)
+    assert said == "word word word word word word..." and len(said) <= 33
+    assert first_line(RuntimeError("x" * 50), 20) == "x" * 20 + "..."
+    assert first_line(RuntimeError("short\nsecond line")) == "short"
+    assert first_line(RuntimeError("")) == "RuntimeError"
+
+
 def test_a_report_of_hostile_names_keeps_every_table_row_whole(tmp_path):
     """The report end to end, not only its escaping helpers: an arch label, class names and a
     file name holding pipes, tags and newlines leave every table row with its header's cells."""
