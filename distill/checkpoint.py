@@ -206,7 +206,7 @@ def _plan_disagrees(ckpt: dict[str, Any]) -> str | None:
         with torch.device("meta"):
             expected = build_model(config).state_dict()
     except (KeyError, TypeError, ValueError) as e:
-        return f"model_config is not a channel plan ({str(e)[:80]})"
+        return f"model_config is not a channel plan ({first_line(e, 80)})"
     for key, value in ckpt["state_dict"].items():
         shape = expected.get(key)
         if shape is None:

@@ -13,7 +13,7 @@ import shutil
 import tarfile
 from pathlib import Path, PurePosixPath
 
-from distill.errors import UserError
+from distill.errors import UserError, first_line
 
 # CIFAR-100 unpacks to ~180 MB; 4 GiB leaves room for any data set meant to be held in memory.
 MAX_UNPACKED_BYTES = 4 << 30
@@ -65,6 +65,6 @@ def extract_tar(archive: Path, dest: Path) -> None:
                     shutil.copyfileobj(src, out)
     except (tarfile.TarError, EOFError, OSError) as e:
         raise UserError(
-            f"could not unpack {archive} ({type(e).__name__}: {str(e)[:80]}); delete it and "
+            f"could not unpack {archive} ({type(e).__name__}: {first_line(e, 80)}); delete it and "
             "download it again"
         ) from None

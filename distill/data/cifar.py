@@ -80,7 +80,7 @@ def _unpickle(path: Path) -> dict:
             obj = _ArrayUnpickler(f, encoding="latin1").load()
     except Exception as e:
         raise UserError(
-            f"{path} is not a valid CIFAR python file ({type(e).__name__}: {str(e)[:80]}); "
+            f"{path} is not a valid CIFAR python file ({type(e).__name__}: {first_line(e, 80)}); "
             "delete it (a download fetches it again) or pass another --data"
         ) from None
     if not isinstance(obj, dict):

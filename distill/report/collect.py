@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from distill.errors import UserError
+from distill.errors import UserError, first_line
 from distill.files import loads_json
 from distill.report.bench_records import batch1_latency, read_bench
 from distill.report.records import ROLES, Collection, Model, as_float, as_int, checkpoint_role
@@ -146,7 +146,7 @@ def collect_models(run_dir: Path) -> Collection:
         try:
             records = read_bench(loads_json(bench_file.read_text()))
         except ValueError as e:
-            why = str(e)[:80]
+            why = first_line(e, 80)
             problems.append(f"`bench.json` is not valid JSON ({why}); latency not shown")
         # A record of a file not here (renamed, or measured elsewhere) describes no model on
         # this page.

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from distill.errors import UserError
+from distill.errors import UserError, first_line
 from distill.files import loads_json
 from distill.sweep import study as studies
 from distill.sweep.confirm import RESULT
@@ -255,7 +255,7 @@ def _record(path: Path, problem) -> dict[str, Any]:
         record = loads_json(path.read_text())
         why = problem(record)
     except ValueError as e:  # not JSON, not text, nested past the parser's stack
-        why = f"not JSON: {str(e)[:60]}"
+        why = f"not JSON: {first_line(e, 60)}"
     if why:
         raise UserError(
             f"{path} is damaged ({why}); run the same distill sweep command again to rewrite it"
